@@ -1,0 +1,424 @@
+//! The KVM backend of the hypervisor traits (kvm-ioctls).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use kvm_bindings::{
+    kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
+    kvm_userspace_memory_region, CpuId, Msrs, KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES,
+    KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{Kvm, VcpuExit as KvmExit, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{CpuidEntry, DescriptorTable, Error, Regs, Result, Segment, SpecialRegs, Vcpu, VcpuExit, Vm};
+
+fn err(op: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
+    move |e| Error { op, errno: e.errno() }
+}
+
+/// Opens `/dev/kvm` and creates a VM with the in-kernel PIC, IOAPIC, LAPICs and PIT.
+pub fn create_vm() -> Result<KvmVm> {
+    let kvm = Kvm::new().map_err(err("open /dev/kvm"))?;
+    let fd = kvm.create_vm().map_err(err("KVM_CREATE_VM"))?;
+    // Real-mode support pages (needed on Intel; harmless elsewhere), kept out of guest RAM.
+    fd.set_tss_address(0xfffb_d000).map_err(err("KVM_SET_TSS_ADDR"))?;
+    fd.set_identity_map_address(0xfffb_c000).map_err(err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    fd.create_irq_chip().map_err(err("KVM_CREATE_IRQCHIP"))?;
+    fd.create_pit2(kvm_pit_config::default()).map_err(err("KVM_CREATE_PIT2"))?;
+    let stats = get_stats_fd(fd.as_raw_fd());
+    Ok(KvmVm { kvm, fd, stats })
+}
+
+pub struct KvmVm {
+    kvm: Kvm,
+    fd: VmFd,
+    stats: Option<OwnedFd>,
+}
+
+impl KvmVm {
+    pub fn stats(&self) -> Vec<(String, u64)> {
+        self.stats.as_ref().map(read_stats).unwrap_or_default()
+    }
+}
+
+impl Vm for KvmVm {
+    unsafe fn map_memory(&self, slot: u32, gpa: u64, size: u64, host_addr: u64) -> Result<()> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host_addr,
+            flags: 0,
+        };
+        // SAFETY: the caller guarantees the host range outlives the VM.
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(err("KVM_SET_USER_MEMORY_REGION"))
+    }
+
+    fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>> {
+        let fd = self.fd.create_vcpu(u64::from(id)).map_err(err("KVM_CREATE_VCPU"))?;
+        // Opened now: reading a stats fd later never takes the vCPU mutex held inside KVM_RUN.
+        let stats = get_stats_fd(fd.as_raw_fd());
+        Ok(Box::new(KvmVcpu { id, fd, stats }))
+    }
+
+    fn set_irq_line(&self, irq: u32, level: bool) -> Result<()> {
+        self.fd.set_irq_line(irq, level).map_err(err("KVM_IRQ_LINE"))
+    }
+
+    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
+        self.fd.register_irqfd(fd, gsi).map_err(err("KVM_IRQFD"))
+    }
+
+    fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
+        let cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
+        Ok(cpuid
+            .as_slice()
+            .iter()
+            .map(|e| CpuidEntry {
+                function: e.function,
+                index: e.index,
+                flags: e.flags,
+                eax: e.eax,
+                ebx: e.ebx,
+                ecx: e.ecx,
+                edx: e.edx,
+            })
+            .collect())
+    }
+
+    fn max_vcpus(&self) -> usize {
+        self.kvm.get_max_vcpus()
+    }
+}
+
+pub struct KvmVcpu {
+    id: u8,
+    fd: VcpuFd,
+    stats: Option<OwnedFd>,
+}
+
+impl Vcpu for KvmVcpu {
+    fn id(&self) -> u8 {
+        self.id
+    }
+
+    fn run(&mut self) -> Result<VcpuExit<'_>> {
+        let run_area: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                return Ok(VcpuExit::Interrupted)
+            }
+            Err(e) => return Err(Error { op: "KVM_RUN", errno: e.errno() }),
+        };
+        Ok(match exit {
+            KvmExit::IoIn(port, data) => VcpuExit::IoIn(port, data),
+            KvmExit::IoOut(port, data) => VcpuExit::IoOut(port, data),
+            KvmExit::MmioRead(addr, data) => VcpuExit::MmioRead(addr, data),
+            KvmExit::MmioWrite(addr, data) => VcpuExit::MmioWrite(addr, data),
+            KvmExit::Hlt => VcpuExit::Hlt,
+            KvmExit::Shutdown => VcpuExit::Shutdown,
+            KvmExit::Intr => VcpuExit::Interrupted,
+            KvmExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => VcpuExit::SystemReset,
+            KvmExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => VcpuExit::SystemPowerOff,
+            // SAFETY: the run area is mapped for the vCPU's lifetime; KVM is not running it now.
+            KvmExit::InternalError => internal_error(unsafe { &*run_area }),
+            KvmExit::FailEntry(reason, cpu) => {
+                VcpuExit::Unhandled(format!("entry failed: hardware reason {reason:#x} on cpu {cpu}"))
+            }
+            other => VcpuExit::Unhandled(format!("{other:?}")),
+        })
+    }
+
+    fn regs(&self) -> Result<Regs> {
+        let r = self.fd.get_regs().map_err(err("KVM_GET_REGS"))?;
+        Ok(Regs {
+            gpr: [
+                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15,
+            ],
+            rip: r.rip,
+            rflags: r.rflags,
+        })
+    }
+
+    fn set_regs(&self, regs: &Regs) -> Result<()> {
+        let g = &regs.gpr;
+        let r = kvm_regs {
+            rax: g[0],
+            rcx: g[1],
+            rdx: g[2],
+            rbx: g[3],
+            rsp: g[4],
+            rbp: g[5],
+            rsi: g[6],
+            rdi: g[7],
+            r8: g[8],
+            r9: g[9],
+            r10: g[10],
+            r11: g[11],
+            r12: g[12],
+            r13: g[13],
+            r14: g[14],
+            r15: g[15],
+            rip: regs.rip,
+            rflags: regs.rflags,
+        };
+        self.fd.set_regs(&r).map_err(err("KVM_SET_REGS"))
+    }
+
+    fn sregs(&self) -> Result<SpecialRegs> {
+        let s = self.fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+        Ok(SpecialRegs {
+            cs: seg_from(&s.cs),
+            ds: seg_from(&s.ds),
+            es: seg_from(&s.es),
+            fs: seg_from(&s.fs),
+            gs: seg_from(&s.gs),
+            ss: seg_from(&s.ss),
+            tr: seg_from(&s.tr),
+            ldt: seg_from(&s.ldt),
+            gdt: DescriptorTable { base: s.gdt.base, limit: s.gdt.limit },
+            idt: DescriptorTable { base: s.idt.base, limit: s.idt.limit },
+            cr0: s.cr0,
+            cr2: s.cr2,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            cr8: s.cr8,
+            efer: s.efer,
+            apic_base: s.apic_base,
+        })
+    }
+
+    fn set_sregs(&self, sregs: &SpecialRegs) -> Result<()> {
+        // Start from the current state so pending-interrupt bits are kept.
+        let mut s: kvm_sregs = self.fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+        s.cs = seg_to(&sregs.cs);
+        s.ds = seg_to(&sregs.ds);
+        s.es = seg_to(&sregs.es);
+        s.fs = seg_to(&sregs.fs);
+        s.gs = seg_to(&sregs.gs);
+        s.ss = seg_to(&sregs.ss);
+        s.tr = seg_to(&sregs.tr);
+        s.ldt = seg_to(&sregs.ldt);
+        s.gdt = kvm_dtable { base: sregs.gdt.base, limit: sregs.gdt.limit, ..Default::default() };
+        s.idt = kvm_dtable { base: sregs.idt.base, limit: sregs.idt.limit, ..Default::default() };
+        s.cr0 = sregs.cr0;
+        s.cr2 = sregs.cr2;
+        s.cr3 = sregs.cr3;
+        s.cr4 = sregs.cr4;
+        s.cr8 = sregs.cr8;
+        s.efer = sregs.efer;
+        s.apic_base = sregs.apic_base;
+        self.fd.set_sregs(&s).map_err(err("KVM_SET_SREGS"))
+    }
+
+    fn msr(&self, index: u32) -> Result<u64> {
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index, ..Default::default() }])
+            .map_err(|_| Error { op: "KVM_GET_MSRS", errno: libc::EINVAL })?;
+        match self.fd.get_msrs(&mut msrs).map_err(err("KVM_GET_MSRS"))? {
+            1 => Ok(msrs.as_slice()[0].data),
+            _ => Err(Error { op: "KVM_GET_MSRS", errno: libc::ENOENT }),
+        }
+    }
+
+    fn set_msrs(&self, entries: &[(u32, u64)]) -> Result<()> {
+        let list: Vec<kvm_msr_entry> = entries
+            .iter()
+            .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+            .collect();
+        let msrs =
+            Msrs::from_entries(&list).map_err(|_| Error { op: "KVM_SET_MSRS", errno: libc::EINVAL })?;
+        match self.fd.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))? {
+            n if n == entries.len() => Ok(()),
+            _ => Err(Error { op: "KVM_SET_MSRS", errno: libc::EINVAL }),
+        }
+    }
+
+    fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<()> {
+        let list: Vec<kvm_bindings::kvm_cpuid_entry2> = entries
+            .iter()
+            .map(|e| kvm_bindings::kvm_cpuid_entry2 {
+                function: e.function,
+                index: e.index,
+                flags: e.flags,
+                eax: e.eax,
+                ebx: e.ebx,
+                ecx: e.ecx,
+                edx: e.edx,
+                ..Default::default()
+            })
+            .collect();
+        let cpuid =
+            CpuId::from_entries(&list).map_err(|_| Error { op: "KVM_SET_CPUID2", errno: libc::E2BIG })?;
+        self.fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))
+    }
+
+    fn init_fpu(&self) -> Result<()> {
+        let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+        self.fd.set_fpu(&fpu).map_err(err("KVM_SET_FPU"))
+    }
+
+    fn init_lapic_lints(&self) -> Result<()> {
+        const LVT_LINT0: usize = 0x350;
+        const LVT_LINT1: usize = 0x360;
+        const MODE_EXTINT: u32 = 7;
+        const MODE_NMI: u32 = 4;
+        let mut lapic = self.fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
+        for (reg, mode) in [(LVT_LINT0, MODE_EXTINT), (LVT_LINT1, MODE_NMI)] {
+            let bytes: &mut [u8] =
+                // SAFETY: kvm_lapic_state.regs is a plain 1 KiB byte array (i8); viewed as u8.
+                unsafe { std::slice::from_raw_parts_mut(lapic.regs.as_mut_ptr().cast(), lapic.regs.len()) };
+            let mut v = u32::from_le_bytes(bytes[reg..reg + 4].try_into().unwrap());
+            v = (v & !0x700) | (mode << 8);
+            bytes[reg..reg + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        self.fd.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))
+    }
+
+    fn mxcsr(&self) -> Result<u32> {
+        // MXCSR lives at byte 24 of the legacy XSAVE area.
+        let x = self.fd.get_xsave().map_err(err("KVM_GET_XSAVE"))?;
+        Ok(x.region[6])
+    }
+
+    fn set_mxcsr(&self, value: u32) -> Result<()> {
+        let mut x = self.fd.get_xsave().map_err(err("KVM_GET_XSAVE"))?;
+        x.region[6] = value;
+        // XSTATE_BV (byte 512) bit 1: the SSE state is present, or KVM ignores it.
+        x.region[128] |= 2;
+        // SAFETY: the region came from KVM_GET_XSAVE on this vCPU and keeps its size.
+        unsafe { self.fd.set_xsave(&x) }.map_err(err("KVM_SET_XSAVE"))
+    }
+
+    fn inject_exception(&self, vector: u8, error_code: Option<u32>) -> Result<()> {
+        let mut ev = self.fd.get_vcpu_events().map_err(err("KVM_GET_VCPU_EVENTS"))?;
+        ev.exception.injected = 1;
+        ev.exception.nr = vector;
+        ev.exception.has_error_code = u8::from(error_code.is_some());
+        ev.exception.error_code = error_code.unwrap_or(0);
+        ev.flags = 0;
+        self.fd.set_vcpu_events(&ev).map_err(err("KVM_SET_VCPU_EVENTS"))
+    }
+
+    fn halted_for_good(&self) -> Result<bool> {
+        const IF: u64 = 1 << 9;
+        let mp = self.fd.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?;
+        Ok(mp.mp_state == KVM_MP_STATE_HALTED && self.regs()?.rflags & IF == 0)
+    }
+
+    fn tsc_khz(&self) -> Option<u32> {
+        self.fd.get_tsc_khz().ok()
+    }
+
+    fn stats(&self) -> Vec<(String, u64)> {
+        self.stats.as_ref().map(read_stats).unwrap_or_default()
+    }
+}
+
+/// Turns KVM_EXIT_INTERNAL_ERROR into an exit the VMM can act on.
+fn internal_error(run: &kvm_bindings::kvm_run) -> VcpuExit<'static> {
+    // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active member.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let ndata = (internal.ndata as usize).min(internal.data.len());
+    let data = &internal.data[..ndata];
+    if internal.suberror != KVM_INTERNAL_ERROR_EMULATION {
+        return VcpuExit::Unhandled(format!(
+            "internal error, suberror {} data {:x?}",
+            internal.suberror, data
+        ));
+    }
+    // data[0] flags (bit 0: instruction bytes valid), data[1..]: length byte, then the bytes.
+    let mut insn = Vec::new();
+    if ndata >= 3 && data[0] & 1 != 0 {
+        let bytes: Vec<u8> = data[1..].iter().flat_map(|w| w.to_le_bytes()).collect();
+        let len = usize::from(bytes[0]).min(15).min(bytes.len() - 1);
+        insn.extend_from_slice(&bytes[1..=len]);
+    }
+    VcpuExit::EmulationFailure { insn }
+}
+
+fn seg_from(s: &kvm_segment) -> Segment {
+    Segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: s.present != 0,
+        dpl: s.dpl,
+        db: s.db != 0,
+        s: s.s != 0,
+        l: s.l != 0,
+        g: s.g != 0,
+        avl: s.avl != 0,
+        unusable: s.unusable != 0,
+    }
+}
+
+fn seg_to(s: &Segment) -> kvm_segment {
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: s.present.into(),
+        dpl: s.dpl,
+        db: s.db.into(),
+        s: s.s.into(),
+        l: s.l.into(),
+        g: s.g.into(),
+        avl: s.avl.into(),
+        unusable: s.unusable.into(),
+        padding: 0,
+    }
+}
+
+// KVM_GET_STATS_FD = _IO(KVMIO, 0xce): binary statistics (kvm-ioctls has no wrapper).
+vmm_sys_util::ioctl_io_nr!(KVM_GET_STATS_FD, kvm_bindings::KVMIO, 0xce);
+
+fn get_stats_fd(fd: i32) -> Option<OwnedFd> {
+    // SAFETY: a plain ioctl on a KVM fd we own; a non-negative result is a new fd we take over.
+    let r = unsafe { libc::ioctl(fd, KVM_GET_STATS_FD() as _) };
+    // SAFETY: `r` is a fresh descriptor returned by the kernel.
+    (r >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// Reads every non-zero cumulative/instant counter of a KVM binary stats fd.
+fn read_stats(fd: &OwnedFd) -> Vec<(String, u64)> {
+    use std::os::unix::fs::FileExt;
+    let Ok(dup) = fd.try_clone() else { return Vec::new() };
+    let file = std::fs::File::from(dup);
+    let mut hdr = [0u8; 24];
+    if file.read_exact_at(&mut hdr, 0).is_err() {
+        return Vec::new();
+    }
+    let word = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let (name_size, num_desc, desc_off, data_off) =
+        (word(&hdr, 4) as usize, word(&hdr, 8) as usize, word(&hdr, 16) as u64, word(&hdr, 20) as u64);
+    let desc_size = 16 + name_size;
+    let mut descs = vec![0u8; desc_size * num_desc];
+    if file.read_exact_at(&mut descs, desc_off).is_err() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for d in descs.chunks(desc_size) {
+        let (flags, size, offset) = (word(d, 0), u16::from_le_bytes([d[6], d[7]]), word(d, 8));
+        const TYPE_MASK: u32 = 0xf;
+        const TYPE_PEAK: u32 = 2;
+        if size < 1 || flags & TYPE_MASK == TYPE_PEAK {
+            continue;
+        }
+        let mut v = [0u8; 8];
+        if file.read_exact_at(&mut v, data_off + u64::from(offset)).is_ok() {
+            let v = u64::from_le_bytes(v);
+            let name = String::from_utf8_lossy(&d[16..]).trim_end_matches('\0').to_string();
+            if v != 0 {
+                out.push((name, v));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,166 @@
+//! The VMM's only view of the hypervisor: a VM and its vCPUs behind traits, so that a macOS
+//! Hypervisor.framework backend can be added beside `kvm` without touching boot or device code.
+//! Register and exit types are our own (x86-64 shaped), not a backend's.
+
+pub mod kvm;
+
+use std::fmt;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// A failed hypervisor call: what was attempted and the OS error.
+#[derive(Debug)]
+pub struct Error {
+    pub op: &'static str,
+    pub errno: i32,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.op, std::io::Error::from_raw_os_error(self.errno))
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// General-purpose registers; `gpr` is indexed by x86 register number (rax=0 .. r15=15).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Regs {
+    pub gpr: [u64; 16],
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+pub const RAX: usize = 0;
+pub const RCX: usize = 1;
+pub const RDX: usize = 2;
+pub const RBX: usize = 3;
+pub const RSP: usize = 4;
+pub const RBP: usize = 5;
+pub const RSI: usize = 6;
+pub const R11: usize = 11;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub base: u64,
+    pub limit: u32,
+    pub selector: u16,
+    pub type_: u8,
+    pub present: bool,
+    pub dpl: u8,
+    pub db: bool,
+    pub s: bool,
+    pub l: bool,
+    pub g: bool,
+    pub avl: bool,
+    pub unusable: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DescriptorTable {
+    pub base: u64,
+    pub limit: u16,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpecialRegs {
+    pub cs: Segment,
+    pub ds: Segment,
+    pub es: Segment,
+    pub fs: Segment,
+    pub gs: Segment,
+    pub ss: Segment,
+    pub tr: Segment,
+    pub ldt: Segment,
+    pub gdt: DescriptorTable,
+    pub idt: DescriptorTable,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub cr8: u64,
+    pub efer: u64,
+    pub apic_base: u64,
+}
+
+/// One CPUID leaf as the guest will see it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuidEntry {
+    pub function: u32,
+    pub index: u32,
+    pub flags: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+/// Why `Vcpu::run` returned. Port and MMIO data point into the backend's run area: an `In`/`Read`
+/// buffer must be filled before the next `run`.
+#[derive(Debug)]
+pub enum VcpuExit<'a> {
+    IoIn(u16, &'a mut [u8]),
+    IoOut(u16, &'a [u8]),
+    MmioRead(u64, &'a mut [u8]),
+    MmioWrite(u64, &'a [u8]),
+    /// HLT reached userspace (only without an in-kernel local APIC).
+    Hlt,
+    /// Triple fault.
+    Shutdown,
+    /// The platform asked for a reset or power-off (e.g. PSCI, Hyper-V); KVM's SYSTEM_EVENT.
+    SystemReset,
+    SystemPowerOff,
+    /// The backend's instruction emulator gave up; `insn` holds the bytes it fetched, if it said.
+    EmulationFailure { insn: Vec<u8> },
+    /// `run` was interrupted by a signal (a kick).
+    Interrupted,
+    /// Anything else: a description for the error report.
+    Unhandled(String),
+}
+
+/// A virtual machine: guest memory, interrupt lines, vCPU creation.
+pub trait Vm: Send + Sync {
+    /// Maps `size` bytes of host memory at `host_addr` to guest physical `gpa`.
+    ///
+    /// # Safety
+    /// The host range must stay mapped and valid for the VM's lifetime.
+    unsafe fn map_memory(&self, slot: u32, gpa: u64, size: u64, host_addr: u64) -> Result<()>;
+    fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>>;
+    /// Drives an interrupt line of the in-kernel interrupt controllers.
+    fn set_irq_line(&self, irq: u32, level: bool) -> Result<()>;
+    /// Every write to `fd` pulses `gsi` (edge interrupts from device threads).
+    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()>;
+    /// The CPUID leaves the backend can present, before the VMM's own edits.
+    fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
+    /// Most vCPUs the backend allows in one VM.
+    fn max_vcpus(&self) -> usize;
+}
+
+/// One virtual CPU. `run` is called from the vCPU's own thread.
+pub trait Vcpu: Send {
+    fn id(&self) -> u8;
+    fn run(&mut self) -> Result<VcpuExit<'_>>;
+    fn regs(&self) -> Result<Regs>;
+    fn set_regs(&self, regs: &Regs) -> Result<()>;
+    fn sregs(&self) -> Result<SpecialRegs>;
+    fn set_sregs(&self, sregs: &SpecialRegs) -> Result<()>;
+    fn msr(&self, index: u32) -> Result<u64>;
+    fn set_msrs(&self, msrs: &[(u32, u64)]) -> Result<()>;
+    fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<()>;
+    /// x87/SSE control state for a vCPU that starts in 64-bit code.
+    fn init_fpu(&self) -> Result<()>;
+    /// Wires LINT0 to ExtINT and LINT1 to NMI (the PC's virtual-wire mode).
+    fn init_lapic_lints(&self) -> Result<()>;
+    fn mxcsr(&self) -> Result<u32>;
+    fn set_mxcsr(&self, value: u32) -> Result<()>;
+    /// Queues an exception for delivery at the next entry.
+    fn inject_exception(&self, vector: u8, error_code: Option<u32>) -> Result<()>;
+    /// True when the vCPU sits in HLT and cannot be woken by an interrupt (IF clear).
+    fn halted_for_good(&self) -> Result<bool>;
+    /// The guest TSC rate, if the backend knows it.
+    fn tsc_khz(&self) -> Option<u32>;
+    /// Backend statistics (name, value) for `-v`; may be empty.
+    fn stats(&self) -> Vec<(String, u64)>;
+}

@@ -1,0 +1,5 @@
+mod devices;
+mod exit;
+mod hypervisor;
+mod layout;
+fn main() {}
