@@ -1,5 +1,8 @@
 //! Emulated devices and the port-I/O bus that routes guest IN/OUT to them.
 
+pub mod i8042;
+pub mod serial;
+
 use std::sync::{Arc, Mutex};
 
 /// A device behind a range of I/O ports; `offset` is relative to the range's base.

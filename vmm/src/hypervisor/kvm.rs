@@ -29,16 +29,14 @@ pub fn create_vm() -> Result<KvmVm> {
     Ok(KvmVm { kvm, fd, stats })
 }
 
+pub fn max_vcpus() -> Result<usize> {
+    Ok(Kvm::new().map_err(err("open /dev/kvm"))?.get_max_vcpus())
+}
+
 pub struct KvmVm {
     kvm: Kvm,
     fd: VmFd,
     stats: Option<OwnedFd>,
-}
-
-impl KvmVm {
-    pub fn stats(&self) -> Vec<(String, u64)> {
-        self.stats.as_ref().map(read_stats).unwrap_or_default()
-    }
 }
 
 impl Vm for KvmVm {
@@ -89,8 +87,8 @@ impl Vm for KvmVm {
             .collect())
     }
 
-    fn max_vcpus(&self) -> usize {
-        self.kvm.get_max_vcpus()
+    fn stats(&self) -> Vec<(String, u64)> {
+        self.stats.as_ref().map(read_stats).unwrap_or_default()
     }
 }
 

@@ -4,6 +4,16 @@
 
 pub mod kvm;
 
+/// Creates a VM on this host's hypervisor (KVM on Linux).
+pub fn create_vm() -> Result<Box<dyn Vm>> {
+    Ok(Box::new(kvm::create_vm()?))
+}
+
+/// Most vCPUs one VM may have on this host.
+pub fn max_vcpus() -> Result<usize> {
+    kvm::max_vcpus()
+}
+
 use std::fmt;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -134,8 +144,8 @@ pub trait Vm: Send + Sync {
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()>;
     /// The CPUID leaves the backend can present, before the VMM's own edits.
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
-    /// Most vCPUs the backend allows in one VM.
-    fn max_vcpus(&self) -> usize;
+    /// Backend statistics (name, value) for `-v`; may be empty.
+    fn stats(&self) -> Vec<(String, u64)>;
 }
 
 /// One virtual CPU. `run` is called from the vCPU's own thread.

@@ -1,0 +1,109 @@
+#!/bin/bash
+# Build the "tiny" guest box: a tinyconfig Linux 6.1 kernel (Debian linux-source-6.1) plus a
+# busybox initramfs.  usage: boxes/tiny/build.sh [OUTDIR]   (default: <repo>/target/boxes/tiny)
+# Writes OUTDIR/{vmlinux,vmlinuz,initrd.img,kernel.config}.  Results are cached in
+# $XHYVE_BOX_CACHE (default /var/cache/xhyve-rs)/tiny/<key>/; see README.md.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+OUT=${1:-$REPO/target/boxes/tiny}
+CACHE=${XHYVE_BOX_CACHE:-/var/cache/xhyve-rs}
+KSRC_PKG=linux-source-6.1
+KSRC_TAR=/usr/src/linux-source-6.1.tar.xz
+DEPS="$KSRC_PKG busybox-static build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod"
+T0=$SECONDS
+
+log() { echo "[tiny-box +$((SECONDS - T0))s] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+
+# --- 1. apt dependencies (apt-get update only when something is missing) ---
+missing=
+for p in $DEPS; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	log "installing:$missing"
+	export DEBIAN_FRONTEND=noninteractive
+	$SUDO apt-get update >&2
+	# shellcheck disable=SC2086
+	$SUDO apt-get install -y --no-install-recommends $missing >&2
+fi
+[ -f "$KSRC_TAR" ] || die "$KSRC_TAR missing"
+[ -x /bin/busybox ] || die "/bin/busybox missing"
+
+# --- 2. cache key ---
+VERSIONS=$(dpkg-query -W -f='${Package}=${Version}\n' "$KSRC_PKG" busybox-static)
+KEY=$( { cat "$HERE/kernel.config" "$HERE/build.sh" "$HERE/init"; echo "$VERSIONS"; } | sha256sum | cut -c1-64)
+ENTRY=$CACHE/tiny/$KEY
+FILES="vmlinux vmlinuz initrd.img kernel.config"
+
+install_out() {
+	mkdir -p "$OUT"
+	for f in $FILES; do cp -f "$ENTRY/$f" "$OUT/$f.tmp.$$" && mv -f "$OUT/$f.tmp.$$" "$OUT/$f"; done
+	log "done: $OUT (cache $ENTRY)"
+}
+if [ -f "$ENTRY/initrd.img" ]; then
+	log "cache hit $KEY"
+	install_out
+	exit 0
+fi
+log "cache miss $KEY ($(echo "$VERSIONS" | tr '\n' ' '))"
+
+# --- 3. build in a private temp dir, publish with one rename ---
+$SUDO mkdir -p "$CACHE/build" "$CACHE/tiny"
+[ -w "$CACHE/build" ] || $SUDO chown "$(id -u):$(id -g)" "$CACHE" "$CACHE/build" "$CACHE/tiny"
+TMP=$(mktemp -d "$CACHE/build/tiny.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+SRC=$TMP/linux
+
+log "unpacking $KSRC_TAR"
+mkdir -p "$SRC"
+tar -xf "$KSRC_TAR" -C "$SRC" --strip-components=1
+
+log "configuring: tinyconfig + kernel.config"
+make -C "$SRC" -s tinyconfig >/dev/null
+(cd "$SRC" && ./scripts/kconfig/merge_config.sh -m .config "$HERE/kernel.config") >"$TMP/merge.log" 2>&1 ||
+	{ cat "$TMP/merge.log" >&2; die "merge_config failed"; }
+make -C "$SRC" -s olddefconfig >/dev/null
+bad=
+while read -r line; do
+	case $line in
+	CONFIG_*=*) grep -qxF "$line" "$SRC/.config" || bad="$bad $line" ;;
+	"# CONFIG_"*" is not set") opt=${line#\# }; opt=${opt%% *}
+		! grep -q "^$opt=" "$SRC/.config" || bad="$bad $opt(should be off)" ;;
+	esac
+done <"$HERE/kernel.config"
+[ -z "$bad" ] || { grep -i warn "$TMP/merge.log" >&2 || true; die "options lost in .config:$bad"; }
+
+log "building vmlinux bzImage with -j$(nproc) (several minutes)"
+make -C "$SRC" -j"$(nproc)" vmlinux bzImage >"$TMP/make.log" 2>&1 ||
+	{ tail -40 "$TMP/make.log" >&2; die "kernel build failed (log: $TMP/make.log)"; }
+make -C "$SRC" -s usr/gen_init_cpio >/dev/null 2>&1 || gcc -O2 -o "$SRC/usr/gen_init_cpio" "$SRC/usr/gen_init_cpio.c"
+
+log "building initramfs (uncompressed cpio newc)"
+LIST=$TMP/initramfs.list
+{
+	for d in /dev /proc /sys /tmp /root /etc /bin /sbin /usr /usr/bin /usr/sbin; do
+		echo "dir $d 0755 0 0"
+	done
+	echo "nod /dev/console 0600 0 0 c 5 1"
+	echo "nod /dev/null 0666 0 0 c 1 3"
+	echo "file /bin/busybox /bin/busybox 0755 0 0"
+	echo "file /init $HERE/init 0755 0 0"
+	/bin/busybox --list-full | sort | while read -r a; do
+		[ "$a" = bin/busybox ] || echo "slink /$a /bin/busybox 0777 0 0"
+	done
+} >"$LIST"
+mkdir -p "$TMP/out"
+"$SRC/usr/gen_init_cpio" -t 0 "$LIST" >"$TMP/out/initrd.img"
+
+cp "$SRC/vmlinux" "$TMP/out/vmlinux"
+cp "$SRC/arch/x86/boot/bzImage" "$TMP/out/vmlinuz"
+cp "$SRC/.config" "$TMP/out/kernel.config"
+echo "$VERSIONS" >"$TMP/out/versions"
+sync
+mv -T "$TMP/out" "$ENTRY" 2>/dev/null || [ -f "$ENTRY/initrd.img" ] || die "cannot publish $ENTRY"
+log "built: vmlinux $(stat -c %s "$ENTRY/vmlinux") B, vmlinuz $(stat -c %s "$ENTRY/vmlinuz") B, initrd.img $(stat -c %s "$ENTRY/initrd.img") B"
+install_out

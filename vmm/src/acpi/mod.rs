@@ -1,0 +1,173 @@
+//! ACPI tables for `-A`: RSDP, XSDT, FADT (with FACS), DSDT and MADT in the BIOS area. They describe
+//! the PC fixed hardware of `devices::acpi_pm`, the CMOS RTC and the in-kernel IOAPIC/LAPICs.
+
+mod dsdt;
+mod fadt;
+mod madt;
+
+use acpi_tables::facs::FACS;
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::layout;
+
+/// Every table's OEM identity, as bhyve's.
+const OEM_ID: [u8; 6] = *b"BHYVE ";
+const OEM_REVISION: u32 = 1;
+
+/// Writes the tables and returns the RSDP's address, for `boot_params.acpi_rsdp_addr`.
+pub fn write_tables(mem: &GuestMemoryMmap, ncpus: u8) -> Result<GuestAddress, String> {
+    if ncpus == 0 {
+        return Err("ACPI tables need at least one vCPU".into());
+    }
+    // The RSDP comes first so that a legacy scan of 0xe0000.. finds it; it is written last, once the
+    // XSDT's address is known.
+    let rsdp = layout::ACPI_TABLES;
+    let mut area = Area { mem, next: rsdp + Rsdp::len() as u64 };
+    let facs = area.put(&FACS::new(), 64)?; // the FACS must be 64-byte aligned
+    let dsdt = area.put(&dsdt::dsdt(), 16)?;
+    let fadt = area.put(&fadt::fadt(dsdt, facs), 16)?;
+    let madt = area.put(&madt::madt(ncpus), 16)?;
+    let mut xsdt = XSDT::new(OEM_ID, *b"BVXSDT  ", OEM_REVISION);
+    xsdt.add_entry(fadt);
+    xsdt.add_entry(madt);
+    let xsdt = area.put(&xsdt, 16)?;
+    Area { mem, next: rsdp }.put(&Rsdp::new(OEM_ID, xsdt), 16)?;
+    Ok(GuestAddress(rsdp))
+}
+
+/// Lays tables out one after another in the BIOS area.
+struct Area<'a> {
+    mem: &'a GuestMemoryMmap,
+    next: u64,
+}
+
+impl Area<'_> {
+    fn put(&mut self, table: &dyn Aml, align: u64) -> Result<u64, String> {
+        let mut bytes = Vec::new();
+        table.to_aml_bytes(&mut bytes);
+        let addr = self.next.next_multiple_of(align);
+        let end = addr + bytes.len() as u64;
+        if end > layout::ACPI_TABLES_END {
+            return Err(format!("ACPI tables do not fit below {:#x}", layout::ACPI_TABLES_END));
+        }
+        self.mem
+            .write_slice(&bytes, GuestAddress(addr))
+            .map_err(|e| format!("writing ACPI table at {addr:#x}: {e}"))?;
+        self.next = end;
+        Ok(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+
+    fn sum(b: &[u8]) -> u8 {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
+    }
+
+    /// Reads the table at `addr`, checking its signature, length and checksum.
+    fn table(mem: &GuestMemoryMmap, addr: u64, sig: &[u8; 4]) -> Vec<u8> {
+        let head = read(mem, addr, 36);
+        assert_eq!(&head[..4], sig);
+        let t = read(mem, addr, u32_at(&head, 4) as usize);
+        assert_eq!(sum(&t), 0, "{} checksum", String::from_utf8_lossy(sig));
+        t
+    }
+
+    /// Follows RSDP -> XSDT and returns the XSDT's FADT and MADT.
+    fn tables(mem: &GuestMemoryMmap) -> (Vec<u8>, Vec<u8>) {
+        let rsdp = read(mem, layout::ACPI_TABLES, 36);
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert_eq!(sum(&rsdp[..20]), 0);
+        assert_eq!(sum(&rsdp), 0);
+        assert_eq!(rsdp[15], 2, "ACPI 2.0+ RSDP");
+        let xsdt = table(mem, u64_at(&rsdp, 24), b"XSDT");
+        assert_eq!(xsdt.len(), 36 + 2 * 8);
+        (table(mem, u64_at(&xsdt, 36), b"FACP"), table(mem, u64_at(&xsdt, 44), b"APIC"))
+    }
+
+    #[test]
+    fn fadt_describes_fixed_hardware() {
+        let mem = guest();
+        assert_eq!(write_tables(&mem, 2).unwrap(), GuestAddress(layout::ACPI_TABLES));
+        let (fadt, _) = tables(&mem);
+        assert_eq!(fadt.len(), 276);
+        assert_eq!(fadt[8], 6, "FADT revision");
+        assert_eq!(u16::from_le_bytes([fadt[46], fadt[47]]), 9, "SCI_INT");
+        assert_eq!(u32_at(&fadt, 48), 0, "SMI_CMD: ACPI always enabled");
+        assert_eq!(u32_at(&fadt, 56), 0x600, "PM1a_EVT_BLK");
+        assert_eq!(u32_at(&fadt, 64), 0x604, "PM1a_CNT_BLK");
+        assert_eq!(u32_at(&fadt, 76), 0x608, "PM_TMR_BLK");
+        assert_eq!((fadt[88], fadt[89], fadt[91]), (4, 2, 4), "PM1_EVT/PM1_CNT/PM_TMR lengths");
+        assert_eq!(fadt[108], 0x32, "CENTURY");
+        assert_eq!(u16::from_le_bytes([fadt[109], fadt[110]]) & 2, 2, "8042 present");
+        let flags = u32_at(&fadt, 112);
+        assert_eq!(flags & (1 << 4), 0, "fixed power button");
+        assert_ne!(flags & (1 << 5), 0, "no sleep button");
+        assert_ne!(flags & (1 << 8), 0, "32-bit PM timer");
+        assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
+        assert_eq!(flags & (1 << 20), 0, "not hardware-reduced");
+        assert_eq!(&fadt[116..120], &[1, 8, 0, 1], "RESET_REG: 8-bit I/O port");
+        assert_eq!(u64_at(&fadt, 120), 0x64);
+        assert_eq!(fadt[128], 0xfe, "RESET_VALUE");
+
+        let facs = read(&mem, u64_at(&fadt, 132), 64);
+        assert_eq!(&facs[..4], b"FACS");
+        assert_eq!(u64_at(&fadt, 132) % 64, 0);
+        let dsdt = table(&mem, u64_at(&fadt, 140), b"DSDT");
+        // Name(_S5_, Package(4) {5, 5, 0, 0})
+        let s5 = [0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00];
+        assert!(dsdt.windows(s5.len()).any(|w| w == s5));
+        assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
+    }
+
+    #[test]
+    fn madt_lists_cpus_ioapic_and_sci_override() {
+        let mem = guest();
+        write_tables(&mem, 2).unwrap();
+        let (_, madt) = tables(&mem);
+        assert_eq!(u32_at(&madt, 36), 0xfee0_0000);
+        assert_eq!(u32_at(&madt, 40), 1, "PCAT_COMPAT");
+        let mut entries = Vec::new();
+        let mut off = 44;
+        while off < madt.len() {
+            entries.push(&madt[off..off + madt[off + 1] as usize]);
+            off += madt[off + 1] as usize;
+        }
+        assert_eq!(entries.len(), 4);
+        for (id, e) in entries[..2].iter().enumerate() {
+            assert_eq!(e[..4], [0, 8, id as u8, id as u8]);
+            assert_eq!(u32_at(e, 4), 1, "enabled");
+        }
+        assert_eq!(entries[2][..4], [1, 12, 2, 0], "IOAPIC id = ncpus");
+        assert_eq!((u32_at(entries[2], 4), u32_at(entries[2], 8)), (0xfec0_0000, 0));
+        assert_eq!(entries[3], [2, 10, 0, 9, 9, 0, 0, 0, 0x0d, 0]);
+    }
+
+    #[test]
+    fn no_cpus_is_an_error() {
+        assert!(write_tables(&guest(), 0).is_err());
+    }
+}

@@ -1,0 +1,393 @@
+//! bhyve/xhyve command line: flags, their checks, and the usage text.
+//!
+//! Every problem is reported as one line naming the flag, before any VM exists.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+pub const USAGE: &str = "\
+usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <fw>
+       -A: create ACPI tables (and an ACPI power button: SIGTERM presses it)
+       -c: number of vCPUs (default 1)
+       -f: kexec,KERNEL,INITRD,\"CMDLINE\"   boot a Linux bzImage or vmlinux directly
+           (INITRD may be empty)
+       -h: help
+       -H: vCPUs sleep in the host on HLT (always so with KVM)
+       -l: com1|com2,stdio | com1|com2,autopty | com1|com2,log=PATH
+       -m: memory size, SIZE[K|M|G] (MiB when no suffix; default 256M)
+       -M: print the MAC address derived from -U and exit
+       -P: vCPUs yield on PAUSE loops (always so with KVM)
+       -s: <slot[:func],emul[,conf]>  PCI device; emul: hostbridge, amd_hostbridge, lpc
+       -u: RTC keeps UTC (default: local time)
+       -U: UUID (pins the MAC address)
+       -v: alone: print the version; with a VM: verbose (platform fix-up and KVM counters at exit)
+       -w: ignore accesses to unimplemented MSRs (reads return 0)
+exit status: 0 rebooted, 1 powered off, 2 halted, 3 triple fault, 4 error
+signals: SIGTERM presses the ACPI power button (with -A); a second SIGTERM, or no power-off
+         within XHYVE_SHUTDOWN_TIMEOUT seconds (default 120), ends the VM (status 1)
+";
+
+pub const DEFAULT_MEM: u64 = 256 << 20;
+/// The largest vCPU count our MP table and APIC IDs can express.
+const MAX_CPUS_LAYOUT: usize = 254;
+/// PCI emulations this build knows; `-s` with anything else is an error naming these.
+pub const PCI_EMULATIONS: &[&str] = &["hostbridge", "amd_hostbridge", "lpc"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleTarget {
+    Stdio,
+    AutoPty,
+    Log(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciSlot {
+    pub slot: u8,
+    pub func: u8,
+    pub emul: String,
+    pub conf: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kexec {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub mem_bytes: u64,
+    pub cpus: u8,
+    pub acpi: bool,
+    pub uuid: Option<Uuid>,
+    pub com1: Option<ConsoleTarget>,
+    pub com2: Option<ConsoleTarget>,
+    pub slots: Vec<PciSlot>,
+    pub kexec: Kexec,
+    pub rtc_utc: bool,
+    pub ignore_msrs: bool,
+    pub verbose: bool,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    Run(Box<Config>),
+    Help,
+    Version,
+    PrintMac(Uuid),
+}
+
+/// A command-line problem: the flag (as typed) and what is wrong with it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CliError {
+    pub flag: String,
+    pub problem: String,
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.flag, self.problem)
+    }
+}
+
+fn bad(flag: impl Into<String>, problem: impl Into<String>) -> CliError {
+    CliError { flag: flag.into(), problem: problem.into() }
+}
+
+/// Parses argv (without the program name). `max_cpus` is asked only when `-c` is given.
+pub fn parse(
+    args: impl IntoIterator<Item = OsString>,
+    max_cpus: impl FnOnce() -> Result<usize, String>,
+) -> Result<Command, CliError> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    let mut mem_bytes = DEFAULT_MEM;
+    let mut cpus: Option<(String, u64)> = None;
+    let (mut acpi, mut rtc_utc, mut ignore_msrs, mut verbose, mut print_mac) =
+        (false, false, false, false, false);
+    let mut uuid = None;
+    let (mut com1, mut com2) = (None, None);
+    let mut slots: Vec<PciSlot> = Vec::new();
+    let mut kexec = None;
+    let mut any_vm_flag = false;
+
+    while let Some(arg) = p.next().map_err(|e| bad("command line", e.to_string()))? {
+        let (short, flag) = match arg {
+            Short(c) => (Some(c), format!("-{c}")),
+            Long(l) => (None, format!("--{l}")),
+            Value(v) => return Err(bad(v.to_string_lossy(), "unexpected argument (flags only)")),
+        };
+        let mut value = || -> Result<String, CliError> {
+            let v = p.value().map_err(|_| bad(&flag, "needs a value"))?;
+            v.into_string().map_err(|_| bad(&flag, "value is not valid UTF-8"))
+        };
+        match short {
+            Some('h') => return Ok(Command::Help),
+            Some('v') => verbose = true,
+            Some('A') => acpi = true,
+            // KVM always blocks a halted vCPU in the host and handles PAUSE loops in the kernel.
+            Some('H') | Some('P') => {}
+            Some('u') => rtc_utc = true,
+            Some('w') => ignore_msrs = true,
+            Some('M') => print_mac = true,
+            Some('m') => {
+                let v = value()?;
+                mem_bytes = parse_size(&v).map_err(|e| bad(format!("-m {v}"), e))?;
+            }
+            Some('c') => {
+                let v = value()?;
+                let n: u64 = v.parse().map_err(|_| bad(format!("-c {v}"), "not a number of vCPUs"))?;
+                cpus = Some((v, n));
+            }
+            Some('U') => {
+                let v = value()?;
+                uuid = Some(Uuid::parse_str(&v).map_err(|_| bad(format!("-U {v}"), "malformed UUID"))?);
+            }
+            Some('l') => {
+                let v = value()?;
+                let (port, target) = parse_lpc(&v).map_err(|e| bad(format!("-l {v}"), e))?;
+                if port == 1 { com1 = Some(target) } else { com2 = Some(target) }
+            }
+            Some('s') => {
+                let v = value()?;
+                let s = parse_slot(&v).map_err(|e| bad(format!("-s {v}"), e))?;
+                if let Some(o) = slots.iter().find(|o| o.slot == s.slot && o.func == s.func) {
+                    return Err(bad(
+                        format!("-s {v}"),
+                        format!("slot {}:{} already holds {}", s.slot, s.func, o.emul),
+                    ));
+                }
+                slots.push(s);
+            }
+            Some('f') => {
+                let v = value()?;
+                kexec = Some(parse_firmware(&v).map_err(|e| bad(format!("-f {}", first_field(&v)), e))?);
+            }
+            _ => return Err(bad(flag, "unknown flag (see xhyve -h)")),
+        }
+        any_vm_flag |= flag != "-v";
+    }
+
+    if print_mac {
+        return uuid.map(Command::PrintMac).ok_or_else(|| bad("-M", "needs -U UUID to derive the MAC from"));
+    }
+    if verbose && !any_vm_flag {
+        return Ok(Command::Version);
+    }
+    let kexec = kexec.ok_or_else(|| bad("-f", "missing: give -f kexec,KERNEL,INITRD,CMDLINE"))?;
+    let cpus = match cpus {
+        None => 1,
+        Some((v, n)) => {
+            let flag = format!("-c {v}");
+            if n == 0 {
+                return Err(bad(flag, "at least 1 vCPU"));
+            }
+            let host = max_cpus().map_err(|e| bad(&flag, e))?.min(MAX_CPUS_LAYOUT);
+            if n > host as u64 {
+                return Err(bad(flag, format!("more vCPUs than this host allows ({host})")));
+            }
+            n as u8
+        }
+    };
+    Ok(Command::Run(Box::new(Config {
+        mem_bytes,
+        cpus,
+        acpi,
+        uuid,
+        com1,
+        com2,
+        slots,
+        kexec,
+        rtc_utc,
+        ignore_msrs,
+        verbose,
+    })))
+}
+
+/// `SIZE[K|M|G|T]`, MiB without a suffix, as bhyve; at least 1 MiB, page aligned.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix '{c}' (K, M, G or T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1 << 20),
+    };
+    let n: u64 = num.parse().map_err(|_| "not a size (SIZE[K|M|G])".to_string())?;
+    let bytes = n.checked_mul(mult).ok_or("size too large")?;
+    if bytes < 1 << 20 {
+        return Err("memory size must be at least 1M".into());
+    }
+    if bytes % 4096 != 0 {
+        return Err("memory size must be a multiple of 4K".into());
+    }
+    Ok(bytes)
+}
+
+fn parse_lpc(s: &str) -> Result<(u8, ConsoleTarget), String> {
+    let (dev, target) = s.split_once(',').ok_or("expected com1,TARGET")?;
+    let port = match dev {
+        "com1" => 1,
+        "com2" => 2,
+        _ => return Err(format!("unknown LPC device '{dev}' (com1, com2)")),
+    };
+    let target = match target {
+        "stdio" => ConsoleTarget::Stdio,
+        "autopty" => ConsoleTarget::AutoPty,
+        t => match t.strip_prefix("log=") {
+            Some("") | None => return Err(format!("unknown target '{t}' (stdio, autopty, log=PATH)")),
+            Some(path) => ConsoleTarget::Log(path.into()),
+        },
+    };
+    Ok((port, target))
+}
+
+fn parse_slot(s: &str) -> Result<PciSlot, String> {
+    let mut parts = s.splitn(3, ',');
+    let loc = parts.next().unwrap_or_default();
+    let emul = parts.next().ok_or("expected SLOT[:FUNC],EMUL[,CONF]")?;
+    let conf = parts.next().map(str::to_string);
+    let (slot, func) = match loc.split_once(':') {
+        Some((s, f)) => (s, f),
+        None => (loc, "0"),
+    };
+    let slot: u8 = slot.parse().ok().filter(|s| *s < 32).ok_or("slot must be 0-31")?;
+    let func: u8 = func.parse().ok().filter(|f| *f < 8).ok_or("function must be 0-7")?;
+    if !PCI_EMULATIONS.contains(&emul) {
+        return Err(format!("unknown device '{emul}' (valid: {})", PCI_EMULATIONS.join(", ")));
+    }
+    Ok(PciSlot { slot, func, emul: emul.to_string(), conf })
+}
+
+fn first_field(s: &str) -> &str {
+    s.split(',').next().unwrap_or(s)
+}
+
+/// `kexec,KERNEL,INITRD,CMDLINE`; the kernel (and a non-empty initrd) must be readable files.
+fn parse_firmware(s: &str) -> Result<Kexec, String> {
+    let mut parts = s.splitn(4, ',');
+    match parts.next() {
+        Some("kexec") => {}
+        Some("bootrom") => return Err("UEFI firmware boot is not supported yet; use -f kexec".into()),
+        Some(other) => return Err(format!("unknown boot method '{other}' (kexec)")),
+        None => unreachable!(),
+    }
+    let kernel = parts.next().filter(|k| !k.is_empty()).ok_or("missing KERNEL")?;
+    check_readable(kernel).map_err(|e| format!("kernel {kernel}: {e}"))?;
+    let initrd = match parts.next() {
+        None | Some("") => None,
+        Some(i) => {
+            check_readable(i).map_err(|e| format!("initrd {i}: {e}"))?;
+            Some(PathBuf::from(i))
+        }
+    };
+    let cmdline = parts.next().unwrap_or("").trim_matches('"').to_string();
+    Ok(Kexec { kernel: kernel.into(), initrd, cmdline })
+}
+
+fn check_readable(path: &str) -> Result<(), String> {
+    let f = std::fs::File::open(path).map_err(|e| strip_os_error(&e))?;
+    let meta = f.metadata().map_err(|e| strip_os_error(&e))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() == 0 {
+        return Err("empty file".into());
+    }
+    Ok(())
+}
+
+/// "No such file or directory (os error 2)" -> "No such file or directory".
+fn strip_os_error(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Command, CliError> {
+        parse(args.iter().map(OsString::from), || Ok(4))
+    }
+
+    fn kernel() -> String {
+        // Any readable, non-empty regular file will do as a "kernel" for parsing.
+        std::env::current_exe().unwrap().to_string_lossy().into_owned()
+    }
+
+    fn config(args: &[&str]) -> Config {
+        match run(args).unwrap() {
+            Command::Run(c) => *c,
+            other => panic!("expected a VM, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("512"), Ok(512 << 20));
+        assert_eq!(parse_size("4096K"), Ok(4 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn full_command_line() {
+        let f = format!("kexec,{},,\"console=ttyS0 quiet\"", kernel());
+        let c = config(&[
+            "-A", "-u", "-c", "2", "-m", "1G", "-s", "0,hostbridge", "-s", "31,lpc", "-l",
+            "com1,log=/tmp/x.log", "-U", "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01", "-f", &f,
+        ]);
+        assert!(c.acpi && c.rtc_utc && !c.verbose);
+        assert_eq!((c.cpus, c.mem_bytes), (2, 1 << 30));
+        assert_eq!(c.com1, Some(ConsoleTarget::Log("/tmp/x.log".into())));
+        assert_eq!(c.slots.len(), 2);
+        assert_eq!(c.slots[1].slot, 31);
+        assert_eq!(c.kexec.initrd, None);
+        assert_eq!(c.kexec.cmdline, "console=ttyS0 quiet");
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let f = format!("kexec,{},,", kernel());
+        let e = |args: &[&str]| run(args).unwrap_err();
+        assert_eq!(e(&["-m", "0", "-f", &f]).flag, "-m 0");
+        assert_eq!(e(&["-c", "0", "-f", &f]).flag, "-c 0");
+        assert!(e(&["-c", "5", "-f", &f]).problem.contains("allows (4)"));
+        assert_eq!(e(&["-U", "nope", "-f", &f]).problem, "malformed UUID");
+        assert_eq!(e(&["-Z"]).flag, "-Z");
+        assert!(e(&["-s", "3,floppy", "-f", &f]).problem.contains("valid: hostbridge"));
+        assert!(e(&["-s", "0,lpc", "-s", "0,hostbridge", "-f", &f]).problem.contains("already holds"));
+        assert!(e(&["-f", "kexec,/nonexistent,,"]).problem.contains("No such file"));
+        assert!(e(&["-f", "bootrom,/x"]).problem.contains("not supported"));
+        assert_eq!(e(&["-A"]).flag, "-f");
+    }
+
+    #[test]
+    fn version_help_and_mac() {
+        assert!(matches!(run(&["-v"]), Ok(Command::Version)));
+        assert!(matches!(run(&["-h"]), Ok(Command::Help)));
+        assert!(matches!(
+            run(&["-M", "-U", "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01"]),
+            Ok(Command::PrintMac(_))
+        ));
+        assert_eq!(run(&["-M"]).unwrap_err().flag, "-M");
+    }
+}

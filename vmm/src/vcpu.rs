@@ -1,0 +1,124 @@
+//! vCPU threads: run the vCPU, route its exits to devices, report how the VM ends.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::devices::PioBus;
+use crate::exit::{ExitLatch, ExitReason};
+use crate::hypervisor::{Vcpu, VcpuExit};
+use crate::pvm::Pvm;
+
+/// Signal used to knock a vCPU out of `run` (its handler does nothing; the EINTR is the point).
+pub fn kick_signal() -> i32 {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+/// Installs the no-op kick handler (without SA_RESTART, so KVM_RUN returns EINTR).
+pub fn install_kick_handler() {
+    // SAFETY: installs an async-signal-safe no-op handler.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_kick as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
+    }
+}
+
+/// What all vCPU threads share.
+pub struct Shared {
+    pub mem: GuestMemoryMmap,
+    pub pio: PioBus,
+    pub exit: Arc<ExitLatch>,
+    pub pvm: Option<Arc<Pvm>>,
+    /// One flag per vCPU: halted with interrupts off (only a reset could wake it).
+    pub halted: Vec<AtomicBool>,
+    pub unclaimed_io: AtomicU64,
+    pub verbose: bool,
+}
+
+pub struct VcpuThread {
+    pub handle: JoinHandle<()>,
+    pub pthread: libc::pthread_t,
+}
+
+pub fn spawn(mut vcpu: Box<dyn Vcpu>, shared: Arc<Shared>) -> std::io::Result<VcpuThread> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new().name(format!("vcpu{}", vcpu.id())).spawn(move || {
+        // SAFETY: pthread_self has no preconditions.
+        let _ = tx.send(unsafe { libc::pthread_self() });
+        if let Err(reason) = run_loop(vcpu.as_mut(), &shared) {
+            shared.exit.request(reason);
+        }
+    })?;
+    let pthread = rx.recv().map_err(|_| std::io::Error::other("vCPU thread died at start"))?;
+    Ok(VcpuThread { handle, pthread })
+}
+
+/// Runs until the VM has an exit reason; returns the reason this vCPU found, if any.
+fn run_loop(vcpu: &mut dyn Vcpu, shared: &Shared) -> Result<(), ExitReason> {
+    let id = usize::from(vcpu.id());
+    let fail = |what: String| ExitReason::Error(format!("vcpu{id}: {what}"));
+    while !shared.exit.is_set() {
+        let exit = vcpu.run().map_err(|e| fail(e.to_string()))?;
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                if !shared.pio.read(port, data) {
+                    shared.unclaimed_io.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            VcpuExit::IoOut(port, data) => {
+                if !shared.pio.write(port, data) {
+                    shared.unclaimed_io.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // No MMIO devices yet: reads float high, writes are dropped, as on an empty bus.
+            VcpuExit::MmioRead(_, data) => data.fill(0xff),
+            VcpuExit::MmioWrite(..) => {}
+            VcpuExit::Hlt => return Err(ExitReason::Halt),
+            VcpuExit::Shutdown => return Err(ExitReason::TripleFault),
+            VcpuExit::SystemReset => return Err(ExitReason::Reboot),
+            VcpuExit::SystemPowerOff => return Err(ExitReason::PowerOff),
+            VcpuExit::EmulationFailure { insn } => match &shared.pvm {
+                Some(pvm) => pvm.handle_emulation_failure(&*vcpu, &shared.mem, &insn).map_err(fail)?,
+                None => return Err(fail(format!("the host could not emulate instruction {insn:02x?}"))),
+            },
+            VcpuExit::Interrupted => check_halted(vcpu, shared, id).map_err(fail)?,
+            VcpuExit::Unhandled(what) => return Err(fail(what)),
+        }
+        if let Some(pvm) = &shared.pvm {
+            pvm.after_exit(&*vcpu, &shared.mem);
+        }
+    }
+    Ok(())
+}
+
+/// After a kick: if every vCPU is halted for good, the guest has halted (bhyve's status 2).
+fn check_halted(vcpu: &dyn Vcpu, shared: &Shared, id: usize) -> Result<(), String> {
+    let halted = vcpu.halted_for_good().map_err(|e| e.to_string())?;
+    shared.halted[id].store(halted, Ordering::SeqCst);
+    if halted && shared.halted.iter().all(|h| h.load(Ordering::SeqCst)) {
+        shared.exit.request(ExitReason::Halt);
+    }
+    Ok(())
+}
+
+/// Kicks every vCPU once a second so halted ones get noticed.
+pub fn spawn_halt_watch(threads: Vec<libc::pthread_t>, exit: Arc<ExitLatch>) {
+    std::thread::Builder::new()
+        .name("halt-watch".into())
+        .spawn(move || {
+            while exit.wait_timeout(Duration::from_secs(1)).is_none() {
+                for t in &threads {
+                    // SAFETY: the vCPU threads live as long as the process (never joined early).
+                    unsafe { libc::pthread_kill(*t, kick_signal()) };
+                }
+            }
+        })
+        .expect("spawn halt watcher");
+}
