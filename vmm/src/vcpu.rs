@@ -39,6 +39,7 @@ pub struct Shared {
     /// One flag per vCPU: halted with interrupts off (only a reset could wake it).
     pub halted: Vec<AtomicBool>,
     pub unclaimed_io: AtomicU64,
+    pub ignored_msrs: AtomicU64,
     pub verbose: bool,
 }
 
@@ -88,6 +89,13 @@ fn run_loop(vcpu: &mut dyn Vcpu, shared: &Shared) -> Result<(), ExitReason> {
                 Some(pvm) => pvm.handle_emulation_failure(&*vcpu, &shared.mem, &insn).map_err(fail)?,
                 None => return Err(fail(format!("the host could not emulate instruction {insn:02x?}"))),
             },
+            VcpuExit::IgnoredMsr { index, write } => {
+                shared.ignored_msrs.fetch_add(1, Ordering::Relaxed);
+                if shared.verbose {
+                    let what = if write { "write to" } else { "read of" };
+                    crate::vm::log(format!("vcpu{id}: ignored {what} unknown MSR {index:#x}"));
+                }
+            }
             VcpuExit::Interrupted => check_halted(vcpu, shared, id).map_err(fail)?,
             VcpuExit::Unhandled(what) => return Err(fail(what)),
         }

@@ -16,7 +16,7 @@ use crate::devices::i8042::{ResetToReboot, I8042};
 use crate::devices::serial::{self, RawTerminal};
 use crate::devices::PioBus;
 use crate::exit::{ExitLatch, ExitReason};
-use crate::hypervisor::{self, Vm};
+use crate::hypervisor::{self, StatsReader, Vm};
 use crate::layout::*;
 use crate::memory;
 use crate::pci;
@@ -58,8 +58,15 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
         }
         .map_err(|e| e.to_string())?;
     }
+    if cfg.ignore_msrs {
+        vm.ignore_unknown_msrs().map_err(|e| format!("-w: not supported by this host: {e}"))?;
+    }
     let exit = Arc::new(ExitLatch::default());
-    let pvm = want_pvm().then(|| Arc::new(Pvm::new()));
+    let pvm = want_pvm().then(|| {
+        let p = Pvm::new();
+        p.set_verbose(u8::from(cfg.verbose));
+        Arc::new(p)
+    });
 
     // Devices.
     let mut pio = PioBus::default();
@@ -118,7 +125,7 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
         let added = p.cmdline_additions(&cmdline, vcpus[0].tsc_khz());
         if !added.is_empty() {
             log(format!("nested PVM host: adding to the kernel command line: {}", added.join(" ")));
-            cmdline = format!("{} {}", cmdline.trim(), added.join(" ")).trim().to_string();
+            cmdline = with_kernel_params(&cmdline, &added);
         }
     }
     boot::mptable::write(&mem, cfg.cpus)?;
@@ -144,10 +151,12 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
         pvm: pvm.clone(),
         halted: (0..cfg.cpus).map(|_| AtomicBool::new(false)).collect(),
         unclaimed_io: AtomicU64::new(0),
+        ignored_msrs: AtomicU64::new(0),
         verbose: cfg.verbose,
     });
     let signals = TermSignals::block();
     vcpu::install_kick_handler();
+    let vcpu_stats: Vec<_> = vcpus.iter().map(|v| v.stats_reader()).collect();
     let mut threads = Vec::new();
     for v in vcpus {
         threads.push(vcpu::spawn(v, shared.clone()).map_err(|e| format!("vCPU thread: {e}"))?.pthread);
@@ -157,9 +166,18 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
     let reason = wait_for_end(&exit, &signals, power_button.as_ref());
     drop(raw_terminal);
     if cfg.verbose {
-        report(&*vm, &shared, started);
+        report(&*vm, &vcpu_stats, &shared, started);
     }
     Ok(reason)
+}
+
+/// Adds kernel parameters before any ` -- ` (after it, words are arguments for init).
+fn with_kernel_params(cmdline: &str, params: &[String]) -> String {
+    let (kernel, init) = match cmdline.find(" -- ") {
+        Some(i) => (&cmdline[..i], &cmdline[i..]),
+        None => (cmdline, ""),
+    };
+    format!("{} {}{init}", kernel.trim(), params.join(" ")).trim().to_string()
 }
 
 fn split_ram(size: u64) -> (u64, u64) {
@@ -232,14 +250,66 @@ impl TermSignals {
     }
 }
 
-fn report(vm: &dyn Vm, shared: &Shared, started: Instant) {
+fn report(vm: &dyn Vm, vcpu_stats: &[StatsReader], shared: &Shared, started: Instant) {
     log(format!("ran {:.1}s", started.elapsed().as_secs_f64()));
     if let Some(p) = &shared.pvm {
-        log(format!("PVM fix-ups: {}", p.report()));
+        log(format!("nested PVM host: {}", p.report()));
     }
-    log(format!("unclaimed port I/O: {}", shared.unclaimed_io.load(Ordering::Relaxed)));
+    log(format!(
+        "unclaimed port I/O: {}, ignored MSR accesses: {}",
+        shared.unclaimed_io.load(Ordering::Relaxed),
+        shared.ignored_msrs.load(Ordering::Relaxed)
+    ));
+    let touched: u64 = shared.mem.iter().map(|r| resident_bytes(r.as_ptr(), r.len() as usize)).sum();
+    let peak = peak_rss_bytes();
+    log(format!(
+        "memory: peak RSS {:.1} MiB, guest RAM touched {:.1} MiB, VMM overhead {:.1} MiB",
+        mib(peak),
+        mib(touched),
+        mib(peak.saturating_sub(touched))
+    ));
     let stats: Vec<String> = vm.stats().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !stats.is_empty() {
         log(format!("KVM VM counters: {}", stats.join(" ")));
+    }
+    for (id, read) in vcpu_stats.iter().enumerate() {
+        let stats: Vec<String> = read().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        log(format!("KVM vcpu{id} counters: {}", stats.join(" ")));
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// Bytes of a mapping that are resident in host memory (mincore).
+fn resident_bytes(addr: *mut u8, len: usize) -> u64 {
+    const PAGE: usize = 4096;
+    let mut vec = vec![0u8; len.div_ceil(PAGE)];
+    // SAFETY: `addr..addr+len` is one of our guest RAM mappings; `vec` has a byte per page.
+    let r = unsafe { libc::mincore(addr.cast(), len, vec.as_mut_ptr()) };
+    if r != 0 {
+        return 0;
+    }
+    vec.iter().filter(|b| *b & 1 != 0).count() as u64 * PAGE as u64
+}
+
+fn peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss as u64 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_params_go_before_init_args() {
+        let p = vec!["a=1".to_string(), "b".to_string()];
+        assert_eq!(with_kernel_params("console=ttyS0", &p), "console=ttyS0 a=1 b");
+        assert_eq!(with_kernel_params("console=ttyS0 -- -s x", &p), "console=ttyS0 a=1 b -- -s x");
+        assert_eq!(with_kernel_params("", &p), "a=1 b");
     }
 }

@@ -1,5 +1,7 @@
 //! Emulated devices and the port-I/O bus that routes guest IN/OUT to them.
 
+pub mod acpi_pm;
+pub mod cmos;
 pub mod i8042;
 pub mod serial;
 

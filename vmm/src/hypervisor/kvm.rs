@@ -10,7 +10,9 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit as KvmExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{CpuidEntry, DescriptorTable, Error, Regs, Result, Segment, SpecialRegs, Vcpu, VcpuExit, Vm};
+use super::{
+    CpuidEntry, DescriptorTable, Error, Regs, Result, Segment, SpecialRegs, StatsReader, Vcpu, VcpuExit, Vm,
+};
 
 fn err(op: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
     move |e| Error { op, errno: e.errno() }
@@ -65,6 +67,15 @@ impl Vm for KvmVm {
 
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
         self.fd.register_irqfd(fd, gsi).map_err(err("KVM_IRQFD"))
+    }
+
+    fn ignore_unknown_msrs(&self) -> Result<()> {
+        let mut cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+            ..Default::default()
+        };
+        cap.args[0] = u64::from(kvm_bindings::KVM_MSR_EXIT_REASON_UNKNOWN);
+        self.fd.enable_cap(&cap).map_err(err("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)"))
     }
 
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
@@ -124,6 +135,15 @@ impl Vcpu for KvmVcpu {
             KvmExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => VcpuExit::SystemPowerOff,
             // SAFETY: the run area is mapped for the vCPU's lifetime; KVM is not running it now.
             KvmExit::InternalError => internal_error(unsafe { &*run_area }),
+            KvmExit::X86Rdmsr(m) => {
+                *m.error = 0;
+                *m.data = 0;
+                VcpuExit::IgnoredMsr { index: m.index, write: false }
+            }
+            KvmExit::X86Wrmsr(m) => {
+                *m.error = 0;
+                VcpuExit::IgnoredMsr { index: m.index, write: true }
+            }
             KvmExit::FailEntry(reason, cpu) => {
                 VcpuExit::Unhandled(format!("entry failed: hardware reason {reason:#x} on cpu {cpu}"))
             }
@@ -312,8 +332,9 @@ impl Vcpu for KvmVcpu {
         self.fd.get_tsc_khz().ok()
     }
 
-    fn stats(&self) -> Vec<(String, u64)> {
-        self.stats.as_ref().map(read_stats).unwrap_or_default()
+    fn stats_reader(&self) -> StatsReader {
+        let fd = self.stats.as_ref().and_then(|f| f.try_clone().ok());
+        Box::new(move || fd.as_ref().map(read_stats).unwrap_or_default())
     }
 }
 

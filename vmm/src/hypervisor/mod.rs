@@ -124,6 +124,9 @@ pub enum VcpuExit<'a> {
     SystemPowerOff,
     /// The backend's instruction emulator gave up; `insn` holds the bytes it fetched, if it said.
     EmulationFailure { insn: Vec<u8> },
+    /// The guest accessed an MSR the hypervisor does not implement; the backend already completed
+    /// it as ignored (reads give 0). Only after `Vm::ignore_unknown_msrs`.
+    IgnoredMsr { index: u32, write: bool },
     /// `run` was interrupted by a signal (a kick).
     Interrupted,
     /// Anything else: a description for the error report.
@@ -142,11 +145,16 @@ pub trait Vm: Send + Sync {
     fn set_irq_line(&self, irq: u32, level: bool) -> Result<()>;
     /// Every write to `fd` pulses `gsi` (edge interrupts from device threads).
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()>;
+    /// Accesses to unimplemented MSRs complete as no-ops instead of raising #GP (bhyve's `-w`).
+    fn ignore_unknown_msrs(&self) -> Result<()>;
     /// The CPUID leaves the backend can present, before the VMM's own edits.
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
     /// Backend statistics (name, value) for `-v`; may be empty.
     fn stats(&self) -> Vec<(String, u64)>;
 }
+
+/// Reads a vCPU's statistics from any thread, even while the vCPU runs.
+pub type StatsReader = Box<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
 
 /// One virtual CPU. `run` is called from the vCPU's own thread.
 pub trait Vcpu: Send {
@@ -171,6 +179,6 @@ pub trait Vcpu: Send {
     fn halted_for_good(&self) -> Result<bool>;
     /// The guest TSC rate, if the backend knows it.
     fn tsc_khz(&self) -> Option<u32>;
-    /// Backend statistics (name, value) for `-v`; may be empty.
-    fn stats(&self) -> Vec<(String, u64)>;
+    /// A reader of this vCPU's statistics for `-v`.
+    fn stats_reader(&self) -> StatsReader;
 }

@@ -12,9 +12,10 @@ const CLEARCPUID: &str =
 /// Slow optional initcalls of a stock Debian 6.1 kernel under the emulator (BTF/kfunc parsing
 /// ~40 s, init_kprobe_trace ~57 s, the ftrace weak-function check ~55 s, trace_eval_init ~16 s,
 /// ...). Unknown names are ignored by other kernels.
-const INITCALL_BLACKLIST: &str = "init_kprobe_trace,load_system_certificate_list,cubictcp_register,\
+const INITCALL_BLACKLIST: &str =
+    "ptp_kvm_init,init_kprobe_trace,load_system_certificate_list,cubictcp_register,\
 crypto_kdf108_init,slab_sysfs_init,ftrace_check_for_weak_functions,bpf_rstat_kfunc_init,\
-init_blk_tracer,powercap_init,p2sb_fs_init,btree_module_init,cmos_init,init_hugetlbfs_fs,\
+init_blk_tracer,powercap_init,p2sb_fs_init,btree_module_init,init_hugetlbfs_fs,\
 dynamic_debug_init_control,blake2s_mod_init,i8042_init,aa_create_aafs,dquot_init,xsk_init,\
 init_graph_tracefs,iosf_mbi_init,ia32_binfmt_init,kfunc_init,bpf_key_sig_kfuncs_init,\
 bpf_prog_test_run_init,bpf_tcp_ca_kfunc_init,trace_eval_init";
@@ -44,7 +45,7 @@ fn user_params(cmdline: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
-    let mut push = |cur: &mut String, out: &mut Vec<String>| {
+    let push = |cur: &mut String, out: &mut Vec<String>| {
         if !cur.is_empty() {
             out.push(std::mem::take(cur));
         }
@@ -83,7 +84,11 @@ pub fn additions(user_cmdline: &str, tsc_khz: Option<u32>) -> Vec<String> {
         if has(k) {
             continue;
         }
-        out.push(if v.is_empty() { k.to_string() } else { format!("{k}={v}") });
+        out.push(if v.is_empty() {
+            k.to_string()
+        } else {
+            format!("{k}={v}")
+        });
     }
     // LAPIC deadline ticks come 10x less often in real time when the kernel believes the TSC
     // runs 10x faster; before this, tick handling ate most of the emulated CPU time.
@@ -116,7 +121,14 @@ mod tests {
              clearcpuid=1 tsc_early_khz=1000 -- nokaslr",
             Some(1000),
         );
-        for k in ["tsc=", "noxsave", "initcall_blacklist", "rcupdate.", "clearcpuid", "tsc_early_khz"] {
+        for k in [
+            "tsc=",
+            "noxsave",
+            "initcall_blacklist",
+            "rcupdate.",
+            "clearcpuid",
+            "tsc_early_khz",
+        ] {
             assert!(!a.iter().any(|p| p.starts_with(k)), "{k} added: {a:?}");
         }
         // After "--" the words belong to init: nokaslr is still added.
@@ -128,12 +140,17 @@ mod tests {
     fn no_tsc_rate_no_tsc_early_khz() {
         let a = additions("", None);
         assert!(!a.iter().any(|p| p.starts_with("tsc_early_khz")));
-        assert!(!additions("", Some(0)).iter().any(|p| p.starts_with("tsc_early_khz")));
+        assert!(!additions("", Some(0))
+            .iter()
+            .any(|p| p.starts_with("tsc_early_khz")));
     }
 
     #[test]
     fn splitting() {
-        assert_eq!(user_params(" a=1  \"b=x y\" c -- d"), vec!["a=1", "b=x y", "c"]);
+        assert_eq!(
+            user_params(" a=1  \"b=x y\" c -- d"),
+            vec!["a=1", "b=x y", "c"]
+        );
         assert_eq!(user_params("a --"), vec!["a"]);
     }
 }

@@ -1,0 +1,63 @@
+"""Drives one real `xhyve` process and reads its guest console."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+# Guest kernels are 100-1000x slow on nested (PVM) hosts: waits are long, never timed asserts.
+BOOT_TIMEOUT = float(os.environ.get("XHYVE_TEST_BOOT_TIMEOUT", "900"))
+
+
+class Guest:
+    def __init__(self, xhyve_bin, box, tmp_path, *flags, cmdline="console=ttyS0",
+                 kernel="vmlinux", initrd=True):
+        self.console = tmp_path / f"console-{time.monotonic_ns()}.log"
+        self.stderr_path = self.console.with_suffix(".stderr")
+        initrd_path = str(box / "initrd.img") if initrd else ""
+        self.argv = [str(xhyve_bin), *flags, "-l", f"com1,log={self.console}",
+                     "-f", f"kexec,{box / kernel},{initrd_path},{cmdline}"]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(self.stderr_path, "w"))
+
+    def text(self):
+        return self.console.read_text(errors="replace") if self.console.exists() else ""
+
+    def stderr(self):
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_for(self, pattern, timeout=BOOT_TIMEOUT):
+        """Waits for a console line matching `pattern`; returns the match."""
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while True:
+            m = rx.search(self.text())
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                raise AssertionError(f"xhyve exited ({self.proc.returncode}) before /{pattern}/:\n"
+                                     f"{self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no /{pattern}/ after {timeout:.0f}s:\n{self.tail()}")
+            time.sleep(0.5)
+
+    def wait_exit(self, timeout=BOOT_TIMEOUT):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"xhyve still running after {timeout:.0f}s:\n{self.tail()}")
+
+    def signal(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+
+    def tail(self, n=40):
+        lines = self.text().splitlines()[-n:]
+        return "\n".join(["--- console ---", *lines, "--- stderr ---", self.stderr()])
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

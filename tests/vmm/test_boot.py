@@ -1,0 +1,42 @@
+"""Real KVM guests: the tiny box boots through `-f kexec`, and each way a guest can end gives
+bhyve's exit status."""
+
+import re
+import time
+
+MARK = "XHYVE-TINY:"
+
+
+def test_poweroff_with_two_cpus_and_host_clock(guest):
+    g = guest("-A", "-u", "-c", "2", "-m", "256M", cmdline="console=ttyS0 xhyve.action=poweroff")
+    g.wait_for(rf"{MARK} booted")
+    assert g.wait_for(rf"{MARK} cpus=(\d+)").group(1) == "2"
+    guest_date = int(g.wait_for(rf"{MARK} date=(\d+)").group(1))
+    # The guest read its clock some time before we read its console; allow for the slow platform.
+    assert abs(guest_date - time.time()) < 300, (guest_date, time.time())
+    g.wait_for(rf"{MARK} poweroff")
+    assert g.wait_exit() == 1, g.tail()
+    assert "guest powered off (exit status 1)" in g.stderr()
+
+
+def test_reboot_exits_zero(guest):
+    g = guest("-c", "1", cmdline="console=ttyS0 xhyve.action=reboot")
+    g.wait_for(rf"{MARK} reboot")
+    assert g.wait_exit() == 0, g.tail()
+    assert "guest rebooted (exit status 0)" in g.stderr()
+
+
+def test_halt_exits_two(guest):
+    g = guest(cmdline="console=ttyS0 xhyve.action=halt")
+    g.wait_for(rf"{MARK} ready")
+    assert g.wait_exit() == 2, g.tail()
+    assert "guest halted (exit status 2)" in g.stderr()
+
+
+def test_sigterm_presses_acpi_power_button(guest):
+    g = guest("-A", cmdline="console=ttyS0")
+    g.wait_for(rf"{MARK} ready")
+    g.signal()
+    g.wait_for(rf"{MARK} power button, shutting down")
+    assert g.wait_exit() == 1, g.tail()
+    assert re.search(r"SIGTERM: pressing the ACPI power button", g.stderr())

@@ -1,0 +1,78 @@
+"""The command line: bad values give one line naming the flag, status 4, and no VM at all."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+UUID = "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01"
+
+
+def run(xhyve_bin, *args):
+    return subprocess.run([str(xhyve_bin), *args], capture_output=True, text=True, timeout=60)
+
+
+def kexec(box, kernel="vmlinux"):
+    return f"kexec,{box / kernel},{box / 'initrd.img'},console=ttyS0"
+
+
+BAD = [
+    (lambda box, tmp: ["-f", "kexec,/nonexistent/vmlinux,,console=ttyS0"],
+     r"-f kexec: kernel /nonexistent/vmlinux: No such file or directory"),
+    (lambda box, tmp: ["-f", f"kexec,{tmp},,"], r"-f kexec: kernel .*: not a regular file"),
+    (lambda box, tmp: ["-f", f"kexec,{box / 'vmlinux'},/nonexistent/initrd,"],
+     r"-f kexec: initrd /nonexistent/initrd: No such file"),
+    (lambda box, tmp: ["-m", "0", "-f", kexec(box)], r"-m 0: memory size must be at least 1M"),
+    (lambda box, tmp: ["-m", "12Q", "-f", kexec(box)], r"-m 12Q: unknown size suffix"),
+    (lambda box, tmp: ["-c", "0", "-f", kexec(box)], r"-c 0: at least 1 vCPU"),
+    (lambda box, tmp: ["-c", "100000", "-f", kexec(box)], r"-c 100000: more vCPUs than this host allows"),
+    (lambda box, tmp: ["-U", "not-a-uuid", "-f", kexec(box)], r"-U not-a-uuid: malformed UUID"),
+    (lambda box, tmp: ["-Z", "-f", kexec(box)], r"-Z: unknown flag"),
+    (lambda box, tmp: ["-s", "3,floppy", "-f", kexec(box)],
+     r"-s 3,floppy: unknown device 'floppy' \(valid: hostbridge, amd_hostbridge, lpc\)"),
+    (lambda box, tmp: ["-s", "0,hostbridge", "-s", "0,lpc", "-f", kexec(box)],
+     r"-s 0,lpc: slot 0:0 already holds hostbridge"),
+    (lambda box, tmp: ["-l", "com3,stdio", "-f", kexec(box)], r"-l com3,stdio: unknown LPC device"),
+    (lambda box, tmp: ["-f", f"bootrom,{box / 'vmlinux'}"], r"-f bootrom: UEFI firmware boot is not supported"),
+    (lambda box, tmp: ["-A"], r"-f: missing"),
+    (lambda box, tmp: ["-M"], r"-M: needs -U"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD)))
+def test_bad_command_line(case, xhyve_bin, tiny_box, tmp_path):
+    args, expected = BAD[case]
+    argv = args(tiny_box, tmp_path)
+    assert shutil.which("strace"), "strace is needed to prove no VM was created (.ci/run installs it)"
+    trace = tmp_path / "trace"
+    r = subprocess.run(["strace", "-f", "-qq", "-e", "trace=ioctl", "-o", str(trace), str(xhyve_bin), *argv],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4, (argv, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert re.match(r"xhyve: " + expected, lines[0]), lines[0]
+    calls = trace.read_text()
+    assert "KVM_CREATE_VM" not in calls and "KVM_CREATE_VCPU" not in calls, calls
+
+
+def test_help_documents_exit_statuses(xhyve_bin):
+    r = run(xhyve_bin, "-h")
+    assert r.returncode == 0
+    assert "0 rebooted, 1 powered off, 2 halted, 3 triple fault, 4 error" in r.stdout
+    for flag in ("-A", "-c", "-f", "-l", "-m", "-M", "-s", "-u", "-U", "-w", "-H", "-P"):
+        assert re.search(rf"^\s+{flag}:", r.stdout, re.M), flag
+
+
+def test_version(xhyve_bin):
+    r = run(xhyve_bin, "-v")
+    assert r.returncode == 0 and re.fullmatch(r"xhyve \d+\.\d+\.\d+\n", r.stdout)
+
+
+def test_mac_pinned_by_uuid(xhyve_bin):
+    a, b = run(xhyve_bin, "-M", "-U", UUID), run(xhyve_bin, "-U", UUID, "-M")
+    other = run(xhyve_bin, "-M", "-U", UUID[:-1] + "2")
+    m = re.fullmatch(r"MAC: ([0-9a-f]{2}(:[0-9a-f]{2}){5})\n", a.stdout)
+    assert m and a.returncode == 0
+    assert a.stdout == b.stdout and other.stdout != a.stdout
+    assert int(m.group(1)[:2], 16) & 0x03 == 0x02, "locally administered unicast"
