@@ -12,16 +12,25 @@ BOOT_TIMEOUT = float(os.environ.get("XHYVE_TEST_BOOT_TIMEOUT", "900"))
 
 class Guest:
     def __init__(self, xhyve_bin, box, tmp_path, *flags, cmdline="console=ttyS0",
-                 kernel="vmlinux", initrd=True):
+                 kernel="vmlinux", initrd=True, console="log"):
+        """console="log" uses `-l com1,log=FILE`; "stdio" uses `-l com1,stdio` with a pipe on
+        stdin (see `type`) and stdout captured to the same file."""
         self.console = tmp_path / f"console-{time.monotonic_ns()}.log"
         self.stderr_path = self.console.with_suffix(".stderr")
         initrd_path = str(box / "initrd.img") if initrd else ""
-        self.argv = [str(xhyve_bin), *flags, "-l", f"com1,log={self.console}",
+        target = "stdio" if console == "stdio" else f"log={self.console}"
+        self.argv = [str(xhyve_bin), *flags, "-l", f"com1,{target}",
                      "-f", f"kexec,{box / kernel},{initrd_path},{cmdline}"]
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL,
+        stdio = console == "stdio"
+        self.proc = subprocess.Popen(self.argv,
+                                     stdin=subprocess.PIPE if stdio else subprocess.DEVNULL,
+                                     stdout=open(self.console, "wb") if stdio else subprocess.DEVNULL,
                                      stderr=open(self.stderr_path, "w"))
+
+    def type(self, text):
+        """Sends keystrokes to the guest console (stdio mode)."""
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
 
     def text(self):
         return self.console.read_text(errors="replace") if self.console.exists() else ""

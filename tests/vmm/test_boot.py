@@ -40,3 +40,14 @@ def test_sigterm_presses_acpi_power_button(guest):
     g.wait_for(rf"{MARK} power button, shutting down")
     assert g.wait_exit() == 1, g.tail()
     assert re.search(r"SIGTERM: pressing the ACPI power button", g.stderr())
+
+
+def test_bzimage_with_console_on_stdio_takes_input(guest):
+    """The bzImage 64-bit entry path, and guest input from stdin in stdio mode."""
+    g = guest("-A", kernel="vmlinuz", console="stdio", cmdline="console=ttyS0")
+    g.wait_for(rf"{MARK} ready")
+    time.sleep(2)  # let the shell start reading its terminal
+    g.type("echo XHYVE-INPUT-$((6*7))\n")
+    g.wait_for(r"XHYVE-INPUT-42")
+    g.type("poweroff -f\n")
+    assert g.wait_exit() == 1, g.tail()

@@ -9,6 +9,15 @@
 //! - `fixup.rs`: performs the instructions the emulator rejects (decoded with iced-x86).
 //! - `syscall.rs`: SYSCALL completed through an int3 patched into the guest's #PF handler.
 //!
+//! Measured on this platform (2026-11, Linux 6.1 guests):
+//! - A guest `vmcall` never completes: the vCPU re-executes it forever inside the host. The
+//!   kernel's users of it (kvmclock-based `ptp_kvm`, PV unhalt/IPI/yield) are hidden via CPUID.
+//! - lzcnt/tzcnt are not rejected: the emulator ignores the F3 prefix and runs bsr/bsf, as a CPU
+//!   without ABM/BMI1 would; CPUID says so for lzcnt and `clearcpuid` hides BMI1.
+//! - `initcall_blacklist` needs CONFIG_KALLSYMS in the guest; kernels without it ignore it.
+//! - The tiny box (vmlinux, 1 vCPU, 256 MiB) reaches /init in about 90 s with these fix-ups:
+//!   about 300 SYSCALLs through the #PF path, a few fwait and one int3 (`-v` prints the counts).
+//!
 //! The run loop calls [`Pvm::handle_emulation_failure`] on every `VcpuExit::EmulationFailure`
 //! and [`Pvm::after_exit`] after every exit.
 
