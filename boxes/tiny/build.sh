@@ -33,19 +33,45 @@ fi
 [ -f "$KSRC_TAR" ] || die "$KSRC_TAR missing"
 [ -x /bin/busybox ] || die "/bin/busybox missing"
 
-# --- 2. cache key ---
+# --- 2. cache key: the kernel only (the initramfs is rebuilt every run, in under a second) ---
+# Bump KERNEL_RECIPE when the kernel build steps below change.
+KERNEL_RECIPE=2
 VERSIONS=$(dpkg-query -W -f='${Package}=${Version}\n' "$KSRC_PKG" busybox-static)
-KEY=$( { cat "$HERE/kernel.config" "$HERE/build.sh" "$HERE/init"; echo "$VERSIONS"; } | sha256sum | cut -c1-64)
+KEY=$( { cat "$HERE/kernel.config"; echo "recipe $KERNEL_RECIPE"; dpkg-query -W -f='${Version}' "$KSRC_PKG"; } |
+	sha256sum | cut -c1-64)
 ENTRY=$CACHE/tiny/$KEY
-FILES="vmlinux vmlinuz initrd.img kernel.config"
+
+# Writes OUT/initrd.img: static busybox with its applet links and our /init, uncompressed
+# (gunzip under the nested host's emulator would cost seconds).
+build_initrd() {
+	local list tmp
+	list=$(mktemp) tmp=$OUT/initrd.img.tmp.$$
+	{
+		for d in /dev /proc /sys /tmp /root /etc /bin /sbin /usr /usr/bin /usr/sbin; do
+			echo "dir $d 0755 0 0"
+		done
+		echo "nod /dev/console 0600 0 0 c 5 1"
+		echo "nod /dev/null 0666 0 0 c 1 3"
+		echo "file /bin/busybox /bin/busybox 0755 0 0"
+		echo "file /init $HERE/init 0755 0 0"
+		/bin/busybox --list-full | sort | while read -r a; do
+			[ "$a" = bin/busybox ] || echo "slink /$a /bin/busybox 0777 0 0"
+		done
+	} >"$list"
+	"$ENTRY/gen_init_cpio" -t 0 "$list" >"$tmp" && mv -f "$tmp" "$OUT/initrd.img"
+	rm -f "$list"
+}
 
 install_out() {
 	mkdir -p "$OUT"
-	for f in $FILES; do cp -f "$ENTRY/$f" "$OUT/$f.tmp.$$" && mv -f "$OUT/$f.tmp.$$" "$OUT/$f"; done
-	log "done: $OUT (cache $ENTRY)"
+	for f in vmlinux vmlinuz kernel.config; do
+		cp -f "$ENTRY/$f" "$OUT/$f.tmp.$$" && mv -f "$OUT/$f.tmp.$$" "$OUT/$f"
+	done
+	build_initrd
+	log "done: $OUT (kernel cache $ENTRY)"
 }
-if [ -f "$ENTRY/initrd.img" ]; then
-	log "cache hit $KEY"
+if [ -f "$ENTRY/gen_init_cpio" ]; then
+	log "kernel cache hit $KEY"
 	install_out
 	exit 0
 fi
@@ -66,7 +92,7 @@ log "configuring: tinyconfig + kernel.config"
 make -C "$SRC" -s tinyconfig >/dev/null
 (cd "$SRC" && ./scripts/kconfig/merge_config.sh -m .config "$HERE/kernel.config") >"$TMP/merge.log" 2>&1 ||
 	{ cat "$TMP/merge.log" >&2; die "merge_config failed"; }
-make -C "$SRC" -s olddefconfig >/dev/null
+make -C "$SRC" -s olddefconfig >>"$TMP/merge.log" 2>&1
 bad=
 while read -r line; do
 	case $line in
@@ -82,28 +108,13 @@ make -C "$SRC" -j"$(nproc)" vmlinux bzImage >"$TMP/make.log" 2>&1 ||
 	{ tail -40 "$TMP/make.log" >&2; die "kernel build failed (log: $TMP/make.log)"; }
 make -C "$SRC" -s usr/gen_init_cpio >/dev/null 2>&1 || gcc -O2 -o "$SRC/usr/gen_init_cpio" "$SRC/usr/gen_init_cpio.c"
 
-log "building initramfs (uncompressed cpio newc)"
-LIST=$TMP/initramfs.list
-{
-	for d in /dev /proc /sys /tmp /root /etc /bin /sbin /usr /usr/bin /usr/sbin; do
-		echo "dir $d 0755 0 0"
-	done
-	echo "nod /dev/console 0600 0 0 c 5 1"
-	echo "nod /dev/null 0666 0 0 c 1 3"
-	echo "file /bin/busybox /bin/busybox 0755 0 0"
-	echo "file /init $HERE/init 0755 0 0"
-	/bin/busybox --list-full | sort | while read -r a; do
-		[ "$a" = bin/busybox ] || echo "slink /$a /bin/busybox 0777 0 0"
-	done
-} >"$LIST"
 mkdir -p "$TMP/out"
-"$SRC/usr/gen_init_cpio" -t 0 "$LIST" >"$TMP/out/initrd.img"
-
+cp "$SRC/usr/gen_init_cpio" "$TMP/out/gen_init_cpio"
 cp "$SRC/vmlinux" "$TMP/out/vmlinux"
 cp "$SRC/arch/x86/boot/bzImage" "$TMP/out/vmlinuz"
 cp "$SRC/.config" "$TMP/out/kernel.config"
 echo "$VERSIONS" >"$TMP/out/versions"
 sync
-mv -T "$TMP/out" "$ENTRY" 2>/dev/null || [ -f "$ENTRY/initrd.img" ] || die "cannot publish $ENTRY"
-log "built: vmlinux $(stat -c %s "$ENTRY/vmlinux") B, vmlinuz $(stat -c %s "$ENTRY/vmlinuz") B, initrd.img $(stat -c %s "$ENTRY/initrd.img") B"
+mv -T "$TMP/out" "$ENTRY" 2>/dev/null || [ -f "$ENTRY/gen_init_cpio" ] || die "cannot publish $ENTRY"
+log "built: vmlinux $(stat -c %s "$ENTRY/vmlinux") B, vmlinuz $(stat -c %s "$ENTRY/vmlinuz") B"
 install_out

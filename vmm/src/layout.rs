@@ -3,6 +3,8 @@
 /// Boot GDT and IDT (the kernel replaces both early).
 pub const BOOT_GDT: u64 = 0x500;
 pub const BOOT_IDT: u64 = 0x520;
+/// Linux `setup_data` chain (an RNG seed).
+pub const SETUP_DATA: u64 = 0x6000;
 /// Linux zero page (`struct boot_params`).
 pub const ZERO_PAGE: u64 = 0x7000;
 /// Initial stack top for the boot vCPU.

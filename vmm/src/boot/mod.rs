@@ -14,7 +14,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{self, load_cmdline, BzImage, Elf, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::layout::{CMDLINE, CMDLINE_MAX, EBDA, FOUR_GIB, HIMEM, MMIO_HOLE, ZERO_PAGE};
+use crate::layout::{CMDLINE, CMDLINE_MAX, EBDA, FOUR_GIB, HIMEM, MMIO_HOLE, SETUP_DATA, ZERO_PAGE};
 
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
@@ -87,6 +87,7 @@ pub fn load_linux(
         params.hdr.ramdisk_size = size as u32;
     }
 
+    params.hdr.setup_data = write_rng_seed(mem)?;
     add_e820(&mut params, mem)?;
     if let Some(rsdp) = acpi_rsdp {
         params.acpi_rsdp_addr = rsdp.raw_value();
@@ -97,6 +98,25 @@ pub fn load_linux(
     )
     .map_err(|e| format!("zero page: {e}"))?;
     Ok(BootEntry { rip, kind })
+}
+
+/// A `SETUP_RNG_SEED` entry: the kernel's CRNG is seeded at once instead of waiting for
+/// entropy from interrupts, which are rare on slow (nested) hosts.
+fn write_rng_seed(mem: &GuestMemoryMmap) -> Result<u64, String> {
+    const SETUP_RNG_SEED: u32 = 9;
+    let mut seed = [0u8; 32];
+    // SAFETY: getrandom fills the buffer we own.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if n != seed.len() as isize {
+        return Err(format!("getrandom: {}", std::io::Error::last_os_error()));
+    }
+    let mut entry = Vec::with_capacity(16 + seed.len());
+    entry.extend_from_slice(&0u64.to_le_bytes()); // next: end of the chain
+    entry.extend_from_slice(&SETUP_RNG_SEED.to_le_bytes());
+    entry.extend_from_slice(&(seed.len() as u32).to_le_bytes());
+    entry.extend_from_slice(&seed);
+    mem.write_slice(&entry, GuestAddress(SETUP_DATA)).map_err(|e| format!("setup_data: {e}"))?;
+    Ok(SETUP_DATA)
 }
 
 /// Puts the initrd as high as allowed below the MMIO hole, page aligned, above the kernel.
