@@ -30,7 +30,7 @@ BAD = [
     (lambda box, tmp: ["-U", "not-a-uuid", "-f", kexec(box)], r"-U not-a-uuid: malformed UUID"),
     (lambda box, tmp: ["-Z", "-f", kexec(box)], r"-Z: unknown flag"),
     (lambda box, tmp: ["-s", "3,floppy", "-f", kexec(box)],
-     r"-s 3,floppy: unknown device 'floppy' \(valid: hostbridge, amd_hostbridge, lpc\)"),
+     r"-s 3,floppy: unknown device 'floppy' \(valid: hostbridge, amd_hostbridge, lpc, virtio-blk, virtio-rnd\)"),
     (lambda box, tmp: ["-s", "0,hostbridge", "-s", "0,lpc", "-f", kexec(box)],
      r"-s 0,lpc: slot 0:0 already holds hostbridge"),
     (lambda box, tmp: ["-l", "com3,stdio", "-f", kexec(box)], r"-l com3,stdio: unknown LPC device"),

@@ -20,7 +20,8 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <
        -m: memory size, SIZE[K|M|G] (MiB when no suffix; default 256M)
        -M: print the MAC address derived from -U and exit
        -P: vCPUs yield on PAUSE loops (always so with KVM)
-       -s: <slot[:func],emul[,conf]>  PCI device; emul: hostbridge, amd_hostbridge, lpc
+       -s: <slot[:func],emul[,conf]>  PCI device; emul: hostbridge, amd_hostbridge, lpc,
+           virtio-blk,PATH[,ro][,sectorsize=N[/PHYS]] (raw image), virtio-rnd
        -u: RTC keeps UTC (default: local time)
        -U: UUID (pins the MAC address)
        -v: alone: print the version; with a VM: verbose (platform fix-up and KVM counters at exit)
@@ -34,7 +35,7 @@ pub const DEFAULT_MEM: u64 = 256 << 20;
 /// The largest vCPU count our MP table and APIC IDs can express.
 const MAX_CPUS_LAYOUT: usize = 254;
 /// PCI emulations this build knows; `-s` with anything else is an error naming these.
-pub const PCI_EMULATIONS: &[&str] = &["hostbridge", "amd_hostbridge", "lpc"];
+pub const PCI_EMULATIONS: &[&str] = &["hostbridge", "amd_hostbridge", "lpc", "virtio-blk", "virtio-rnd"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsoleTarget {
@@ -267,6 +268,11 @@ fn parse_slot(s: &str) -> Result<PciSlot, String> {
     if !PCI_EMULATIONS.contains(&emul) {
         return Err(format!("unknown device '{emul}' (valid: {})", PCI_EMULATIONS.join(", ")));
     }
+    match emul {
+        "virtio-blk" => drop(crate::virtio::block::BlockConfig::parse(conf.as_deref())?),
+        "virtio-rnd" => crate::virtio::rng::check_conf(conf.as_deref())?,
+        _ => {}
+    }
     Ok(PciSlot { slot, func, emul: emul.to_string(), conf })
 }
 
@@ -309,7 +315,7 @@ fn check_readable(path: &str) -> Result<(), String> {
 }
 
 /// "No such file or directory (os error 2)" -> "No such file or directory".
-fn strip_os_error(e: &std::io::Error) -> String {
+pub fn strip_os_error(e: &std::io::Error) -> String {
     let s = e.to_string();
     match s.find(" (os error") {
         Some(i) => s[..i].to_string(),
@@ -374,6 +380,15 @@ mod tests {
         assert_eq!(e(&["-U", "nope", "-f", &f]).problem, "malformed UUID");
         assert_eq!(e(&["-Z"]).flag, "-Z");
         assert!(e(&["-s", "3,floppy", "-f", &f]).problem.contains("valid: hostbridge"));
+        assert_eq!(
+            e(&["-s", "2,virtio-blk,/nope", "-f", &f]).to_string(),
+            "-s 2,virtio-blk,/nope: image /nope: No such file or directory"
+        );
+        assert!(e(&["-s", "2,virtio-blk", "-f", &f]).problem.contains("missing image path"));
+        let k = kernel();
+        assert!(e(&["-s", &format!("2,virtio-blk,{k},fast"), "-f", &f]).problem.contains("valid: ro, sectorsize"));
+        assert!(e(&["-s", "3,virtio-rnd,x", "-f", &f]).problem.contains("unknown option 'x'"));
+        assert_eq!(config(&["-s", &format!("2,virtio-blk,{k},ro"), "-s", "3,virtio-rnd", "-f", &f]).slots.len(), 2);
         assert!(e(&["-s", "0,lpc", "-s", "0,hostbridge", "-f", &f]).problem.contains("already holds"));
         assert!(e(&["-f", "kexec,/nonexistent,,"]).problem.contains("No such file"));
         assert!(e(&["-f", "bootrom,/x"]).problem.contains("not supported"));

@@ -13,6 +13,7 @@ mod memory;
 mod pci;
 mod pvm;
 mod vcpu;
+mod virtio;
 mod vm;
 
 use std::io::Write;

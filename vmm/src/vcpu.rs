@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 
+use crate::devices::mmio::MmioBus;
 use crate::devices::PioBus;
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::{Vcpu, VcpuExit};
@@ -34,6 +35,7 @@ pub fn install_kick_handler() {
 pub struct Shared {
     pub mem: GuestMemoryMmap,
     pub pio: PioBus,
+    pub mmio: Arc<MmioBus>,
     pub exit: Arc<ExitLatch>,
     pub pvm: Option<Arc<Pvm>>,
     /// One flag per vCPU: halted with interrupts off (only a reset could wake it).
@@ -78,9 +80,17 @@ fn run_loop(vcpu: &mut dyn Vcpu, shared: &Shared) -> Result<(), ExitReason> {
                     shared.unclaimed_io.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            // No MMIO devices yet: reads float high, writes are dropped, as on an empty bus.
-            VcpuExit::MmioRead(_, data) => data.fill(0xff),
-            VcpuExit::MmioWrite(..) => {}
+            // Unclaimed MMIO: reads float high, writes are dropped, as on an empty bus.
+            VcpuExit::MmioRead(addr, data) => {
+                if !shared.mmio.read(addr, data) {
+                    shared.unclaimed_io.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                if !shared.mmio.write(addr, data) {
+                    shared.unclaimed_io.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             VcpuExit::Hlt => return Err(ExitReason::Halt),
             VcpuExit::Shutdown => return Err(ExitReason::TripleFault),
             VcpuExit::SystemReset => return Err(ExitReason::Reboot),

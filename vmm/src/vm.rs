@@ -14,6 +14,7 @@ use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::cmos::Cmos;
 use crate::devices::i8042::{ResetToReboot, I8042};
 use crate::devices::serial::{self, RawTerminal};
+use crate::devices::mmio::MmioBus;
 use crate::devices::PioBus;
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::{self, StatsReader, Vm};
@@ -95,7 +96,14 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
     pio.insert(PORT_I8042, 5, Arc::new(Mutex::new(I8042(i8042))));
     let (below_4g, above_4g) = split_ram(cfg.mem_bytes);
     pio.insert(PORT_RTC, 2, Arc::new(Mutex::new(Cmos::new(below_4g, above_4g, !cfg.rtc_utc))));
-    let pci_bus = pci::build_bus(&cfg.slots)?;
+    let mmio = Arc::new(MmioBus::default());
+    let pci_ctx = pci::DeviceContext {
+        mem: mem.clone(),
+        mmio: mmio.clone(),
+        routing: pci::msix::GsiRouting::new(vm.clone()),
+        cpus: cfg.cpus,
+    };
+    let pci_bus = pci::build_bus(&cfg.slots, Some(&pci_ctx))?;
     pio.insert(PORT_PCI_CONFIG, 8, Arc::new(Mutex::new(pci_bus)));
     let power_button = if cfg.acpi {
         let pm = Arc::new(Mutex::new(AcpiPm::new(vm.clone(), exit.clone())));
@@ -147,6 +155,7 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
     let shared = Arc::new(Shared {
         mem,
         pio,
+        mmio,
         exit: exit.clone(),
         pvm: pvm.clone(),
         halted: (0..cfg.cpus).map(|_| AtomicBool::new(false)).collect(),
@@ -256,7 +265,7 @@ fn report(vm: &dyn Vm, vcpu_stats: &[StatsReader], shared: &Shared, started: Ins
         log(format!("nested PVM host: {}", p.report()));
     }
     log(format!(
-        "unclaimed port I/O: {}, ignored MSR accesses: {}",
+        "unclaimed port I/O and MMIO accesses: {}, ignored MSR accesses: {}",
         shared.unclaimed_io.load(Ordering::Relaxed),
         shared.ignored_msrs.load(Ordering::Relaxed)
     ));

@@ -3,6 +3,7 @@
 pub mod acpi_pm;
 pub mod cmos;
 pub mod i8042;
+pub mod mmio;
 pub mod serial;
 
 use std::sync::{Arc, Mutex};

@@ -7,11 +7,11 @@ use kvm_bindings::{
     kvm_userspace_memory_region, CpuId, Msrs, KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES,
     KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
-use kvm_ioctls::{Kvm, VcpuExit as KvmExit, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuExit as KvmExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    CpuidEntry, DescriptorTable, Error, Regs, Result, Segment, SpecialRegs, StatsReader, Vcpu, VcpuExit, Vm,
+    CpuidEntry, DescriptorTable, Error, IrqRoute, Regs, Result, Segment, SpecialRegs, StatsReader, Vcpu, VcpuExit, Vm,
 };
 
 fn err(op: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
@@ -67,6 +67,42 @@ impl Vm for KvmVm {
 
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
         self.fd.register_irqfd(fd, gsi).map_err(err("KVM_IRQFD"))
+    }
+
+    fn set_gsi_routing(&self, routes: &[IrqRoute]) -> Result<()> {
+        let mut table = kvm_bindings::KvmIrqRouting::new(0)
+            .map_err(|_| Error { op: "KVM_SET_GSI_ROUTING", errno: libc::ENOMEM })?;
+        for r in routes {
+            let mut e = kvm_bindings::kvm_irq_routing_entry::default();
+            match *r {
+                IrqRoute::Irqchip { gsi, chip, pin } => {
+                    e.gsi = gsi;
+                    e.type_ = kvm_bindings::KVM_IRQ_ROUTING_IRQCHIP;
+                    e.u.irqchip = kvm_bindings::kvm_irq_routing_irqchip { irqchip: chip, pin };
+                }
+                IrqRoute::Msi { gsi, address, data } => {
+                    e.gsi = gsi;
+                    e.type_ = kvm_bindings::KVM_IRQ_ROUTING_MSI;
+                    e.u.msi.address_lo = address as u32;
+                    e.u.msi.address_hi = (address >> 32) as u32;
+                    e.u.msi.data = data;
+                }
+            }
+            table.push(e).map_err(|_| Error { op: "KVM_SET_GSI_ROUTING", errno: libc::E2BIG })?;
+        }
+        self.fd.set_gsi_routing(&table).map_err(err("KVM_SET_GSI_ROUTING"))
+    }
+
+    fn register_ioevent(&self, fd: &EventFd, addr: u64) -> Result<()> {
+        self.fd
+            .register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(err("KVM_IOEVENTFD"))
+    }
+
+    fn unregister_ioevent(&self, fd: &EventFd, addr: u64) -> Result<()> {
+        self.fd
+            .unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(err("KVM_IOEVENTFD(deassign)"))
     }
 
     fn ignore_unknown_msrs(&self) -> Result<()> {

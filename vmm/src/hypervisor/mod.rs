@@ -133,6 +133,30 @@ pub enum VcpuExit<'a> {
     Unhandled(String),
 }
 
+/// One entry of the VM's GSI routing table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqRoute {
+    /// `gsi` drives `pin` of an in-kernel interrupt controller (0 PIC master, 1 PIC slave,
+    /// 2 IOAPIC).
+    Irqchip { gsi: u32, chip: u32, pin: u32 },
+    /// `gsi` sends a message-signalled interrupt (an MSI/MSI-X table entry's address and data).
+    Msi { gsi: u32, address: u64, data: u32 },
+}
+
+/// The routes KVM installs with the in-kernel irqchip: GSI 0-15 to the PICs and the IOAPIC,
+/// 16-23 to the IOAPIC only. A new routing table replaces them, so it must repeat them.
+pub fn default_irqchip_routes() -> Vec<IrqRoute> {
+    let mut routes = Vec::new();
+    for gsi in 0..24 {
+        if gsi < 16 {
+            let (chip, pin) = if gsi < 8 { (0, gsi) } else { (1, gsi - 8) };
+            routes.push(IrqRoute::Irqchip { gsi, chip, pin });
+        }
+        routes.push(IrqRoute::Irqchip { gsi, chip: 2, pin: gsi });
+    }
+    routes
+}
+
 /// A virtual machine: guest memory, interrupt lines, vCPU creation.
 pub trait Vm: Send + Sync {
     /// Maps `size` bytes of host memory at `host_addr` to guest physical `gpa`.
@@ -145,6 +169,11 @@ pub trait Vm: Send + Sync {
     fn set_irq_line(&self, irq: u32, level: bool) -> Result<()>;
     /// Every write to `fd` pulses `gsi` (edge interrupts from device threads).
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()>;
+    /// Replaces the whole GSI routing table (include [`default_irqchip_routes`]).
+    fn set_gsi_routing(&self, routes: &[IrqRoute]) -> Result<()>;
+    /// Guest writes of any width to the MMIO address `addr` signal `fd` instead of exiting.
+    fn register_ioevent(&self, fd: &EventFd, addr: u64) -> Result<()>;
+    fn unregister_ioevent(&self, fd: &EventFd, addr: u64) -> Result<()>;
     /// Accesses to unimplemented MSRs complete as no-ops instead of raising #GP (bhyve's `-w`).
     fn ignore_unknown_msrs(&self) -> Result<()>;
     /// The CPUID leaves the backend can present, before the VMM's own edits.

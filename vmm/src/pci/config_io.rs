@@ -81,7 +81,7 @@ mod tests {
     }
 
     fn bus() -> PciConfigIo {
-        build_bus(&[slot(0, 0, "hostbridge"), slot(31, 0, "lpc")]).unwrap()
+        build_bus(&[slot(0, 0, "hostbridge"), slot(31, 0, "lpc")], None).unwrap()
     }
 
     #[test]

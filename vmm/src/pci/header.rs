@@ -10,10 +10,22 @@ const CLASS_BRIDGE: u8 = 0x06;
 const SUBCLASS_HOST: u8 = 0x00;
 const SUBCLASS_ISA: u8 = 0x01;
 
+/// Status register bit (dword 1, bit 20): a capability list starts at 0x34.
+const STATUS_CAP_LIST: u32 = 1 << 20;
+const CAP_POINTER_REG: usize = 13;
+/// First byte of the capability area (after the type-0 header).
+const CAPS_START: usize = 0x40;
+/// Command register bit 1: the function decodes its memory BARs.
+pub const COMMAND_MEMORY: u32 = 0x2;
+pub const BAR0_REG: usize = 4;
+
 /// 256 bytes of configuration space; only the bits in `writable` take the guest's writes.
 pub struct ConfigSpace {
     regs: [u32; 64],
     writable: [u32; 64],
+    /// Where the next capability goes, and the last one's offset (to chain the next one).
+    next_cap: usize,
+    last_cap: usize,
 }
 
 impl ConfigSpace {
@@ -25,7 +37,65 @@ impl ConfigSpace {
         let mut writable = [0; 64];
         writable[1] = COMMAND_WRITABLE;
         writable[INTERRUPT_LINE_REG] = 0xff;
-        ConfigSpace { regs, writable }
+        ConfigSpace { regs, writable, next_cap: CAPS_START, last_cap: 0 }
+    }
+
+    pub fn set_revision(&mut self, revision: u8) {
+        self.regs[2] = (self.regs[2] & !0xff) | u32::from(revision);
+    }
+
+    pub fn set_subsystem(&mut self, vendor: u16, device: u16) {
+        self.regs[11] = u32::from(device) << 16 | u32::from(vendor);
+    }
+
+    /// A 32-bit non-prefetchable memory BAR of `size` bytes (a power of two, at least 16) placed
+    /// at `addr` (aligned to `size`). Writing all ones reads back `!(size - 1)`: the sizing protocol.
+    pub fn add_mem32_bar(&mut self, bar: usize, addr: u32, size: u32) {
+        assert!(bar < 6 && size.is_power_of_two() && size >= 16 && addr % size == 0);
+        self.regs[BAR0_REG + bar] = addr;
+        self.writable[BAR0_REG + bar] = !(size - 1);
+    }
+
+    /// The address a memory BAR decodes now, if the command register enables memory decoding.
+    pub fn mem_bar(&self, bar: usize) -> Option<u64> {
+        let size_mask = self.writable.get(BAR0_REG + bar).copied().filter(|w| *w != 0)?;
+        (self.regs[1] & COMMAND_MEMORY != 0).then(|| u64::from(self.regs[BAR0_REG + bar] & size_mask))
+    }
+
+    /// Appends a capability: `body` starts with the capability ID; its next pointer (byte 1) is
+    /// filled in. `writable` gives per-byte masks (may be shorter than `body`). Returns its offset.
+    pub fn add_capability(&mut self, body: &[u8], writable: &[u8]) -> usize {
+        let at = self.next_cap;
+        assert!(body.len() >= 2 && at + body.len() <= 256);
+        for (i, &b) in body.iter().enumerate() {
+            self.set_byte(at + i, if i == 1 { 0 } else { b });
+        }
+        for (i, &w) in writable.iter().enumerate() {
+            let (reg, shift) = ((at + i) / 4, (at + i) % 4 * 8);
+            self.writable[reg] = (self.writable[reg] & !(0xff << shift)) | u32::from(w) << shift;
+        }
+        if self.last_cap == 0 {
+            self.regs[CAP_POINTER_REG] = at as u32;
+            self.regs[1] |= STATUS_CAP_LIST;
+        } else {
+            self.set_byte(self.last_cap + 1, at as u8);
+        }
+        self.last_cap = at;
+        self.next_cap = (at + body.len() + 3) & !3;
+        at
+    }
+
+    fn set_byte(&mut self, at: usize, value: u8) {
+        let (reg, shift) = (at / 4, at % 4 * 8);
+        self.regs[reg] = (self.regs[reg] & !(0xff << shift)) | u32::from(value) << shift;
+    }
+
+    pub fn byte(&self, at: usize) -> u8 {
+        (self.regs[at / 4] >> (at % 4 * 8)) as u8
+    }
+
+    pub fn word(&self, at: usize) -> u16 {
+        u16::from(self.byte(at)) | u16::from(self.byte(at + 1)) << 8
     }
 }
 
@@ -79,5 +149,35 @@ mod tests {
         assert_eq!(c.config_read(1), COMMAND_WRITABLE, "status and reserved command bits");
         c.config_write(INTERRUPT_LINE_REG, 0, &[0x0b, 0x01]);
         assert_eq!(c.config_read(INTERRUPT_LINE_REG), 0x0b, "line writable, pin not");
+    }
+
+    #[test]
+    fn bar_sizing_and_decode() {
+        let mut c = ConfigSpace::new(0x1af4, 0x1042, 1, 0);
+        c.add_mem32_bar(0, 0xc000_8000, 0x8000);
+        assert_eq!(c.mem_bar(0), None, "memory decoding off");
+        c.config_write(1, 0, &[0x02, 0]);
+        assert_eq!(c.mem_bar(0), Some(0xc000_8000));
+        c.config_write(BAR0_REG, 0, &[0xff; 4]);
+        assert_eq!(c.config_read(BAR0_REG), 0xffff_8000, "size 32 KiB, 32-bit memory");
+        c.config_write(BAR0_REG, 0, &0xd000_0000u32.to_le_bytes());
+        assert_eq!(c.mem_bar(0), Some(0xd000_0000));
+        assert_eq!(c.mem_bar(1), None, "unimplemented BAR");
+        c.config_write(BAR0_REG + 1, 0, &[0xff; 4]);
+        assert_eq!(c.config_read(BAR0_REG + 1), 0, "unimplemented BAR reads 0 after sizing");
+    }
+
+    #[test]
+    fn capability_chain() {
+        let mut c = ConfigSpace::new(0x1af4, 0x1042, 1, 0);
+        let a = c.add_capability(&[0x11, 0xee, 0x03, 0x00, 1, 2, 3, 4, 5, 6, 7, 8], &[0, 0, 0, 0xc0]);
+        let b = c.add_capability(&[0x09, 0, 16, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0x38, 0, 0, 0], &[]);
+        assert_eq!((a, b), (0x40, 0x4c));
+        assert_ne!(c.config_read(1) & STATUS_CAP_LIST, 0);
+        assert_eq!(c.byte(0x34), 0x40);
+        assert_eq!(c.byte(a + 1), b as u8);
+        assert_eq!(c.byte(b + 1), 0);
+        c.config_write(a / 4, 2, &[0xff, 0xff]);
+        assert_eq!(c.word(a + 2), 0xc003, "only enable and function mask are writable");
     }
 }

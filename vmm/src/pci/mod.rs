@@ -1,20 +1,70 @@
-//! PCI bus 0 behind configuration mechanism #1, with bhyve's host bridges and LPC bridge.
+//! PCI bus 0 behind configuration mechanism #1, with bhyve's host bridges and LPC bridge, and
+//! the virtio devices (`crate::virtio`). The VMM places every BAR in the 32-bit window
+//! (`layout::PCI_MMIO_START..PCI_MMIO_END`); the guest may move them, and the bus then moves the
+//! function's ranges on the [`MmioBus`].
 
 mod config_io;
-mod header;
+pub mod header;
+pub mod msix;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use vm_memory::GuestMemoryMmap;
+
 pub use config_io::PciConfigIo;
 
 use crate::cli::PciSlot;
+use crate::devices::mmio::{MmioBus, MmioDevice};
+use crate::layout::{PCI_MMIO_END, PCI_MMIO_START};
+
+/// An MMIO range a function decodes: (guest address, length, handler).
+pub type MmioRange = (u64, u64, Arc<dyn MmioDevice>);
 
 /// A PCI function's configuration space, accessed by dword index `reg` (0..64).
 pub trait PciDevice: Send {
     fn config_read(&self, reg: usize) -> u32;
     /// Writes `data` (1, 2 or 4 bytes) at byte `offset` (0..4) of dword `reg`.
     fn config_write(&mut self, reg: usize, offset: u8, data: &[u8]);
+    /// The MMIO ranges the function decodes now; asked after every write to the command register
+    /// or a BAR.
+    fn mmio_ranges(&mut self) -> Vec<MmioRange> {
+        Vec::new()
+    }
+}
+
+/// Command register and BARs: writes there may move the function's MMIO ranges.
+const COMMAND_REG: usize = 1;
+const BAR_REGS: std::ops::RangeInclusive<usize> = 4..=9;
+
+/// What devices with BARs and interrupts need from the VM.
+pub struct DeviceContext {
+    pub mem: GuestMemoryMmap,
+    pub mmio: Arc<MmioBus>,
+    pub routing: Arc<msix::GsiRouting>,
+    pub cpus: u8,
+}
+
+/// Hands out BAR addresses in the 32-bit window, each aligned to its size.
+pub struct BarAllocator {
+    next: u64,
+}
+
+impl Default for BarAllocator {
+    fn default() -> Self {
+        BarAllocator { next: PCI_MMIO_START }
+    }
+}
+
+impl BarAllocator {
+    pub fn allocate(&mut self, size: u64) -> Result<u32, String> {
+        let at = self.next.next_multiple_of(size);
+        if at + size > PCI_MMIO_END {
+            return Err("PCI: the 32-bit MMIO window is full".into());
+        }
+        self.next = at + size;
+        Ok(at as u32)
+    }
 }
 
 /// Header type register (dword 3, byte 2): bit 7 says the slot has functions other than 0.
@@ -25,6 +75,7 @@ const MULTI_FUNCTION: u32 = 0x80 << 16;
 #[derive(Default)]
 pub struct PciBus {
     devices: BTreeMap<(u8, u8), Arc<Mutex<dyn PciDevice>>>,
+    mmio: Option<Arc<MmioBus>>,
 }
 
 impl PciBus {
@@ -54,25 +105,35 @@ impl PciBus {
 
     fn write(&self, slot: u8, func: u8, reg: usize, offset: u8, data: &[u8]) {
         if let Some(dev) = self.devices.get(&(slot, func)) {
-            dev.lock().unwrap().config_write(reg, offset, data);
+            let mut dev = dev.lock().unwrap();
+            dev.config_write(reg, offset, data);
+            if let (Some(mmio), true) = (&self.mmio, reg == COMMAND_REG || BAR_REGS.contains(&reg)) {
+                mmio.set_owner_ranges(u32::from(slot) << 3 | u32::from(func), dev.mmio_ranges());
+            }
         }
     }
 }
 
-/// Builds bus 0 from the `-s` options.
-pub fn build_bus(slots: &[PciSlot]) -> Result<PciConfigIo, String> {
+/// Builds bus 0 from the `-s` options; devices with BARs need `ctx`.
+pub fn build_bus(slots: &[PciSlot], ctx: Option<&DeviceContext>) -> Result<PciConfigIo, String> {
     if slots.iter().filter(|s| s.emul == "lpc").count() > 1 {
         return Err("only one LPC bridge is allowed".into());
     }
-    let mut bus = PciBus::default();
+    let mut bus = PciBus { mmio: ctx.map(|c| c.mmio.clone()), ..Default::default() };
+    let mut bars = BarAllocator::default();
     for s in slots {
-        let dev = match s.emul.as_str() {
-            "hostbridge" => header::host_bridge(),
-            "amd_hostbridge" => header::amd_host_bridge(),
-            "lpc" => header::lpc(),
-            other => return Err(format!("PCI device '{other}' is not implemented")),
+        let dev: Arc<Mutex<dyn PciDevice>> = match s.emul.as_str() {
+            "hostbridge" => Arc::new(Mutex::new(header::host_bridge())),
+            "amd_hostbridge" => Arc::new(Mutex::new(header::amd_host_bridge())),
+            "lpc" => Arc::new(Mutex::new(header::lpc())),
+            emul => {
+                let ctx = ctx.ok_or_else(|| format!("PCI device '{emul}' needs a VM"))?;
+                let at = format!("-s {},{emul}", s.slot);
+                crate::virtio::pci_device(emul, s.conf.as_deref(), ctx, &mut bars)
+                    .map_err(|e| format!("{at}: {e}"))?
+            }
         };
-        bus.add(s.slot, s.func, Arc::new(Mutex::new(dev)))?;
+        bus.add(s.slot, s.func, dev)?;
     }
     Ok(PciConfigIo::new(bus))
 }
@@ -87,10 +148,10 @@ mod tests {
 
     #[test]
     fn duplicate_slot_is_an_error() {
-        let err = build_bus(&[slot(0, 0, "hostbridge"), slot(0, 0, "lpc")]).err().unwrap();
+        let err = build_bus(&[slot(0, 0, "hostbridge"), slot(0, 0, "lpc")], None).err().unwrap();
         assert!(err.contains("0:0 is already occupied"), "{err}");
-        assert!(build_bus(&[slot(1, 0, "lpc"), slot(2, 0, "lpc")]).is_err());
-        assert!(build_bus(&[slot(0, 0, "hostbridge"), slot(0, 1, "lpc")]).is_ok());
+        assert!(build_bus(&[slot(1, 0, "lpc"), slot(2, 0, "lpc")], None).is_err());
+        assert!(build_bus(&[slot(0, 0, "hostbridge"), slot(0, 1, "lpc")], None).is_ok());
     }
 
     #[test]

@@ -1,0 +1,662 @@
+//! `virtio-blk,PATH[,ro][,sectorsize=N[/P]]`: a raw image file as a virtio block device (type 2).
+//!
+//! One queue per vCPU (VIRTIO_BLK_F_MQ), each served by its own worker thread with positioned
+//! I/O (`pread`/`pwrite` on one shared file descriptor): requests on different queues never wait
+//! for each other, unlike xhyve's single block lock. Data moves between the file and guest memory
+//! through vm-memory's checked volatile accessors, so a descriptor pointing outside guest RAM
+//! fails that request (VIRTIO_BLK_S_IOERR) and nothing else.
+//!
+//! Discard punches holes (`fallocate(PUNCH_HOLE|KEEP_SIZE)`), so a sparse image gets smaller on
+//! disk; write-zeroes uses `ZERO_RANGE` (or punches holes when the driver allows unmapping), with
+//! a plain write of zeroes where the file system has neither. Flush is `fdatasync`. The device ID
+//! (GET_ID) is the image's file name, cut to 20 bytes.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::Address;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile};
+
+use super::{drain_queue, QueueBroken, VirtioDevice, TYPE_BLOCK};
+
+// Feature bits.
+const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_BLK_SIZE: u64 = 1 << 6;
+const F_FLUSH: u64 = 1 << 9;
+const F_TOPOLOGY: u64 = 1 << 10;
+const F_MQ: u64 = 1 << 12;
+const F_DISCARD: u64 = 1 << 13;
+const F_WRITE_ZEROES: u64 = 1 << 14;
+
+// Request types and status values.
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+pub const S_OK: u8 = 0;
+pub const S_IOERR: u8 = 1;
+pub const S_UNSUPP: u8 = 2;
+
+const SECTOR: u64 = 512;
+const HEADER_LEN: u64 = 16;
+const QUEUE_SIZE: u16 = 256;
+const MAX_QUEUES: usize = 16;
+const ID_LEN: usize = 20;
+/// Discard / write-zeroes limits the config space announces (and requests are held to).
+const MAX_DISCARD_SECTORS: u32 = 1 << 22; // 2 GiB per segment
+const MAX_DISCARD_SEGS: u32 = 32;
+const WZ_FLAG_UNMAP: u32 = 1;
+/// Most bytes one read/write request may move.
+const MAX_REQUEST: u64 = 64 << 20;
+
+/// What `-s SLOT,virtio-blk,CONF` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    pub path: PathBuf,
+    pub readonly: bool,
+    /// Logical and physical block size in bytes.
+    pub sector_size: u32,
+    pub physical_size: u32,
+}
+
+fn parse_sector_size(s: &str) -> Option<u32> {
+    s.parse().ok().filter(|n: &u32| n.is_power_of_two() && (512..=65536).contains(n))
+}
+
+impl BlockConfig {
+    pub const USAGE: &'static str = "virtio-blk,PATH[,ro][,sectorsize=N[/PHYS]]";
+
+    /// Parses `PATH[,ro][,sectorsize=N[/P]]` and checks the image can be opened as asked.
+    pub fn parse(conf: Option<&str>) -> Result<BlockConfig, String> {
+        let conf = conf.unwrap_or("");
+        let mut parts = conf.split(',');
+        let path = parts.next().filter(|p| !p.is_empty()).ok_or(format!("missing image path ({})", Self::USAGE))?;
+        let mut cfg =
+            BlockConfig { path: path.into(), readonly: false, sector_size: 512, physical_size: 512 };
+        for opt in parts {
+            match opt.split_once('=') {
+                None if opt == "ro" => cfg.readonly = true,
+                Some(("sectorsize", v)) => {
+                    let (l, p) = v.split_once('/').unwrap_or((v, v));
+                    match (parse_sector_size(l), parse_sector_size(p)) {
+                        (Some(l), Some(p)) if p >= l => (cfg.sector_size, cfg.physical_size) = (l, p),
+                        _ => return Err(format!("sectorsize={v}: a power of two from 512 to 65536 (logical[/physical])")),
+                    }
+                }
+                _ => return Err(format!("unknown option '{opt}' (valid: ro, sectorsize=N[/PHYS])")),
+            }
+        }
+        open_image(&cfg.path, cfg.readonly)?;
+        Ok(cfg)
+    }
+}
+
+fn open_image(path: &Path, readonly: bool) -> Result<File, String> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!readonly)
+        .open(path)
+        .map_err(|e| format!("image {}: {}", path.display(), crate::cli::strip_os_error(&e)))?;
+    let meta = f.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.is_dir() {
+        return Err(format!("{}: is a directory", path.display()));
+    }
+    Ok(f)
+}
+
+/// The device's ID: the image's file name, cut or zero-padded to 20 bytes.
+fn device_id(path: &Path) -> [u8; ID_LEN] {
+    let mut id = [0u8; ID_LEN];
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let n = name.len().min(ID_LEN);
+    id[..n].copy_from_slice(&name.as_bytes()[..n]);
+    id
+}
+
+pub struct Block {
+    file: File,
+    capacity: u64, // in 512-byte sectors
+    readonly: bool,
+    sector_size: u32,
+    physical_size: u32,
+    queues: usize,
+    id: [u8; ID_LEN],
+}
+
+impl Block {
+    pub fn open(cfg: &BlockConfig, cpus: u8) -> Result<Block, String> {
+        let file = open_image(&cfg.path, cfg.readonly)?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", cfg.path.display()))?
+            .len();
+        // Block devices report 0 in metadata: ask for their end.
+        let len = if len == 0 {
+            // SAFETY: lseek on a descriptor we own.
+            let end = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
+            end.max(0) as u64
+        } else {
+            len
+        };
+        Ok(Block {
+            file,
+            capacity: len / SECTOR,
+            readonly: cfg.readonly,
+            sector_size: cfg.sector_size,
+            physical_size: cfg.physical_size,
+            queues: usize::from(cpus).clamp(1, MAX_QUEUES),
+            id: device_id(&cfg.path),
+        })
+    }
+
+    fn config_image(&self) -> [u8; 60] {
+        let mut c = [0u8; 60];
+        let put = |c: &mut [u8; 60], at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
+        put(&mut c, 0x00, &self.capacity.to_le_bytes());
+        put(&mut c, 0x0c, &(u32::from(QUEUE_SIZE) - 2).to_le_bytes()); // seg_max
+        put(&mut c, 0x14, &self.sector_size.to_le_bytes());
+        c[0x18] = (self.physical_size / self.sector_size).trailing_zeros() as u8; // physical_block_exp
+        put(&mut c, 0x1a, &1u16.to_le_bytes()); // min_io_size, in logical blocks
+        put(&mut c, 0x22, &(self.queues as u16).to_le_bytes());
+        put(&mut c, 0x24, &MAX_DISCARD_SECTORS.to_le_bytes());
+        put(&mut c, 0x28, &MAX_DISCARD_SEGS.to_le_bytes());
+        put(&mut c, 0x2c, &(self.sector_size / SECTOR as u32).to_le_bytes());
+        put(&mut c, 0x30, &MAX_DISCARD_SECTORS.to_le_bytes());
+        put(&mut c, 0x34, &MAX_DISCARD_SEGS.to_le_bytes());
+        c[0x38] = 1; // write_zeroes_may_unmap
+        c
+    }
+
+    /// Handles one request chain; returns the bytes written into the chain (for the used ring).
+    pub fn handle_chain(&self, chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> u32 {
+        let descs: Vec<Descriptor> = chain.collect();
+        let Some(req) = Request::parse(&descs) else {
+            return 0; // nowhere to put a status: drop it (used length 0)
+        };
+        let (status, data_written) = match req.header(mem) {
+            Some((kind, sector)) => self.execute(&req, kind, sector, mem),
+            None => (S_IOERR, 0),
+        };
+        match mem.write_obj(status, req.status) {
+            Ok(()) => data_written.saturating_add(1),
+            Err(_) => 0,
+        }
+    }
+
+    fn execute(&self, req: &Request, kind: u32, sector: u64, mem: &GuestMemoryMmap) -> (u8, u32) {
+        match kind {
+            T_IN => match self.range(sector, req.data_in_len()) {
+                Some(offset) => {
+                    let mut f = FileAt { file: &self.file, offset };
+                    for &(addr, len) in &req.data_in {
+                        if mem.read_exact_volatile_from(addr, &mut f, len as usize).is_err() {
+                            return (S_IOERR, 0);
+                        }
+                    }
+                    (S_OK, req.data_in_len() as u32)
+                }
+                None => (S_IOERR, 0),
+            },
+            T_OUT => {
+                let data = req.data_out();
+                let len = data.iter().map(|d| u64::from(d.1)).sum();
+                match (self.readonly, self.range(sector, len)) {
+                    (false, Some(offset)) => {
+                        let mut f = FileAt { file: &self.file, offset };
+                        for &(addr, len) in &data {
+                            if mem.write_all_volatile_to(addr, &mut f, len as usize).is_err() {
+                                return (S_IOERR, 0);
+                            }
+                        }
+                        (S_OK, 0)
+                    }
+                    _ => (S_IOERR, 0),
+                }
+            }
+            // SAFETY: fdatasync on a descriptor we own.
+            T_FLUSH => match unsafe { libc::fdatasync(self.file.as_raw_fd()) } {
+                0 => (S_OK, 0),
+                _ => (S_IOERR, 0),
+            },
+            T_GET_ID => {
+                let mut left = &self.id[..];
+                let mut written = 0u32;
+                for &(addr, len) in &req.data_in {
+                    let n = left.len().min(len as usize);
+                    if mem.write_slice(&left[..n], addr).is_err() {
+                        return (S_IOERR, 0);
+                    }
+                    written += n as u32;
+                    left = &left[n..];
+                }
+                (S_OK, written)
+            }
+            T_DISCARD | T_WRITE_ZEROES if !self.readonly => (self.discard_or_zero(req, kind, mem), 0),
+            T_DISCARD | T_WRITE_ZEROES => (S_IOERR, 0),
+            _ => (S_UNSUPP, 0),
+        }
+    }
+
+    /// Byte offset of `len` bytes at `sector`, if a whole number of sectors inside the disk.
+    fn range(&self, sector: u64, len: u64) -> Option<u64> {
+        let sectors = len / SECTOR;
+        (len % SECTOR == 0 && len <= MAX_REQUEST && sector.checked_add(sectors)? <= self.capacity)
+            .then_some(sector * SECTOR)
+    }
+
+    fn discard_or_zero(&self, req: &Request, kind: u32, mem: &GuestMemoryMmap) -> u8 {
+        let data = req.data_out();
+        let total: u64 = data.iter().map(|d| u64::from(d.1)).sum();
+        if total == 0 || total % 16 != 0 || total / 16 > u64::from(MAX_DISCARD_SEGS) {
+            return S_IOERR;
+        }
+        let mut bytes = vec![0u8; total as usize];
+        let mut at = 0;
+        for &(addr, len) in &data {
+            if mem.read_slice(&mut bytes[at..at + len as usize], addr).is_err() {
+                return S_IOERR;
+            }
+            at += len as usize;
+        }
+        for seg in bytes.chunks(16) {
+            let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap());
+            let n = u32::from_le_bytes(seg[8..12].try_into().unwrap());
+            let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap());
+            let allowed = if kind == T_DISCARD { 0 } else { WZ_FLAG_UNMAP };
+            if flags & !allowed != 0 {
+                return S_UNSUPP;
+            }
+            if n > MAX_DISCARD_SECTORS {
+                return S_IOERR;
+            }
+            let Some(end) = sector.checked_add(u64::from(n)).filter(|e| *e <= self.capacity) else {
+                return S_IOERR;
+            };
+            let (offset, len) = (sector * SECTOR, (end - sector) * SECTOR);
+            let ok = if kind == T_DISCARD || flags & WZ_FLAG_UNMAP != 0 {
+                self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+                    || (kind == T_WRITE_ZEROES && self.write_zeroes(offset, len))
+            } else {
+                self.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+                    || self.write_zeroes(offset, len)
+            };
+            if !ok {
+                return S_IOERR;
+            }
+        }
+        S_OK
+    }
+
+    fn fallocate(&self, mode: i32, offset: u64, len: u64) -> bool {
+        // SAFETY: fallocate on a descriptor we own.
+        len == 0 || unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, len as i64) } == 0
+    }
+
+    fn write_zeroes(&self, mut offset: u64, len: u64) -> bool {
+        use std::os::unix::fs::FileExt;
+        let zeroes = vec![0u8; 1 << 20];
+        let end = offset + len;
+        while offset < end {
+            let n = (end - offset).min(zeroes.len() as u64) as usize;
+            if self.file.write_all_at(&zeroes[..n], offset).is_err() {
+                return false;
+            }
+            offset += n as u64;
+        }
+        true
+    }
+}
+
+/// A request chain split into its parts: device-readable (header, then data for OUT/DISCARD/
+/// WRITE_ZEROES) and device-writable (data for IN/GET_ID, then the status byte).
+struct Request {
+    readable: Vec<(GuestAddress, u32)>,
+    data_in: Vec<(GuestAddress, u32)>,
+    status: GuestAddress,
+}
+
+impl Request {
+    /// None when there is no writable byte for the status, or a readable buffer follows a
+    /// writable one (the spec's order).
+    fn parse(descs: &[Descriptor]) -> Option<Request> {
+        let mut readable = Vec::new();
+        let mut writable = Vec::new();
+        for d in descs {
+            if d.is_write_only() {
+                writable.push((d.addr(), d.len()));
+            } else if writable.is_empty() {
+                readable.push((d.addr(), d.len()));
+            } else {
+                return None;
+            }
+        }
+        // The status is the last writable byte; zero-length buffers carry nothing.
+        writable.retain(|w| w.1 > 0);
+        let (addr, len) = writable.pop()?;
+        let status = addr.checked_add(u64::from(len) - 1)?;
+        if len > 1 {
+            writable.push((addr, len - 1));
+        }
+        Some(Request { readable, data_in: writable, status })
+    }
+
+    /// (type, sector) from the 16-byte header at the start of the readable part.
+    fn header(&self, mem: &GuestMemoryMmap) -> Option<(u32, u64)> {
+        let mut h = [0u8; HEADER_LEN as usize];
+        let mut at = 0usize;
+        for &(addr, len) in &self.readable {
+            let n = (h.len() - at).min(len as usize);
+            mem.read_slice(&mut h[at..at + n], addr).ok()?;
+            at += n;
+            if at == h.len() {
+                break;
+            }
+        }
+        (at == h.len())
+            .then(|| (u32::from_le_bytes(h[0..4].try_into().unwrap()), u64::from_le_bytes(h[8..16].try_into().unwrap())))
+    }
+
+    /// The readable buffers after the header.
+    fn data_out(&self) -> Vec<(GuestAddress, u32)> {
+        let mut skip = HEADER_LEN;
+        let mut out = Vec::new();
+        for &(addr, len) in &self.readable {
+            let l = u64::from(len);
+            if skip >= l {
+                skip -= l;
+                continue;
+            }
+            match addr.checked_add(skip) {
+                Some(a) => out.push((a, (l - skip) as u32)),
+                None => break,
+            }
+            skip = 0;
+        }
+        out
+    }
+
+    fn data_in_len(&self) -> u64 {
+        self.data_in.iter().map(|d| u64::from(d.1)).sum()
+    }
+}
+
+/// Positioned I/O on the image as a vm-memory volatile source/sink: each call is one
+/// pread/pwrite at `offset`, which then advances. No shared file position, no lock.
+struct FileAt<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl ReadVolatile for FileAt<'_> {
+    fn read_volatile<B: BitmapSlice>(&mut self, buf: &mut VolatileSlice<B>) -> Result<usize, VolatileMemoryError> {
+        let guard = buf.ptr_guard_mut();
+        // SAFETY: the slice is valid for writes of buf.len() bytes (VolatileSlice invariant).
+        let r = unsafe {
+            libc::pread(self.file.as_raw_fd(), guard.as_ptr().cast(), buf.len(), self.offset as libc::off_t)
+        };
+        if r < 0 {
+            return Err(VolatileMemoryError::IOError(std::io::Error::last_os_error()));
+        }
+        buf.bitmap().mark_dirty(0, r as usize);
+        self.offset += r as u64;
+        Ok(r as usize)
+    }
+}
+
+impl WriteVolatile for FileAt<'_> {
+    fn write_volatile<B: BitmapSlice>(&mut self, buf: &VolatileSlice<B>) -> Result<usize, VolatileMemoryError> {
+        let guard = buf.ptr_guard();
+        // SAFETY: the slice is valid for reads of buf.len() bytes (VolatileSlice invariant).
+        let r = unsafe {
+            libc::pwrite(self.file.as_raw_fd(), guard.as_ptr().cast(), buf.len(), self.offset as libc::off_t)
+        };
+        if r < 0 {
+            return Err(VolatileMemoryError::IOError(std::io::Error::last_os_error()));
+        }
+        self.offset += r as u64;
+        Ok(r as usize)
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u16 {
+        TYPE_BLOCK
+    }
+    fn pci_class(&self) -> (u8, u8) {
+        (0x01, 0x00) // mass storage, SCSI (what QEMU shows for virtio-blk)
+    }
+    fn features(&self) -> u64 {
+        let mut f = F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_MQ;
+        if self.physical_size != self.sector_size {
+            f |= F_TOPOLOGY;
+        }
+        if self.readonly {
+            f |= F_RO;
+        } else {
+            f |= F_DISCARD | F_WRITE_ZEROES;
+        }
+        f
+    }
+    fn num_queues(&self) -> usize {
+        self.queues
+    }
+    fn queue_max_size(&self) -> u16 {
+        QUEUE_SIZE
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let c = self.config_image();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset).ok().and_then(|o| c.get(o + i)).copied().unwrap_or(0);
+        }
+    }
+    fn process_queue(&self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueBroken> {
+        drain_queue(queue, mem, |chain| self.handle_chain(chain, mem))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::testing::*;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+    const HDR: u64 = 0x10_0000;
+    const DATA: u64 = 0x11_0000;
+    const STATUS: u64 = 0x12_0000;
+
+    fn image(name: &str, size: u64) -> (PathBuf, BlockConfig) {
+        let dir = std::env::temp_dir().join(format!("xhyve-blk-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        let f = File::create(&path).unwrap();
+        f.set_len(size).unwrap();
+        (path.clone(), BlockConfig::parse(Some(path.to_str().unwrap())).unwrap())
+    }
+
+    fn header(mem: &GuestMemoryMmap, kind: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+    }
+
+    fn status(mem: &GuestMemoryMmap) -> u8 {
+        mem.read_obj(GuestAddress(STATUS)).unwrap()
+    }
+
+    #[test]
+    fn parse_conf() {
+        let (path, cfg) = image("disk.img", 1 << 20);
+        assert!(!cfg.readonly && cfg.sector_size == 512);
+        let p = path.to_str().unwrap();
+        let c = BlockConfig::parse(Some(&format!("{p},ro,sectorsize=4096"))).unwrap();
+        assert!(c.readonly && c.sector_size == 4096 && c.physical_size == 4096);
+        let c = BlockConfig::parse(Some(&format!("{p},sectorsize=512/4096"))).unwrap();
+        assert_eq!((c.sector_size, c.physical_size), (512, 4096));
+        assert!(BlockConfig::parse(Some(&format!("{p},sectorsize=1000"))).unwrap_err().contains("power of two"));
+        assert!(BlockConfig::parse(Some(&format!("{p},nocache"))).unwrap_err().contains("valid: ro"));
+        assert!(BlockConfig::parse(None).unwrap_err().contains("missing image path"));
+        let e = BlockConfig::parse(Some("/nope")).unwrap_err();
+        assert_eq!(e, "image /nope: No such file or directory");
+    }
+
+    #[test]
+    fn write_read_flush_get_id() {
+        let (path, cfg) = image("serial-number-longer-than-20.img", 1 << 20);
+        let blk = Block::open(&cfg, 2).unwrap();
+        assert_eq!(blk.num_queues(), 2);
+        let mem = guest_mem();
+        let mut t = TestQueue::new(&mem);
+        let mut q = t.queue();
+        // OUT: 1 KiB at sector 2.
+        header(&mem, T_OUT, 2);
+        mem.write_slice(&[0xab; 1024], GuestAddress(DATA)).unwrap();
+        t.add(&[(HDR, 16, 0), (DATA, 1024, 0), (STATUS, 1, W)]);
+        assert!(blk.process_queue(0, &mut q, &mem).unwrap());
+        assert_eq!((status(&mem), t.used(0).1), (S_OK, 1));
+        let mut back = [0u8; 1024];
+        File::open(&path).unwrap().read_exact_at(&mut back, 1024).unwrap();
+        assert_eq!(back, [0xab; 1024]);
+        // IN, header and data in one buffer split across two descriptors.
+        header(&mem, T_IN, 2);
+        t.add(&[(HDR, 16, 0), (DATA + 0x1000, 512, W), (DATA + 0x2000, 512, W), (STATUS, 1, W)]);
+        blk.process_queue(0, &mut q, &mem).unwrap();
+        assert_eq!((status(&mem), t.used(1).1), (S_OK, 1025));
+        let mut got = [0u8; 512];
+        mem.read_slice(&mut got, GuestAddress(DATA + 0x2000)).unwrap();
+        assert_eq!(got, [0xab; 512]);
+        // FLUSH, GET_ID.
+        header(&mem, T_FLUSH, 0);
+        t.add(&[(HDR, 16, 0), (STATUS, 1, W)]);
+        header(&mem, T_GET_ID, 0);
+        blk.process_queue(0, &mut q, &mem).unwrap();
+        assert_eq!(status(&mem), S_OK);
+        t.add(&[(HDR, 16, 0), (DATA, 20, W), (STATUS, 1, W)]);
+        blk.process_queue(0, &mut q, &mem).unwrap();
+        let mut id = [0u8; 20];
+        mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id, b"serial-number-longer");
+        assert_eq!(t.used(3).1, 21);
+        // Unknown type.
+        header(&mem, 99, 0);
+        t.add(&[(HDR, 16, 0), (STATUS, 1, W)]);
+        blk.process_queue(0, &mut q, &mem).unwrap();
+        assert_eq!(status(&mem), S_UNSUPP);
+    }
+
+    #[test]
+    fn read_only_refuses_writes() {
+        let (path, _) = image("ro.img", 1 << 20);
+        let cfg = BlockConfig::parse(Some(&format!("{},ro", path.display()))).unwrap();
+        let blk = Block::open(&cfg, 1).unwrap();
+        assert_ne!(blk.features() & F_RO, 0);
+        assert_eq!(blk.features() & F_DISCARD, 0);
+        let mem = guest_mem();
+        let mut t = TestQueue::new(&mem);
+        let mut q = t.queue();
+        for kind in [T_OUT, T_DISCARD, T_WRITE_ZEROES] {
+            header(&mem, kind, 0);
+            mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+            t.add(&[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]);
+            blk.process_queue(0, &mut q, &mem).unwrap();
+            assert_eq!(status(&mem), S_IOERR, "type {kind}");
+        }
+    }
+
+    #[test]
+    fn discard_punches_holes_and_write_zeroes() {
+        let (path, cfg) = image("sparse.img", 4 << 20);
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        f.write_all_at(&vec![0x5a; 2 << 20], 0).unwrap();
+        f.sync_all().unwrap();
+        let blocks = || std::fs::metadata(&path).unwrap().blocks();
+        let before = blocks();
+        let blk = Block::open(&cfg, 1).unwrap();
+        let mem = guest_mem();
+        let mut t = TestQueue::new(&mem);
+        let mut q = t.queue();
+        let seg = |sector: u64, n: u32, flags: u32| {
+            let mut s = [0u8; 16];
+            s[0..8].copy_from_slice(&sector.to_le_bytes());
+            s[8..12].copy_from_slice(&n.to_le_bytes());
+            s[12..16].copy_from_slice(&flags.to_le_bytes());
+            s
+        };
+        header(&mem, T_DISCARD, 0);
+        mem.write_slice(&seg(0, 2048, 0), GuestAddress(DATA)).unwrap(); // first MiB
+        t.add(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, W)]);
+        blk.process_queue(0, &mut q, &mem).unwrap();
+        assert_eq!(status(&mem), S_OK);
+        assert!(blocks() < before, "st_blocks {} -> {}", before, blocks());
+        let mut b = [1u8; 512];
+        f.read_exact_at(&mut b, 4096).unwrap();
+        assert_eq!(b, [0; 512]);
+        // Write zeroes (no unmap) on the second MiB; discard with a flag is unsupported.
+        header(&mem, T_WRITE_ZEROES, 2048);
+        mem.write_slice(&seg(2048, 8, 0), GuestAddress(DATA)).unwrap();
+        t.add(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, W)]);
+        blk.process_queue(0, &mut q, &mem).unwrap();
+        assert_eq!(status(&mem), S_OK);
+        f.read_exact_at(&mut b, 2048 * 512).unwrap();
+        assert_eq!(b, [0; 512]);
+        f.read_exact_at(&mut b, 2056 * 512).unwrap();
+        assert_eq!(b, [0x5a; 512]);
+        header(&mem, T_DISCARD, 0);
+        mem.write_slice(&seg(0, 8, 1), GuestAddress(DATA)).unwrap();
+        t.add(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, W)]);
+        blk.process_queue(0, &mut q, &mem).unwrap();
+        assert_eq!(status(&mem), S_UNSUPP);
+        // Past the end of the disk.
+        mem.write_slice(&seg(8190, 8, 0), GuestAddress(DATA)).unwrap();
+        t.add(&[(HDR, 16, 0), (DATA, 16, 0), (STATUS, 1, W)]);
+        blk.process_queue(0, &mut q, &mem).unwrap();
+        assert_eq!(status(&mem), S_IOERR);
+    }
+
+    #[test]
+    fn hostile_chains() {
+        let (_, cfg) = image("hostile.img", 1 << 20);
+        let blk = Block::open(&cfg, 1).unwrap();
+        let mem = guest_mem();
+        let mut t = TestQueue::new(&mem);
+        let mut q = t.queue();
+        let mut expect = |t: &mut TestQueue, descs: &[(u64, u32, u16)], want: Option<u8>, what: &str| {
+            mem.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
+            t.add(descs);
+            blk.process_queue(0, &mut q, &mem).unwrap();
+            assert_eq!(want.map_or(0xee, |w| w), status(&mem), "{what}");
+        };
+        header(&mem, T_IN, 0);
+        expect(&mut t, &[(HDR, 16, 0), (0xffff_0000_0000, 512, W), (STATUS, 1, W)], Some(S_IOERR), "data outside RAM");
+        expect(&mut t, &[(HDR, 16, 0), (DATA, 512, W), (0xffff_0000_0000, 1, W)], None, "status outside RAM");
+        expect(&mut t, &[(HDR, 16, 0), (DATA, 512, 0)], None, "no writable status");
+        expect(&mut t, &[(HDR, 8, 0), (STATUS, 1, W)], Some(S_IOERR), "short header");
+        expect(&mut t, &[(HDR, 16, 0), (DATA, 511, W), (STATUS, 1, W)], Some(S_IOERR), "partial sector");
+        expect(&mut t, &[(HDR, 16, W), (DATA, 16, 0), (STATUS, 1, W)], None, "readable after writable");
+        expect(&mut t, &[(HDR, 16, 0), (DATA, 0x8000_0000, W), (STATUS, 1, W)], Some(S_IOERR), "huge length");
+        // Lengths summing past 4 GiB: virtio-queue ends the chain there, so no status buffer.
+        expect(&mut t, &[(HDR, 16, 0), (DATA, u32::MAX, W), (STATUS, 1, W)], None, "chain over 4 GiB");
+        header(&mem, T_IN, u64::MAX - 1);
+        expect(&mut t, &[(HDR, 16, 0), (DATA, 1024, W), (STATUS, 1, W)], Some(S_IOERR), "sector overflow");
+        header(&mem, T_IN, 2047);
+        expect(&mut t, &[(HDR, 16, 0), (DATA, 1024, W), (STATUS, 1, W)], Some(S_IOERR), "past the end");
+        // A descriptor loop: 0 -> 1 -> 0 ... ends at the queue size, no hang, no status.
+        t.store(0, HDR, 16, 1, 1);
+        t.store(1, DATA, 512, 1, 0);
+        t.add_head(0);
+        mem.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
+        blk.process_queue(0, &mut q, &mem).unwrap();
+        // A head index beyond the table: the queue is broken (NEEDS_RESET), not the VMM.
+        t.add_head(crate::virtio::testing::QUEUE_SIZE + 5);
+        assert!(blk.process_queue(0, &mut q, &mem).is_err());
+    }
+}
