@@ -1,0 +1,1249 @@
+//! Machines: `machine.create`, `list`, `state`, `start`, `stop`, `destroy`, and the supervisors
+//! that watch running VMMs.
+//!
+//! Each machine is `$XHYVE_HOME/machines/ID/` with `machine.json` (the record, written
+//! atomically), its disks, `console.log` (the guest's serial console), `vmm.log` (xhyve's
+//! stderr) and, once the VMM ended, `exit.json` (written by the runner, see `process::run_vmm`).
+//!
+//! Locks: `Slot::op` serialises the methods on one machine (held for a whole call); `Slot::rec`
+//! guards read-modify-write of `machine.json` and pairs with `Slot::cv`, which the supervisor
+//! signals when the VMM ended. The supervisor takes only `rec`, so `stop` can hold `op` while it
+//! waits for the end.
+
+pub mod disk;
+pub mod process;
+pub mod record;
+
+use crate::boxes::{catalog, store, version, Boxes};
+use crate::error::{code, Error, Result};
+use crate::home::Home;
+use crate::server::{log, parse_size};
+use process::ExitRecord;
+use record::{BoxRef, Disk, MachineRecord, Process, State};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Default seconds `machine.stop` waits for the guest to power off before SIGKILL.
+pub const DEFAULT_STOP_TIMEOUT: f64 = 60.0;
+/// The most PCI slots disks may take (2..=30; 0 is the host bridge, 31 the LPC bridge).
+const MAX_DISKS: usize = 29;
+
+#[derive(Default)]
+struct Slot {
+    op: Mutex<()>,
+    rec: Mutex<()>,
+    cv: Condvar,
+}
+
+pub struct Machines {
+    pub home: Home,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wrong_state(m: impl Into<String>, state: State) -> Error {
+    Error::new(code::WRONG_STATE, m).with_data(json!({"state": state.as_str()}))
+}
+
+fn invalid_field(field: &str, m: impl Into<String>) -> Error {
+    Error::invalid_params(format!("invalid params: {field}: {}", m.into()))
+        .with_data(json!({"field": field}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    #[serde(rename = "box")]
+    pub bx: Value,
+    pub name: String,
+    pub uuid: Option<String>,
+    pub cpus: Option<u32>,
+    pub memory: Option<Value>,
+    pub cmdline: Option<String>,
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+    pub network: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    pub size: Option<Value>,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdParams {
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopParams {
+    pub id: String,
+    #[serde(default)]
+    pub force: bool,
+    pub timeout: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyParams {
+    pub id: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    let mut got = 0;
+    while got < N {
+        // SAFETY: writes at most N - got bytes into our buffer.
+        let r = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), N - got, 0) };
+        if r > 0 {
+            got += r as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            // No getrandom: fall back to time and pid (ids need only be unique, not secret).
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+                ^ ((std::process::id() as u128) << 64);
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
+            }
+            break;
+        }
+    }
+    b
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A random (version 4) UUID.
+pub fn new_uuid() -> String {
+    let mut b: [u8; 16] = random_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// `8-4-4-4-12` hex digits; returned in lower case.
+pub fn check_uuid(u: &str) -> std::result::Result<String, String> {
+    let parts: Vec<&str> = u.split('-').collect();
+    let ok = parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(u.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "{u:?} is not a UUID (e.g. 8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01)"
+        ))
+    }
+}
+
+/// Machine ids are ours (12 hex digits) but come back in params: nothing that leaves the store.
+fn check_id(id: &str) -> Result<()> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(invalid_field("id", format!("{id:?} is not a machine id")));
+    }
+    Ok(())
+}
+
+/// Memory as xhyve's `-m` takes it, normalised to whole MiB: an integer (MiB) or a size string
+/// (`512M`, `1G`, a bare number is MiB as for xhyve).
+fn parse_memory(v: &Value) -> std::result::Result<String, String> {
+    let bytes = match v {
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|m| m.checked_mul(1 << 20))
+            .ok_or(format!("{n} is not a whole number of MiB"))?,
+        Value::String(s)
+            if s.trim().bytes().all(|b| b.is_ascii_digit()) && !s.trim().is_empty() =>
+        {
+            s.trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|m| m.checked_mul(1 << 20))
+                .ok_or(format!("{s:?} is not a size"))?
+        }
+        Value::String(s) => parse_size(s).ok_or(format!(
+            "{s:?} is not a size (e.g. \"512M\", \"2G\", or an integer of MiB)"
+        ))?,
+        other => return Err(format!("{other} is not a size (e.g. \"512M\")")),
+    };
+    if bytes % (1 << 20) != 0 {
+        return Err("memory must be a whole number of MiB".into());
+    }
+    let mib = bytes >> 20;
+    if !(16..=1 << 20).contains(&mib) {
+        return Err(format!("{mib} MiB is out of range (16M to 1T)"));
+    }
+    Ok(format!("{mib}M"))
+}
+
+fn parse_disk_size(v: &Value) -> std::result::Result<u64, String> {
+    let n = match v {
+        Value::Number(n) => n.as_u64().ok_or(format!("{n} is not a size in bytes"))?,
+        Value::String(s) => parse_size(s).ok_or(format!("{s:?} is not a size (e.g. \"10G\")"))?,
+        other => return Err(format!("{other} is not a size")),
+    };
+    if n == 0 || n % 512 != 0 {
+        return Err(format!(
+            "{n} bytes: a disk is a positive multiple of 512 bytes"
+        ));
+    }
+    Ok(n)
+}
+
+/// `network`: `"user"` (default), `"shared"`, `"none"`, or `{mode, forwarded_ports}`. Recorded
+/// now; the VMM gets a network device when networking lands.
+fn parse_network(v: Option<&Value>) -> std::result::Result<Value, String> {
+    let modes = ["user", "shared", "none"];
+    let (mode, ports) = match v {
+        None | Some(Value::Null) => ("user".to_string(), Vec::new()),
+        Some(Value::String(m)) => (m.clone(), Vec::new()),
+        Some(Value::Object(o)) => {
+            if let Some(k) = o
+                .keys()
+                .find(|k| !["mode", "forwarded_ports"].contains(&k.as_str()))
+            {
+                return Err(format!("unknown field {k:?} (mode, forwarded_ports)"));
+            }
+            let mode = match o.get("mode") {
+                None => "user".to_string(),
+                Some(Value::String(m)) => m.clone(),
+                Some(other) => return Err(format!("mode: {other} is not a string")),
+            };
+            let ports = match o.get("forwarded_ports") {
+                None => Vec::new(),
+                Some(Value::Array(a)) => a.clone(),
+                Some(other) => return Err(format!("forwarded_ports: {other} is not an array")),
+            };
+            for p in &ports {
+                let ok = p.as_object().is_some_and(|o| {
+                    o.keys()
+                        .all(|k| ["guest", "host", "protocol", "host_ip"].contains(&k.as_str()))
+                        && o.get("guest")
+                            .and_then(Value::as_u64)
+                            .is_some_and(|g| (1..=65535).contains(&g))
+                        && o.get("host")
+                            .is_none_or(|h| h.as_u64().is_some_and(|h| h <= 65535))
+                        && o.get("protocol").is_none_or(|p| p == "tcp" || p == "udp")
+                        && o.get("host_ip").is_none_or(Value::is_string)
+                });
+                if !ok {
+                    return Err(format!(
+                        "forwarded_ports: {p} is not {{guest: PORT, host?: PORT, protocol?: \"tcp\"|\"udp\", host_ip?}}"
+                    ));
+                }
+            }
+            (mode, ports)
+        }
+        Some(other) => {
+            return Err(format!(
+                "{other} is not a network mode (user, shared, none)"
+            ))
+        }
+    };
+    if !modes.contains(&mode.as_str()) {
+        return Err(format!("mode {mode:?} is not one of user, shared, none"));
+    }
+    Ok(json!({"mode": mode, "forwarded_ports": ports}))
+}
+
+/// What an xhyve box's `metadata.json` says (see boxes/README.md).
+struct BoxMeta {
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    cmdline: Option<String>,
+    cpus: Option<u32>,
+    memory: Option<Value>,
+    disks: Vec<PathBuf>,
+}
+
+/// A file named by a box's metadata: relative, inside the box, a regular file, no comma (xhyve's
+/// option syntax separates with commas).
+fn box_file(dir: &Path, rel: &str, what: &str, box_name: &str) -> Result<PathBuf> {
+    let bad = |m: String| Error::bad_box(format!("box {box_name:?}: metadata.json {what}: {m}"));
+    let p = Path::new(rel);
+    if rel.is_empty()
+        || p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(bad(format!(
+            "{rel:?} is not a path inside the box (e.g. \"vmlinux\")"
+        )));
+    }
+    let full = dir.join(p);
+    if full.to_string_lossy().contains(',') {
+        return Err(bad(format!(
+            "{} has a comma, which xhyve's options cannot carry",
+            full.display()
+        )));
+    }
+    match fs::metadata(&full) {
+        Ok(m) if m.is_file() => Ok(full),
+        Ok(_) => Err(bad(format!("{rel:?} is not a regular file"))),
+        Err(e) => Err(bad(format!("{rel:?}: {e}"))),
+    }
+}
+
+fn read_meta(dir: &Path, box_name: &str) -> Result<BoxMeta> {
+    let p = dir.join("metadata.json");
+    let v: Value = fs::read(&p)
+        .map_err(|e| {
+            Error::bad_box(format!(
+                "box {box_name:?}: cannot read {}: {e}",
+                p.display()
+            ))
+        })
+        .and_then(|t| {
+            serde_json::from_slice(&t).map_err(|e| {
+                Error::bad_box(format!("box {box_name:?}: metadata.json is not JSON: {e}"))
+            })
+        })?;
+    let bad = |m: &str| {
+        Error::bad_box(format!(
+            "box {box_name:?}: metadata.json {m} (see boxes/README.md)"
+        ))
+    };
+    let kernel = v
+        .get("kernel")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("has no \"kernel\": an xhyve box names the kernel it boots"))?;
+    let kernel = box_file(dir, kernel, "kernel", box_name)?;
+    let initrd = match v.get("initrd") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(box_file(dir, s, "initrd", box_name)?),
+        Some(_) => return Err(bad("\"initrd\" is not a string")),
+    };
+    let cmdline = match v.get("cmdline") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(bad("\"cmdline\" is not a string")),
+    };
+    let cpus = match v.get("cpus") {
+        None | Some(Value::Null) => None,
+        Some(c) => Some(
+            c.as_u64()
+                .filter(|c| (1..=255).contains(c))
+                .ok_or_else(|| bad("\"cpus\" is not a number from 1 to 255"))? as u32,
+        ),
+    };
+    let memory = v.get("memory").filter(|m| !m.is_null()).cloned();
+    let mut disks = Vec::new();
+    match v.get("disks") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            for d in a {
+                let s = d
+                    .as_str()
+                    .ok_or_else(|| bad("\"disks\" is not an array of file names"))?;
+                disks.push(box_file(dir, s, "disks", box_name)?);
+            }
+        }
+        Some(_) => return Err(bad("\"disks\" is not an array of file names")),
+    }
+    Ok(BoxMeta {
+        kernel,
+        initrd,
+        cmdline,
+        cpus,
+        memory,
+        disks,
+    })
+}
+
+/// `box` param: `"NAME"` or `{name, version?, architecture?}` (version: a constraint).
+fn resolve_box(home: &Home, spec: &Value) -> Result<(PathBuf, store::BoxRecord)> {
+    let (name, constraint, arch) = match spec {
+        Value::String(s) => (s.clone(), None, None),
+        Value::Object(o) => {
+            if let Some(k) = o
+                .keys()
+                .find(|k| !["name", "version", "architecture"].contains(&k.as_str()))
+            {
+                return Err(invalid_field(
+                    "box",
+                    format!("unknown field {k:?} (name, version, architecture)"),
+                ));
+            }
+            let get = |k: &str| -> Result<Option<String>> {
+                match o.get(k) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s.clone())),
+                    Some(other) => Err(invalid_field(
+                        &format!("box.{k}"),
+                        format!("{other} is not a string"),
+                    )),
+                }
+            };
+            let name = get("name")?.ok_or_else(|| invalid_field("box.name", "missing"))?;
+            (name, get("version")?, get("architecture")?)
+        }
+        _ => return Err(invalid_field(
+            "box",
+            "expected a box name (\"acme/tiny\") or {\"name\", \"version\"?, \"architecture\"?}",
+        )),
+    };
+    store::check_name(&name).map_err(|e| invalid_field("box", e))?;
+    let req = constraint
+        .as_deref()
+        .map(version::Requirement::parse)
+        .transpose()
+        .map_err(|e| invalid_field("box.version", e))?;
+    let arch = arch.unwrap_or_else(|| catalog::host_arch().to_string());
+    let all = store::installed(home);
+    // `installed` sorts versions oldest first: the newest match is the last.
+    let found = all.iter().rfind(|(_, r)| {
+        r.name == name
+            && r.architecture == arch
+            && match &req {
+                None => true,
+                Some(q) => version::Version::parse(&r.version).is_ok_and(|v| q.matches(&v)),
+            }
+    });
+    match found {
+        Some((p, r)) => Ok((p.clone(), r.clone())),
+        None => {
+            let have: Vec<String> = all
+                .iter()
+                .filter(|(_, r)| r.name == name)
+                .map(|(_, r)| format!("{} ({})", r.version, r.architecture))
+                .collect();
+            let want = match &constraint {
+                Some(c) => format!("box {name:?} version {c} ({arch})"),
+                None => format!("box {name:?} ({arch})"),
+            };
+            let hint = if have.is_empty() {
+                "box.list shows the installed boxes, box.add installs one".to_string()
+            } else {
+                format!("installed: {}", have.join(", "))
+            };
+            Err(Error::not_found(format!("{want} is not installed; {hint}"))
+                .with_data(json!({"box": name})))
+        }
+    }
+}
+
+impl Machines {
+    pub fn new(home: Home) -> Arc<Machines> {
+        Arc::new(Machines {
+            home,
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn slot(&self, id: &str) -> Arc<Slot> {
+        lock(&self.slots).entry(id.to_string()).or_default().clone()
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.home.machines().join(id)
+    }
+
+    /// The machine's directory; -32001 when there is no such machine.
+    fn existing(&self, id: &str) -> Result<PathBuf> {
+        check_id(id)?;
+        let d = self.dir(id);
+        if d.is_dir() {
+            Ok(d)
+        } else {
+            Err(Error::not_found(format!(
+                "no machine with id {id:?} (machine.list shows the machines)"
+            ))
+            .with_data(json!({"state": "not_created"})))
+        }
+    }
+
+    fn records(&self) -> Vec<(PathBuf, MachineRecord)> {
+        let mut v: Vec<(PathBuf, MachineRecord)> = fs::read_dir(self.home.machines())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter_map(|p| MachineRecord::load(&p).ok().map(|r| (p, r)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by(|(_, a), (_, b)| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    pub fn create(&self, boxes: &Boxes, p: CreateParams) -> Result<Value> {
+        if p.name.trim().is_empty() || p.name.len() > 200 || p.name.chars().any(char::is_control) {
+            return Err(invalid_field(
+                "name",
+                "a machine name is 1 to 200 printable characters",
+            ));
+        }
+        let (bdir, brec) = resolve_box(&self.home, &p.bx)?;
+        let meta = read_meta(&bdir, &brec.name)?;
+        let cpus = p.cpus.or(meta.cpus).unwrap_or(1);
+        if !(1..=255).contains(&cpus) {
+            return Err(invalid_field("cpus", format!("{cpus}: from 1 to 255")));
+        }
+        let memory = match (&p.memory, &meta.memory) {
+            (Some(m), _) => parse_memory(m).map_err(|e| invalid_field("memory", e))?,
+            (None, Some(m)) => parse_memory(m).map_err(|e| {
+                Error::bad_box(format!("box {:?}: metadata.json memory: {e}", brec.name))
+            })?,
+            (None, None) => "256M".into(),
+        };
+        let cmdline = p
+            .cmdline
+            .clone()
+            .or(meta.cmdline.clone())
+            .unwrap_or_else(|| "console=ttyS0".into());
+        if cmdline.contains('\n') || cmdline.contains('\0') {
+            return Err(invalid_field("cmdline", "has a newline or NUL"));
+        }
+        let network = parse_network(p.network.as_ref()).map_err(|e| invalid_field("network", e))?;
+        // Extra disks: new empty ones ({size}) or existing images ({path}).
+        enum Extra {
+            New(u64),
+            Existing(PathBuf),
+        }
+        let mut extras = Vec::new();
+        for (i, d) in p.disks.iter().enumerate() {
+            let field = format!("disks[{i}]");
+            extras.push(match (&d.size, &d.path) {
+                (Some(s), None) => {
+                    Extra::New(parse_disk_size(s).map_err(|e| invalid_field(&field, e))?)
+                }
+                (None, Some(path)) => {
+                    let pb = PathBuf::from(path);
+                    if !pb.is_absolute() || path.contains(',') {
+                        return Err(invalid_field(
+                            &field,
+                            format!("{path:?}: an absolute path without commas"),
+                        ));
+                    }
+                    let m = fs::metadata(&pb)
+                        .map_err(|e| invalid_field(&field, format!("{path}: {e}")))?;
+                    if m.is_dir() {
+                        return Err(invalid_field(&field, format!("{path} is a directory")));
+                    }
+                    Extra::Existing(pb)
+                }
+                _ => {
+                    return Err(invalid_field(
+                        &field,
+                        "give either size (a new empty disk) or path (an existing image)",
+                    ))
+                }
+            });
+        }
+        if meta.disks.len() + extras.len() > MAX_DISKS {
+            return Err(invalid_field("disks", format!("at most {MAX_DISKS} disks")));
+        }
+        let uuid = match &p.uuid {
+            Some(u) => check_uuid(u).map_err(|e| invalid_field("uuid", e))?,
+            None => new_uuid(),
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.home.machines())?;
+        // The record appears under the box lock: box.remove either sees it or ran before.
+        let (id, dir, mut rec) = {
+            let _g = lock(&boxes.lock);
+            if let Some((_, other)) = self.records().into_iter().find(|(_, r)| r.uuid == uuid) {
+                return Err(Error::new(
+                    code::ALREADY_EXISTS,
+                    format!(
+                        "machine {} ({}) already has uuid {uuid}",
+                        other.id, other.name
+                    ),
+                ));
+            }
+            if !bdir.join(store::RECORD).is_file() {
+                return Err(Error::not_found(format!(
+                    "box {:?} was just removed",
+                    brec.name
+                )));
+            }
+            let (id, dir) = loop {
+                let id = hex(&random_bytes::<6>());
+                let dir = self.dir(&id);
+                match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                    Ok(()) => break (id, dir),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => {
+                        return Err(Error::internal(format!("creating {}: {e}", dir.display())))
+                    }
+                }
+            };
+            if dir.to_string_lossy().contains(',') {
+                let _ = fs::remove_dir(&dir);
+                return Err(Error::internal(format!(
+                    "{}: xhyve's options cannot carry a path with a comma; use another XHYVE_HOME",
+                    dir.display()
+                )));
+            }
+            let mut disks = Vec::new();
+            for (i, src) in meta.disks.iter().enumerate() {
+                disks.push(Disk {
+                    path: dir.join(format!("disk{i}.img")).display().to_string(),
+                    source: Some(src.display().to_string()),
+                    owned: true,
+                });
+            }
+            for (j, e) in extras.iter().enumerate() {
+                disks.push(match e {
+                    Extra::New(_) => Disk {
+                        path: dir
+                            .join(format!("disk{}.img", meta.disks.len() + j))
+                            .display()
+                            .to_string(),
+                        source: None,
+                        owned: true,
+                    },
+                    Extra::Existing(p) => Disk {
+                        path: p.display().to_string(),
+                        source: None,
+                        owned: false,
+                    },
+                });
+            }
+            let rec = MachineRecord {
+                id: id.clone(),
+                name: p.name.clone(),
+                uuid: uuid.clone(),
+                bx: BoxRef {
+                    name: brec.name.clone(),
+                    version: brec.version.clone(),
+                    architecture: brec.architecture.clone(),
+                    path: bdir.display().to_string(),
+                },
+                cpus,
+                memory,
+                cmdline,
+                kernel: meta.kernel.display().to_string(),
+                initrd: meta.initrd.as_ref().map(|p| p.display().to_string()),
+                disks,
+                network,
+                created_at: process::now(),
+                state: State::NotCreated,
+                exit_status: None,
+                exit_signal: None,
+                exit_reason: None,
+                process: None,
+                stop_requested: false,
+            };
+            if let Err(e) = rec.save(&dir) {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+            (id, dir, rec)
+        };
+        let slot = self.slot(&id);
+        let _op = lock(&slot.op);
+        let made = (|| -> Result<()> {
+            for (i, src) in meta.disks.iter().enumerate() {
+                let dst = Path::new(&rec.disks[i].path);
+                let how = disk::sparse_copy(src, dst).map_err(|e| {
+                    Error::internal(format!(
+                        "copying {} to {}: {e}",
+                        src.display(),
+                        dst.display()
+                    ))
+                })?;
+                log(&format!("machine {id}: {} copied ({how:?})", dst.display()));
+            }
+            for (j, e) in extras.iter().enumerate() {
+                if let Extra::New(size) = e {
+                    let dst = Path::new(&rec.disks[meta.disks.len() + j].path);
+                    disk::create_empty(dst, *size)
+                        .map_err(|e| Error::internal(format!("creating {}: {e}", dst.display())))?;
+                }
+            }
+            let _g = lock(&slot.rec);
+            rec.state = State::Stopped;
+            rec.save(&dir)
+        })();
+        if let Err(e) = made {
+            self.remove_dir(&dir);
+            return Err(e);
+        }
+        log(&format!(
+            "machine {id} ({}) created from box {} {}",
+            rec.name, rec.bx.name, rec.bx.version
+        ));
+        Ok(
+            json!({"id": id, "name": rec.name, "uuid": rec.uuid, "state": rec.state.as_str(), "path": dir.display().to_string()}),
+        )
+    }
+
+    /// Moves the directory into tmp/ (it leaves the registry at once), then deletes it.
+    fn remove_dir(&self, dir: &Path) {
+        let trash = store::tempdir_path(&self.home, "destroy");
+        match fs::rename(dir, &trash) {
+            Ok(()) => {
+                let _ = fs::remove_dir_all(&trash);
+            }
+            Err(_) => {
+                let _ = fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    pub fn list(&self) -> Value {
+        Value::Array(
+            self.records()
+                .iter()
+                .map(|(d, r)| r.list_value(d))
+                .collect(),
+        )
+    }
+
+    /// Cheap: reads machine.json, spawns nothing.
+    pub fn state(&self, id: &str) -> Result<Value> {
+        let dir = self.existing(id)?;
+        Ok(MachineRecord::load(&dir)?.state_value())
+    }
+
+    pub fn start(self: &Arc<Self>, id: &str) -> Result<Value> {
+        let dir = self.existing(id)?;
+        let slot = self.slot(id);
+        let _op = lock(&slot.op);
+        let dir = if dir.is_dir() {
+            dir
+        } else {
+            self.existing(id)?
+        };
+        let rec = MachineRecord::load(&dir)?;
+        match rec.state {
+            State::Running => return Ok(rec.state_value()),
+            State::NotCreated => {
+                return Err(wrong_state(
+                    format!(
+                    "machine {id} was not fully created (its creation was interrupted): destroy it"
+                ),
+                    rec.state,
+                ))
+            }
+            State::Stopped | State::Aborted => {}
+        }
+        let vmm_err = |m: String| Error::new(code::VMM_FAILED, m);
+        let xhyve = process::find_xhyve().map_err(vmm_err)?;
+        let feat = process::features(&xhyve).map_err(vmm_err)?;
+        for f in std::iter::once(&rec.kernel).chain(rec.initrd.iter()) {
+            if !Path::new(f).is_file() {
+                return Err(vmm_err(format!("{f} is missing (was the box changed?)")));
+            }
+        }
+        let console = dir.join("console.log");
+        let mut argv: Vec<String> = vec![
+            xhyve.display().to_string(),
+            "-A".into(),
+            "-U".into(),
+            rec.uuid.clone(),
+            "-c".into(),
+            rec.cpus.to_string(),
+            "-m".into(),
+            rec.memory.clone(),
+        ];
+        if feat.hostbridge {
+            argv.extend(["-s".into(), "0,hostbridge".into()]);
+        }
+        if feat.lpc {
+            argv.extend(["-s".into(), "31,lpc".into()]);
+        }
+        let mut notes = Vec::new();
+        if feat.virtio_blk {
+            for (i, d) in rec.disks.iter().enumerate() {
+                argv.extend(["-s".into(), format!("{},virtio-blk,{}", i + 2, d.path)]);
+            }
+        } else if !rec.disks.is_empty() {
+            notes.push(format!(
+                "{} has no virtio-blk: the machine's {} disk(s) are not attached",
+                xhyve.display(),
+                rec.disks.len()
+            ));
+        }
+        argv.extend([
+            "-l".into(),
+            format!("com1,log={}", console.display()),
+            "-f".into(),
+            format!(
+                "kexec,{},{},{}",
+                rec.kernel,
+                rec.initrd.clone().unwrap_or_default(),
+                rec.cmdline
+            ),
+        ]);
+        // A fresh console log per boot (the previous one is kept as console.log.1).
+        if console.exists() {
+            let _ = fs::rename(&console, dir.join("console.log.1"));
+        }
+        let _ = fs::remove_file(dir.join(process::EXIT_FILE));
+        let vmm_log_path = dir.join("vmm.log");
+        let vmm_log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&vmm_log_path)
+            .map_err(|e| Error::internal(format!("opening {}: {e}", vmm_log_path.display())))?;
+        {
+            use std::io::Write;
+            let mut l = &vmm_log;
+            let _ = writeln!(l, "--- {} start: {}", process::now(), argv.join(" "));
+            for n in &notes {
+                let _ = writeln!(l, "note: {n}");
+            }
+        }
+        let exe = std::env::current_exe()
+            .map_err(|e| vmm_err(format!("cannot find my own binary: {e}")))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("run-vmm")
+            .arg(&dir)
+            .arg("--")
+            .args(&argv)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(vmm_log);
+        // SAFETY: setsid is async-signal-safe. The runner and the VMM leave the daemon's session
+        // so they outlive it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| vmm_err(format!("cannot start the VMM runner: {e}")))?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        let mut it = line.split_whitespace();
+        let (pid, st) = match (
+            it.next().and_then(|p| p.parse::<i32>().ok()),
+            it.next().and_then(|p| p.parse::<u64>().ok()),
+        ) {
+            (Some(p), Some(s)) => (p, s),
+            _ => {
+                let _ = child.wait();
+                return Err(vmm_err(format!(
+                    "cannot start {}: {}",
+                    xhyve.display(),
+                    line.trim().trim_start_matches("error: ")
+                )));
+            }
+        };
+        let runner_pid = child.id() as i32;
+        let proc = Process {
+            pid,
+            start_time: st,
+            runner_pid,
+            runner_start_time: process::start_time(runner_pid).unwrap_or(0),
+            started_at: process::now(),
+            argv,
+        };
+        let rec = {
+            let _g = lock(&slot.rec);
+            let mut rec = MachineRecord::load(&dir)?;
+            rec.state = State::Running;
+            rec.process = Some(proc.clone());
+            rec.exit_status = None;
+            rec.exit_signal = None;
+            rec.exit_reason = None;
+            rec.stop_requested = false;
+            rec.save(&dir)?;
+            rec
+        };
+        for n in notes {
+            log(&format!("machine {id}: {n}"));
+        }
+        log(&format!("machine {id}: xhyve started (pid {pid})"));
+        self.supervise(id.to_string(), Some(child), proc);
+        Ok(rec.state_value())
+    }
+
+    /// Watches a running VMM until it ends, then records how. `child` is the runner when this
+    /// daemon started it; after a daemon restart the runner is watched through a pidfd.
+    fn supervise(self: &Arc<Self>, id: String, child: Option<Child>, p: Process) {
+        let me = self.clone();
+        let pid = p.pid;
+        let r = std::thread::Builder::new()
+            .name(format!("vmm-{id}"))
+            .spawn(move || {
+                match child {
+                    Some(mut c) => {
+                        let _ = c.wait();
+                    }
+                    None => process::wait_exit(p.runner_pid, p.runner_start_time),
+                }
+                // The runner may have been killed while the VMM runs on: wait for the VMM too.
+                process::wait_exit(p.pid, p.start_time);
+                me.finalize(&id, &p);
+            });
+        if let Err(e) = r {
+            log(&format!(
+                "xhyve pid {pid}: cannot start its supervisor: {e}"
+            ));
+        }
+    }
+
+    /// Records the end of the VMM `p` of machine `id` (from the runner's exit.json).
+    fn finalize(&self, id: &str, p: &Process) {
+        let slot = self.slot(id);
+        let _g = lock(&slot.rec);
+        let dir = self.dir(id);
+        let Ok(mut rec) = MachineRecord::load(&dir) else {
+            slot.cv.notify_all();
+            return;
+        };
+        if rec.state != State::Running || rec.process.as_ref().map(|q| q.pid) != Some(p.pid) {
+            slot.cv.notify_all();
+            return;
+        }
+        let exit = process::read_exit(&dir).filter(|e| e.pid == p.pid);
+        classify(&mut rec, exit.as_ref(), &dir);
+        rec.process = None;
+        if let Err(e) = rec.save(&dir) {
+            log(&format!("machine {id}: {e}"));
+        }
+        log(&format!(
+            "machine {id}: {} ({})",
+            rec.state.as_str(),
+            rec.exit_reason.as_deref().unwrap_or("")
+        ));
+        slot.cv.notify_all();
+    }
+
+    /// Waits (up to `timeout`) until the machine is no longer running; None on timeout.
+    fn wait_not_running(&self, id: &str, timeout: Duration) -> Result<Option<MachineRecord>> {
+        let slot = self.slot(id);
+        let dir = self.dir(id);
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&slot.rec);
+        loop {
+            let rec = MachineRecord::load(&dir)?;
+            if rec.state != State::Running {
+                return Ok(Some(rec));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wait = (deadline - now).min(Duration::from_millis(500));
+            g = slot
+                .cv
+                .wait_timeout(g, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn mark_stop_requested(&self, id: &str) -> Result<()> {
+        let slot = self.slot(id);
+        let _g = lock(&slot.rec);
+        let dir = self.dir(id);
+        let mut rec = MachineRecord::load(&dir)?;
+        if rec.state == State::Running && !rec.stop_requested {
+            rec.stop_requested = true;
+            rec.save(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL and wait for the supervisor to record the end.
+    fn kill_and_wait(&self, id: &str, p: &Process) -> Result<MachineRecord> {
+        process::kill(p.pid, p.start_time, libc::SIGKILL);
+        match self.wait_not_running(id, Duration::from_secs(30))? {
+            Some(r) => Ok(r),
+            None => Err(Error::internal(format!(
+                "xhyve (pid {}) of machine {id} did not end 30 s after SIGKILL",
+                p.pid
+            ))),
+        }
+    }
+
+    pub fn stop(self: &Arc<Self>, p: StopParams) -> Result<Value> {
+        let timeout = p.timeout.unwrap_or(DEFAULT_STOP_TIMEOUT);
+        if !(0.0..=86400.0).contains(&timeout) {
+            return Err(invalid_field("timeout", "seconds from 0 to 86400"));
+        }
+        let dir = self.existing(&p.id)?;
+        let slot = self.slot(&p.id);
+        let _op = lock(&slot.op);
+        let rec = MachineRecord::load(&dir)?;
+        let Some(proc) = rec.process.clone().filter(|_| rec.state == State::Running) else {
+            return Ok(rec.state_value());
+        };
+        self.mark_stop_requested(&p.id)?;
+        if !p.force {
+            // With -A, SIGTERM presses the ACPI power button.
+            process::kill(proc.pid, proc.start_time, libc::SIGTERM);
+            if let Some(r) = self.wait_not_running(&p.id, Duration::from_secs_f64(timeout))? {
+                return Ok(r.state_value());
+            }
+            log(&format!(
+                "machine {}: no power-off within {timeout} s: SIGKILL",
+                p.id
+            ));
+        }
+        Ok(self.kill_and_wait(&p.id, &proc)?.state_value())
+    }
+
+    pub fn destroy(self: &Arc<Self>, p: DestroyParams) -> Result<Value> {
+        let dir = self.existing(&p.id)?;
+        let slot = self.slot(&p.id);
+        let _op = lock(&slot.op);
+        if !dir.is_dir() {
+            return Err(self
+                .existing(&p.id)
+                .err()
+                .unwrap_or_else(|| Error::not_found("gone")));
+        }
+        // A directory without a readable record (a creation cut short) can always go.
+        if let Ok(rec) = MachineRecord::load(&dir) {
+            if let (State::Running, Some(proc)) = (rec.state, rec.process.clone()) {
+                if !p.force {
+                    return Err(wrong_state(
+                        format!(
+                            "machine {} ({}) is running: stop it first, or pass force to kill it",
+                            rec.id, rec.name
+                        ),
+                        rec.state,
+                    ));
+                }
+                self.mark_stop_requested(&p.id)?;
+                self.kill_and_wait(&p.id, &proc)?;
+            }
+        }
+        {
+            let _g = lock(&slot.rec);
+            self.remove_dir(&dir);
+        }
+        lock(&self.slots).remove(&p.id);
+        log(&format!("machine {} destroyed", p.id));
+        Ok(json!({"id": p.id, "state": "not_created"}))
+    }
+
+    /// At daemon start: adopt the VMMs still running (pid and start time match), record the end
+    /// of those that ended while no daemon watched.
+    pub fn recover(self: &Arc<Self>) {
+        for (dir, rec) in self.records() {
+            let (State::Running, Some(p)) = (rec.state, rec.process.clone()) else {
+                continue;
+            };
+            let id = rec.id.clone();
+            if dir
+                .file_name()
+                .map(|n| n.to_string_lossy() != id.as_str())
+                .unwrap_or(true)
+            {
+                continue;
+            }
+            if process::alive(p.runner_pid, p.runner_start_time)
+                || process::alive(p.pid, p.start_time)
+            {
+                log(&format!(
+                    "machine {id}: xhyve (pid {}) still runs: supervising it again",
+                    p.pid
+                ));
+                self.supervise(id, None, p);
+            } else {
+                self.finalize(&id, &p);
+            }
+        }
+    }
+}
+
+/// The last line xhyve wrote to vmm.log (its error message when it failed).
+fn last_vmm_line(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join("vmm.log")).ok()?;
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| {
+            !l.is_empty() && !l.starts_with("xhyve-provider run-vmm:") && !l.starts_with("--- ")
+        })
+        .map(str::to_string)
+}
+
+/// Sets state, exit status/signal and reason from how the VMM ended.
+fn classify(rec: &mut MachineRecord, exit: Option<&ExitRecord>, dir: &Path) {
+    let stop = rec.stop_requested;
+    let (state, reason) = match exit {
+        Some(ExitRecord {
+            status: Some(s), ..
+        }) => match s {
+            0 => (State::Stopped, "guest rebooted (exit status 0)".to_string()),
+            1 if stop => (
+                State::Stopped,
+                "powered off by machine.stop (ACPI power button; exit status 1)".into(),
+            ),
+            1 => (State::Stopped, "guest powered off (exit status 1)".into()),
+            2 => (State::Stopped, "guest halted (exit status 2)".into()),
+            3 => (State::Aborted, "triple fault (exit status 3)".into()),
+            4 => (
+                State::Aborted,
+                match last_vmm_line(dir) {
+                    Some(l) => format!("xhyve failed (exit status 4): {l}"),
+                    None => "xhyve failed (exit status 4)".into(),
+                },
+            ),
+            n => (State::Aborted, format!("xhyve exited with status {n}")),
+        },
+        Some(ExitRecord {
+            signal: Some(sig), ..
+        }) if stop => (
+            State::Stopped,
+            format!(
+                "forced off by machine.stop (signal {sig}, {})",
+                process::signal_name(*sig)
+            ),
+        ),
+        Some(ExitRecord {
+            signal: Some(sig), ..
+        }) => (
+            State::Aborted,
+            format!("killed by signal {sig} ({})", process::signal_name(*sig)),
+        ),
+        _ if stop => (
+            State::Stopped,
+            "stopped by machine.stop (exit status unknown: its runner was gone)".into(),
+        ),
+        _ => (
+            State::Aborted,
+            "xhyve ended and its exit status is unknown (its runner was killed)".into(),
+        ),
+    };
+    rec.state = state;
+    rec.exit_status = exit.and_then(|e| e.status);
+    rec.exit_signal = exit.and_then(|e| e.signal);
+    rec.exit_reason = Some(reason);
+    rec.stop_requested = false;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids() {
+        let u = new_uuid();
+        assert_eq!(check_uuid(&u).unwrap(), u);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(u, new_uuid());
+        assert_eq!(
+            check_uuid("8C4D1B6A-29A3-4A6E-9F29-6E6F1E8E1F01").unwrap(),
+            "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01"
+        );
+        for bad in [
+            "",
+            "x",
+            "8c4d1b6a29a34a6e9f296e6f1e8e1f01",
+            "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f0g",
+        ] {
+            assert!(check_uuid(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn memory_and_network() {
+        assert_eq!(parse_memory(&json!("512M")).unwrap(), "512M");
+        assert_eq!(parse_memory(&json!("1G")).unwrap(), "1024M");
+        assert_eq!(parse_memory(&json!(300)).unwrap(), "300M");
+        assert_eq!(parse_memory(&json!("300")).unwrap(), "300M");
+        assert!(parse_memory(&json!("1K")).is_err());
+        assert!(parse_memory(&json!("lots")).is_err());
+        assert_eq!(parse_network(None).unwrap()["mode"], "user");
+        assert_eq!(
+            parse_network(Some(&json!("shared"))).unwrap()["mode"],
+            "shared"
+        );
+        assert!(parse_network(Some(&json!("bridged"))).is_err());
+        let n = json!({"mode": "user", "forwarded_ports": [{"guest": 80, "host": 8080}]});
+        assert_eq!(
+            parse_network(Some(&n)).unwrap()["forwarded_ports"][0]["host"],
+            8080
+        );
+        assert!(parse_network(Some(&json!({"forwarded_ports": [{"guest": 0}]}))).is_err());
+    }
+
+    #[test]
+    fn ids_cannot_leave_the_store() {
+        assert!(check_id("0a1b2c3d4e5f").is_ok());
+        for bad in ["", "..", "a/b", "../x", "a b"] {
+            assert!(check_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn rec() -> MachineRecord {
+        serde_json::from_value(json!({
+            "id": "m", "name": "n", "uuid": "u",
+            "box": {"name": "b", "version": "0", "architecture": "amd64", "path": "/b"},
+            "cpus": 1, "memory": "256M", "cmdline": "", "kernel": "/k",
+            "network": {"mode": "user"}, "created_at": 0, "state": "running"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn exit_classification() {
+        let dir = Path::new("/nonexistent");
+        let e = |status, signal| ExitRecord {
+            pid: 1,
+            status,
+            signal,
+            exited_at: 0,
+        };
+        let mut r = rec();
+        classify(&mut r, Some(&e(Some(1), None)), dir);
+        assert_eq!((r.state, r.exit_status), (State::Stopped, Some(1)));
+        let mut r = rec();
+        classify(&mut r, Some(&e(None, Some(9))), dir);
+        assert_eq!(r.state, State::Aborted);
+        assert!(r.exit_reason.unwrap().starts_with("killed by signal 9"));
+        let mut r = rec();
+        r.stop_requested = true;
+        classify(&mut r, Some(&e(None, Some(9))), dir);
+        assert_eq!(r.state, State::Stopped);
+        assert!(!r.stop_requested);
+        let mut r = rec();
+        classify(&mut r, Some(&e(Some(3), None)), dir);
+        assert_eq!(r.state, State::Aborted);
+        let mut r = rec();
+        classify(&mut r, None, dir);
+        assert_eq!(r.state, State::Aborted);
+    }
+}

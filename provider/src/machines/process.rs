@@ -1,0 +1,301 @@
+//! Processes: identity by pid plus start time (`/proc/PID/stat` field 22), waiting for a process
+//! that is not our child (pidfd, else /proc polling), finding and probing `xhyve`, and the
+//! `run-vmm` runner that stays the VMM's parent and records how it ended in `exit.json`.
+
+use crate::state;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+/// The runner's record of the VMM's end, `MACHINE_DIR/exit.json`.
+pub const EXIT_FILE: &str = "exit.json";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub pid: i32,
+    /// Exit status when the VMM exited.
+    pub status: Option<i32>,
+    /// Signal number when a signal ended it.
+    pub signal: Option<i32>,
+    pub exited_at: u64,
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// (start time in clock ticks since boot, state letter) of `pid`, from `/proc/PID/stat`.
+pub fn stat(pid: i32) -> Option<(u64, char)> {
+    if pid <= 0 {
+        return None;
+    }
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may hold spaces and parentheses: the fields after it start after the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state); field 22 (starttime) is f[19].
+    let state = f.first()?.chars().next()?;
+    Some((f.get(19)?.parse().ok()?, state))
+}
+
+pub fn start_time(pid: i32) -> Option<u64> {
+    stat(pid).map(|(t, _)| t)
+}
+
+/// True when `pid` is the process that started at `start` and has not exited (zombies have).
+pub fn alive(pid: i32, start: u64) -> bool {
+    matches!(stat(pid), Some((t, s)) if t == start && s != 'Z' && s != 'X')
+}
+
+/// Sends `sig` to `pid` only if it is still the process that started at `start`.
+pub fn kill(pid: i32, start: u64, sig: i32) -> bool {
+    if !alive(pid, start) {
+        return false;
+    }
+    // SAFETY: plain kill(2).
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Blocks until process `pid` (started at `start`) has exited. Uses a pidfd (Linux 5.3+), which
+/// works for processes that are not our children; falls back to polling /proc.
+pub fn wait_exit(pid: i32, start: u64) {
+    // SAFETY: pidfd_open takes a pid and flags; returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        // SAFETY: a descriptor the kernel just gave us.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // The pid may have been reused before the pidfd was opened: check it names our process.
+        if !alive(pid, start) {
+            return;
+        }
+        loop {
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut p, 1, 1000) };
+            if r > 0 || !alive(pid, start) {
+                return;
+            }
+        }
+    }
+    while alive(pid, start) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The `xhyve` binary: `$XHYVE_BIN`, else `xhyve` next to this binary, else the first on PATH.
+pub fn find_xhyve() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("XHYVE_BIN").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("XHYVE_BIN={} is not a file", p.display()))
+        };
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        let p = dir.join("xhyve");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let p = dir.join("xhyve");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err("cannot find xhyve: set XHYVE_BIN, or put xhyve next to xhyve-provider or on PATH".into())
+}
+
+/// What an `xhyve` binary supports, from its `-h` (cached per path and modification time).
+#[derive(Clone, Debug, Default)]
+pub struct Features {
+    pub hostbridge: bool,
+    pub lpc: bool,
+    pub virtio_blk: bool,
+}
+
+pub fn features(xhyve: &Path) -> Result<Features, String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Key = (PathBuf, Option<std::time::SystemTime>);
+    static CACHE: Mutex<Option<HashMap<Key, Features>>> = Mutex::new(None);
+    let key = (
+        xhyve.to_path_buf(),
+        fs::metadata(xhyve).and_then(|m| m.modified()).ok(),
+    );
+    if let Some(f) = CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|c| c.get(&key))
+    {
+        return Ok(f.clone());
+    }
+    let out = Command::new(xhyve)
+        .arg("-h")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {} -h: {e}", xhyve.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The emulations are listed after "emul:" in the -s help.
+    let emul = text.split("emul:").nth(1).unwrap_or("");
+    let has = |name: &str| {
+        emul.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .any(|w| w == name)
+    };
+    let f = Features {
+        hostbridge: has("hostbridge"),
+        lpc: has("lpc"),
+        virtio_blk: has("virtio-blk"),
+    };
+    CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(key, f.clone());
+    Ok(f)
+}
+
+/// `xhyve-provider run-vmm MACHINE_DIR -- XHYVE ARGS...`: runs the VMM as its child, prints
+/// `PID STARTTIME` on stdout (then closes it), waits, and writes `MACHINE_DIR/exit.json`
+/// atomically with the exit status or signal. Started in its own session by the daemon, so it
+/// outlives the daemon; the daemon watches it (its child, or a pidfd after a restart).
+pub fn run_vmm(dir: &Path, argv: &[String]) -> ExitCode {
+    let mut out = io::stdout();
+    let Some((prog, args)) = argv.split_first() else {
+        let _ = writeln!(out, "error: run-vmm needs a command");
+        return ExitCode::from(2);
+    };
+    let stdout_to_log = io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null());
+    let mut child = match Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout_to_log)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(out, "error: cannot run {prog}: {e}");
+            return ExitCode::from(127);
+        }
+    };
+    let pid = child.id() as i32;
+    let st = start_time(pid).unwrap_or(0);
+    let _ = writeln!(out, "{pid} {st}");
+    let _ = out.flush();
+    // Close stdout (the daemon's pipe): point fd 1 at /dev/null.
+    if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto our own stdout.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+    // Stray terminal or session signals must not end the runner: signals are for the VMM.
+    // (Set after the spawn: ignored dispositions would be inherited by xhyve.)
+    // SAFETY: setting dispositions to SIG_IGN.
+    unsafe {
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE] {
+            libc::signal(s, libc::SIG_IGN);
+        }
+    }
+    let status = loop {
+        match child.wait() {
+            Ok(s) => break Some(s),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("xhyve-provider run-vmm: waiting for {pid}: {e}");
+                break None;
+            }
+        }
+    };
+    let rec = ExitRecord {
+        pid,
+        status: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+        exited_at: now(),
+    };
+    eprintln!(
+        "xhyve-provider run-vmm: xhyve (pid {pid}) ended: {}",
+        match (rec.status, rec.signal) {
+            (Some(c), _) => format!("exit status {c}"),
+            (_, Some(s)) => format!("signal {s}"),
+            _ => "unknown".into(),
+        }
+    );
+    if let Err(e) = state::write_json_atomic(&dir.join(EXIT_FILE), &rec) {
+        eprintln!("xhyve-provider run-vmm: writing {EXIT_FILE}: {e}");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn read_exit(dir: &Path) -> Option<ExitRecord> {
+    serde_json::from_slice(&fs::read(dir.join(EXIT_FILE)).ok()?).ok()
+}
+
+/// Signal names for exit reasons.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_start_time() {
+        let me = std::process::id() as i32;
+        let t = start_time(me).unwrap();
+        assert!(alive(me, t));
+        assert!(!alive(me, t + 1));
+        assert!(!alive(-1, t));
+    }
+
+    #[test]
+    fn waits_for_a_process_that_exits() {
+        let mut c = Command::new("sleep").arg("0.3").spawn().unwrap();
+        let pid = c.id() as i32;
+        let t = start_time(pid).unwrap();
+        let reaper = std::thread::spawn(move || c.wait());
+        let began = std::time::Instant::now();
+        wait_exit(pid, t);
+        assert!(began.elapsed() >= Duration::from_millis(200));
+        reaper.join().unwrap().unwrap();
+        assert!(!alive(pid, t));
+    }
+}

@@ -1,0 +1,232 @@
+//! The method table and the per-connection session that handlers see.
+
+use crate::boxes::{self, Boxes, Reporter};
+use crate::error::{Error, Result};
+use crate::machines::{self, Machines};
+use jsonrpc_core::{Id, MetaIoHandler, Metadata, Params};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The daemon's shared state.
+pub struct Ctx {
+    pub boxes: Boxes,
+    pub machines: Arc<Machines>,
+    pub socket: std::path::PathBuf,
+}
+
+/// One connection's view: the shared state, the connection's writer (responses and
+/// notifications go through it, one line each) and the id of the request being handled.
+#[derive(Clone)]
+pub struct Session {
+    pub ctx: Arc<Ctx>,
+    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    pub request_id: Option<Id>,
+}
+
+impl Metadata for Session {}
+
+impl Session {
+    pub fn new(ctx: Arc<Ctx>, out: Box<dyn Write + Send>) -> Session {
+        Session {
+            ctx,
+            out: Arc::new(Mutex::new(out)),
+            request_id: None,
+        }
+    }
+
+    /// Writes one line to the client; a client that went away is not an error of the request.
+    pub fn send_line(&self, line: &str) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = out
+            .write_all(line.as_bytes())
+            .and_then(|_| out.write_all(b"\n"))
+            .and_then(|_| out.flush());
+    }
+
+    /// Sends a JSON-RPC notification (no id).
+    pub fn notify(&self, method: &str, params: Value) {
+        let msg = json!({"jsonrpc": "2.0", "method": method, "params": params});
+        self.send_line(&msg.to_string());
+    }
+
+    /// A progress reporter for this request: `progress` notifications at most every 100 ms per
+    /// phase, plus each phase's first and final (done == total) update.
+    pub fn reporter(&self) -> Reporter {
+        let s = self.clone();
+        let last: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+        Arc::new(move |phase: &str, done: u64, total: Option<u64>| {
+            let now = Instant::now();
+            let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
+            let due = match &*l {
+                Some((p, t)) => {
+                    p != phase
+                        || now.duration_since(*t) >= Duration::from_millis(100)
+                        || Some(done) == total
+                }
+                None => true,
+            };
+            if due {
+                *l = Some((phase.to_string(), now));
+                drop(l);
+                let id = serde_json::to_value(&s.request_id).unwrap_or(Value::Null);
+                s.notify(
+                    "progress",
+                    json!({"request_id": id, "phase": phase, "done": done, "total": total}),
+                );
+            }
+        })
+    }
+}
+
+type Handler = fn(Params, &Session) -> Result<Value>;
+
+pub struct Method {
+    pub name: &'static str,
+    pub handler: Handler,
+}
+
+/// Every method the daemon serves (`provider/api-schema.json` must list exactly these).
+pub const METHODS: &[Method] = &[
+    Method {
+        name: "provider.info",
+        handler: provider_info,
+    },
+    Method {
+        name: "box.add",
+        handler: box_add,
+    },
+    Method {
+        name: "box.list",
+        handler: box_list,
+    },
+    Method {
+        name: "box.remove",
+        handler: box_remove,
+    },
+    Method {
+        name: "machine.create",
+        handler: machine_create,
+    },
+    Method {
+        name: "machine.list",
+        handler: machine_list,
+    },
+    Method {
+        name: "machine.state",
+        handler: machine_state,
+    },
+    Method {
+        name: "machine.start",
+        handler: machine_start,
+    },
+    Method {
+        name: "machine.stop",
+        handler: machine_stop,
+    },
+    Method {
+        name: "machine.destroy",
+        handler: machine_destroy,
+    },
+];
+
+pub fn method_names() -> Vec<&'static str> {
+    METHODS.iter().map(|m| m.name).collect()
+}
+
+pub fn io_handler() -> MetaIoHandler<Session> {
+    let mut io = MetaIoHandler::default();
+    for m in METHODS {
+        let h = m.handler;
+        io.add_method_with_meta(m.name, move |params: Params, s: Session| {
+            jsonrpc_core::futures::future::ready(h(params, &s).map_err(Into::into))
+        });
+    }
+    io
+}
+
+/// Typed params with errors that name the field: `-32602 invalid params: name: invalid type...`.
+pub fn parse<T: DeserializeOwned>(p: Params) -> Result<T> {
+    let v = match p {
+        Params::None => Value::Object(Default::default()),
+        Params::Map(m) => Value::Object(m),
+        Params::Array(a) if a.is_empty() => Value::Object(Default::default()),
+        Params::Array(_) => return Err(Error::invalid_params(
+            "invalid params: params must be an object of named fields, e.g. {\"name\": \"tiny\"}",
+        )),
+    };
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." || path.is_empty() {
+            Error::invalid_params(format!("invalid params: {inner}"))
+        } else {
+            Error::invalid_params(format!("invalid params: {path}: {inner}"))
+                .with_data(json!({"field": path}))
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+fn provider_info(p: Params, s: &Session) -> Result<Value> {
+    let NoParams {} = parse(p)?;
+    Ok(json!({
+        "name": "xhyve-provider",
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "home": s.ctx.boxes.home.root.display().to_string(),
+        "socket": s.ctx.socket.display().to_string(),
+        "methods": method_names(),
+    }))
+}
+
+fn box_add(p: Params, s: &Session) -> Result<Value> {
+    let p: boxes::AddParams = parse(p)?;
+    boxes::add(&s.ctx.boxes, p, s.reporter())
+}
+
+fn box_list(p: Params, s: &Session) -> Result<Value> {
+    let NoParams {} = parse(p)?;
+    Ok(boxes::list(&s.ctx.boxes))
+}
+
+fn box_remove(p: Params, s: &Session) -> Result<Value> {
+    let p: boxes::RemoveParams = parse(p)?;
+    boxes::remove(&s.ctx.boxes, p)
+}
+
+fn machine_create(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::CreateParams = parse(p)?;
+    s.ctx.machines.create(&s.ctx.boxes, p)
+}
+
+fn machine_list(p: Params, s: &Session) -> Result<Value> {
+    let NoParams {} = parse(p)?;
+    Ok(s.ctx.machines.list())
+}
+
+fn machine_state(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::IdParams = parse(p)?;
+    s.ctx.machines.state(&p.id)
+}
+
+fn machine_start(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::IdParams = parse(p)?;
+    s.ctx.machines.start(&p.id)
+}
+
+fn machine_stop(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::StopParams = parse(p)?;
+    s.ctx.machines.stop(p)
+}
+
+fn machine_destroy(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::DestroyParams = parse(p)?;
+    s.ctx.machines.destroy(p)
+}

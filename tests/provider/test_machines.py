@@ -1,0 +1,419 @@
+"""machine.* against a real daemon: first with a fake `xhyve` (a shell script: fast, no guest),
+then the whole life of the real tiny box on the real VMM. Real boots take ~100 s on the nested
+host: the two real machines boot at once (a module fixture starts both before the first real
+test), and the tests reuse them."""
+
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from guest import BOOT_TIMEOUT
+from provider_util import ROOT, Daemon, build_box
+
+ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+MARK = "XHYVE-TINY:"
+MIB = 1 << 20
+
+# A stand-in for xhyve: `-h` lists the devices (virtio-blk only with FAKE_XHYVE_BLK=1), a run
+# records its argv and stays up until SIGTERM (the "power button": exit 1). The kernel command
+# line picks other behaviours: fake.exit=N exits at once with N, fake.ignore_term ignores SIGTERM.
+FAKE_XHYVE = r"""#!/bin/sh
+if [ "$1" = "-h" ]; then
+    echo "usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <fw>"
+    echo "       -s: <slot[:func],emul[,conf]>  PCI device; emul: hostbridge, amd_hostbridge, lpc,"
+    if [ -n "$FAKE_XHYVE_BLK" ]; then echo "           virtio-blk,PATH[,ro] (raw image), virtio-rnd"
+    else echo "           virtio-rnd"; fi
+    exit 0
+fi
+printf '%s\n' "$@" > fake-argv
+fw= log=
+while [ $# -gt 0 ]; do
+    case $1 in -f) fw=$2; shift ;; -l) log=${2#com1,log=}; shift ;; esac
+    shift
+done
+echo "XHYVE-TINY: ready" >> "$log"
+case $fw in
+*fake.exit=4*) echo "xhyve: error: something broke" >&2; exit 4 ;;
+*fake.exit=3*) exit 3 ;;
+*fake.ignore_term*) trap '' TERM ;;
+*) trap 'echo "XHYVE-TINY: power button, shutting down" >> "$log"; exit 1' TERM ;;
+esac
+while :; do sleep 0.1; done
+"""
+
+
+class Home:
+    """A provider home with its daemon; `restart()` replaces the daemon. At the end every machine
+    is destroyed with force (no VMM outlives the tests), then the daemon stops."""
+
+    def __init__(self, provider_bin, path, env=None):
+        self.bin, self.path, self.env = provider_bin, path, env
+        self.daemon = Daemon(provider_bin, path, env)
+
+    def call(self, method, params=None):
+        return self.daemon.call(method, params)
+
+    def error(self, method, params=None):
+        return self.daemon.error(method, params)
+
+    def restart(self):
+        self.daemon.stop()
+        self.daemon = Daemon(self.bin, self.path, self.env)
+
+    def machine_dir(self, mid):
+        return self.path / "machines" / mid
+
+    def record(self, mid):
+        return json.loads((self.machine_dir(mid) / "machine.json").read_text())
+
+    def close(self):
+        try:
+            for m in self.call("machine.list"):
+                self.call("machine.destroy", {"id": m["id"], "force": True})
+        finally:
+            self.daemon.stop()
+
+
+def wait_state(h, mid, want, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        s = h.call("machine.state", {"id": mid})
+        if s["state"] == want:
+            return s
+        assert time.monotonic() < deadline, f"state {s}, expected {want}"
+        time.sleep(0.1)
+
+
+def wait_console(h, mid, pattern, timeout=BOOT_TIMEOUT):
+    path = h.machine_dir(mid) / "console.log"
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if re.search(pattern, text):
+            return text
+        s = h.call("machine.state", {"id": mid})
+        assert s["state"] == "running", f"{s} before /{pattern}/:\n{text[-3000:]}"
+        assert time.monotonic() < deadline, f"no /{pattern}/ after {timeout:.0f}s:\n{text[-3000:]}"
+        time.sleep(0.5)
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast: a fake xhyve, no guest.
+
+@pytest.fixture
+def fake_xhyve(tmp_path):
+    p = tmp_path / "fake-xhyve"
+    p.write_text(FAKE_XHYVE)
+    p.chmod(0o755)
+    return p
+
+
+@pytest.fixture
+def fake_home(provider_bin, fake_xhyve, tmp_path):
+    homes = []
+
+    def make(name="home", **env):
+        h = Home(provider_bin, tmp_path / name, {"XHYVE_BIN": str(fake_xhyve), **env})
+        homes.append(h)
+        return h
+
+    yield make
+    for h in homes:
+        h.close()
+
+
+def fake_box(tmp_path, name="fake.box"):
+    disk = bytearray(4 * MIB)
+    disk[MIB:MIB + 5] = b"hello"
+    meta = {"provider": "xhyve", "kernel": "vmlinux", "initrd": "initrd.img",
+            "cmdline": "console=ttyS0", "cpus": 2, "memory": "128M", "disks": ["disk.img"]}
+    return build_box(tmp_path / name, files={"metadata.json": json.dumps(meta).encode(),
+                                             "vmlinux": b"kernel", "initrd.img": b"initrd",
+                                             "disk.img": bytes(disk)})
+
+
+def test_create_refuses_bad_params(fake_home, tmp_path):
+    h = fake_home()
+    h.call("box.add", {"source": str(fake_box(tmp_path)), "name": "acme/fake", "version": "1.0"})
+    e = h.error("machine.create", {"box": "nope", "name": "m"})
+    assert e.code == -32001 and 'box "nope"' in e.message and "not installed" in e.message
+    e = h.error("machine.create", {"box": {"name": "acme/fake", "version": ">= 2"}, "name": "m"})
+    assert e.code == -32001 and "installed: 1.0 (" in e.message
+    for params, field in [({"box": "acme/fake", "name": "m", "uuid": "nope"}, "uuid"),
+                          ({"box": "acme/fake", "name": "m", "memory": "lots"}, "memory"),
+                          ({"box": "acme/fake", "name": "m", "cpus": 0}, "cpus"),
+                          ({"box": "acme/fake", "name": "m", "network": "bridged"}, "network"),
+                          ({"box": 7, "name": "m"}, "box"),
+                          ({"box": "acme/fake", "name": "m", "disks": [{}]}, "disks[0]")]:
+        e = h.error("machine.create", params)
+        assert e.code == -32602 and e.data == {"field": field}, (params, e.message)
+    e = h.error("machine.create", {"box": "acme/fake", "name": "m", "colour": "red"})
+    assert e.code == -32602 and "colour" in e.message
+    # A box without a kernel cannot make a machine.
+    nokernel = build_box(tmp_path / "nok.box", files={"metadata.json": b'{"provider": "xhyve"}'})
+    h.call("box.add", {"source": str(nokernel), "name": "nok"})
+    e = h.error("machine.create", {"box": "nok", "name": "m"})
+    assert e.code == -32008 and '"kernel"' in e.message
+    assert h.call("machine.list") == []
+    assert os.listdir(h.path / "machines") == []
+    # The newest installed version that matches is used.
+    h.call("box.add", {"source": str(fake_box(tmp_path, "v2.box")), "name": "acme/fake", "version": "2.0"})
+    newest = h.call("machine.create", {"box": "acme/fake", "name": "m"})["id"]
+    older = h.call("machine.create", {"box": {"name": "acme/fake", "version": "< 2"}, "name": "m"})["id"]
+    assert h.record(newest)["box"]["version"] == "2.0" and h.record(older)["box"]["version"] == "1.0"
+    e = h.error("machine.create", {"box": {"name": "acme/fake", "architecture": "sparc"}, "name": "m"})
+    assert e.code == -32001 and "(sparc)" in e.message
+
+
+def test_unknown_and_bad_ids(fake_home):
+    h = fake_home()
+    for method in ("machine.state", "machine.start", "machine.stop", "machine.destroy"):
+        e = h.error(method, {"id": "0000deadbeef"})
+        assert e.code == -32001 and "no machine" in e.message and e.data == {"state": "not_created"}
+    e = h.error("machine.state", {"id": "../boxes"})
+    assert e.code == -32602 and e.data == {"field": "id"}
+    e = h.error("machine.ssh_info", {"id": "x"})
+    assert e.code == -32601
+
+
+def test_fake_vmm_lifecycle(fake_home, tmp_path):
+    """create (disk copies, record), start (argv), the guards (destroy of running, box.remove),
+    stop by power button, start again, SIGKILL gives aborted, destroy."""
+    h = fake_home()
+    h.call("box.add", {"source": str(fake_box(tmp_path)), "name": "acme/fake", "version": "1.0"})
+    uuid = "8C4D1B6A-29A3-4A6E-9F29-6E6F1E8E1F01"
+    r = h.call("machine.create", {"box": {"name": "acme/fake", "version": "~> 1.0"}, "name": "web",
+                                  "uuid": uuid, "memory": 300, "disks": [{"size": "1G"}]})
+    mid = r["id"]
+    assert r == {"id": mid, "name": "web", "uuid": uuid.lower(), "state": "stopped",
+                 "path": str(h.machine_dir(mid))}
+    rec = h.record(mid)
+    assert rec["box"] == {"name": "acme/fake", "version": "1.0", "architecture": ARCH,
+                          "path": str(h.path / "boxes/acme-VAGRANTSLASH-fake/1.0" / ARCH)}
+    assert (rec["cpus"], rec["memory"], rec["state"]) == (2, "300M", "stopped")
+    disk0, disk1 = (h.machine_dir(mid) / "disk0.img"), (h.machine_dir(mid) / "disk1.img")
+    data = disk0.read_bytes()
+    assert len(data) == 4 * MIB and data[MIB:MIB + 5] == b"hello" and data.count(0) == 4 * MIB - 5
+    assert os.stat(disk0).st_blocks * 512 < 2 * MIB, "the copy is sparse"
+    assert os.stat(disk1).st_size == 1 << 30 and os.stat(disk1).st_blocks == 0
+    other = h.call("machine.create", {"box": "acme/fake", "name": "web"})
+    assert other["uuid"] != uuid.lower() and other["id"] != mid
+    e = h.error("machine.create", {"box": "acme/fake", "name": "x", "uuid": uuid})
+    assert e.code == -32003 and mid in e.message
+
+    s = h.call("machine.start", {"id": mid})
+    assert s["state"] == "running" and alive(s["pid"])
+    assert h.call("machine.start", {"id": mid})["pid"] == s["pid"], "start of a running machine"
+    wait_console(h, mid, rf"{MARK} ready", timeout=10)
+    argv = (h.machine_dir(mid) / "fake-argv").read_text().splitlines()
+    box = rec["box"]["path"]
+    assert argv == ["-A", "-U", uuid.lower(), "-c", "2", "-m", "300M", "-s", "0,hostbridge",
+                    "-s", "31,lpc", "-l", f"com1,log={h.machine_dir(mid)}/console.log",
+                    "-f", f"kexec,{box}/vmlinux,{box}/initrd.img,console=ttyS0"], \
+        "no virtio-blk in this xhyve's -h: no disks"
+    listed = {m["id"]: m for m in h.call("machine.list")}
+    assert listed[mid]["state"] == "running" and listed[other["id"]]["state"] == "stopped"
+
+    e = h.error("machine.destroy", {"id": mid})
+    assert e.code == -32009 and "running" in e.message and e.data == {"state": "running"}
+    e = h.error("box.remove", {"name": "acme/fake"})
+    assert e.code == -32002 and f"{mid} (web)" in e.message
+
+    s = h.call("machine.stop", {"id": mid})
+    assert s["state"] == "stopped" and s["exit_status"] == 1 and "ACPI power button" in s["exit_reason"]
+    assert "pid" not in s
+    assert "power button" in (h.machine_dir(mid) / "console.log").read_text()
+    assert json.loads((h.machine_dir(mid) / "exit.json").read_text())["status"] == 1
+    assert h.call("machine.stop", {"id": mid}) == s, "stop of a stopped machine"
+
+    s = h.call("machine.start", {"id": mid})
+    assert (h.machine_dir(mid) / "console.log.1").exists(), "the previous console is kept"
+    wait_console(h, mid, rf"{MARK} ready", timeout=10)
+    os.kill(s["pid"], signal.SIGKILL)
+    a = wait_state(h, mid, "aborted")
+    assert a["exit_signal"] == 9 and a["exit_reason"].startswith("killed by signal 9"), a
+    assert "exit_status" not in a
+
+    assert h.call("machine.destroy", {"id": mid}) == {"id": mid, "state": "not_created"}
+    assert not h.machine_dir(mid).exists()
+    e = h.error("machine.state", {"id": mid})
+    assert e.code == -32001
+    h.call("machine.destroy", {"id": other["id"]})
+    assert h.call("box.remove", {"name": "acme/fake"})["removed"]
+    assert list((h.path / "tmp").iterdir()) == []
+
+
+def test_fake_vmm_exit_statuses_force_and_disks(fake_home, tmp_path):
+    h = fake_home(FAKE_XHYVE_BLK="1")
+    h.call("box.add", {"source": str(fake_box(tmp_path)), "name": "fake"})
+    img = tmp_path / "extra.img"
+    img.write_bytes(bytes(MIB))
+
+    def machine(cmdline, **kw):
+        return h.call("machine.create", {"box": "fake", "name": cmdline, "cmdline": cmdline, **kw})["id"]
+
+    # xhyve's own exit statuses.
+    triple = machine("fake.exit=3", disks=[{"path": str(img)}])
+    failed = machine("fake.exit=4")
+    h.call("machine.start", {"id": triple})
+    h.call("machine.start", {"id": failed})
+    a = wait_state(h, triple, "aborted")
+    assert (a["exit_status"], a["exit_reason"]) == (3, "triple fault (exit status 3)")
+    argv = (h.machine_dir(triple) / "fake-argv").read_text().splitlines()
+    assert f"2,virtio-blk,{h.machine_dir(triple)}/disk0.img" in argv
+    assert f"3,virtio-blk,{img}" in argv, "virtio-blk in -h: disks attached in order"
+    a = wait_state(h, failed, "aborted")
+    assert a["exit_status"] == 4 and "something broke" in a["exit_reason"], a
+
+    # A guest that ignores the power button is killed after the timeout: stopped, not aborted.
+    deaf = machine("fake.ignore_term")
+    h.call("machine.start", {"id": deaf})
+    t = time.monotonic()
+    s = h.call("machine.stop", {"id": deaf, "timeout": 1})
+    assert 1 <= time.monotonic() - t < 10
+    assert s["state"] == "stopped" and s["exit_signal"] == 9 and "forced off" in s["exit_reason"], s
+    h.call("machine.start", {"id": deaf})
+    t = time.monotonic()
+    assert h.call("machine.stop", {"id": deaf, "force": True})["state"] == "stopped"
+    assert time.monotonic() - t < 5
+    pid = h.call("machine.start", {"id": deaf})["pid"]
+    assert h.call("machine.destroy", {"id": deaf, "force": True})["state"] == "not_created"
+    assert not alive(pid) and not h.machine_dir(deaf).exists()
+    assert img.exists(), "a disk given by path is not the machine's to delete"
+
+
+def test_fake_vmm_survives_daemon_restart(fake_home, tmp_path):
+    """A restarted daemon finds its running VMMs again, and records the end of one that ended
+    while no daemon ran."""
+    h = fake_home()
+    h.call("box.add", {"source": str(fake_box(tmp_path)), "name": "fake"})
+    keep = h.call("machine.create", {"box": "fake", "name": "keep"})["id"]
+    gone = h.call("machine.create", {"box": "fake", "name": "gone"})["id"]
+    pid = h.call("machine.start", {"id": keep})["pid"]
+    gone_pid = h.call("machine.start", {"id": gone})["pid"]
+    h.daemon.stop()
+    assert alive(pid) and alive(gone_pid), "VMMs outlive the daemon"
+    os.kill(gone_pid, signal.SIGKILL)
+    time.sleep(0.5)
+    h.restart()
+    s = h.call("machine.state", {"id": keep})
+    assert s["state"] == "running" and s["pid"] == pid
+    a = h.call("machine.state", {"id": gone})
+    assert a["state"] == "aborted" and a["exit_reason"].startswith("killed by signal 9"), a
+    # The new daemon supervises the adopted VMM: a kill is noticed, a stop works.
+    s = h.call("machine.stop", {"id": keep})
+    assert s["state"] == "stopped" and s["exit_status"] == 1, s
+    pid = h.call("machine.start", {"id": keep})["pid"]
+    h.restart()
+    os.kill(pid, signal.SIGKILL)
+    a = wait_state(h, keep, "aborted")
+    assert a["exit_signal"] == 9
+
+
+def test_concurrent_calls_on_one_machine_are_serialised(fake_home, tmp_path):
+    import threading
+    h = fake_home()
+    h.call("box.add", {"source": str(fake_box(tmp_path)), "name": "fake"})
+    mid = h.call("machine.create", {"box": "fake", "name": "m"})["id"]
+    results = []
+
+    def start():
+        results.append(h.call("machine.start", {"id": mid})["pid"])
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1, f"one xhyve per machine: {results}"
+    out = subprocess.run(["pgrep", "-f", f"run-vmm {h.machine_dir(mid)} "], capture_output=True, text=True)
+    assert len(out.stdout.split()) == 1, out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Real: the tiny box on the real xhyve.
+
+@pytest.fixture(scope="session")
+def tiny_box_file(tiny_box, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tinybox") / "tiny.box"
+    subprocess.run([str(ROOT / "boxes/package.sh"), str(out), str(tiny_box)], check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def real(provider_bin, tiny_box_file, tmp_path_factory):
+    """Two homes (two daemons), each with the tiny box and one machine that starts booting now:
+    "life" for the stop/start/kill test, "restart" for the daemon-restart test."""
+    assert (provider_bin.parent / "xhyve").is_file(), "xhyve next to xhyve-provider: build it"
+    homes = {}
+    try:
+        for name in ("life", "restart"):
+            h = Home(provider_bin, tmp_path_factory.mktemp(name) / "home")
+            homes[name] = h
+            r = h.call("box.add", {"source": str(tiny_box_file), "name": "xhyve/tiny", "version": "1.0.0"})
+            meta = json.loads((pathlib.Path(r["path"]) / "metadata.json").read_text())
+            assert meta == {"provider": "xhyve", "kernel": "vmlinux", "initrd": "initrd.img",
+                            "cmdline": "console=ttyS0", "cpus": 1, "memory": "256M"}
+            mid = h.call("machine.create", {"box": "xhyve/tiny", "name": name})["id"]
+            h.call("machine.start", {"id": mid})
+            h.mid = mid
+        yield homes
+    finally:
+        for h in homes.values():
+            h.close()
+
+
+def test_real_stop_start_and_sigkill(real):
+    h = real["life"]
+    mid = h.mid
+    wait_console(h, mid, rf"{MARK} ready")
+    s = h.call("machine.state", {"id": mid})
+    assert s["state"] == "running" and alive(s["pid"])
+    assert h.call("machine.list")[0]["box"] == {"name": "xhyve/tiny", "version": "1.0.0", "architecture": ARCH}
+    e = h.error("box.remove", {"name": "xhyve/tiny"})
+    assert e.code == -32002
+
+    s = h.call("machine.stop", {"id": mid})
+    assert s["state"] == "stopped" and s["exit_status"] == 1, s
+    console = (h.machine_dir(mid) / "console.log").read_text(errors="replace")
+    assert f"{MARK} power button, shutting down" in console, "stopped through the ACPI power button"
+
+    s = h.call("machine.start", {"id": mid})
+    assert s["state"] == "running"
+    wait_console(h, mid, rf"{MARK} ready")
+    os.kill(s["pid"], signal.SIGKILL)
+    a = wait_state(h, mid, "aborted")
+    assert a["exit_signal"] == 9 and a["exit_reason"] == "killed by signal 9 (SIGKILL)", a
+
+    h.call("machine.destroy", {"id": mid})
+    assert not h.machine_dir(mid).exists()
+    assert h.call("box.remove", {"name": "xhyve/tiny"})["removed"]
+
+
+def test_real_machine_survives_daemon_restart(real):
+    h = real["restart"]
+    mid = h.mid
+    wait_console(h, mid, rf"{MARK} ready")
+    pid = h.call("machine.state", {"id": mid})["pid"]
+    h.restart()
+    s = h.call("machine.state", {"id": mid})
+    assert s["state"] == "running" and s["pid"] == pid and alive(pid)
+    s = h.call("machine.stop", {"id": mid})
+    assert s["state"] == "stopped" and s["exit_status"] == 1, s
+    assert not alive(pid)
+    assert h.call("machine.destroy", {"id": mid})["state"] == "not_created"
+    assert h.call("machine.list") == []
