@@ -46,6 +46,8 @@ ENTRY=$CACHE/tiny/$KEY
 build_initrd() {
 	local list tmp
 	list=$(mktemp) tmp=$OUT/initrd.img.tmp.$$
+	# The vsock test tool (busybox has no vsock client): static, ~700 KB.
+	gcc -static -Os -s -o "$OUT/vsock-echo" "$HERE/vsock-echo.c"
 	{
 		for d in /dev /proc /sys /tmp /root /etc /bin /sbin /usr /usr/bin /usr/sbin; do
 			echo "dir $d 0755 0 0"
@@ -54,6 +56,7 @@ build_initrd() {
 		echo "nod /dev/null 0666 0 0 c 1 3"
 		echo "file /bin/busybox /bin/busybox 0755 0 0"
 		echo "file /init $HERE/init 0755 0 0"
+		echo "file /bin/vsock-echo $OUT/vsock-echo 0755 0 0"
 		/bin/busybox --list-full | sort | while read -r a; do
 			[ "$a" = bin/busybox ] || echo "slink /$a /bin/busybox 0777 0 0"
 		done

@@ -1,10 +1,11 @@
 """The command line: bad values give one line naming the flag, status 4, and no VM at all."""
 
 import re
-import shutil
 import subprocess
 
 import pytest
+
+from rejection import assert_rejected
 
 UUID = "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01"
 
@@ -30,7 +31,7 @@ BAD = [
     (lambda box, tmp: ["-U", "not-a-uuid", "-f", kexec(box)], r"-U not-a-uuid: malformed UUID"),
     (lambda box, tmp: ["-Z", "-f", kexec(box)], r"-Z: unknown flag"),
     (lambda box, tmp: ["-s", "3,floppy", "-f", kexec(box)],
-     r"-s 3,floppy: unknown device 'floppy' \(valid: hostbridge, amd_hostbridge, lpc, virtio-blk, virtio-rnd\)"),
+     r"-s 3,floppy: unknown device 'floppy' \(valid: hostbridge, amd_hostbridge, lpc, virtio-blk, .*\)"),
     (lambda box, tmp: ["-s", "0,hostbridge", "-s", "0,lpc", "-f", kexec(box)],
      r"-s 0,lpc: slot 0:0 already holds hostbridge"),
     (lambda box, tmp: ["-l", "com3,stdio", "-f", kexec(box)], r"-l com3,stdio: unknown LPC device"),
@@ -43,17 +44,7 @@ BAD = [
 @pytest.mark.parametrize("case", range(len(BAD)))
 def test_bad_command_line(case, xhyve_bin, tiny_box, tmp_path):
     args, expected = BAD[case]
-    argv = args(tiny_box, tmp_path)
-    assert shutil.which("strace"), "strace is needed to prove no VM was created (.ci/run installs it)"
-    trace = tmp_path / "trace"
-    r = subprocess.run(["strace", "-f", "-qq", "-e", "trace=ioctl", "-o", str(trace), str(xhyve_bin), *argv],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 4, (argv, r.stderr)
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, lines
-    assert re.match(r"xhyve: " + expected, lines[0]), lines[0]
-    calls = trace.read_text()
-    assert "KVM_CREATE_VM" not in calls and "KVM_CREATE_VCPU" not in calls, calls
+    assert_rejected([xhyve_bin, *args(tiny_box, tmp_path)], expected, tmp_path / "trace")
 
 
 def test_help_documents_exit_statuses(xhyve_bin):

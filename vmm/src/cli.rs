@@ -21,7 +21,10 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <
        -M: print the MAC address derived from -U and exit
        -P: vCPUs yield on PAUSE loops (always so with KVM)
        -s: <slot[:func],emul[,conf]>  PCI device; emul: hostbridge, amd_hostbridge, lpc,
-           virtio-blk,PATH[,ro][,sectorsize=N[/PHYS]] (raw image), virtio-rnd
+           virtio-blk,PATH[,ro][,sectorsize=N[/PHYS]] (raw image), virtio-rnd,
+           virtio-console[,stdio|autopty|log=PATH|socket=PATH], virtio-vsock,cid=N,socket=PATH,
+           virtio-net,user[,hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT]...[,mac=MAC] (passt),
+           virtio-tap,TAPNAME[,mac=MAC]
        -u: RTC keeps UTC (default: local time)
        -U: UUID (pins the MAC address)
        -v: alone: print the version; with a VM: verbose (platform fix-up and KVM counters at exit)
@@ -35,7 +38,7 @@ pub const DEFAULT_MEM: u64 = 256 << 20;
 /// The largest vCPU count our MP table and APIC IDs can express.
 const MAX_CPUS_LAYOUT: usize = 254;
 /// PCI emulations this build knows; `-s` with anything else is an error naming these.
-pub const PCI_EMULATIONS: &[&str] = &["hostbridge", "amd_hostbridge", "lpc", "virtio-blk", "virtio-rnd"];
+pub const PCI_EMULATIONS: &[&str] = &["hostbridge", "amd_hostbridge", "lpc", "virtio-blk", "virtio-rnd", "virtio-console", "virtio-vsock", "virtio-net", "virtio-tap"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsoleTarget {
@@ -271,6 +274,9 @@ fn parse_slot(s: &str) -> Result<PciSlot, String> {
     match emul {
         "virtio-blk" => drop(crate::virtio::block::BlockConfig::parse(conf.as_deref())?),
         "virtio-rnd" => crate::virtio::rng::check_conf(conf.as_deref())?,
+        "virtio-console" => drop(crate::virtio::console::ConsoleConfig::parse(conf.as_deref())?),
+        "virtio-vsock" => drop(crate::virtio::vsock::VsockConfig::parse(conf.as_deref())?),
+        "virtio-net" | "virtio-tap" => drop(crate::virtio::net::NetConfig::parse(emul, conf.as_deref())?),
         _ => {}
     }
     Ok(PciSlot { slot, func, emul: emul.to_string(), conf })

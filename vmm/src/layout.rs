@@ -35,9 +35,7 @@ pub const LAPIC: u64 = 0xfee0_0000;
 /// ISA interrupt lines.
 pub const IRQ_COM1: u32 = 4;
 pub const IRQ_COM2: u32 = 3;
-pub const IRQ_RTC: u32 = 8;
 pub const IRQ_SCI: u32 = 9;
-pub const IRQ_KEYBOARD: u32 = 1;
 
 /// I/O ports.
 pub const PORT_COM1: u16 = 0x3f8;

@@ -10,6 +10,7 @@ mod hypervisor;
 mod layout;
 mod mac;
 mod memory;
+mod net;
 mod pci;
 mod pvm;
 mod vcpu;
@@ -44,6 +45,7 @@ fn main() {
         }
         Ok(Command::Run(cfg)) => {
             let reason = vm::run(&cfg);
+            net::passt::kill_all();
             let _ = std::io::stdout().flush();
             vm::log(format!("{reason} (exit status {})", reason.status()));
             reason.status()

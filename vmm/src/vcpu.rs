@@ -2,7 +2,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
@@ -25,7 +24,7 @@ pub fn install_kick_handler() {
     // SAFETY: installs an async-signal-safe no-op handler.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_kick as usize;
+        sa.sa_sigaction = on_kick as extern "C" fn(libc::c_int) as usize;
         libc::sigemptyset(&mut sa.sa_mask);
         libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
     }
@@ -45,22 +44,18 @@ pub struct Shared {
     pub verbose: bool,
 }
 
-pub struct VcpuThread {
-    pub handle: JoinHandle<()>,
-    pub pthread: libc::pthread_t,
-}
-
-pub fn spawn(mut vcpu: Box<dyn Vcpu>, shared: Arc<Shared>) -> std::io::Result<VcpuThread> {
+/// Starts the vCPU's thread (never joined: the process exits when the VM ends) and returns its
+/// pthread id for kicks.
+pub fn spawn(mut vcpu: Box<dyn Vcpu>, shared: Arc<Shared>) -> std::io::Result<libc::pthread_t> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let handle = std::thread::Builder::new().name(format!("vcpu{}", vcpu.id())).spawn(move || {
+    std::thread::Builder::new().name(format!("vcpu{}", vcpu.id())).spawn(move || {
         // SAFETY: pthread_self has no preconditions.
         let _ = tx.send(unsafe { libc::pthread_self() });
         if let Err(reason) = run_loop(vcpu.as_mut(), &shared) {
             shared.exit.request(reason);
         }
     })?;
-    let pthread = rx.recv().map_err(|_| std::io::Error::other("vCPU thread died at start"))?;
-    Ok(VcpuThread { handle, pthread })
+    rx.recv().map_err(|_| std::io::Error::other("vCPU thread died at start"))
 }
 
 /// Runs until the VM has an exit reason; returns the reason this vCPU found, if any.

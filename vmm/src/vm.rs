@@ -102,6 +102,7 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
         mmio: mmio.clone(),
         routing: pci::msix::GsiRouting::new(vm.clone()),
         cpus: cfg.cpus,
+        uuid: cfg.uuid,
     };
     let pci_bus = pci::build_bus(&cfg.slots, Some(&pci_ctx))?;
     pio.insert(PORT_PCI_CONFIG, 8, Arc::new(Mutex::new(pci_bus)));
@@ -168,7 +169,7 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
     let vcpu_stats: Vec<_> = vcpus.iter().map(|v| v.stats_reader()).collect();
     let mut threads = Vec::new();
     for v in vcpus {
-        threads.push(vcpu::spawn(v, shared.clone()).map_err(|e| format!("vCPU thread: {e}"))?.pthread);
+        threads.push(vcpu::spawn(v, shared.clone()).map_err(|e| format!("vCPU thread: {e}"))?);
     }
     vcpu::spawn_halt_watch(threads, exit.clone());
 

@@ -49,6 +49,16 @@ pub struct Console {
 
 /// Opens a `-l` target. Stdio output is unbuffered so the guest console appears as it is written.
 pub fn open_console(name: &str, target: &ConsoleTarget) -> Result<Console, String> {
+    let what = match target {
+        ConsoleTarget::Log(path) => format!("-l {name},log={}", path.display()),
+        ConsoleTarget::AutoPty => format!("-l {name},autopty"),
+        ConsoleTarget::Stdio => format!("-l {name},stdio"),
+    };
+    open_target(name, target, &what)
+}
+
+/// Opens a console target for `name` (used in the pty notice); errors start with `what`.
+pub fn open_target(name: &str, target: &ConsoleTarget, what: &str) -> Result<Console, String> {
     match target {
         ConsoleTarget::Stdio => Ok(Console {
             output: Box::new(StdoutWriter),
@@ -60,12 +70,12 @@ pub fn open_console(name: &str, target: &ConsoleTarget) -> Result<Console, Strin
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| format!("-l {name},log={}: {e}", path.display()))?;
+                .map_err(|e| format!("{what}: {e}"))?;
             Ok(Console { output: Box::new(f), input: None, notice: None })
         }
         ConsoleTarget::AutoPty => {
-            let (master, path) = open_pty().map_err(|e| format!("-l {name},autopty: {e}"))?;
-            let reader = master.try_clone().map_err(|e| format!("-l {name},autopty: {e}"))?;
+            let (master, path) = open_pty().map_err(|e| format!("{what}: {e}"))?;
+            let reader = master.try_clone().map_err(|e| format!("{what}: {e}"))?;
             Ok(Console {
                 output: Box::new(master),
                 input: Some(Box::new(reader)),

@@ -279,19 +279,6 @@ impl Vcpu for KvmVcpu {
         }
     }
 
-    fn set_msrs(&self, entries: &[(u32, u64)]) -> Result<()> {
-        let list: Vec<kvm_msr_entry> = entries
-            .iter()
-            .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
-            .collect();
-        let msrs =
-            Msrs::from_entries(&list).map_err(|_| Error { op: "KVM_SET_MSRS", errno: libc::EINVAL })?;
-        match self.fd.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))? {
-            n if n == entries.len() => Ok(()),
-            _ => Err(Error { op: "KVM_SET_MSRS", errno: libc::EINVAL }),
-        }
-    }
-
     fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<()> {
         let list: Vec<kvm_bindings::kvm_cpuid_entry2> = entries
             .iter()

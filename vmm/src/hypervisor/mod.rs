@@ -194,7 +194,6 @@ pub trait Vcpu: Send {
     fn sregs(&self) -> Result<SpecialRegs>;
     fn set_sregs(&self, sregs: &SpecialRegs) -> Result<()>;
     fn msr(&self, index: u32) -> Result<u64>;
-    fn set_msrs(&self, msrs: &[(u32, u64)]) -> Result<()>;
     fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<()>;
     /// x87/SSE control state for a vCPU that starts in 64-bit code.
     fn init_fpu(&self) -> Result<()>;

@@ -43,6 +43,8 @@ pub struct DeviceContext {
     pub mmio: Arc<MmioBus>,
     pub routing: Arc<msix::GsiRouting>,
     pub cpus: u8,
+    /// `-U`: pins the NICs' MAC.
+    pub uuid: Option<uuid::Uuid>,
 }
 
 /// Hands out BAR addresses in the 32-bit window, each aligned to its size.

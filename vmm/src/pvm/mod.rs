@@ -104,7 +104,6 @@ enum PatchState {
     Patched {
         va: u64,
         gpa: u64,
-        nop_len: usize,
     },
     /// The handler does not start with a NOP: SYSCALL from user mode will not work.
     Refused,
@@ -173,7 +172,8 @@ impl Pvm {
         }
     }
 
-    /// The value of one counter (for tests and callers that want one number).
+    /// The value of one counter.
+    #[cfg(test)]
     pub fn counter(&self, kind: Kind) -> u64 {
         self.counters[kind as usize].load(Ordering::Relaxed)
     }
@@ -231,7 +231,7 @@ impl Pvm {
                         nop_len,
                     } if v == va && g == gpa => {
                         self.pf_nop_len.store(nop_len as u8, Ordering::Relaxed);
-                        *state = PatchState::Patched { va, gpa, nop_len };
+                        *state = PatchState::Patched { va, gpa };
                         if syscall::patch(mem, gpa) {
                             self.count(Kind::PfRepatch, vcpu.id(), va);
                         }
@@ -269,7 +269,7 @@ impl Pvm {
                         }
                         self.pf_nop_len.store(nop_len as u8, Ordering::Relaxed);
                         self.pf_va.store(va, Ordering::Release);
-                        *state = PatchState::Patched { va, gpa, nop_len };
+                        *state = PatchState::Patched { va, gpa };
                         if self.verbose.load(Ordering::Relaxed) > 0 {
                             eprintln!("xhyve: pvm: patched #PF handler {va:#x} (nop{nop_len} -> int3) for SYSCALL");
                         }

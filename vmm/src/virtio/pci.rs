@@ -164,6 +164,7 @@ impl VirtioPci {
             notify.push(Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?));
             queues.push(Queue::new(dev.queue_max_size()).map_err(|e| format!("queue: {e}"))?);
         }
+        dev.set_queue_kicks(notify.clone());
         let offered = dev.features() | F_VERSION_1 | F_RING_INDIRECT_DESC;
         let transport = Arc::new(Transport {
             dev,
@@ -653,6 +654,7 @@ mod tests {
             mmio: Arc::new(MmioBus::default()),
             routing: GsiRouting::new(vm.clone()),
             cpus: 1,
+            uuid: None,
         };
         let mut pci = VirtioPci::new(Arc::new(Rng), &ctx, &mut BarAllocator::default()).unwrap();
         assert_eq!(pci.config_read(0), 0x1044_1af4);

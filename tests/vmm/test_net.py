@@ -1,0 +1,224 @@
+"""virtio-net on real guests (the tiny box runs a script passed as `xhyve.cmd=BASE64`):
+
+- user mode (passt): two concurrent boots with the same UUID get the same DHCP address; the host
+  reaches a guest TCP service through `hostfwd`; the guest reaches a host TCP service on
+  127.0.0.1 through the gateway (passt maps 10.0.2.2 to the host's loopback).
+- TAP: in a network namespace this test creates, a bridge with a TAP on it; xhyve runs inside the
+  namespace; guest and host exchange data over TCP both ways, and ping.
+"""
+
+import socket
+import subprocess
+import threading
+import time
+import uuid as uuidlib
+
+from guest import Guest
+from rejection import assert_rejected
+from test_devices import MARK, cmdline, lines
+
+UUID = "6a0e5c1e-3b7d-4f0a-9d3e-2f1c0b9a8e71"
+
+DHCP_SCRIPT = r"""printf '[ "$1" = bound ]||exit 0\nifconfig $interface $ip netmask $subnet mtu ${mtu:-1500}\nroute add default gw $router\necho DHCP $ip $router $dns $mtu\n' >/u;chmod +x /u
+echo MAC $(cat /sys/class/net/eth0/address)
+ifconfig eth0 up
+udhcpc -i eth0 -f -n -q -t 10 -T 5 -s /u
+"""
+
+# The guest's service: busybox httpd with a CGI that answers and leaves a mark, so the guest
+# knows when to power off. (HTTP clients speak first, as SSH does: Debian 12's passt does not ACK
+# a guest's SYN,ACK on its own, so a guest server that speaks first would wait for data.)
+SERVICE_SCRIPT = DHCP_SCRIPT + r"""mkdir -p /w/cgi-bin;printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho HELLO-FROM-GUEST\ntouch /tmp/got\n' >/w/cgi-bin/h;chmod +x /w/cgi-bin/h
+httpd -p 8080 -h /w
+echo LISTENING
+echo FROMHOST $(nc 10.0.2.2 HOSTPORT </dev/null)
+n=0;until [ -e /tmp/got ]||[ $n -gt 600 ];do sleep 1;n=$((n+1));done
+[ -e /tmp/got ]&&echo SERVED ok
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def host_service(port):
+    """A TCP service on the host's 127.0.0.1: greets every client."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(4)
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                c.sendall(b"HELLO-FROM-HOST\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+def read_forwarded(port, g, timeout=600):
+    """Connects to the hostfwd port until the guest's service answers (passt accepts on the host
+    before the guest listens, then closes: retry)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if g.proc.poll() is not None:
+            break
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+                c.settimeout(60)
+                c.sendall(b"GET /cgi-bin/h HTTP/1.0\r\n\r\n")
+                data = b""
+                while True:
+                    chunk = c.recv(100)
+                    if not chunk:
+                        break
+                    data += chunk
+                if b"HELLO-FROM-GUEST" in data:
+                    return data
+        except OSError:
+            pass
+        time.sleep(2)
+    raise AssertionError(f"no answer through hostfwd on port {port}:\n{g.tail()}")
+
+
+def expected_mac(xhyve_bin, uid):
+    out = subprocess.run([str(xhyve_bin), "-U", uid, "-M"], capture_output=True, text=True, check=True)
+    return out.stdout.split()[-1]
+
+
+def test_user_mode_dhcp_hostfwd_nat_and_stable_address(guest, xhyve_bin):
+    host_port, fwd_a, fwd_b = free_port(), free_port(), free_port()
+    srv = host_service(host_port)
+    base = ["-A", "-m", "256M", "-U", UUID, "-s", "0,hostbridge", "-s", "31,lpc"]
+    a = guest(*base, "-s", f"2,virtio-net,user,hostfwd=tcp:127.0.0.1:{fwd_a}-:8080",
+              cmdline=cmdline(SERVICE_SCRIPT.replace("HOSTPORT", str(host_port))))
+    # The second boot, concurrent, same UUID, its own passt and forward.
+    b = guest(*base, "-s", f"3,virtio-net,user,hostfwd=tcp:127.0.0.1:{fwd_b}-:8080",
+              cmdline=cmdline(DHCP_SCRIPT))
+    try:
+        a.wait_for(r"(?m)^LISTENING", timeout=1200)
+        assert read_forwarded(fwd_a, a).rstrip().endswith(b"\nHELLO-FROM-GUEST"), a.tail()
+        a.wait_for(rf"{MARK} poweroff")
+        assert a.wait_exit() == 1, a.tail()
+        b.wait_for(rf"{MARK} poweroff")
+        assert b.wait_exit() == 1, b.tail()
+    finally:
+        srv.close()
+    mac = expected_mac(xhyve_bin, UUID)
+    for g in (a, b):
+        out = g.tail(60)
+        assert lines(g, "MAC") == [mac], out
+        assert lines(g, "DHCP") == ["10.0.2.15 10.0.2.2 10.0.2.3 1500"], out
+    assert lines(a, "FROMHOST") == ["HELLO-FROM-HOST"], a.tail(60)
+    assert lines(a, "SERVED") == ["ok"], a.tail(60)
+    # passt ends with its VMM.
+    time.sleep(1)
+    ps = subprocess.run(["pgrep", "-x", "passt"], capture_output=True, text=True).stdout.split()
+    ps += subprocess.run(["pgrep", "-x", "passt.avx2"], capture_output=True, text=True).stdout.split()
+    for pid in ps:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert f"{fwd_a}:8080".encode() not in f.read(), "passt outlived its VMM"
+
+
+TAP_SCRIPT = r"""ifconfig eth0 192.168.77.2 netmask 255.255.255.0 up
+echo MAC $(cat /sys/class/net/eth0/address)
+(echo GUEST-SERVED|nc -l -p 7001;echo SERVED $?)&
+for i in 1 2 3 4 5 6;do r=$(echo GUEST-SAYS|nc 192.168.77.1 7000)&&[ -n "$r" ]&&break;sleep 3;done
+echo REPLY $r
+wait
+echo PING $(ping -c 2 -W 20 192.168.77.1|grep -c 'bytes from')
+"""
+
+NETNS_HELPER = r"""
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("192.168.77.1", 7000)); s.listen(1); s.settimeout(1500)
+print("READY", flush=True)
+c, _ = s.accept(); c.settimeout(120); d = b""
+while not d.endswith(b"\n"):
+    x = c.recv(100)
+    if not x: break
+    d += x
+c.sendall(b"HOST-GOT " + d); c.close()
+print("GOT", d.decode().strip(), flush=True)
+deadline = time.time() + 300
+while time.time() < deadline:
+    try:
+        k = socket.create_connection(("192.168.77.2", 7001), timeout=10)
+        r = k.makefile().readline()
+        if r:
+            print("FROMGUEST", r.strip(), flush=True); break
+    except OSError:
+        time.sleep(1)
+"""
+
+
+def sh(*args):
+    subprocess.run(args, check=True, capture_output=True, text=True)
+
+
+def test_tap_in_netns_both_ways(xhyve_bin, tiny_box, tmp_path):
+    ns = f"xhyve-net-{uuidlib.uuid4().hex[:8]}"
+    sh("ip", "netns", "add", ns)
+    try:
+        for cmd in (["ip", "link", "add", "br0", "type", "bridge"],
+                    ["ip", "addr", "add", "192.168.77.1/24", "dev", "br0"],
+                    ["ip", "link", "set", "br0", "up"],
+                    ["ip", "link", "set", "lo", "up"],
+                    ["ip", "tuntap", "add", "tap0", "mode", "tap"],
+                    ["ip", "link", "set", "tap0", "master", "br0"],
+                    ["ip", "link", "set", "tap0", "up"]):
+            sh("ip", "netns", "exec", ns, *cmd)
+        helper = subprocess.Popen(["ip", "netns", "exec", ns, "python3", "-c", NETNS_HELPER],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert helper.stdout.readline().strip() == "READY"
+            uid = str(uuidlib.uuid4())
+            # xhyve inside the namespace (`ip netns exec` execs it: signals reach xhyve).
+            wrapper = tmp_path / "xhyve-in-netns"
+            wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {ns} {xhyve_bin} "$@"\n')
+            wrapper.chmod(0o755)
+            g = Guest(wrapper, tiny_box, tmp_path, "-A", "-m", "256M", "-U", uid, "-s", "0,hostbridge",
+                      "-s", "31,lpc", "-s", "2,virtio-tap,tap0", cmdline=cmdline(TAP_SCRIPT))
+            try:
+                g.wait_for(rf"{MARK} poweroff", timeout=1500)
+                assert g.wait_exit() == 1, g.tail()
+            finally:
+                g.kill()
+            helper_out = helper.communicate(timeout=60)[0]
+        finally:
+            if helper.poll() is None:
+                helper.kill()
+        out = g.tail(60) + "\n--- netns helper ---\n" + helper_out
+        assert lines(g, "MAC") == [expected_mac(xhyve_bin, uid)], out
+        assert lines(g, "REPLY") == ["HOST-GOT GUEST-SAYS"], out
+        assert "GOT GUEST-SAYS" in helper_out.splitlines(), out
+        assert "FROMGUEST GUEST-SERVED" in helper_out.splitlines(), out
+        assert lines(g, "SERVED") == ["0"], out
+        assert lines(g, "PING") == ["2"], out
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_net_command_line_errors(xhyve_bin, tiny_box, tmp_path):
+    """No passt, no TAP, bad CONF: one line naming the -s value, status 4, no VM created."""
+    kexec = f"kexec,{tiny_box / 'vmlinux'},,console=ttyS0"
+    cases = [
+        ("2,virtio-net,user", r"-s 2,virtio-net,user: user-mode networking needs passt, which is not installed"),
+        ("2,virtio-net", r"-s 2,virtio-net: missing backend \(user"),
+        ("2,virtio-tap,nosuch0", r"-s 2,virtio-tap,nosuch0: TAP device nosuch0 does not exist"),
+        ("2,virtio-net,user,hostfwd=tcp:127.0.0.1:22", r"-s .*: hostfwd=tcp:127.0.0.1:22: expected tcp:"),
+        ("2,virtio-net,user,mac=01:00:00:00:00:01", r"-s .*: mac=01:00:00:00:00:01: a multicast address"),
+    ]
+    for s, expected in cases:
+        # PATH without passt (the first case); the others fail on their own.
+        assert_rejected(["env", "PATH=/nonexistent", xhyve_bin, "-s", s, "-f", kexec], expected,
+                        tmp_path / "trace")

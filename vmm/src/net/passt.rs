@@ -1,0 +1,326 @@
+//! Rootless user-mode networking through Debian's `passt` (Debian 12: 0.0~git20230309).
+//!
+//! One `passt` per VM, connected over a `socketpair` handed to it with `-F FD` (no socket file,
+//! so no other local user can connect first), speaking its qemu protocol: a stream of Ethernet
+//! frames each prefixed by a 4-byte big-endian length. Fixed addressing, the slirp convention:
+//! guest 10.0.2.15/24 (passt's DHCP server hands it out), gateway 10.0.2.2, DNS 10.0.2.3
+//! (forwarded to the host's resolver). The same address on every boot, for every UUID. passt maps
+//! the gateway address to the host, so a guest reaches a host service on 127.0.0.1:PORT at
+//! 10.0.2.2:PORT. `hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT` becomes `-t ADDR/HOSTPORT:GUESTPORT`.
+//!
+//! passt leaves when its client goes (`-1`): the VMM's end of the socketpair closes however the
+//! VMM exits. The child also gets PR_SET_PDEATHSIG (cleared when passt drops root privileges to
+//! `nobody`, hence `-1`), and `kill_all` ends the children explicitly at exit.
+//!
+//! Caveat of Debian 12's passt (fixed upstream later): on a forwarded connection it does not ACK
+//! the guest's SYN,ACK until it has data for the guest, so a guest service that speaks first
+//! (and a host client that waits for it) waits forever; SSH and HTTP, where the client speaks
+//! first, are unaffected. Passt's `-m 1500` MTU is handed to the guest by DHCP (option 26).
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{Backend, MAX_FRAME};
+
+pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+pub const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+/// The MTU passt announces by DHCP: the device offers no mergeable or big RX buffers.
+pub const MTU: u32 = 1500;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFwd {
+    pub udp: bool,
+    /// None: every host address.
+    pub host_addr: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+/// `tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT` (QEMU's syntax; `udp:` too). The guest
+/// address, when given, must be the guest's (10.0.2.15).
+pub fn parse_hostfwd(s: &str) -> Result<HostFwd, String> {
+    let bad = || format!("hostfwd={s}: expected tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT");
+    let (proto, rest) = s.split_once(':').ok_or_else(bad)?;
+    let udp = match proto {
+        "tcp" | "" => false,
+        "udp" => true,
+        _ => return Err(format!("hostfwd={s}: protocol '{proto}' (tcp or udp)")),
+    };
+    let (host, guest) = rest.split_once('-').ok_or_else(bad)?;
+    let (haddr, hport) = host.rsplit_once(':').ok_or_else(bad)?;
+    let (gaddr, gport) = guest.rsplit_once(':').ok_or_else(bad)?;
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("hostfwd={s}: bad port '{p}'"));
+    let host_addr = match haddr {
+        "" => None,
+        a => Some(a.parse::<Ipv4Addr>().map_err(|_| format!("hostfwd={s}: bad host address '{a}'"))?),
+    };
+    if !gaddr.is_empty() && gaddr.parse::<Ipv4Addr>().ok() != Some(GUEST_ADDR) {
+        return Err(format!("hostfwd={s}: the guest address is {GUEST_ADDR}"));
+    }
+    Ok(HostFwd { udp, host_addr, host_port: port(hport)?, guest_port: port(gport)? })
+}
+
+/// Where `passt` is, from `XHYVE_PASST` or PATH.
+pub fn find_passt() -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = |p: &std::path::Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    if let Some(p) = std::env::var_os("XHYVE_PASST") {
+        let p = std::path::PathBuf::from(p);
+        return if exe(&p) { Ok(p) } else { Err(format!("XHYVE_PASST={}: not an executable", p.display())) };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("passt"))
+        .find(|p| exe(p))
+        .ok_or_else(|| "user-mode networking needs passt, which is not installed (apt-get install passt)".to_string())
+}
+
+/// The passt children of this process, for `kill_all`.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Ends every passt this process started (at VMM exit).
+pub fn kill_all() {
+    for pid in CHILDREN.lock().unwrap().drain(..) {
+        // SAFETY: signals a child we spawned (not yet reaped: no one waits for it but `Drop`).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+}
+
+struct RxBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+pub struct Passt {
+    sock: UnixStream,
+    child: Mutex<Child>,
+    rx: Mutex<RxBuf>,
+}
+
+impl Passt {
+    pub fn spawn(fwds: &[HostFwd]) -> Result<Passt, String> {
+        let exe = find_passt()?;
+        let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let theirs: OwnedFd = theirs.into();
+        let fd = theirs.as_raw_fd();
+        let mut cmd = Command::new(&exe);
+        cmd.args(["-f", "-q", "-1", "-4", "-F", &fd.to_string()])
+            .args(["-a", &GUEST_ADDR.to_string(), "-n", "24", "-g", &GATEWAY.to_string()])
+            .args(["-m", &MTU.to_string(), "--dns-forward", &DNS.to_string(), "-D", &DNS.to_string()]);
+        for f in fwds {
+            let spec = match f.host_addr {
+                Some(a) => format!("{a}/{}:{}", f.host_port, f.guest_port),
+                None => format!("{}:{}", f.host_port, f.guest_port),
+            };
+            cmd.arg(if f.udp { "-u" } else { "-t" }).arg(spec);
+        }
+        if fwds.iter().all(|f| !f.udp) {
+            cmd.args(["-u", "none"]);
+        }
+        if fwds.iter().all(|f| f.udp) {
+            cmd.args(["-t", "none"]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0
+                    || libc::fcntl(fd, libc::F_SETFD, 0) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", exe.display()))?;
+        drop(theirs);
+        CHILDREN.lock().unwrap().push(child.id());
+        // passt's messages: keep the real ones (it also complains about a missing syslog).
+        let stderr = child.stderr.take();
+        let errors = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
+        if let Some(stderr) = stderr {
+            let errors = errors.clone();
+            let _ = std::thread::Builder::new().name("passt-log".into()).spawn(move || {
+                use std::io::BufRead;
+                for line in io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.starts_with("Failed to send") || line.starts_with("Don't run as root") || line.is_empty() {
+                        continue;
+                    }
+                    crate::vm::log(format!("passt: {line}"));
+                    errors.lock().unwrap().push(line);
+                }
+            });
+        }
+        // A bad forward (port in use) makes passt exit at once: say so now, not at the first frame.
+        let until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < until {
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                let why = errors.lock().unwrap().join("; ");
+                return Err(format!("passt exited at startup ({status}){}", if why.is_empty() { String::new() } else { format!(": {why}") }));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rx = RxBuf { buf: vec![0; 2 * (MAX_FRAME + 4)], start: 0, end: 0 };
+        Ok(Passt { sock: ours, child: Mutex::new(child), rx: Mutex::new(rx) })
+    }
+}
+
+impl Drop for Passt {
+    fn drop(&mut self) {
+        let mut c = self.child.lock().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn io_result(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+impl Backend for Passt {
+    fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    fn recv(&self, out: &mut Vec<u8>) -> io::Result<bool> {
+        let mut rx = self.rx.lock().unwrap();
+        let RxBuf { buf, start, end } = &mut *rx;
+        loop {
+            let have = *end - *start;
+            if have >= 4 {
+                let len = u32::from_be_bytes(buf[*start..*start + 4].try_into().unwrap()) as usize;
+                if len > MAX_FRAME {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, format!("passt sent a {len}-byte frame")));
+                }
+                if have >= 4 + len {
+                    out.clear();
+                    out.extend_from_slice(&buf[*start + 4..*start + 4 + len]);
+                    *start += 4 + len;
+                    return Ok(true);
+                }
+            }
+            if *start == *end {
+                (*start, *end) = (0, 0);
+            } else if *end == buf.len() {
+                buf.copy_within(*start..*end, 0);
+                (*start, *end) = (0, *end - *start);
+            }
+            let room = &mut buf[*end..];
+            // SAFETY: receives at most room.len() bytes into room.
+            let r = unsafe { libc::recv(self.fd(), room.as_mut_ptr().cast(), room.len(), libc::MSG_DONTWAIT) };
+            match io_result(r) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "passt closed the connection")),
+                Ok(n) => *end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn send(&self, frame: &[u8]) -> io::Result<()> {
+        let mut msg = Vec::with_capacity(4 + frame.len());
+        msg.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        msg.extend_from_slice(frame);
+        let mut sent = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sent < msg.len() {
+            let rest = &msg[sent..];
+            // SAFETY: sends at most rest.len() bytes from rest.
+            let r = unsafe {
+                libc::send(self.fd(), rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            };
+            match io_result(r) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A frame half sent must be finished, or the stream loses its framing.
+                    if sent == 0 && Instant::now() > deadline - Duration::from_secs(9) {
+                        return Err(e);
+                    }
+                    if Instant::now() > deadline {
+                        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+                        return Err(e);
+                    }
+                    super::wait_writable(self.fd(), 100);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostfwd_syntax() {
+        let f = parse_hostfwd("tcp:127.0.0.1:2222-:22").unwrap();
+        assert_eq!(f, HostFwd { udp: false, host_addr: Some(Ipv4Addr::LOCALHOST), host_port: 2222, guest_port: 22 });
+        let f = parse_hostfwd("udp::5353-10.0.2.15:53").unwrap();
+        assert_eq!(f, HostFwd { udp: true, host_addr: None, host_port: 5353, guest_port: 53 });
+        for bad in ["tcp:127.0.0.1:2222", "sctp::1-:2", "tcp::0-:22", "tcp::70000-:22", "tcp:x:1-:2", "tcp::1-10.0.2.9:2", "22"] {
+            assert!(parse_hostfwd(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The qemu framing against a peer that writes frames in awkward pieces.
+    #[test]
+    fn framing() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let p = Passt {
+            sock: a,
+            child: Mutex::new(Command::new("true").spawn().unwrap()),
+            rx: Mutex::new(RxBuf { buf: vec![0; 2 * (MAX_FRAME + 4)], start: 0, end: 0 }),
+        };
+        use std::io::Write;
+        let mut peer = &b;
+        let mut out = Vec::new();
+        assert!(!p.recv(&mut out).unwrap());
+        peer.write_all(&[0, 0, 0, 3, 1, 2]).unwrap();
+        assert!(!p.recv(&mut out).unwrap(), "partial frame");
+        peer.write_all(&[3, 0, 0, 0, 1, 9]).unwrap();
+        assert!(p.recv(&mut out).unwrap());
+        assert_eq!(out, [1, 2, 3]);
+        assert!(p.recv(&mut out).unwrap());
+        assert_eq!(out, [9]);
+        // Frames larger than the buffer's free tail: compaction keeps them whole.
+        for i in 0..5u8 {
+            let mut f = (MAX_FRAME as u32 - 10).to_be_bytes().to_vec();
+            f.extend(std::iter::repeat(i).take(MAX_FRAME - 10));
+            peer.write_all(&f).unwrap();
+            let mut got = false;
+            for _ in 0..100 {
+                if p.recv(&mut out).unwrap() {
+                    got = true;
+                    break;
+                }
+            }
+            assert!(got && out.len() == MAX_FRAME - 10 && out.iter().all(|x| *x == i));
+        }
+        p.send(&[7, 7]).unwrap();
+        let mut r = [0u8; 6];
+        use std::io::Read;
+        (&b).read_exact(&mut r).unwrap();
+        assert_eq!(r, [0, 0, 0, 2, 7, 7]);
+        // A length no frame has: the stream is broken.
+        peer.write_all(&[0xff, 0, 0, 0]).unwrap();
+        assert!(p.recv(&mut out).is_err());
+        drop(b);
+    }
+}

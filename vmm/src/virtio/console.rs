@@ -1,0 +1,328 @@
+//! `virtio-console[,stdio|autopty|log=PATH|socket=PATH]`: one console port (virtio type 3, no
+//! multiport), `hvc0` in the guest.
+//!
+//! Output (transmitq) goes to the target; input (receiveq) comes from stdio, the pty, or the
+//! client of a unix socket the VMM listens on (one client at a time: the next is accepted when
+//! the current one hangs up; output with no client connected is dropped). Input waits in a
+//! bounded buffer until the guest posts receive buffers; a reader thread fills it and kicks the
+//! receive queue's worker.
+//!
+//! Input is handed to the guest as soon as it posts receive buffers. Linux (6.1) posts them
+//! before it registers the port and drops data that completes in that window, so input sent
+//! while the guest's driver is still probing can be lost (as with other VMMs' consoles).
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{drain_queue, QueueBroken, VirtioDevice, TYPE_CONSOLE};
+use crate::cli::ConsoleTarget;
+use crate::devices::serial;
+
+const RX: usize = 0;
+const TX: usize = 1;
+const QUEUE_SIZE: u16 = 128;
+/// Input held for the guest before the reader threads wait.
+const INPUT_BUFFER: usize = 16 << 10;
+/// Most output bytes taken from one descriptor.
+const MAX_OUT_DESC: u32 = 64 << 10;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleConfig {
+    Target(ConsoleTarget),
+    Socket(PathBuf),
+}
+
+impl ConsoleConfig {
+    pub const USAGE: &'static str = "virtio-console[,stdio|autopty|log=PATH|socket=PATH]";
+
+    /// Parses the CONF of `-s SLOT,virtio-console[,CONF]` (stdio when absent).
+    pub fn parse(conf: Option<&str>) -> Result<ConsoleConfig, String> {
+        let bad = |c: &str| format!("unknown target '{c}' ({})", Self::USAGE);
+        Ok(match conf.unwrap_or("stdio") {
+            "" | "stdio" => ConsoleConfig::Target(ConsoleTarget::Stdio),
+            "autopty" => ConsoleConfig::Target(ConsoleTarget::AutoPty),
+            c => match c.split_once('=') {
+                Some(("log", p)) if !p.is_empty() => ConsoleConfig::Target(ConsoleTarget::Log(p.into())),
+                Some(("socket", p)) if !p.is_empty() => ConsoleConfig::Socket(p.into()),
+                _ => return Err(bad(c)),
+            },
+        })
+    }
+}
+
+struct Inner {
+    input: Mutex<VecDeque<u8>>,
+    space: Condvar,
+    kicks: Mutex<Vec<Arc<EventFd>>>,
+}
+
+impl Inner {
+    fn kick_rx(&self) {
+        if let Some(k) = self.kicks.lock().unwrap().get(RX) {
+            let _ = k.write(1);
+        }
+    }
+
+    /// Copies `reader` into the input buffer until EOF or an error.
+    fn pump(&self, mut reader: impl Read) {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let mut q = self.input.lock().unwrap();
+            while q.len() >= INPUT_BUFFER {
+                q = self.space.wait(q).unwrap();
+            }
+            q.extend(&buf[..n]);
+            drop(q);
+            self.kick_rx();
+        }
+    }
+}
+
+/// Output to the current socket client, if any.
+struct SocketOut(Arc<Mutex<Option<UnixStream>>>);
+
+impl Write for SocketOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut c = self.0.lock().unwrap();
+        if let Some(s) = c.as_mut() {
+            if s.write_all(buf).is_err() {
+                *c = None; // the client went away: drop output until the next one
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub struct Console {
+    out: Mutex<Box<dyn Write + Send>>,
+    inner: Arc<Inner>,
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    std::thread::Builder::new().name(name.into()).spawn(f).map(drop).map_err(|e| format!("{name}: {e}"))
+}
+
+impl Console {
+    pub fn open(cfg: &ConsoleConfig) -> Result<Console, String> {
+        let inner = Arc::new(Inner { input: Mutex::default(), space: Condvar::new(), kicks: Mutex::default() });
+        let out: Box<dyn Write + Send> = match cfg {
+            ConsoleConfig::Target(t) => {
+                let what = match t {
+                    ConsoleTarget::Stdio => "virtio-console,stdio".to_string(),
+                    ConsoleTarget::AutoPty => "virtio-console,autopty".to_string(),
+                    ConsoleTarget::Log(p) => format!("virtio-console,log={}", p.display()),
+                };
+                let c = serial::open_target("virtio-console", t, &what)?;
+                if let Some(n) = c.notice {
+                    crate::vm::log(n);
+                }
+                if let Some(input) = c.input {
+                    let i = inner.clone();
+                    spawn("vcon-in", move || i.pump(input))?;
+                }
+                c.output
+            }
+            ConsoleConfig::Socket(path) => {
+                let what = format!("virtio-console,socket={}", path.display());
+                remove_stale_socket(path);
+                let listener = UnixListener::bind(path).map_err(|e| format!("{what}: {e}"))?;
+                let client = Arc::new(Mutex::new(None));
+                let (c, i) = (client.clone(), inner.clone());
+                spawn("vcon-sock", move || {
+                    for stream in listener.incoming().flatten() {
+                        let Ok(reader) = stream.try_clone() else { continue };
+                        *c.lock().unwrap() = Some(stream);
+                        i.pump(reader);
+                        *c.lock().unwrap() = None;
+                    }
+                })?;
+                Box::new(SocketOut(client))
+            }
+        };
+        Ok(Console { out: Mutex::new(out), inner })
+    }
+
+    /// Fills receive buffers from the pending input.
+    fn fill_rx(&self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueBroken> {
+        let broken = |e: virtio_queue::Error| QueueBroken(e.to_string());
+        let mut input = self.inner.input.lock().unwrap();
+        let mut used = false;
+        loop {
+            queue.disable_notification(mem).map_err(broken)?;
+            while !input.is_empty() {
+                let Some(chain) = queue.iter(mem).map_err(broken)?.next() else { break };
+                let head = chain.head_index();
+                let mut written = 0u32;
+                for desc in chain.writable() {
+                    let n = (desc.len() as usize).min(input.len());
+                    let bytes: Vec<u8> = input.iter().take(n).copied().collect();
+                    if n == 0 || mem.write_slice(&bytes, desc.addr()).is_err() {
+                        break;
+                    }
+                    input.drain(..n);
+                    written += n as u32;
+                }
+                queue.add_used(mem, head, written).map_err(broken)?;
+                used = true;
+            }
+            if !queue.enable_notification(mem).map_err(broken)? || input.is_empty() {
+                break;
+            }
+        }
+        self.inner.space.notify_all();
+        Ok(used)
+    }
+
+    /// Sends a transmit chain's readable bytes to the target.
+    fn transmit(&self, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> u32 {
+        let mut bytes = Vec::new();
+        for desc in chain.readable() {
+            let len = desc.len().min(MAX_OUT_DESC) as usize;
+            let at = bytes.len();
+            bytes.resize(at + len, 0);
+            if mem.read_slice(&mut bytes[at..], desc.addr()).is_err() {
+                bytes.truncate(at);
+                break;
+            }
+        }
+        let mut out = self.out.lock().unwrap();
+        let _ = out.write_all(&bytes).and_then(|()| out.flush());
+        0
+    }
+}
+
+/// Removes a unix socket left behind by an earlier run (never any other kind of file).
+pub(super) fn remove_stale_socket(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+impl VirtioDevice for Console {
+    fn device_type(&self) -> u16 {
+        TYPE_CONSOLE
+    }
+    fn pci_class(&self) -> (u8, u8) {
+        (0x07, 0x80) // simple communication controller, other
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn num_queues(&self) -> usize {
+        2
+    }
+    fn queue_max_size(&self) -> u16 {
+        QUEUE_SIZE
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0); // no size, no multiport, no emergency write
+    }
+    fn process_queue(&self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueBroken> {
+        match index {
+            RX => self.fill_rx(queue, mem),
+            TX => drain_queue(queue, mem, |chain| self.transmit(chain, mem)),
+            _ => Ok(false),
+        }
+    }
+    fn set_queue_kicks(&self, kicks: Vec<Arc<EventFd>>) {
+        *self.inner.kicks.lock().unwrap() = kicks;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::testing::*;
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use vm_memory::GuestAddress;
+
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+
+    #[test]
+    fn parse_conf() {
+        assert_eq!(ConsoleConfig::parse(None), Ok(ConsoleConfig::Target(ConsoleTarget::Stdio)));
+        assert_eq!(ConsoleConfig::parse(Some("autopty")), Ok(ConsoleConfig::Target(ConsoleTarget::AutoPty)));
+        assert_eq!(ConsoleConfig::parse(Some("log=/x")), Ok(ConsoleConfig::Target(ConsoleTarget::Log("/x".into()))));
+        assert_eq!(ConsoleConfig::parse(Some("socket=/s")), Ok(ConsoleConfig::Socket("/s".into())));
+        assert!(ConsoleConfig::parse(Some("log=")).is_err());
+        assert!(ConsoleConfig::parse(Some("tcp=1")).unwrap_err().contains("unknown target 'tcp=1'"));
+    }
+
+    #[test]
+    fn output_to_log_and_hostile_chains() {
+        let dir = std::env::temp_dir().join(format!("vcon-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("out.log");
+        let _ = std::fs::remove_file(&log);
+        let c = Console::open(&ConsoleConfig::Target(ConsoleTarget::Log(log.clone()))).unwrap();
+        let mem = guest_mem();
+        mem.write_slice(b"hello ", GuestAddress(0x10_0000)).unwrap();
+        mem.write_slice(b"hvc0\n", GuestAddress(0x10_1000)).unwrap();
+        let mut t = TestQueue::new(&mem);
+        t.add(&[(0x10_0000, 6, 0), (0x10_1000, 5, 0)]);
+        // Outside guest memory, write-only, huge: nothing written, no panic.
+        t.add(&[(0xffff_ffff_f000, 0x2000, 0)]);
+        t.add(&[(0x10_0000, 6, W)]);
+        t.add(&[(0x1f_ff00, u32::MAX, 0)]);
+        let mut q = t.queue();
+        assert!(c.process_queue(TX, &mut q, &mem).unwrap());
+        assert_eq!(t.used(0), (0, 0));
+        let text = std::fs::read(&log).unwrap();
+        assert!(text.starts_with(b"hello hvc0\n"), "{text:?}");
+        t.set_avail_idx(1000);
+        assert!(c.process_queue(TX, &mut q, &mem).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn socket_input_reaches_receive_buffers() {
+        let dir = std::env::temp_dir().join(format!("vcon-sock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("con.sock");
+        let c = Console::open(&ConsoleConfig::Socket(path.clone())).unwrap();
+        let kick = Arc::new(EventFd::new(0).unwrap());
+        c.set_queue_kicks(vec![kick.clone(), Arc::new(EventFd::new(0).unwrap())]);
+        let mem = guest_mem();
+        let mut t = TestQueue::new(&mem);
+        let mut q = t.queue();
+        // No input yet: the posted buffer is left alone.
+        t.add(&[(0x10_0000, 4, W)]);
+        assert!(!c.process_queue(RX, &mut q, &mem).unwrap());
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.write_all(b"typed!").unwrap();
+        kick.read().unwrap(); // the reader thread kicked the receive queue
+        while c.inner.input.lock().unwrap().len() < 6 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(c.process_queue(RX, &mut q, &mem).unwrap());
+        assert_eq!(t.used(0), (0, 4));
+        t.add(&[(0x10_1000, 1, W), (0x10_2000, 64, W)]);
+        assert!(c.process_queue(RX, &mut q, &mem).unwrap());
+        assert_eq!(t.used(1), (1, 2));
+        let mut b = [0u8; 4];
+        mem.read_slice(&mut b, GuestAddress(0x10_0000)).unwrap();
+        assert_eq!(&b, b"type");
+        // Output goes to the connected client.
+        mem.write_slice(b"out", GuestAddress(0x10_3000)).unwrap();
+        t.add(&[(0x10_3000, 3, 0)]);
+        assert!(c.process_queue(TX, &mut q, &mem).unwrap());
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"out");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,509 @@
+//! `virtio-net` (virtio type 1): one RX and one TX queue, a MAC from the VM's UUID, the link
+//! always up, no offloads (every frame is complete and checksummed; the 12-byte virtio-net header
+//! is all zeros on RX and ignored on TX). Backends in `crate::net`:
+//!
+//! - `-s SLOT,virtio-tap,TAPNAME[,mac=MAC]`: an existing TAP interface.
+//! - `-s SLOT,virtio-net,user[,hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT]...[,mac=MAC]`: user-mode
+//!   networking through `passt` (guest 10.0.2.15/24 by DHCP, gateway 10.0.2.2, DNS 10.0.2.3).
+//!
+//! Without `-U` the MAC is random (locally administered) per run; `mac=` overrides both.
+//!
+//! RX wake-ups: a poller thread waits for the backend's fd while the RX worker is "armed" and
+//! then kicks the RX queue (`set_queue_kicks`); the worker re-arms it once it has taken every
+//! frame. When the guest has no buffers the frame waits (`pending`), the poller stays disarmed and
+//! the guest's next notification resumes the worker. Guest data is untrusted: a TX chain that is too long, too short
+//! or outside guest memory is dropped; an RX chain too small for the frame gets the frame dropped
+//! (used length 0); a broken ring sets DEVICE_NEEDS_RESET.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
+
+use super::{drain_queue, QueueBroken, VirtioDevice, TYPE_NET};
+use crate::net::{passt, tap, Backend, MAX_FRAME};
+
+const F_MAC: u64 = 1 << 5;
+const F_STATUS: u64 = 1 << 16;
+const STATUS_LINK_UP: u16 = 1;
+/// virtio_net_hdr_v1: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers.
+pub const HDR_LEN: usize = 12;
+const RX: usize = 0;
+const TX: usize = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    Tap(String),
+    User(Vec<passt::HostFwd>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub backend: BackendConfig,
+    pub mac: Option<[u8; 6]>,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<_> = s.split([':', '-']).collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!("mac={s}: expected six hex bytes (02:xx:xx:xx:xx:xx)"));
+    }
+    for (m, p) in mac.iter_mut().zip(&parts) {
+        *m = u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2).ok_or_else(|| format!("mac={s}: bad byte '{p}'"))?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("mac={s}: a multicast address"));
+    }
+    Ok(mac)
+}
+
+impl NetConfig {
+    /// `-s` CONF of `virtio-tap` and `virtio-net`. Checks what can fail before the VM exists:
+    /// the TAP exists, passt is installed.
+    pub fn parse(emul: &str, conf: Option<&str>) -> Result<NetConfig, String> {
+        let mut fields = conf.unwrap_or("").split(',');
+        let first = fields.next().unwrap_or("");
+        let backend = match emul {
+            "virtio-tap" => {
+                if first.is_empty() {
+                    return Err("missing TAP device name".into());
+                }
+                tap::check_name(first)?;
+                BackendConfig::Tap(first.to_string())
+            }
+            _ => match first {
+                "user" => BackendConfig::User(Vec::new()),
+                "" => return Err("missing backend (user; for a TAP use virtio-tap,TAPNAME)".into()),
+                other => return Err(format!("unknown backend '{other}' (user; for a TAP use virtio-tap,TAPNAME)")),
+            },
+        };
+        let mut cfg = NetConfig { backend, mac: None };
+        for f in fields {
+            match (f.split_once('='), &mut cfg.backend) {
+                (Some(("mac", m)), _) => cfg.mac = Some(parse_mac(m)?),
+                (Some(("hostfwd", h)), BackendConfig::User(fwds)) => fwds.push(passt::parse_hostfwd(h)?),
+                _ => {
+                    let valid = if emul == "virtio-tap" { "mac" } else { "hostfwd, mac" };
+                    return Err(format!("unknown option '{f}' (valid: {valid})"));
+                }
+            }
+        }
+        if let BackendConfig::User(fwds) = &cfg.backend {
+            passt::find_passt()?;
+            for (i, a) in fwds.iter().enumerate() {
+                if fwds[..i].iter().any(|b| b.udp == a.udp && b.host_port == a.host_port) {
+                    return Err(format!("host port {} forwarded twice", a.host_port));
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// A random locally administered unicast MAC (no `-U`).
+fn random_mac() -> [u8; 6] {
+    let mut m = [0u8; 6];
+    // SAFETY: writes at most 6 bytes into m.
+    let _ = unsafe { libc::getrandom(m.as_mut_ptr().cast(), 6, 0) };
+    m[0] = (m[0] & 0xfc) | 0x02;
+    m
+}
+
+struct RxState {
+    /// A frame read from the backend that found no guest buffer yet.
+    pending: Option<Vec<u8>>,
+    spare: Vec<u8>,
+}
+
+/// Shared by the RX worker and the poller thread.
+struct RxWake {
+    /// The poller waits for the backend's fd only while armed.
+    armed: AtomicBool,
+    /// Written when `armed` is set, so the poller includes the backend's fd again.
+    arm: EventFd,
+    /// The RX queue's kick (from the transport).
+    kick: Mutex<Option<Arc<EventFd>>>,
+}
+
+impl RxWake {
+    fn run(&self, backend_fd: RawFd) {
+        loop {
+            let armed = self.armed.load(Ordering::SeqCst);
+            let mut p = [
+                libc::pollfd { fd: self.arm.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: backend_fd, events: libc::POLLIN, revents: 0 },
+            ];
+            let n = if armed { 2 } else { 1 };
+            // SAFETY: `p` holds `n` valid pollfds for the call's duration.
+            let r = unsafe { libc::poll(p.as_mut_ptr(), n, -1) };
+            if r < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+            if p[0].revents != 0 {
+                let _ = self.arm.read();
+            }
+            if armed && p[1].revents != 0 && self.armed.swap(false, Ordering::SeqCst) {
+                if let Some(k) = &*self.kick.lock().unwrap() {
+                    let _ = k.write(1);
+                }
+            }
+        }
+    }
+}
+
+pub struct Net {
+    mac: [u8; 6],
+    backend: Box<dyn Backend>,
+    rx: Mutex<RxState>,
+    dead: AtomicBool,
+    wake: Arc<RxWake>,
+}
+
+impl Net {
+    pub fn new(cfg: &NetConfig, uuid: Option<&uuid::Uuid>) -> Result<Net, String> {
+        let mac = cfg.mac.unwrap_or_else(|| uuid.map(crate::mac::mac_from_uuid).unwrap_or_else(random_mac));
+        let backend: Box<dyn Backend> = match &cfg.backend {
+            BackendConfig::Tap(name) => Box::new(tap::Tap::open(name)?),
+            BackendConfig::User(fwds) => Box::new(passt::Passt::spawn(fwds)?),
+        };
+        let net = Net::with_backend(mac, backend)?;
+        let (wake, fd) = (net.wake.clone(), net.backend.fd());
+        std::thread::Builder::new()
+            .name("virtio-net-poll".into())
+            .spawn(move || wake.run(fd))
+            .map_err(|e| format!("cannot start the network poller: {e}"))?;
+        Ok(net)
+    }
+
+    fn with_backend(mac: [u8; 6], backend: Box<dyn Backend>) -> Result<Net, String> {
+        let wake = Arc::new(RxWake {
+            armed: AtomicBool::new(false),
+            arm: EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?,
+            kick: Mutex::new(None),
+        });
+        let rx = Mutex::new(RxState { pending: None, spare: Vec::new() });
+        Ok(Net { mac, backend, rx, dead: AtomicBool::new(false), wake })
+    }
+
+    fn backend_failed(&self, e: std::io::Error) {
+        if !self.dead.swap(true, Ordering::SeqCst) {
+            crate::vm::log(format!("virtio-net: backend: {e}; the link carries no more frames"));
+        }
+    }
+
+    fn process_rx(&self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueBroken> {
+        let broken = |e: virtio_queue::Error| QueueBroken(e.to_string());
+        let mut st = self.rx.lock().unwrap();
+        let mut used = false;
+        loop {
+            if st.pending.is_none() {
+                if self.dead.load(Ordering::SeqCst) {
+                    break;
+                }
+                let mut frame = std::mem::take(&mut st.spare);
+                match self.backend.recv(&mut frame) {
+                    Ok(true) => st.pending = Some(frame),
+                    Ok(false) => {
+                        st.spare = frame;
+                        break;
+                    }
+                    Err(e) => {
+                        self.backend_failed(e);
+                        break;
+                    }
+                }
+            }
+            let chain = queue.iter(mem).map_err(broken)?.next();
+            match chain {
+                Some(chain) => {
+                    let head = chain.head_index();
+                    let frame = st.pending.take().unwrap_or_default();
+                    let len = write_frame(chain, mem, &frame);
+                    st.spare = frame;
+                    queue.add_used(mem, head, len).map_err(broken)?;
+                    used = true;
+                }
+                // No guest buffer: keep the frame; the guest's next notification resumes us
+                // (unless buffers came while notifications were being re-enabled).
+                None => {
+                    if !queue.enable_notification(mem).map_err(broken)? {
+                        break;
+                    }
+                }
+            }
+        }
+        // Every frame taken: wake us when the backend has more.
+        if st.pending.is_none() && !self.dead.load(Ordering::SeqCst) && !self.wake.armed.swap(true, Ordering::SeqCst) {
+            let _ = self.wake.arm.write(1);
+        }
+        Ok(used)
+    }
+}
+
+/// Header + frame into the chain's writable buffers; the bytes written, or 0 (frame dropped)
+/// when the chain is too small or leaves guest memory.
+fn write_frame(chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap, frame: &[u8]) -> u32 {
+    let mut hdr = [0u8; HDR_LEN];
+    hdr[10] = 1; // num_buffers
+    let total = HDR_LEN + frame.len();
+    let mut done = 0usize;
+    for desc in chain.writable() {
+        if done == total {
+            break;
+        }
+        let n = (desc.len() as usize).min(total - done);
+        let mut at = desc.addr();
+        let mut left = n;
+        // The part of the header, then of the frame, this buffer takes.
+        if done < HDR_LEN {
+            let h = (HDR_LEN - done).min(left);
+            if mem.write_slice(&hdr[done..done + h], at).is_err() {
+                return 0;
+            }
+            at = match at.checked_add(h as u64) {
+                Some(a) => a,
+                None => return 0,
+            };
+            done += h;
+            left -= h;
+        }
+        if left > 0 {
+            let f = done - HDR_LEN;
+            if mem.write_slice(&frame[f..f + left], at).is_err() {
+                return 0;
+            }
+            done += left;
+        }
+    }
+    if done < total {
+        return 0;
+    }
+    total as u32
+}
+
+/// The frame of a TX chain (its readable buffers minus the header); None drops it.
+fn read_frame(chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap, buf: &mut Vec<u8>) -> bool {
+    buf.clear();
+    for desc in chain.readable() {
+        let n = desc.len() as usize;
+        if buf.len() + n > HDR_LEN + MAX_FRAME {
+            return false;
+        }
+        let at = buf.len();
+        buf.resize(at + n, 0);
+        if mem.read_slice(&mut buf[at..], desc.addr()).is_err() {
+            return false;
+        }
+    }
+    buf.len() > HDR_LEN
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u16 {
+        TYPE_NET
+    }
+    fn pci_class(&self) -> (u8, u8) {
+        (0x02, 0x00) // network controller, Ethernet
+    }
+    fn features(&self) -> u64 {
+        F_MAC | F_STATUS
+    }
+    fn num_queues(&self) -> usize {
+        2
+    }
+    fn queue_max_size(&self) -> u16 {
+        256
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut cfg = [0u8; 8];
+        cfg[..6].copy_from_slice(&self.mac);
+        cfg[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset).ok().and_then(|o| o.checked_add(i)).and_then(|o| cfg.get(o)).copied().unwrap_or(0);
+        }
+    }
+    fn set_queue_kicks(&self, kicks: Vec<Arc<EventFd>>) {
+        *self.wake.kick.lock().unwrap() = kicks.into_iter().next();
+    }
+    fn process_queue(&self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueBroken> {
+        match index {
+            RX => self.process_rx(queue, mem),
+            TX => {
+                let mut buf = Vec::new();
+                drain_queue(queue, mem, |chain| {
+                    if read_frame(chain, mem, &mut buf) && !self.dead.load(Ordering::SeqCst) {
+                        // A full host side drops the frame, as a congested link would.
+                        let _ = self.backend.send(&buf[HDR_LEN..]);
+                    }
+                    0
+                })
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::testing::*;
+    use std::collections::VecDeque;
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use vm_memory::GuestAddress;
+
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+
+    /// Frames to hand the device, and what it sent.
+    struct Fake {
+        evt: vmm_sys_util::eventfd::EventFd,
+        incoming: Mutex<VecDeque<Vec<u8>>>,
+        sent: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Backend for Fake {
+        fn fd(&self) -> RawFd {
+            self.evt.as_raw_fd()
+        }
+        fn recv(&self, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+            match self.incoming.lock().unwrap().pop_front() {
+                Some(f) => {
+                    *buf = f;
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        }
+        fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+            self.sent.lock().unwrap().push(frame.to_vec());
+            Ok(())
+        }
+    }
+
+    fn net(frames: Vec<Vec<u8>>) -> (Net, Arc<Mutex<Vec<Vec<u8>>>>) {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let fake = Fake {
+            evt: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+            incoming: Mutex::new(frames.into()),
+            sent: sent.clone(),
+        };
+        (Net::with_backend([2, 1, 2, 3, 4, 5], Box::new(fake)).unwrap(), sent)
+    }
+
+    #[test]
+    fn config_space() {
+        let (n, _) = net(vec![]);
+        let mut b = [0u8; 10];
+        n.read_config(0, &mut b);
+        assert_eq!(b, [2, 1, 2, 3, 4, 5, 1, 0, 0, 0]);
+        n.read_config(u64::MAX, &mut b[..2]);
+        assert_eq!(&b[..2], [0, 0]);
+        assert_eq!(n.features(), F_MAC | F_STATUS);
+    }
+
+    #[test]
+    fn rx_split_across_buffers_and_waits_for_buffers() {
+        let f1: Vec<u8> = (0..100u8).collect();
+        let (n, _) = net(vec![f1.clone(), vec![9; 60]]);
+        let mem = guest_mem();
+        let mut t = TestQueue::new(&mem);
+        // Header split across two buffers, then the frame.
+        t.add(&[(0x10_0000, 5, W), (0x10_1000, 7, W), (0x10_2000, 2000, W)]);
+        let mut q = t.queue();
+        assert!(n.process_queue(RX, &mut q, &mem).unwrap());
+        assert_eq!(t.used(0), (0, 112));
+        let mut hdr = [0u8; 12];
+        mem.read_slice(&mut hdr[..5], GuestAddress(0x10_0000)).unwrap();
+        mem.read_slice(&mut hdr[5..], GuestAddress(0x10_1000)).unwrap();
+        assert_eq!(hdr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        let mut got = vec![0u8; 100];
+        mem.read_slice(&mut got, GuestAddress(0x10_2000)).unwrap();
+        assert_eq!(got, f1);
+        // The second frame waits for a buffer; the backend is not polled meanwhile.
+        assert!(n.rx.lock().unwrap().pending.is_some());
+        assert!(!n.wake.armed.load(Ordering::SeqCst));
+        t.add(&[(0x10_3000, 2000, W)]);
+        assert!(n.process_queue(RX, &mut q, &mem).unwrap());
+        assert_eq!(t.used(1), (3, 72));
+        assert!(n.wake.armed.load(Ordering::SeqCst), "all taken: the poller waits for the backend");
+    }
+
+    #[test]
+    fn rx_hostile_chains_drop_the_frame() {
+        let (n, _) = net(vec![vec![1; 1500], vec![2; 1500], vec![3; 1500], vec![4; 10]]);
+        let mem = guest_mem();
+        let mut t = TestQueue::new(&mem);
+        t.add(&[(0x10_0000, 100, W)]); // too small
+        t.add(&[(0x10_0000, 1600, 0)]); // read-only
+        t.add(&[(0xffff_ffff_f000, 0x2000, W)]); // outside guest memory
+        t.add(&[(0x1f_fff0, u32::MAX, W)]); // runs off the end of memory: 10+12 bytes do not fit
+        let mut q = t.queue();
+        assert!(n.process_queue(RX, &mut q, &mem).unwrap());
+        for i in 0..4 {
+            assert_eq!(t.used(i).1, 0, "chain {i}");
+        }
+        // A descriptor loop: the chain ends, nothing written, no hang.
+        let (n, _) = net(vec![vec![5; 100]]);
+        let mut t = TestQueue::new(&mem);
+        t.store(0, 0x10_0000, 4, W | virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16, 1);
+        t.store(1, 0x10_1000, 4, W | virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16, 0);
+        t.add_head(0);
+        let mut q = t.queue();
+        assert!(n.process_queue(RX, &mut q, &mem).unwrap());
+        assert_eq!(t.used(0).1, 0);
+        // An impossible avail index: the queue is broken, not the VMM.
+        let (n, _) = net(vec![vec![5; 100]]);
+        let mut t = TestQueue::new(&mem);
+        t.set_avail_idx(1000);
+        let mut q = t.queue();
+        assert!(n.process_queue(RX, &mut q, &mem).is_err());
+    }
+
+    #[test]
+    fn tx_strips_header_and_drops_bad_chains() {
+        let (n, sent) = net(vec![]);
+        let mem = guest_mem();
+        mem.write_slice(&[0u8; 12], GuestAddress(0x10_0000)).unwrap();
+        mem.write_slice(&[0xaa; 60], GuestAddress(0x10_1000)).unwrap();
+        let mut t = TestQueue::new(&mem);
+        t.add(&[(0x10_0000, 12, 0), (0x10_1000, 60, 0)]); // good
+        t.add(&[(0x10_0000, 10, 0)]); // shorter than the header
+        t.add(&[(0x10_0000, 12, 0), (0xffff_ffff_0000, 60, 0)]); // outside guest memory
+        t.add(&[(0x10_0000, 0x10_0000, 0), (0x10_0000, 0x10_0000, 0)]); // 2 MiB: too big
+        t.add(&[(0x10_0000, 12, 0), (0x10_1000, 60, 0), (0x10_2000, 64, W)]); // writable part ignored
+        let mut q = t.queue();
+        assert!(n.process_queue(TX, &mut q, &mem).unwrap());
+        let sent = sent.lock().unwrap();
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|f| f == &vec![0xaa; 60]));
+        for i in 0..5 {
+            assert_eq!(t.used(i).1, 0);
+        }
+    }
+
+    #[test]
+    fn conf_parsing() {
+        assert!(NetConfig::parse("virtio-tap", None).is_err());
+        assert!(NetConfig::parse("virtio-tap", Some("no-such-tap0")).unwrap_err().contains("does not exist"));
+        assert!(NetConfig::parse("virtio-net", None).unwrap_err().contains("missing backend"));
+        assert!(NetConfig::parse("virtio-net", Some("vmnet")).unwrap_err().contains("unknown backend"));
+        assert!(NetConfig::parse("virtio-net", Some("user,fast")).unwrap_err().contains("unknown option 'fast'"));
+        assert!(NetConfig::parse("virtio-net", Some("user,mac=01:00:00:00:00:00")).unwrap_err().contains("multicast"));
+        assert!(NetConfig::parse("virtio-net", Some("user,mac=02:00:00:00:00")).is_err());
+        assert_eq!(parse_mac("02:AB:00:01:02:03").unwrap(), [2, 0xab, 0, 1, 2, 3]);
+        if passt::find_passt().is_ok() {
+            let c = NetConfig::parse("virtio-net", Some("user,hostfwd=tcp:127.0.0.1:2222-:22,mac=02:00:00:00:00:01")).unwrap();
+            assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 1]));
+            assert!(matches!(&c.backend, BackendConfig::User(f) if f.len() == 1));
+            let e = NetConfig::parse("virtio-net", Some("user,hostfwd=tcp::22-:22,hostfwd=tcp:127.0.0.1:22-:23"));
+            assert!(e.unwrap_err().contains("twice"));
+        }
+    }
+}
