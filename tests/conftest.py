@@ -1,6 +1,7 @@
 """Shared fixtures: the real `xhyve` binary and the real tiny box (kernel + busybox initrd)."""
 
 import os
+import re
 import pathlib
 
 import pytest
@@ -38,3 +39,35 @@ def guest(xhyve_bin, tiny_box, tmp_path):
     yield make
     for g in made:
         g.kill()
+
+
+# Guest user processes on nested kvm_pvm hosts now and then read a wrong value from their TLS and
+# die (SIGSEGV/#GP, or init killed at boot): a host defect recorded in vmm/src/pvm/mod.rs. When
+# a test fails and one of its guest consoles shows such a crash, the failure says so first, and
+# tests/run reruns it once (`--only-rerun`, pytest-rerunfailures): the crash stays in the report
+# as a rerun, with the console lines, and a second failure fails the run.
+GUEST_CRASH = re.compile(r"segfault at [0-9a-f]+ ip|traps: .* general protection|"
+                         r"Attempted to kill init")
+GUEST_CRASH_TAG = "GUEST PROCESS CRASH (nested-PVM host defect)"
+
+
+def guest_crashes(root):
+    lines = []
+    for p in pathlib.Path(root).rglob("*.log*"):
+        if p.is_file():
+            text = p.read_text(errors="replace")
+            lines += [f"{p.name}: {l.strip()}" for l in text.splitlines() if GUEST_CRASH.search(l)]
+    return lines
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Tags the failure before its report is made (rerunfailures matches the exception)."""
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if call.when == "call" and call.excinfo is not None and tmp is not None:
+        crashes = guest_crashes(tmp)
+        if crashes:
+            e = call.excinfo.value
+            first = str(e.args[0]) if e.args else repr(e)
+            e.args = (f"{GUEST_CRASH_TAG}: {'; '.join(crashes[:5])}\n{first}", *e.args[1:])
+    yield

@@ -8,6 +8,8 @@ import time
 
 # Guest kernels are 100-1000x slow on nested (PVM) hosts: waits are long, never timed asserts.
 BOOT_TIMEOUT = float(os.environ.get("XHYVE_TEST_BOOT_TIMEOUT", "900"))
+# A panicked guest never prints another marker: fail at once instead of at the timeout.
+PANIC = "Kernel panic - not syncing"
 
 
 class Guest:
@@ -43,9 +45,12 @@ class Guest:
         deadline = time.monotonic() + timeout
         rx = re.compile(pattern)
         while True:
-            m = rx.search(self.text())
+            text = self.text()
+            m = rx.search(text)
             if m:
                 return m
+            if PANIC in text:
+                raise AssertionError(f"guest kernel panic before /{pattern}/:\n{self.tail()}")
             if self.proc.poll() is not None:
                 raise AssertionError(f"xhyve exited ({self.proc.returncode}) before /{pattern}/:\n"
                                      f"{self.tail()}")

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Build the "tiny" guest box: a tinyconfig Linux 6.1 kernel (Debian linux-source-6.1) plus a
 # busybox initramfs.  usage: boxes/tiny/build.sh [OUTDIR]   (default: <repo>/target/boxes/tiny)
-# Writes OUTDIR/{vmlinux,vmlinuz,initrd.img,kernel.config}.  Results are cached in
+# Writes OUTDIR/{vmlinux,vmlinuz,initrd.img,kernel.config}; the initramfs carries Debian's dropbear
+# (SSH for user vagrant with Vagrant's insecure key, boxes/tiny/vagrant.pub).  Results are cached in
 # $XHYVE_BOX_CACHE (default /var/cache/xhyve-rs)/tiny/<key>/; see README.md.
 set -euo pipefail
 
@@ -11,7 +12,7 @@ OUT=${1:-$REPO/target/boxes/tiny}
 CACHE=${XHYVE_BOX_CACHE:-/var/cache/xhyve-rs}
 KSRC_PKG=linux-source-6.1
 KSRC_TAR=/usr/src/linux-source-6.1.tar.xz
-DEPS="$KSRC_PKG busybox-static build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod"
+DEPS="$KSRC_PKG busybox-static dropbear-bin build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod"
 T0=$SECONDS
 
 log() { echo "[tiny-box +$((SECONDS - T0))s] $*" >&2; }
@@ -32,6 +33,7 @@ if [ -n "$missing" ]; then
 fi
 [ -f "$KSRC_TAR" ] || die "$KSRC_TAR missing"
 [ -x /bin/busybox ] || die "/bin/busybox missing"
+[ -x /usr/sbin/dropbear ] || die "/usr/sbin/dropbear missing (dropbear-bin)"
 
 # --- 2. cache key: the kernel only (the initramfs is rebuilt every run, in under a second) ---
 # Bump KERNEL_RECIPE when the kernel build steps below change.
@@ -41,11 +43,54 @@ KEY=$( { cat "$HERE/kernel.config"; echo "recipe $KERNEL_RECIPE"; dpkg-query -W 
 	sha256sum | cut -c1-64)
 ENTRY=$CACHE/tiny/$KEY
 
+# The SSH server's files (dropbear, its libraries, host keys, the vagrant user) as
+# gen_init_cpio lines on stdout; generated files go to $1.
+ssh_files() {
+	local gen=$1 lib d
+	mkdir -p "$gen"
+	# Host keys made once per build (dropbearkey under the guest's emulated CPU would take
+	# seconds at every boot). Every tiny box shares them: it is a test box, like Vagrant's key.
+	for t in ed25519 ecdsa rsa; do
+		dropbearkey -t "$t" -f "$gen/dropbear_${t}_host_key" >/dev/null 2>&1 ||
+			die "dropbearkey -t $t failed"
+	done
+	printf 'root:x:0:0:root:/root:/bin/sh\nvagrant:x:1000:1000:vagrant:/home/vagrant:/bin/sh\n' >"$gen/passwd"
+	printf 'root:x:0:\nvagrant:x:1000:\n' >"$gen/group"
+	# "*": no password matches (a locked password); SSH logs in with the key only.
+	printf 'root:*:19000:0:99999:7:::\nvagrant:*:19000:0:99999:7:::\n' >"$gen/shadow"
+	printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n' >"$gen/nsswitch.conf"
+	printf '/bin/sh\n' >"$gen/shells"
+	echo "dir /etc/dropbear 0755 0 0"
+	for t in ed25519 ecdsa rsa; do
+		echo "file /etc/dropbear/dropbear_${t}_host_key $gen/dropbear_${t}_host_key 0600 0 0"
+	done
+	echo "file /etc/passwd $gen/passwd 0644 0 0"
+	echo "file /etc/group $gen/group 0644 0 0"
+	echo "file /etc/shadow $gen/shadow 0600 0 0"
+	echo "file /etc/nsswitch.conf $gen/nsswitch.conf 0644 0 0"
+	echo "file /etc/shells $gen/shells 0644 0 0"
+	echo "file /etc/udhcpc.script $HERE/udhcpc.script 0755 0 0"
+	echo "dir /home 0755 0 0"
+	echo "dir /home/vagrant 0755 1000 1000"
+	echo "dir /home/vagrant/.ssh 0700 1000 1000"
+	echo "file /home/vagrant/.ssh/authorized_keys $HERE/vagrant.pub 0600 1000 1000"
+	for d in /run /var /var/log /var/run /lib /lib64 /lib/x86_64-linux-gnu /usr/lib; do
+		echo "dir $d 0755 0 0"
+	done
+	echo "file /usr/sbin/dropbear /usr/sbin/dropbear 0755 0 0"
+	# The shared libraries ldd lists (and the loader), at the paths ldd resolved.
+	ldd /usr/sbin/dropbear | grep -o '/[^ ]*' | sort -u | while read -r lib; do
+		d=$(dirname "$lib")
+		case $d in /lib | /lib64 | /lib/x86_64-linux-gnu | /usr/lib) ;; *) echo "dir $d 0755 0 0" ;; esac
+		echo "file $lib $(readlink -f "$lib") 0755 0 0"
+	done
+}
+
 # Writes OUT/initrd.img: static busybox with its applet links and our /init, uncompressed
-# (gunzip under the nested host's emulator would cost seconds).
+# (gunzip under the nested host's emulator would cost seconds), plus dropbear (ssh_files).
 build_initrd() {
-	local list tmp
-	list=$(mktemp) tmp=$OUT/initrd.img.tmp.$$
+	local list tmp gen
+	list=$(mktemp) tmp=$OUT/initrd.img.tmp.$$ gen=$(mktemp -d)
 	# The vsock test tool (busybox has no vsock client): static, ~700 KB.
 	gcc -static -Os -s -o "$OUT/vsock-echo" "$HERE/vsock-echo.c"
 	{
@@ -57,12 +102,13 @@ build_initrd() {
 		echo "file /bin/busybox /bin/busybox 0755 0 0"
 		echo "file /init $HERE/init 0755 0 0"
 		echo "file /bin/vsock-echo $OUT/vsock-echo 0755 0 0"
+		ssh_files "$gen"
 		/bin/busybox --list-full | sort | while read -r a; do
 			[ "$a" = bin/busybox ] || echo "slink /$a /bin/busybox 0777 0 0"
 		done
 	} >"$list"
 	"$ENTRY/gen_init_cpio" -t 0 "$list" >"$tmp" && mv -f "$tmp" "$OUT/initrd.img"
-	rm -f "$list"
+	rm -rf "$list" "$gen"
 }
 
 install_out() {

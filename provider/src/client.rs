@@ -174,8 +174,16 @@ pub fn call(home: &Home, method: &str, params: Value, autostart: bool) -> Result
             continue;
         };
         if msg.get("id").is_none() {
-            if msg.get("method").and_then(Value::as_str) == Some("progress") {
-                view.update(msg.get("params").unwrap_or(&Value::Null));
+            match msg.get("method").and_then(Value::as_str) {
+                Some("progress") => view.update(msg.get("params").unwrap_or(&Value::Null)),
+                // machine.exec's output goes to stderr: stdout carries only the JSON result.
+                Some("output") => {
+                    if let Some(d) = msg.pointer("/params/data").and_then(Value::as_str) {
+                        let mut e = std::io::stderr();
+                        let _ = e.write_all(d.as_bytes()).and_then(|_| e.flush());
+                    }
+                }
+                _ => {}
             }
             continue;
         }

@@ -18,6 +18,8 @@ pub mod code {
     pub const BAD_BOX: i64 = -32008;
     pub const WRONG_STATE: i64 = -32009;
     pub const VMM_FAILED: i64 = -32010;
+    pub const SSH_FAILED: i64 = -32011;
+    pub const NETWORK_FAILED: i64 = -32012;
     pub const INVALID_PARAMS: i64 = -32602;
 }
 

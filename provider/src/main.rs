@@ -5,6 +5,7 @@ mod client;
 mod error;
 mod home;
 mod machines;
+mod network;
 mod rpc;
 #[cfg(test)]
 mod schema_tests;

@@ -131,6 +131,22 @@ pub const METHODS: &[Method] = &[
         name: "machine.destroy",
         handler: machine_destroy,
     },
+    Method {
+        name: "machine.ssh_info",
+        handler: machine_ssh_info,
+    },
+    Method {
+        name: "machine.wait_ssh",
+        handler: machine_wait_ssh,
+    },
+    Method {
+        name: "machine.exec",
+        handler: machine_exec,
+    },
+    Method {
+        name: "machine.package",
+        handler: machine_package,
+    },
 ];
 
 pub fn method_names() -> Vec<&'static str> {
@@ -229,4 +245,31 @@ fn machine_stop(p: Params, s: &Session) -> Result<Value> {
 fn machine_destroy(p: Params, s: &Session) -> Result<Value> {
     let p: machines::DestroyParams = parse(p)?;
     s.ctx.machines.destroy(p)
+}
+
+fn machine_ssh_info(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::IdParams = parse(p)?;
+    s.ctx.machines.ssh_info(&p.id)
+}
+
+fn machine_wait_ssh(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::ssh::WaitParams = parse(p)?;
+    s.ctx.machines.wait_ssh(p)
+}
+
+/// Streams the command's stdout and stderr as `output` notifications, then returns its status.
+fn machine_exec(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::ssh::ExecParams = parse(p)?;
+    let id = serde_json::to_value(&s.request_id).unwrap_or(Value::Null);
+    s.ctx.machines.exec(p, |stream, data| {
+        s.notify(
+            "output",
+            json!({"request_id": id, "stream": stream, "data": data}),
+        )
+    })
+}
+
+fn machine_package(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::package::PackageParams = parse(p)?;
+    s.ctx.machines.package(p, s.reporter())
 }

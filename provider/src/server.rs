@@ -78,6 +78,7 @@ pub fn serve(home: &Home) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", home.root.display()))?;
     let _lock = home.lock().map_err(|e| e.to_string())?;
     let limits = limits_from_env()?;
+    crate::network::Config::from_env()?;
     // Scratch space of a daemon that died mid-job; the lock says none is running now.
     let _ = home::clear_dir(&home.tmp());
     let socket = home.socket();
@@ -89,6 +90,10 @@ pub fn serve(home: &Home) -> Result<(), String> {
     let listener = listener.map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
     handle_signals(socket.clone());
+    match crate::machines::ssh::install_key(home) {
+        Ok(p) => log(&format!("SSH key for the guests: {}", p.display())),
+        Err(e) => log(&format!("cannot write the insecure SSH key: {e}")),
+    }
     let machines = Machines::new(home.clone());
     machines.recover();
     let ctx = Arc::new(Ctx {

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from guest import BOOT_TIMEOUT
+from guest import BOOT_TIMEOUT, PANIC
 from provider_util import ROOT, Daemon, build_box
 
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
@@ -97,6 +97,7 @@ def wait_console(h, mid, pattern, timeout=BOOT_TIMEOUT):
         text = path.read_text(errors="replace") if path.exists() else ""
         if re.search(pattern, text):
             return text
+        assert PANIC not in text, f"guest kernel panic before /{pattern}/:\n{text[-3000:]}"
         s = h.call("machine.state", {"id": mid})
         assert s["state"] == "running", f"{s} before /{pattern}/:\n{text[-3000:]}"
         assert time.monotonic() < deadline, f"no /{pattern}/ after {timeout:.0f}s:\n{text[-3000:]}"
@@ -181,13 +182,14 @@ def test_create_refuses_bad_params(fake_home, tmp_path):
 
 def test_unknown_and_bad_ids(fake_home):
     h = fake_home()
-    for method in ("machine.state", "machine.start", "machine.stop", "machine.destroy"):
+    for method in ("machine.state", "machine.start", "machine.stop", "machine.destroy",
+                   "machine.ssh_info", "machine.wait_ssh"):
         e = h.error(method, {"id": "0000deadbeef"})
         assert e.code == -32001 and "no machine" in e.message and e.data == {"state": "not_created"}
     e = h.error("machine.state", {"id": "../boxes"})
     assert e.code == -32602 and e.data == {"field": "id"}
-    e = h.error("machine.ssh_info", {"id": "x"})
-    assert e.code == -32601
+    e = h.error("machine.exec", {"id": "../boxes", "command": "true"})
+    assert e.code == -32602 and e.data == {"field": "id"}
 
 
 def test_fake_vmm_lifecycle(fake_home, tmp_path):
@@ -274,8 +276,8 @@ def test_fake_vmm_exit_statuses_force_and_disks(fake_home, tmp_path):
     a = wait_state(h, triple, "aborted")
     assert (a["exit_status"], a["exit_reason"]) == (3, "triple fault (exit status 3)")
     argv = (h.machine_dir(triple) / "fake-argv").read_text().splitlines()
-    assert f"2,virtio-blk,{h.machine_dir(triple)}/disk0.img" in argv
-    assert f"3,virtio-blk,{img}" in argv, "virtio-blk in -h: disks attached in order"
+    assert f"3,virtio-blk,{h.machine_dir(triple)}/disk0.img" in argv
+    assert f"4,virtio-blk,{img}" in argv, "virtio-blk in -h: disks attached in order (after slot 2, the network)"
     a = wait_state(h, failed, "aborted")
     assert a["exit_status"] == 4 and "something broke" in a["exit_reason"], a
 

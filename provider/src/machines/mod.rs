@@ -11,8 +11,10 @@
 //! waits for the end.
 
 pub mod disk;
+pub mod package;
 pub mod process;
 pub mod record;
+pub mod ssh;
 
 use crate::boxes::{catalog, store, version, Boxes};
 use crate::error::{code, Error, Result};
@@ -34,8 +36,11 @@ use std::time::{Duration, Instant};
 
 /// Default seconds `machine.stop` waits for the guest to power off before SIGKILL.
 pub const DEFAULT_STOP_TIMEOUT: f64 = 60.0;
-/// The most PCI slots disks may take (2..=30; 0 is the host bridge, 31 the LPC bridge).
-const MAX_DISKS: usize = 29;
+/// The network device's PCI slot; disks follow it.
+const NET_SLOT: usize = 2;
+/// The most PCI slots disks may take (3..=30; 0 is the host bridge, 2 the network device, 31
+/// the LPC bridge).
+const MAX_DISKS: usize = 28;
 
 #[derive(Default)]
 struct Slot {
@@ -47,6 +52,8 @@ struct Slot {
 pub struct Machines {
     pub home: Home,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Network mode shared: the bridge, the TAP devices, the DHCP server and its leases.
+    net: crate::network::Shared,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -227,8 +234,8 @@ fn parse_disk_size(v: &Value) -> std::result::Result<u64, String> {
     Ok(n)
 }
 
-/// `network`: `"user"` (default), `"shared"`, `"none"`, or `{mode, forwarded_ports}`. Recorded
-/// now; the VMM gets a network device when networking lands.
+/// `network`: `"user"` (default), `"shared"`, `"none"`, or `{mode, forwarded_ports}`; `start`
+/// turns mode `user` into xhyve's user-mode network device with the SSH and forwarded ports.
 fn parse_network(v: Option<&Value>) -> std::result::Result<Value, String> {
     let modes = ["user", "shared", "none"];
     let (mode, ports) = match v {
@@ -261,11 +268,14 @@ fn parse_network(v: Option<&Value>) -> std::result::Result<Value, String> {
                         && o.get("host")
                             .is_none_or(|h| h.as_u64().is_some_and(|h| h <= 65535))
                         && o.get("protocol").is_none_or(|p| p == "tcp" || p == "udp")
-                        && o.get("host_ip").is_none_or(Value::is_string)
+                        && o.get("host_ip").is_none_or(|ip| {
+                            ip.as_str()
+                                .is_some_and(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
+                        })
                 });
                 if !ok {
                     return Err(format!(
-                        "forwarded_ports: {p} is not {{guest: PORT, host?: PORT, protocol?: \"tcp\"|\"udp\", host_ip?}}"
+                        "forwarded_ports: {p} is not {{guest: PORT, host?: PORT, protocol?: \"tcp\"|\"udp\", host_ip?: IPV4}}"
                     ));
                 }
             }
@@ -463,6 +473,7 @@ fn resolve_box(home: &Home, spec: &Value) -> Result<(PathBuf, store::BoxRecord)>
 impl Machines {
     pub fn new(home: Home) -> Arc<Machines> {
         Arc::new(Machines {
+            net: crate::network::Shared::new(&home),
             home,
             slots: Mutex::new(HashMap::new()),
         })
@@ -662,6 +673,7 @@ impl Machines {
                 exit_signal: None,
                 exit_reason: None,
                 process: None,
+                ssh_port: None,
                 stop_requested: false,
             };
             if let Err(e) = rec.save(&dir) {
@@ -784,9 +796,71 @@ impl Machines {
             argv.extend(["-s".into(), "31,lpc".into()]);
         }
         let mut notes = Vec::new();
+        let mode = rec.network["mode"].as_str().unwrap_or("user");
+        let mut ssh_port = None;
+        // Shared mode's TAP device: deleted again if the start fails before xhyve runs.
+        let mut tap = None;
+        match mode {
+            "user" if feat.virtio_net => {
+                let taken: std::collections::HashSet<u16> = self
+                    .records()
+                    .into_iter()
+                    .filter(|(_, r)| r.id != rec.id)
+                    .filter_map(|(_, r)| r.ssh_port)
+                    .collect();
+                let port = ssh::pick_port(rec.ssh_port, &taken)
+                    .map_err(|e| vmm_err(format!("choosing the SSH host port: {e}")))?;
+                if rec.ssh_port.is_some_and(|p| p != port) {
+                    notes.push(format!(
+                        "SSH host port {} is taken: now {port}",
+                        rec.ssh_port.unwrap_or(0)
+                    ));
+                }
+                let mut dev = format!(
+                    "{NET_SLOT},virtio-net,user,hostfwd=tcp:{}:{port}-:22",
+                    ssh::HOST
+                );
+                for f in rec.network["forwarded_ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    let guest = f["guest"].as_u64().unwrap_or(0);
+                    let host = f["host"].as_u64().unwrap_or(guest);
+                    let ip = f["host_ip"].as_str().unwrap_or("127.0.0.1");
+                    let proto = f["protocol"].as_str().unwrap_or("tcp");
+                    dev.push_str(&format!(",hostfwd={proto}:{ip}:{host}-:{guest}"));
+                }
+                argv.extend(["-s".into(), dev]);
+                ssh_port = Some(port);
+            }
+            "user" => notes.push(format!(
+                "{} has no virtio-net: the machine has no network (and no SSH)",
+                xhyve.display()
+            )),
+            "shared" if feat.virtio_tap => {
+                let t = self.net.prepare(id)?;
+                argv.extend(["-s".into(), format!("{NET_SLOT},virtio-tap,{}", t.name())]);
+                if rec.network["forwarded_ports"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+                {
+                    notes.push("forwarded_ports apply to network user only: in network shared the guest's own address is reachable".into());
+                }
+                tap = Some(t);
+            }
+            "shared" => notes.push(format!(
+                "{} has no virtio-tap: the machine has no network (and no SSH)",
+                xhyve.display()
+            )),
+            _ => {}
+        }
         if feat.virtio_blk {
             for (i, d) in rec.disks.iter().enumerate() {
-                argv.extend(["-s".into(), format!("{},virtio-blk,{}", i + 2, d.path)]);
+                argv.extend([
+                    "-s".into(),
+                    format!("{},virtio-blk,{}", i + NET_SLOT + 1, d.path),
+                ]);
             }
         } else if !rec.disks.is_empty() {
             notes.push(format!(
@@ -884,9 +958,15 @@ impl Machines {
             rec.exit_signal = None;
             rec.exit_reason = None;
             rec.stop_requested = false;
+            if ssh_port.is_some() {
+                rec.ssh_port = ssh_port;
+            }
             rec.save(&dir)?;
             rec
         };
+        if let Some(t) = tap {
+            t.keep();
+        }
         for n in notes {
             log(&format!("machine {id}: {n}"));
         }
@@ -934,6 +1014,8 @@ impl Machines {
             return;
         }
         let exit = process::read_exit(&dir).filter(|e| e.pid == p.pid);
+        // Before the record says "not running": a start that follows makes a new TAP device.
+        self.net.remove_tap(id);
         classify(&mut rec, exit.as_ref(), &dir);
         rec.process = None;
         if let Err(e) = rec.save(&dir) {
@@ -1032,6 +1114,10 @@ impl Machines {
                 .err()
                 .unwrap_or_else(|| Error::not_found("gone")));
         }
+        let shared_uuid = MachineRecord::load(&dir)
+            .ok()
+            .filter(|r| r.network["mode"] == "shared")
+            .map(|r| r.uuid);
         // A directory without a readable record (a creation cut short) can always go.
         if let Ok(rec) = MachineRecord::load(&dir) {
             if let (State::Running, Some(proc)) = (rec.state, rec.process.clone()) {
@@ -1052,9 +1138,128 @@ impl Machines {
             let _g = lock(&slot.rec);
             self.remove_dir(&dir);
         }
+        self.net.remove_tap(&p.id);
+        if let Some(u) = shared_uuid {
+            self.net.forget(&u);
+        }
         lock(&self.slots).remove(&p.id);
         log(&format!("machine {} destroyed", p.id));
         Ok(json!({"id": p.id, "state": "not_created"}))
+    }
+
+    /// `machine.ssh_info`: where to SSH to, or null when the machine does not run (or has no
+    /// forwarded SSH port, or in network shared no address yet).
+    pub fn ssh_info(&self, id: &str) -> Result<Value> {
+        let dir = self.existing(id)?;
+        let rec = MachineRecord::load(&dir)?;
+        if rec.state != State::Running {
+            return Ok(Value::Null);
+        }
+        Ok(match self.net.ssh_addr(&rec) {
+            Ok(addr) => ssh::info(addr, &self.key_path()),
+            Err(_) => Value::Null,
+        })
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.home.root.join(ssh::KEY_FILE)
+    }
+
+    /// Logs in until `deadline`; errors when the machine is not (or no longer) running, or
+    /// with the step that failed last.
+    fn ssh_login(
+        &self,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<(ssh::Conn, u32, std::net::SocketAddr)> {
+        let dir = self.existing(id)?;
+        let mut last_addr = std::net::SocketAddr::from((ssh::HOST, 0));
+        let target = || -> Result<std::result::Result<std::net::SocketAddr, String>> {
+            let rec = MachineRecord::load(&dir)?;
+            if rec.state != State::Running {
+                return Err(wrong_state(
+                    format!(
+                        "machine {id} ({}) is {}: start it first{}",
+                        rec.name,
+                        rec.state.as_str(),
+                        rec.exit_reason
+                            .as_deref()
+                            .map(|r| format!(" (last run: {r})"))
+                            .unwrap_or_default()
+                    ),
+                    rec.state,
+                ));
+            }
+            Ok(self.net.ssh_addr(&rec))
+        };
+        let key = self.key_path();
+        if !key.is_file() {
+            ssh::install_key(&self.home)
+                .map_err(|e| Error::internal(format!("writing {}: {e}", key.display())))?;
+        }
+        let r = ssh::wait_login(
+            || {
+                let a = target()?;
+                if let Ok(a) = a {
+                    last_addr = a;
+                }
+                Ok(a)
+            },
+            &key,
+            deadline,
+        )?;
+        match r {
+            Ok((c, n)) => Ok((c, n, last_addr)),
+            Err(f) => Err(Error::new(
+                code::SSH_FAILED,
+                format!(
+                    "SSH to machine {id} failed: {}: {}",
+                    f.step.as_str(),
+                    f.detail
+                ),
+            )
+            .with_data(json!({"step": f.step.as_str(), "detail": f.detail}))),
+        }
+    }
+
+    /// `machine.wait_ssh`: a real SSH login (handshake and the key), retried until `timeout`.
+    pub fn wait_ssh(&self, p: ssh::WaitParams) -> Result<Value> {
+        let timeout = p.timeout.unwrap_or(ssh::DEFAULT_WAIT);
+        if !(0.0..=86400.0).contains(&timeout) {
+            return Err(invalid_field("timeout", "seconds from 0 to 86400"));
+        }
+        let began = Instant::now();
+        let (_c, attempts, addr) =
+            self.ssh_login(&p.id, began + Duration::from_secs_f64(timeout))?;
+        let secs = began.elapsed().as_secs_f64();
+        log(&format!(
+            "machine {}: SSH login after {secs:.1} s ({attempts} attempts)",
+            p.id
+        ));
+        let mut v = ssh::info(addr, &self.key_path());
+        v["id"] = json!(p.id);
+        v["attempts"] = json!(attempts);
+        v["seconds"] = json!((secs * 1000.0).round() / 1000.0);
+        Ok(v)
+    }
+
+    /// `machine.exec`: runs `command` over SSH; `out(stream, text)` gets its output.
+    pub fn exec(&self, p: ssh::ExecParams, out: impl FnMut(&str, &str)) -> Result<Value> {
+        if p.command.contains('\0') {
+            return Err(invalid_field("command", "has a NUL"));
+        }
+        let (c, _, _) = self.ssh_login(&p.id, Instant::now() + ssh::EXEC_LOGIN)?;
+        let (status, signal) = ssh::exec(&c, &p.command, out).map_err(|e| {
+            Error::new(
+                code::SSH_FAILED,
+                format!("machine {}: exec over SSH: {e}", p.id),
+            )
+        })?;
+        let mut v = json!({"exit_status": status});
+        if let Some(sig) = signal {
+            v["exit_signal"] = json!(sig);
+        }
+        Ok(v)
     }
 
     /// At daemon start: adopt the VMMs still running (pid and start time match), record the end
@@ -1084,6 +1289,7 @@ impl Machines {
                 self.finalize(&id, &p);
             }
         }
+        self.net.recover(&self.records());
     }
 }
 
@@ -1155,7 +1361,7 @@ fn classify(rec: &mut MachineRecord, exit: Option<&ExitRecord>, dir: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1208,7 +1414,7 @@ mod tests {
         }
     }
 
-    fn rec() -> MachineRecord {
+    pub(crate) fn rec() -> MachineRecord {
         serde_json::from_value(json!({
             "id": "m", "name": "n", "uuid": "u",
             "box": {"name": "b", "version": "0", "architecture": "amd64", "path": "/b"},

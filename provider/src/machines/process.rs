@@ -128,6 +128,8 @@ pub struct Features {
     pub hostbridge: bool,
     pub lpc: bool,
     pub virtio_blk: bool,
+    pub virtio_net: bool,
+    pub virtio_tap: bool,
 }
 
 pub fn features(xhyve: &Path) -> Result<Features, String> {
@@ -167,6 +169,8 @@ pub fn features(xhyve: &Path) -> Result<Features, String> {
         hostbridge: has("hostbridge"),
         lpc: has("lpc"),
         virtio_blk: has("virtio-blk"),
+        virtio_net: has("virtio-net"),
+        virtio_tap: has("virtio-tap"),
     };
     CACHE
         .lock()

@@ -86,6 +86,10 @@ pub struct MachineRecord {
     pub exit_reason: Option<String>,
     #[serde(default)]
     pub process: Option<Process>,
+    /// The host port on 127.0.0.1 forwarded to the guest's SSH port (user-mode networking);
+    /// kept across restarts while it is free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
     /// Set by machine.stop: the VMM's end, however it comes, is a stop, not a crash.
     #[serde(default)]
     pub stop_requested: bool,

@@ -15,10 +15,19 @@
 //! - lzcnt/tzcnt are not rejected: the emulator ignores the F3 prefix and runs bsr/bsf, as a CPU
 //!   without ABM/BMI1 would; CPUID says so for lzcnt and `clearcpuid` hides BMI1.
 //! - `initcall_blacklist` needs CONFIG_KALLSYMS in the guest; kernels without it ignore it.
-//! - Open bug: guest user processes occasionally die of SIGSEGV under network load (busybox nc
-//!   and ping, a few per boot in the TAP test), with no fix-up counted at the time. Suspects:
-//!   the host's FPU/SSE state handling across the frequent exits to userspace, or its emulation
-//!   of fxsave/fxrstor (lzcnt shows it can be silently wrong). Not yet diagnosed.
+//! - Open host defect: now and then a guest user process reads a wrong value from its TLS
+//!   block and dies (busybox `mov %fs:-0x80,%r8` then `mov 0x8(%r8),%rax`: #GP on a
+//!   non-canonical r8; `init` reading 0 at `%fs:-0x90` at boot, which panics the guest). Seen
+//!   about once per few hundred short-lived processes, more under network load. Ruled out with
+//!   the guest probes in `vmm/benches/pvm-probes/`: 40,000 SYSCALLs through the #PF path and
+//!   preemption between three processes left r8-r10, r12-r15 and xmm0-15 intact and `%fs:0`
+//!   equal to the FS base (also under a TCP stream through virtio-net), so neither the SYSCALL
+//!   completion nor FPU/segment switching corrupts registers; 100 rounds of anonymous zero-page
+//!   and fork copy-on-write pages read back right. Both crashes read the TLS block right after
+//!   exec, which static glibc copies from the binary's file-backed `.tdata`: the suspect left is
+//!   the host's shadow MMU (`kvm.flush_on_reuse=N`, `eager_zap_unsync_children=N` here,
+//!   read-only) serving a stale translation for a page of a new process. The test suite reruns
+//!   once a test whose guest shows such a crash (`tests/conftest.py`).
 //! - The tiny box (vmlinux, 1 vCPU, 256 MiB) reaches /init in about 90 s with these fix-ups:
 //!   about 300 SYSCALLs through the #PF path, a few fwait and one int3 (`-v` prints the counts).
 //!

@@ -1,0 +1,345 @@
+//! `machine.package`: a stopped machine as a new `.box` (tar.gz, the format of
+//! `boxes/README.md`): its kernel, initrd and command line, its current disks, its cpus and
+//! memory as defaults, and a Vagrantfile. `vagrant package` and Packer's export step call it.
+
+use super::record::{MachineRecord, State};
+use super::{lock, wrong_state, Machines};
+use crate::boxes::Reporter;
+use crate::error::{Error, Result};
+use flate2::write::GzEncoder;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageParams {
+    pub id: String,
+    /// Absolute path of the `.box` to write.
+    pub output: String,
+    /// Replace `output` if it exists.
+    #[serde(default)]
+    pub force: bool,
+    /// Absolute path of a Vagrantfile to ship instead of the box's own.
+    pub vagrantfile: Option<String>,
+}
+
+/// Counts and hashes what goes to the file, reporting progress by input bytes elsewhere.
+struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads a file while reporting the bytes read so far (of every file in the box).
+struct ProgressReader<'a, R> {
+    inner: R,
+    done: &'a mut u64,
+    total: u64,
+    report: &'a Reporter,
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        *self.done += n as u64;
+        (self.report)("package", *self.done, Some(self.total));
+        Ok(n)
+    }
+}
+
+fn absolute(field: &str, p: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(p);
+    if !path.is_absolute() {
+        return Err(super::invalid_field(
+            field,
+            format!("{field} {p:?} is not an absolute path"),
+        ));
+    }
+    Ok(path)
+}
+
+/// The files of the new box: (name in the archive, file on disk).
+fn members(rec: &MachineRecord, vagrantfile: Option<PathBuf>) -> Vec<(String, PathBuf)> {
+    let base = |p: &str| {
+        Path::new(p)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into())
+    };
+    let mut files = vec![(base(&rec.kernel), PathBuf::from(&rec.kernel))];
+    if let Some(i) = &rec.initrd {
+        let name = base(i);
+        // A kernel and an initrd of one name (possible in a box) must not collide.
+        let name = if name == files[0].0 {
+            format!("initrd-{name}")
+        } else {
+            name
+        };
+        files.push((name, PathBuf::from(i)));
+    }
+    for (n, d) in rec.disks.iter().enumerate() {
+        files.push((format!("disk{n}.img"), PathBuf::from(&d.path)));
+    }
+    let box_vagrantfile = Path::new(&rec.bx.path).join("Vagrantfile");
+    match vagrantfile {
+        Some(v) => files.push(("Vagrantfile".into(), v)),
+        None if box_vagrantfile.is_file() => files.push(("Vagrantfile".into(), box_vagrantfile)),
+        None => {}
+    }
+    files
+}
+
+fn metadata(rec: &MachineRecord, files: &[(String, PathBuf)]) -> Value {
+    let disks: Vec<&str> = files
+        .iter()
+        .filter(|(n, _)| n.starts_with("disk") && n.ends_with(".img"))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let mut m = json!({
+        "provider": "xhyve",
+        "kernel": files[0].0,
+        "cmdline": rec.cmdline,
+        "cpus": rec.cpus,
+        "memory": rec.memory,
+        "disks": disks,
+    });
+    if rec.initrd.is_some() {
+        m["initrd"] = json!(files[1].0);
+    }
+    m
+}
+
+/// Writes the archive to `tmp`; returns its size and sha256.
+fn write_box(
+    tmp: &Path,
+    meta: &Value,
+    files: &[(String, PathBuf)],
+    report: &Reporter,
+) -> io::Result<(u64, String)> {
+    let total: u64 = files
+        .iter()
+        .map(|(_, p)| fs::metadata(p).map(|m| m.len()))
+        .sum::<io::Result<u64>>()?;
+    let out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(tmp)?;
+    let hashing = HashingWriter {
+        inner: io::BufWriter::new(out),
+        hash: Sha256::new(),
+        len: 0,
+    };
+    // Fast compression: disks are mostly zeros or already-compressed data.
+    let mut tar = tar::Builder::new(GzEncoder::new(hashing, flate2::Compression::fast()));
+    let meta = serde_json::to_vec_pretty(meta).map_err(io::Error::other)?;
+    let mut h = tar::Header::new_gnu();
+    h.set_size(meta.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(now());
+    tar.append_data(&mut h, "metadata.json", meta.as_slice())?;
+    let mut done = 0u64;
+    report("package", 0, Some(total));
+    for (name, path) in files {
+        let f = File::open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(f.metadata()?.len());
+        h.set_mode(0o644);
+        h.set_mtime(now());
+        let r = ProgressReader {
+            inner: f,
+            done: &mut done,
+            total,
+            report,
+        };
+        tar.append_data(&mut h, name, r)?;
+    }
+    let hashing = tar.into_inner()?.finish()?;
+    let mut file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
+    file.flush()?;
+    file.sync_all()?;
+    Ok((hashing.len, hex(&hashing.hash.finalize())))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Machines {
+    pub fn package(&self, p: PackageParams, report: Reporter) -> Result<Value> {
+        let output = absolute("output", &p.output)?;
+        let vagrantfile = p
+            .vagrantfile
+            .as_deref()
+            .map(|v| absolute("vagrantfile", v))
+            .transpose()?;
+        if let Some(v) = &vagrantfile {
+            if !v.is_file() {
+                return Err(Error::not_found(format!(
+                    "vagrantfile {} is not a file",
+                    v.display()
+                )));
+            }
+        }
+        let dir = self.existing(&p.id)?;
+        let slot = self.slot(&p.id);
+        let _op = lock(&slot.op);
+        let rec = MachineRecord::load(&dir)?;
+        if rec.state == State::Running || rec.state == State::NotCreated {
+            return Err(wrong_state(
+                format!(
+                    "machine {} ({}) is {}: package needs it stopped (machine.stop)",
+                    rec.id,
+                    rec.name,
+                    rec.state.as_str()
+                ),
+                rec.state,
+            ));
+        }
+        let parent = output.parent().filter(|d| d.is_dir()).ok_or_else(|| {
+            Error::not_found(format!(
+                "the directory of {} does not exist",
+                output.display()
+            ))
+        })?;
+        if output.exists() && !p.force {
+            return Err(Error::new(
+                crate::error::code::ALREADY_EXISTS,
+                format!("{} exists: pass force to replace it", output.display()),
+            ));
+        }
+        let files = members(&rec, vagrantfile);
+        let meta = metadata(&rec, &files);
+        let tmp = parent.join(format!(
+            ".{}.partial-{}",
+            output
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let _ = fs::remove_file(&tmp);
+        let written = write_box(&tmp, &meta, &files, &report).and_then(|r| {
+            fs::rename(&tmp, &output)?;
+            File::open(parent)?.sync_all()?;
+            Ok(r)
+        });
+        let (size, sha256) = match written {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(Error::internal(format!(
+                    "writing {}: {e}",
+                    output.display()
+                )));
+            }
+        };
+        super::log(&format!(
+            "machine {} packaged as {} ({size} bytes)",
+            rec.id,
+            output.display()
+        ));
+        Ok(json!({
+            "path": output.display().to_string(),
+            "size": size,
+            "checksum_type": "sha256",
+            "checksum": sha256,
+            "metadata": meta,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machines::record::{BoxRef, Disk};
+
+    fn rec(dir: &Path) -> MachineRecord {
+        let mut r = crate::machines::tests::rec();
+        r.kernel = dir.join("vmlinux").display().to_string();
+        r.initrd = Some(dir.join("initrd.img").display().to_string());
+        r.disks = vec![Disk {
+            path: dir.join("disk-0.img").display().to_string(),
+            source: None,
+            owned: true,
+        }];
+        r.bx = BoxRef {
+            name: "t".into(),
+            version: "0".into(),
+            architecture: "amd64".into(),
+            path: dir.display().to_string(),
+        };
+        r
+    }
+
+    #[test]
+    fn writes_a_box_that_names_its_files() {
+        let dir = std::env::temp_dir().join(format!("xhyve-package-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("vmlinux"), b"kernel").unwrap();
+        fs::write(dir.join("initrd.img"), b"initrd").unwrap();
+        let disk = File::create(dir.join("disk-0.img")).unwrap();
+        disk.set_len(1 << 20).unwrap();
+        let r = rec(&dir);
+        let files = members(&r, None);
+        let meta = metadata(&r, &files);
+        assert_eq!(meta["kernel"], "vmlinux");
+        assert_eq!(meta["initrd"], "initrd.img");
+        assert_eq!(meta["disks"], json!(["disk0.img"]));
+        let out = dir.join("out.box");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(0u64));
+        let s = seen.clone();
+        let report: Reporter = std::sync::Arc::new(move |_: &str, done: u64, _: Option<u64>| {
+            *s.lock().unwrap() = done;
+        });
+        let (size, sum) = write_box(&out, &meta, &files, &report).unwrap();
+        assert_eq!(*seen.lock().unwrap(), 12 + (1 << 20));
+        let bytes = fs::read(&out).unwrap();
+        assert_eq!(size, bytes.len() as u64);
+        assert_eq!(sum, hex(&Sha256::digest(&bytes)));
+        let mut names = Vec::new();
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            names.push((e.path().unwrap().display().to_string(), e.size()));
+        }
+        assert_eq!(
+            names,
+            vec![
+                (
+                    "metadata.json".to_string(),
+                    serde_json::to_vec_pretty(&meta).unwrap().len() as u64
+                ),
+                ("vmlinux".into(), 6),
+                ("initrd.img".into(), 6),
+                ("disk0.img".into(), 1 << 20),
+            ]
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

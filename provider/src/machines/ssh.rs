@@ -1,0 +1,331 @@
+//! SSH to machines: the per-machine host port forwarded to the guest's port 22 (user-mode
+//! networking) or the guest's own address (shared network), `machine.ssh_info`, `machine.wait_ssh` (a real handshake and publickey
+//! authentication with libssh2, retried until a deadline) and `machine.exec` (a command over SSH
+//! with its output streamed as notifications).
+
+use crate::error::Result;
+use crate::home::Home;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The guest user of Vagrant boxes.
+pub const USERNAME: &str = "vagrant";
+/// The host address the SSH port is forwarded on.
+pub const HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// Vagrant's well-known insecure private key (its public half is in the tiny box's
+/// `authorized_keys`); written to `$XHYVE_HOME/insecure_private_key` when the daemon starts.
+pub const INSECURE_PRIVATE_KEY: &str = include_str!("../../../boxes/tiny/vagrant.key");
+pub const KEY_FILE: &str = "insecure_private_key";
+/// Default seconds of `machine.wait_ssh`.
+pub const DEFAULT_WAIT: f64 = 300.0;
+/// How long `machine.exec` keeps trying to log in: on a nested-KVM host a busy guest's key
+/// exchange alone can take over 10 s.
+pub const EXEC_LOGIN: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitParams {
+    pub id: String,
+    pub timeout: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecParams {
+    pub id: String,
+    pub command: String,
+}
+
+/// Writes the insecure key (mode 0600, atomically) so ssh clients can use its path.
+pub fn install_key(home: &Home) -> io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = home.root.join(KEY_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|t| t == INSECURE_PRIVATE_KEY) {
+        return Ok(path);
+    }
+    let tmp = home
+        .root
+        .join(format!(".{KEY_FILE}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(INSECURE_PRIVATE_KEY.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// True when nothing listens on 127.0.0.1:`port` (we could bind it).
+pub fn port_free(port: u16) -> bool {
+    port != 0 && TcpListener::bind((HOST, port)).is_ok()
+}
+
+/// The host port for a machine's SSH forward: `prev` while it is free, else a new free port
+/// the kernel picks that no other machine has recorded (`taken`).
+pub fn pick_port(prev: Option<u16>, taken: &HashSet<u16>) -> io::Result<u16> {
+    if let Some(p) = prev.filter(|p| port_free(*p)) {
+        return Ok(p);
+    }
+    for _ in 0..64 {
+        let p = TcpListener::bind((HOST, 0))?.local_addr()?.port();
+        if !taken.contains(&p) {
+            return Ok(p);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrNotAvailable,
+        "no free TCP port on 127.0.0.1",
+    ))
+}
+
+/// `machine.ssh_info`'s answer for a running machine: its forwarded port on 127.0.0.1 (network
+/// user) or its own address (network shared).
+pub fn info(addr: SocketAddr, key: &Path) -> Value {
+    json!({
+        "host": addr.ip().to_string(),
+        "port": addr.port(),
+        "username": USERNAME,
+        "private_key_path": [key.display().to_string()],
+    })
+}
+
+/// Which step of an SSH login failed (wait_ssh names the last one in its timeout error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    NoAddress,
+    PortClosed,
+    Banner,
+    Auth,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::NoAddress => "no address yet",
+            Step::PortClosed => "port closed",
+            Step::Banner => "banner",
+            Step::Auth => "auth refused",
+        }
+    }
+}
+
+/// A failed login attempt: the step and what libssh2 or the socket said.
+#[derive(Debug)]
+pub struct Failure {
+    pub step: Step,
+    pub detail: String,
+}
+
+/// One login: TCP connect, SSH handshake (banner, key exchange) and publickey authentication,
+/// each bounded by `limit`.
+pub fn login(addr: SocketAddr, key: &Path, limit: Duration) -> std::result::Result<Conn, Failure> {
+    let limit = limit.max(Duration::from_millis(200));
+    let tcp = TcpStream::connect_timeout(&addr, limit).map_err(|e| Failure {
+        step: Step::PortClosed,
+        detail: format!("connecting to {addr}: {e}"),
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let fd = tcp.as_raw_fd();
+    let mut s = ssh2::Session::new().map_err(|e| Failure {
+        step: Step::Banner,
+        detail: format!("libssh2: {e}"),
+    })?;
+    s.set_tcp_stream(tcp);
+    s.set_timeout(limit.as_millis().min(u32::MAX as u128) as u32);
+    s.handshake().map_err(|e| Failure {
+        step: Step::Banner,
+        detail: format!("SSH handshake with {addr}: {e}"),
+    })?;
+    s.userauth_pubkey_file(USERNAME, None, key, None)
+        .map_err(|e| Failure {
+            step: Step::Auth,
+            detail: format!(
+                "publickey authentication as {USERNAME} with {}: {e}",
+                key.display()
+            ),
+        })?;
+    if !s.authenticated() {
+        return Err(Failure {
+            step: Step::Auth,
+            detail: format!("{USERNAME} not authenticated"),
+        });
+    }
+    Ok(Conn { session: s, fd })
+}
+
+/// An authenticated session and its socket (for poll).
+pub struct Conn {
+    pub session: ssh2::Session,
+    fd: std::os::fd::RawFd,
+}
+
+/// Retries `login` until it succeeds or `deadline`; `target()` is asked before each attempt
+/// (Err(why): the machine has no address yet) and may end the wait with an error (the machine
+/// stopped). Returns the session and the number of attempts.
+pub fn wait_login(
+    mut target: impl FnMut() -> Result<std::result::Result<SocketAddr, String>>,
+    key: &Path,
+    deadline: Instant,
+) -> Result<std::result::Result<(Conn, u32), Failure>> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let fail = match target()? {
+            Err(detail) => Failure {
+                step: Step::NoAddress,
+                detail,
+            },
+            Ok(a) => match login(a, key, left.min(Duration::from_secs(20))) {
+                Ok(s) => return Ok(Ok((s, attempts))),
+                Err(f) => f,
+            },
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(Err(fail));
+        }
+        // passt accepts at once and drops the connection while the guest does not listen yet:
+        // retry soon, without spinning.
+        std::thread::sleep((deadline - now).min(Duration::from_millis(250)));
+    }
+}
+
+/// Splits off the longest valid UTF-8 prefix of `buf` (a character cut between two reads waits
+/// for the next); invalid bytes become U+FFFD.
+fn take_utf8(buf: &mut Vec<u8>, flush: bool) -> String {
+    let n = match std::str::from_utf8(buf) {
+        Ok(_) => buf.len(),
+        Err(e) if e.error_len().is_none() && !flush => e.valid_up_to(),
+        Err(_) => buf.len(),
+    };
+    let out = String::from_utf8_lossy(&buf[..n]).into_owned();
+    buf.drain(..n);
+    out
+}
+
+/// Runs `command` on the session's host; `out(stream, text)` gets stdout and stderr as they
+/// come. Returns (exit status, exit signal name).
+pub fn exec(
+    c: &Conn,
+    command: &str,
+    mut out: impl FnMut(&str, &str),
+) -> std::result::Result<(i32, Option<String>), String> {
+    let s = &c.session;
+    let fd = c.fd;
+    s.set_timeout(0);
+    let mut ch = s
+        .channel_session()
+        .map_err(|e| format!("opening an SSH session channel: {e}"))?;
+    ch.exec(command)
+        .map_err(|e| format!("starting the command: {e}"))?;
+    s.set_blocking(false);
+    let mut bufs = [Vec::new(), Vec::new()];
+    let mut chunk = [0u8; 32768];
+    loop {
+        let mut progressed = false;
+        for (i, name) in [(0usize, "stdout"), (1, "stderr")] {
+            let r = if i == 0 {
+                ch.read(&mut chunk)
+            } else {
+                ch.stderr().read(&mut chunk)
+            };
+            match r {
+                Ok(0) => {}
+                Ok(n) => {
+                    progressed = true;
+                    bufs[i].extend_from_slice(&chunk[..n]);
+                    let t = take_utf8(&mut bufs[i], false);
+                    if !t.is_empty() {
+                        out(name, &t);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("reading the command's {name}: {e}")),
+            }
+        }
+        if ch.eof() {
+            break;
+        }
+        if !progressed && fd >= 0 {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; the socket outlives the call.
+            unsafe { libc::poll(&mut p, 1, 100) };
+        }
+    }
+    for (i, name) in [(0usize, "stdout"), (1, "stderr")] {
+        let t = take_utf8(&mut bufs[i], true);
+        if !t.is_empty() {
+            out(name, &t);
+        }
+    }
+    s.set_blocking(true);
+    s.set_timeout(30_000);
+    let _ = ch.wait_close();
+    let status = ch
+        .exit_status()
+        .map_err(|e| format!("reading the exit status: {e}"))?;
+    let signal = ch.exit_signal().ok().and_then(|x| x.exit_signal);
+    Ok((status, signal))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_split_across_reads() {
+        let mut b = "héllo".as_bytes()[..2].to_vec();
+        assert_eq!(take_utf8(&mut b, false), "h");
+        b.extend_from_slice(&"héllo".as_bytes()[2..]);
+        assert_eq!(take_utf8(&mut b, false), "éllo");
+        let mut b = vec![b'a', 0xff, b'b'];
+        assert_eq!(take_utf8(&mut b, false), "a\u{fffd}b");
+        let mut b = vec![0xc3];
+        assert_eq!(take_utf8(&mut b, true), "\u{fffd}");
+    }
+
+    #[test]
+    fn ports() {
+        let l = TcpListener::bind((HOST, 0)).unwrap();
+        let busy = l.local_addr().unwrap().port();
+        assert!(!port_free(busy));
+        let p = pick_port(Some(busy), &HashSet::new()).unwrap();
+        assert_ne!(p, busy);
+        drop(l);
+        assert_eq!(pick_port(Some(busy), &HashSet::new()).unwrap(), busy);
+    }
+
+    #[test]
+    fn closed_port_is_named() {
+        let p = TcpListener::bind((HOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let a = SocketAddr::from((HOST, p));
+        let Err(f) = login(a, Path::new("/nonexistent"), Duration::from_millis(500)) else {
+            panic!("logged in to a closed port")
+        };
+        assert_eq!(f.step, Step::PortClosed);
+    }
+
+    #[test]
+    fn key_matches_the_public_key() {
+        assert!(INSECURE_PRIVATE_KEY.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    }
+}
