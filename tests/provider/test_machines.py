@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -73,8 +74,12 @@ class Home:
         return json.loads((self.machine_dir(mid) / "machine.json").read_text())
 
     def close(self):
+        """Keeps each machine's console logs beside the home (destroy deletes the machine's
+        directory): tests/conftest.py looks there for guest crashes when a test failed."""
         try:
             for m in self.call("machine.list"):
+                for log in self.machine_dir(m["id"]).glob("console.log*"):
+                    shutil.copy(log, self.path.parent / f"{m['id']}-{log.name}")
                 self.call("machine.destroy", {"id": m["id"], "force": True})
         finally:
             self.daemon.stop()
