@@ -105,6 +105,7 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
         uuid: cfg.uuid,
     };
     let pci_bus = pci::build_bus(&cfg.slots, Some(&pci_ctx))?;
+    let intx_routes = pci_bus.intx_routes();
     pio.insert(PORT_PCI_CONFIG, 8, Arc::new(Mutex::new(pci_bus)));
     let power_button = if cfg.acpi {
         let pm = Arc::new(Mutex::new(AcpiPm::new(vm.clone(), exit.clone())));
@@ -137,8 +138,8 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
             cmdline = with_kernel_params(&cmdline, &added);
         }
     }
-    boot::mptable::write(&mem, cfg.cpus)?;
-    let rsdp = if cfg.acpi { Some(crate::acpi::write_tables(&mem, cfg.cpus)?) } else { None };
+    boot::mptable::write(&mem, cfg.cpus, &intx_routes)?;
+    let rsdp = if cfg.acpi { Some(crate::acpi::write_tables(&mem, cfg.cpus, &intx_routes)?) } else { None };
     let entry = boot::load_linux(&mem, &cfg.kexec.kernel, cfg.kexec.initrd.as_deref(), &cmdline, rsdp)?;
     boot::cpu::write_tables(&mem)?;
     boot::cpu::setup_boot_vcpu(vcpus[0].as_ref(), entry.rip)?;

@@ -7,19 +7,8 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-
-/// What block.rs needs from the VMM crate.
-mod cli {
-    pub fn strip_os_error(e: &std::io::Error) -> String {
-        e.to_string()
-    }
-}
-
-// block.rs's `super::` is this crate root: the shim items live here.
-include!(concat!(env!("OUT_DIR"), "/shim.rs"));
-#[allow(dead_code)]
-#[path = "../../src/virtio/block.rs"]
-mod block;
+use xhyve::virtio::block;
+use xhyve::virtio::VirtioDevice;
 
 const MEM: usize = 1 << 20;
 const QSIZE: u16 = 16;
@@ -41,7 +30,6 @@ fn device() -> &'static block::Block {
 }
 
 fuzz_target!(|data: &[u8]| {
-    
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
     let n = data.len().min(MEM);
     mem.write_slice(&data[..n], GuestAddress(0)).unwrap();

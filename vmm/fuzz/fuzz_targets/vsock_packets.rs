@@ -7,18 +7,8 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-
-// vsock.rs's `super::` is this crate root: the shim items live here.
-include!(concat!(env!("OUT_DIR"), "/shim.rs"));
-#[allow(dead_code)]
-#[path = "../../src/virtio/vsock.rs"]
-mod vsock;
-
-mod console {
-    pub fn remove_stale_socket(path: &std::path::Path) {
-        let _ = std::fs::remove_file(path);
-    }
-}
+use xhyve::virtio::vsock;
+use xhyve::virtio::VirtioDevice;
 
 const MEM: usize = 1 << 20;
 const QSIZE: u16 = 16;

@@ -1,5 +1,6 @@
 //! ACPI tables for `-A`: RSDP, XSDT, FADT (with FACS), DSDT and MADT in the BIOS area. They describe
-//! the PC fixed hardware of `devices::acpi_pm`, the CMOS RTC and the in-kernel IOAPIC/LAPICs.
+//! the PC fixed hardware of `devices::acpi_pm`, the CMOS RTC, the in-kernel IOAPIC/LAPICs and the
+//! PCI interrupt pins' wiring to the IOAPIC (`routes`, from `pci::intx`).
 
 mod dsdt;
 mod fadt;
@@ -12,13 +13,14 @@ use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout;
+use crate::pci::intx::IntxRoute;
 
 /// Every table's OEM identity, as bhyve's.
 const OEM_ID: [u8; 6] = *b"BHYVE ";
 const OEM_REVISION: u32 = 1;
 
 /// Writes the tables and returns the RSDP's address, for `boot_params.acpi_rsdp_addr`.
-pub fn write_tables(mem: &GuestMemoryMmap, ncpus: u8) -> Result<GuestAddress, String> {
+pub fn write_tables(mem: &GuestMemoryMmap, ncpus: u8, routes: &[IntxRoute]) -> Result<GuestAddress, String> {
     if ncpus == 0 {
         return Err("ACPI tables need at least one vCPU".into());
     }
@@ -27,7 +29,7 @@ pub fn write_tables(mem: &GuestMemoryMmap, ncpus: u8) -> Result<GuestAddress, St
     let rsdp = layout::ACPI_TABLES;
     let mut area = Area { mem, next: rsdp + Rsdp::len() as u64 };
     let facs = area.put(&FACS::new(), 64)?; // the FACS must be 64-byte aligned
-    let dsdt = area.put(&dsdt::dsdt(), 16)?;
+    let dsdt = area.put(&dsdt::dsdt(routes), 16)?;
     let fadt = area.put(&fadt::fadt(dsdt, facs), 16)?;
     let madt = area.put(&madt::madt(ncpus), 16)?;
     let mut xsdt = XSDT::new(OEM_ID, *b"BVXSDT  ", OEM_REVISION);
@@ -111,7 +113,8 @@ mod tests {
     #[test]
     fn fadt_describes_fixed_hardware() {
         let mem = guest();
-        assert_eq!(write_tables(&mem, 2).unwrap(), GuestAddress(layout::ACPI_TABLES));
+        let routes = [IntxRoute { slot: 2, pin: 0, gsi: 18 }, IntxRoute { slot: 31, pin: 3, gsi: 18 }];
+        assert_eq!(write_tables(&mem, 2, &routes).unwrap(), GuestAddress(layout::ACPI_TABLES));
         let (fadt, _) = tables(&mem);
         assert_eq!(fadt.len(), 276);
         assert_eq!(fadt[8], 6, "FADT revision");
@@ -141,12 +144,19 @@ mod tests {
         let s5 = [0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00];
         assert!(dsdt.windows(s5.len()).any(|w| w == s5));
         assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
+        // Name(_PRT, Package(2) {Package(4) {0x0002ffff, 0, 0, 18}, Package(4) {0x001fffff, 3, 0, 18}})
+        let prt = [
+            0x08, b'_', b'P', b'R', b'T', 0x12, 0x1b, 0x02, // Name, Package: length, 2 elements
+            0x12, 0x0b, 0x04, 0x0c, 0xff, 0xff, 0x02, 0x00, 0x00, 0x00, 0x0a, 18, // slot 2 INTA#
+            0x12, 0x0c, 0x04, 0x0c, 0xff, 0xff, 0x1f, 0x00, 0x0a, 0x03, 0x00, 0x0a, 18, // slot 31 INTD#
+        ];
+        assert!(dsdt.windows(prt.len()).any(|w| w == prt), "_PRT");
     }
 
     #[test]
     fn madt_lists_cpus_ioapic_and_sci_override() {
         let mem = guest();
-        write_tables(&mem, 2).unwrap();
+        write_tables(&mem, 2, &[]).unwrap();
         let (_, madt) = tables(&mem);
         assert_eq!(u32_at(&madt, 36), 0xfee0_0000);
         assert_eq!(u32_at(&madt, 40), 1, "PCAT_COMPAT");
@@ -168,6 +178,6 @@ mod tests {
 
     #[test]
     fn no_cpus_is_an_error() {
-        assert!(write_tables(&guest(), 0).is_err());
+        assert!(write_tables(&guest(), 0, &[]).is_err());
     }
 }

@@ -14,10 +14,13 @@ pub trait PioDevice: Send {
     fn write(&mut self, offset: u16, data: &[u8]);
 }
 
+/// A claimed port range: (base, length, device).
+type PioRange = (u16, u16, Arc<Mutex<dyn PioDevice>>);
+
 /// Port ranges and their devices. Unclaimed reads return all ones, as on real hardware.
 #[derive(Default)]
 pub struct PioBus {
-    ranges: Vec<(u16, u16, Arc<Mutex<dyn PioDevice>>)>,
+    ranges: Vec<PioRange>,
 }
 
 impl PioBus {

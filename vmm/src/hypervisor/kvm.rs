@@ -69,6 +69,10 @@ impl Vm for KvmVm {
         self.fd.register_irqfd(fd, gsi).map_err(err("KVM_IRQFD"))
     }
 
+    fn register_irqfd_with_resample(&self, fd: &EventFd, resample: &EventFd, gsi: u32) -> Result<()> {
+        self.fd.register_irqfd_with_resample(fd, resample, gsi).map_err(err("KVM_IRQFD(KVM_IRQFD_FLAG_RESAMPLE)"))
+    }
+
     fn set_gsi_routing(&self, routes: &[IrqRoute]) -> Result<()> {
         let mut table = kvm_bindings::KvmIrqRouting::new(0)
             .map_err(|_| Error { op: "KVM_SET_GSI_ROUTING", errno: libc::ENOMEM })?;

@@ -2,6 +2,8 @@
 //! Hypervisor.framework backend can be added beside `kvm` without touching boot or device code.
 //! Register and exit types are our own (x86-64 shaped), not a backend's.
 
+#[cfg(test)]
+pub mod fake;
 pub mod kvm;
 
 /// Creates a VM on this host's hypervisor (KVM on Linux).
@@ -169,6 +171,10 @@ pub trait Vm: Send + Sync {
     fn set_irq_line(&self, irq: u32, level: bool) -> Result<()>;
     /// Every write to `fd` pulses `gsi` (edge interrupts from device threads).
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()>;
+    /// Level-triggered delivery: a write to `fd` raises `gsi` and keeps it raised until the guest
+    /// acknowledges it (EOI); then the line drops and `resample` is signalled, so that the device
+    /// raises it again if it still wants service. Sources sharing a GSI drop together.
+    fn register_irqfd_with_resample(&self, fd: &EventFd, resample: &EventFd, gsi: u32) -> Result<()>;
     /// Replaces the whole GSI routing table (include [`default_irqchip_routes`]).
     fn set_gsi_routing(&self, routes: &[IrqRoute]) -> Result<()>;
     /// Guest writes of any width to the MMIO address `addr` signal `fd` instead of exiting.

@@ -302,7 +302,7 @@ mod tests {
         // Frames larger than the buffer's free tail: compaction keeps them whole.
         for i in 0..5u8 {
             let mut f = (MAX_FRAME as u32 - 10).to_be_bytes().to_vec();
-            f.extend(std::iter::repeat(i).take(MAX_FRAME - 10));
+            f.extend(std::iter::repeat_n(i, MAX_FRAME - 10));
             peer.write_all(&f).unwrap();
             let mut got = false;
             for _ in 0..100 {

@@ -1,5 +1,6 @@
 //! Configuration mechanism #1: an address register at 0xcf8 and a data window at 0xcfc-0xcff.
 
+use super::intx::IntxRoute;
 use super::PciBus;
 use crate::devices::PioDevice;
 
@@ -18,6 +19,10 @@ pub struct PciConfigIo {
 impl PciConfigIo {
     pub fn new(bus: PciBus) -> Self {
         PciConfigIo { bus, address: 0 }
+    }
+
+    pub fn intx_routes(&self) -> Vec<IntxRoute> {
+        self.bus.intx_routes()
     }
 
     /// (slot, function, dword) the address register selects, if enabled and on bus 0.

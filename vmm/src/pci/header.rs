@@ -4,8 +4,15 @@ use super::PciDevice;
 
 /// Command register bits the guest may set: I/O space, memory space, bus master.
 const COMMAND_WRITABLE: u32 = 0x7;
-/// Interrupt line (dword 15, byte 0): scratch for the OS, writable on every function.
-const INTERRUPT_LINE_REG: usize = 15;
+/// Dword 1: the command register, and the status register in its high half.
+pub const COMMAND_REG: usize = 1;
+/// Command register bit 10, writable on functions with an interrupt pin: INTx# must stay quiet.
+pub const COMMAND_INTX_DISABLE: u32 = 1 << 10;
+/// Status register bit 3 (dword 1, bit 19): the function is asserting INTx#.
+pub const STATUS_INTX: u32 = 1 << 19;
+/// Interrupt line (dword 15, byte 0): scratch for the OS, writable on every function; the
+/// interrupt pin (byte 1): 0 none, 1 INTA# .. 4 INTD#.
+pub const INTERRUPT_REG: usize = 15;
 const CLASS_BRIDGE: u8 = 0x06;
 const SUBCLASS_HOST: u8 = 0x00;
 const SUBCLASS_ISA: u8 = 0x01;
@@ -35,8 +42,8 @@ impl ConfigSpace {
         regs[0] = u32::from(device) << 16 | u32::from(vendor);
         regs[2] = u32::from(class) << 24 | u32::from(subclass) << 16;
         let mut writable = [0; 64];
-        writable[1] = COMMAND_WRITABLE;
-        writable[INTERRUPT_LINE_REG] = 0xff;
+        writable[COMMAND_REG] = COMMAND_WRITABLE;
+        writable[INTERRUPT_REG] = 0xff;
         ConfigSpace { regs, writable, next_cap: CAPS_START, last_cap: 0 }
     }
 
@@ -48,10 +55,23 @@ impl ConfigSpace {
         self.regs[11] = u32::from(device) << 16 | u32::from(vendor);
     }
 
+    /// Gives the function interrupt pin `pin` (0 = INTA#), with `line` in the interrupt line
+    /// register as firmware would leave it (the IOAPIC input), and the command register's
+    /// INTx-disable bit.
+    pub fn set_interrupt_pin(&mut self, pin: u8, line: u8) {
+        self.regs[INTERRUPT_REG] = u32::from(pin + 1) << 8 | u32::from(line);
+        self.writable[COMMAND_REG] |= COMMAND_INTX_DISABLE;
+    }
+
+    /// The command register's value.
+    pub fn command(&self) -> u32 {
+        self.regs[COMMAND_REG] & 0xffff
+    }
+
     /// A 32-bit non-prefetchable memory BAR of `size` bytes (a power of two, at least 16) placed
     /// at `addr` (aligned to `size`). Writing all ones reads back `!(size - 1)`: the sizing protocol.
     pub fn add_mem32_bar(&mut self, bar: usize, addr: u32, size: u32) {
-        assert!(bar < 6 && size.is_power_of_two() && size >= 16 && addr % size == 0);
+        assert!(bar < 6 && size.is_power_of_two() && size >= 16 && addr.is_multiple_of(size));
         self.regs[BAR0_REG + bar] = addr;
         self.writable[BAR0_REG + bar] = !(size - 1);
     }
@@ -59,7 +79,7 @@ impl ConfigSpace {
     /// The address a memory BAR decodes now, if the command register enables memory decoding.
     pub fn mem_bar(&self, bar: usize) -> Option<u64> {
         let size_mask = self.writable.get(BAR0_REG + bar).copied().filter(|w| *w != 0)?;
-        (self.regs[1] & COMMAND_MEMORY != 0).then(|| u64::from(self.regs[BAR0_REG + bar] & size_mask))
+        (self.regs[COMMAND_REG] & COMMAND_MEMORY != 0).then(|| u64::from(self.regs[BAR0_REG + bar] & size_mask))
     }
 
     /// Appends a capability: `body` starts with the capability ID; its next pointer (byte 1) is
@@ -76,7 +96,7 @@ impl ConfigSpace {
         }
         if self.last_cap == 0 {
             self.regs[CAP_POINTER_REG] = at as u32;
-            self.regs[1] |= STATUS_CAP_LIST;
+            self.regs[COMMAND_REG] |= STATUS_CAP_LIST;
         } else {
             self.set_byte(self.last_cap + 1, at as u8);
         }
@@ -147,8 +167,23 @@ mod tests {
         }
         c.config_write(1, 0, &[0xff, 0xff, 0xff, 0xff]);
         assert_eq!(c.config_read(1), COMMAND_WRITABLE, "status and reserved command bits");
-        c.config_write(INTERRUPT_LINE_REG, 0, &[0x0b, 0x01]);
-        assert_eq!(c.config_read(INTERRUPT_LINE_REG), 0x0b, "line writable, pin not");
+        c.config_write(INTERRUPT_REG, 0, &[0x0b, 0x01]);
+        assert_eq!(c.config_read(INTERRUPT_REG), 0x0b, "line writable, pin not");
+    }
+
+    #[test]
+    fn interrupt_pin_line_and_intx_disable() {
+        let mut c = ConfigSpace::new(0x1af4, 0x1042, 1, 0);
+        c.config_write(1, 0, &[0xff, 0xff]);
+        assert_eq!(c.command() & COMMAND_INTX_DISABLE, 0, "no pin: no INTx-disable bit");
+        c.set_interrupt_pin(0, 18);
+        assert_eq!(c.config_read(INTERRUPT_REG), 0x0112, "INTA#, line 18");
+        c.config_write(INTERRUPT_REG, 0, &[0x0b, 0x04]);
+        assert_eq!(c.config_read(INTERRUPT_REG), 0x010b, "line writable, pin not");
+        c.config_write(1, 0, &[0x07, 0x04]);
+        assert_eq!(c.command(), 0x407);
+        c.config_write(1, 1, &[0]);
+        assert_eq!(c.command(), 0x007);
     }
 
     #[test]

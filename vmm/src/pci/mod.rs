@@ -2,9 +2,12 @@
 //! the virtio devices (`crate::virtio`). The VMM places every BAR in the 32-bit window
 //! (`layout::PCI_MMIO_START..PCI_MMIO_END`); the guest may move them, and the bus then moves the
 //! function's ranges on the [`MmioBus`].
+//! Interrupts: MSI-X (`msix.rs`) or, while a driver leaves it off, INTx# on IOAPIC inputs
+//! (`intx.rs`); the bus reports the INTx wiring for the MP table and the DSDT.
 
 mod config_io;
 pub mod header;
+pub mod intx;
 pub mod msix;
 
 use std::collections::BTreeMap;
@@ -17,6 +20,8 @@ pub use config_io::PciConfigIo;
 use crate::cli::PciSlot;
 use crate::devices::mmio::{MmioBus, MmioDevice};
 use crate::layout::{PCI_MMIO_END, PCI_MMIO_START};
+use header::{COMMAND_REG, INTERRUPT_REG};
+use intx::IntxRoute;
 
 /// An MMIO range a function decodes: (guest address, length, handler).
 pub type MmioRange = (u64, u64, Arc<dyn MmioDevice>);
@@ -34,7 +39,6 @@ pub trait PciDevice: Send {
 }
 
 /// Command register and BARs: writes there may move the function's MMIO ranges.
-const COMMAND_REG: usize = 1;
 const BAR_REGS: std::ops::RangeInclusive<usize> = 4..=9;
 
 /// What devices with BARs and interrupts need from the VM.
@@ -105,6 +109,22 @@ impl PciBus {
         }
     }
 
+    /// Where the functions' interrupt pins are wired, one entry per (slot, pin) in use, for the
+    /// MP table and the DSDT.
+    pub fn intx_routes(&self) -> Vec<IntxRoute> {
+        let mut routes: Vec<IntxRoute> = Vec::new();
+        for (&(slot, _), dev) in &self.devices {
+            let pin = (dev.lock().unwrap().config_read(INTERRUPT_REG) >> 8) as u8;
+            if (1..=4).contains(&pin) {
+                let route = IntxRoute { slot, pin: pin - 1, gsi: intx::gsi(slot, pin - 1) };
+                if !routes.contains(&route) {
+                    routes.push(route);
+                }
+            }
+        }
+        routes
+    }
+
     fn write(&self, slot: u8, func: u8, reg: usize, offset: u8, data: &[u8]) {
         if let Some(dev) = self.devices.get(&(slot, func)) {
             let mut dev = dev.lock().unwrap();
@@ -131,7 +151,7 @@ pub fn build_bus(slots: &[PciSlot], ctx: Option<&DeviceContext>) -> Result<PciCo
             emul => {
                 let ctx = ctx.ok_or_else(|| format!("PCI device '{emul}' needs a VM"))?;
                 let at = format!("-s {},{emul}", s.slot);
-                crate::virtio::pci_device(emul, s.conf.as_deref(), ctx, &mut bars)
+                crate::virtio::pci_device(emul, s.conf.as_deref(), s.slot, ctx, &mut bars)
                     .map_err(|e| format!("{at}: {e}"))?
             }
         };
@@ -164,5 +184,28 @@ mod tests {
         bus.add(3, 2, Arc::new(Mutex::new(header::host_bridge()))).unwrap();
         assert_ne!(bus.read(3, 0, HEADER_TYPE_REG) & MULTI_FUNCTION, 0);
         assert!(bus.add(32, 0, Arc::new(Mutex::new(header::lpc()))).is_err());
+    }
+
+    #[test]
+    fn intx_routes_follow_the_interrupt_pins() {
+        let mut bus = PciBus::default();
+        bus.add(0, 0, Arc::new(Mutex::new(header::host_bridge()))).unwrap();
+        let with_pin = |pin| {
+            let mut c = header::ConfigSpace::new(0x1af4, 0x1042, 1, 0);
+            c.set_interrupt_pin(pin, 0);
+            Arc::new(Mutex::new(c))
+        };
+        bus.add(2, 0, with_pin(intx::INTA)).unwrap();
+        bus.add(9, 0, with_pin(intx::INTA)).unwrap();
+        bus.add(9, 1, with_pin(intx::INTA)).unwrap(); // shares 9's INTA#: one route
+        bus.add(9, 2, with_pin(1)).unwrap();
+        assert_eq!(
+            bus.intx_routes(),
+            vec![
+                IntxRoute { slot: 2, pin: 0, gsi: 18 },
+                IntxRoute { slot: 9, pin: 0, gsi: 17 },
+                IntxRoute { slot: 9, pin: 1, gsi: 18 },
+            ]
+        );
     }
 }

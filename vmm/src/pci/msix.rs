@@ -23,10 +23,13 @@ pub const CONTROL_MASK_ALL: u16 = 1 << 14;
 pub const CONTROL_ENABLE: u16 = 1 << 15;
 pub const CAP_ID: u8 = 0x11;
 
+/// The next free GSI, and the MSI message (address, data) each routed GSI sends.
+type MsiRoutes = (u32, BTreeMap<u32, (u64, u32)>);
+
 /// The VM's GSI routing table: the irqchip defaults plus one MSI route per allocated GSI.
 pub struct GsiRouting {
     vm: Arc<dyn Vm>,
-    inner: Mutex<(u32, BTreeMap<u32, (u64, u32)>)>,
+    inner: Mutex<MsiRoutes>,
 }
 
 impl GsiRouting {
@@ -127,6 +130,11 @@ impl Msix {
         self.entries.len()
     }
 
+    /// Whether the driver turned MSI-X on (else the function signals through INTx#).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The capability's message control as the guest last wrote it.
     pub fn set_control(&mut self, control: u16) {
         self.enabled = control & CONTROL_ENABLE != 0;
@@ -142,7 +150,7 @@ impl Msix {
         let image: [u32; 4] = [e.address as u32, (e.address >> 32) as u32, e.data, e.control];
         let bytes: Vec<u8> = image.iter().flat_map(|d| d.to_le_bytes()).collect();
         let at = (offset % ENTRY_SIZE) as usize;
-        if matches!(data.len(), 4 | 8) && at % data.len() == 0 {
+        if matches!(data.len(), 4 | 8) && at.is_multiple_of(data.len()) {
             data.copy_from_slice(&bytes[at..at + data.len()]);
         }
     }
@@ -150,7 +158,7 @@ impl Msix {
     pub fn table_write(&mut self, offset: u64, data: &[u8]) {
         let v = (offset / ENTRY_SIZE) as usize;
         let at = (offset % ENTRY_SIZE) as usize;
-        if v >= self.entries.len() || !matches!(data.len(), 4 | 8) || at % data.len() != 0 {
+        if v >= self.entries.len() || !matches!(data.len(), 4 | 8) || !at.is_multiple_of(data.len()) {
             return;
         }
         for (i, chunk) in data.chunks(4).enumerate() {
@@ -174,7 +182,7 @@ impl Msix {
     }
 
     /// Raises vector `v`: sent now, or remembered in the PBA while masked. Returns false when
-    /// MSI-X is off (the caller falls back to INTx) or `v` is not a vector of the table.
+    /// MSI-X is off or `v` is not a vector of the table.
     pub fn trigger(&mut self, v: u16) -> bool {
         let v = usize::from(v);
         if !self.enabled || v >= self.entries.len() {

@@ -247,14 +247,14 @@ impl Block {
     /// Byte offset of `len` bytes at `sector`, if a whole number of sectors inside the disk.
     fn range(&self, sector: u64, len: u64) -> Option<u64> {
         let sectors = len / SECTOR;
-        (len % SECTOR == 0 && len <= MAX_REQUEST && sector.checked_add(sectors)? <= self.capacity)
+        (len.is_multiple_of(SECTOR) && len <= MAX_REQUEST && sector.checked_add(sectors)? <= self.capacity)
             .then_some(sector * SECTOR)
     }
 
     fn discard_or_zero(&self, req: &Request, kind: u32, mem: &GuestMemoryMmap) -> u8 {
         let data = req.data_out();
         let total: u64 = data.iter().map(|d| u64::from(d.1)).sum();
-        if total == 0 || total % 16 != 0 || total / 16 > u64::from(MAX_DISCARD_SEGS) {
+        if total == 0 || !total.is_multiple_of(16) || total / 16 > u64::from(MAX_DISCARD_SEGS) {
             return S_IOERR;
         }
         let mut bytes = vec![0u8; total as usize];

@@ -2,8 +2,8 @@
 //! `virtio-queue` crate.
 //!
 //! - `pci.rs`: the transport: capabilities, common/notify/ISR/device configuration in BAR 0,
-//!   MSI-X table and PBA in the same BAR, feature negotiation, status and reset, one worker
-//!   thread per enabled queue (woken through an eventfd: a KVM ioeventfd on the queue's notify
+//!   MSI-X table and PBA in the same BAR, INTA# (`crate::pci::intx`) while MSI-X is off, feature
+//!   negotiation, status and reset, one worker thread per enabled queue (woken through an eventfd: a KVM ioeventfd on the queue's notify
 //!   address where the host has them, else the vCPU's MMIO write signals it).
 //! - `block.rs`: `virtio-blk` on a raw image (pread/pwrite: queues never share a lock).
 //! - `rng.rs`: `virtio-rnd` from the host's getrandom.
@@ -14,7 +14,9 @@
 //! Measured on the nested `kvm_pvm` host (2026-11, tiny box, Linux 6.1): KVM_SET_GSI_ROUTING
 //! with MSI routes, irqfds on those GSIs and MMIO ioeventfds are all accepted; the guest binds
 //! `virtio-pci` to blk and rng, uses PCI-MSI vectors (config + one per queue; 2 blk queues with
-//! `-c 2`), and its block and rng I/O complete. No INTx fallback exists yet (see `pci.rs`).
+//! `-c 2`), and its block and rng I/O complete. Booted with `pci=nomsi` it binds the same
+//! devices to IO-APIC level interrupts (fasteoi) on GSIs 16-23 through the resample irqfds of
+//! `crate::pci::intx`, with and without ACPI (`_PRT` or the MP table), and the same I/O works.
 //!
 //! Everything in a queue comes from the guest: devices access guest memory only through
 //! vm-memory's checked accessors, answer a malformed request with an error status, and a broken
@@ -76,6 +78,7 @@ pub trait VirtioDevice: Send + Sync {
 pub fn pci_device(
     emul: &str,
     conf: Option<&str>,
+    slot: u8,
     ctx: &DeviceContext,
     bars: &mut BarAllocator,
 ) -> Result<Arc<Mutex<dyn PciDevice>>, String> {
@@ -90,7 +93,7 @@ pub fn pci_device(
         "virtio-net" | "virtio-tap" => Arc::new(net::Net::new(&net::NetConfig::parse(emul, conf)?, ctx.uuid.as_ref())?),
         other => return Err(format!("PCI device '{other}' is not implemented")),
     };
-    Ok(Arc::new(Mutex::new(pci::VirtioPci::new(dev, ctx, bars)?)))
+    Ok(Arc::new(Mutex::new(pci::VirtioPci::new(dev, slot, ctx, bars)?)))
 }
 
 /// Processes everything available on `queue` with `handle(chain) -> bytes written`, re-enabling

@@ -10,10 +10,12 @@
 //! | 0x4000 | MSI-X table, 16 bytes per vector (one per queue + one for config changes) |
 //! | 0x5000 | MSI-X pending bits |
 //!
-//! No INTx: the interrupt pin reads 0, so the driver must use MSI-X (Linux does when the kernel
-//! has CONFIG_PCI_MSI). The `VIRTIO_PCI_CAP_PCI_CFG` window is not offered either.
+//! Interrupts go out as MSI-X once the driver enables it (Linux does when the kernel has
+//! CONFIG_PCI_MSI); until then, and for drivers that never do, through INTA#
+//! (`crate::pci::intx`): level-triggered, up while the ISR status is non-zero. The driver's ISR
+//! read clears it; KVM's resample at EOI raises the line again if a new interrupt came meanwhile.
+//! The `VIRTIO_PCI_CAP_PCI_CFG` window is not offered.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,10 +27,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{QueueBroken, VirtioDevice, F_RING_INDIRECT_DESC, F_VERSION_1};
 use crate::devices::mmio::MmioDevice;
 use crate::hypervisor::Vm;
-use crate::pci::header::ConfigSpace;
+use crate::pci::header::{ConfigSpace, COMMAND_INTX_DISABLE, COMMAND_REG, STATUS_INTX};
+use crate::pci::intx::{IntxLine, INTA};
 use crate::pci::msix::{self, IrqfdSink, Msix};
 use crate::pci::{BarAllocator, DeviceContext, MmioRange, PciDevice};
 use crate::vm::log;
+use crate::wait;
 
 const VENDOR: u16 = 0x1af4;
 const DEVICE_BASE: u16 = 0x1040;
@@ -56,25 +60,55 @@ pub const STATUS_FEATURES_OK: u8 = 8;
 pub const STATUS_NEEDS_RESET: u8 = 0x40;
 pub const NO_VECTOR: u16 = 0xffff;
 
+/// ISR status bits: a used ring changed; the configuration (here: the status) changed.
+const ISR_QUEUE: u8 = 1;
+const ISR_CONFIG: u8 = 2;
+
 /// Interrupt state shared by the transport and its queue workers.
 pub struct Interrupt {
     msix: Mutex<Msix>,
+    intx: IntxLine,
+    /// The command register's INTx-disable bit, as the driver last wrote it.
+    intx_disabled: AtomicBool,
     isr: AtomicU8,
     config_vector: AtomicU16,
     needs_reset: AtomicBool,
 }
 
 impl Interrupt {
+    /// Sets `isr_bit` and signals the driver: MSI-X `vector` when it enabled MSI-X, else INTA#.
+    fn raise(&self, isr_bit: u8, vector: u16) {
+        self.isr.fetch_or(isr_bit, Ordering::SeqCst);
+        let mut msix = self.msix.lock().unwrap();
+        if msix.enabled() {
+            msix.trigger(vector);
+        } else if !self.intx_disabled.load(Ordering::SeqCst) {
+            self.intx.raise();
+        }
+    }
+
     fn queue(&self, vector: u16) {
-        self.isr.fetch_or(1, Ordering::SeqCst);
-        self.msix.lock().unwrap().trigger(vector);
+        self.raise(ISR_QUEUE, vector);
     }
 
     /// DEVICE_NEEDS_RESET, announced by a configuration-change interrupt.
     fn needs_reset(&self) {
         self.needs_reset.store(true, Ordering::SeqCst);
-        self.isr.fetch_or(2, Ordering::SeqCst);
-        self.msix.lock().unwrap().trigger(self.config_vector.load(Ordering::SeqCst));
+        self.raise(ISR_CONFIG, self.config_vector.load(Ordering::SeqCst));
+    }
+
+    /// Whether INTA# should be up: an interrupt not yet read from the ISR, INTx in use.
+    fn intx_level(&self) -> bool {
+        self.isr.load(Ordering::SeqCst) != 0
+            && !self.intx_disabled.load(Ordering::SeqCst)
+            && !self.msix.lock().unwrap().enabled()
+    }
+
+    fn set_intx_disabled(&self, disabled: bool) {
+        self.intx_disabled.store(disabled, Ordering::SeqCst);
+        if self.intx_level() {
+            self.intx.raise();
+        }
     }
 }
 
@@ -129,13 +163,20 @@ fn vendor_cap(cfg_type: u8, offset: u64, length: u64, extra: Option<u32>) -> Vec
 }
 
 impl VirtioPci {
-    pub fn new(dev: Arc<dyn VirtioDevice>, ctx: &DeviceContext, bars: &mut BarAllocator) -> Result<VirtioPci, String> {
+    pub fn new(
+        dev: Arc<dyn VirtioDevice>,
+        slot: u8,
+        ctx: &DeviceContext,
+        bars: &mut BarAllocator,
+    ) -> Result<VirtioPci, String> {
         let nq = dev.num_queues();
         let (class, subclass) = dev.pci_class();
         let mut config = ConfigSpace::new(VENDOR, DEVICE_BASE + dev.device_type(), class, subclass);
         config.set_revision(1);
         config.set_subsystem(VENDOR, 0x40);
         config.add_mem32_bar(0, bars.allocate(BAR_SIZE)?, BAR_SIZE as u32);
+        let intx = IntxLine::new(ctx.routing.vm().as_ref(), slot)?;
+        config.set_interrupt_pin(INTA, intx.gsi() as u8);
         let vectors = nq + 1;
         let control = (vectors - 1) as u16;
         let mut cap = vec![msix::CAP_ID, 0];
@@ -154,10 +195,17 @@ impl VirtioPci {
         let sink = IrqfdSink::new(ctx.routing.clone(), vectors)?;
         let irq = Arc::new(Interrupt {
             msix: Mutex::new(Msix::new(vectors, Box::new(sink))),
+            intx,
+            intx_disabled: AtomicBool::new(false),
             isr: AtomicU8::new(0),
             config_vector: AtomicU16::new(NO_VECTOR),
             needs_reset: AtomicBool::new(false),
         });
+        // The thread holds the interrupt state weakly: dropping the device ends it.
+        let weak = Arc::downgrade(&irq);
+        irq.intx.spawn_resampler(format!("virtio{}-intx", dev.device_type()), move || {
+            weak.upgrade().is_some_and(|irq| irq.intx_level())
+        })?;
         let mut notify = Vec::new();
         let mut queues = Vec::new();
         for _ in 0..nq {
@@ -225,7 +273,12 @@ impl VirtioPci {
 
 impl PciDevice for VirtioPci {
     fn config_read(&self, reg: usize) -> u32 {
-        self.config.config_read(reg)
+        let value = self.config.config_read(reg);
+        if reg == COMMAND_REG && self.transport.irq.intx_level() {
+            value | STATUS_INTX
+        } else {
+            value
+        }
     }
 
     fn config_write(&mut self, reg: usize, offset: u8, data: &[u8]) {
@@ -233,6 +286,9 @@ impl PciDevice for VirtioPci {
         if reg == self.msix_cap / 4 {
             let control = self.config.word(self.msix_cap + 2);
             self.transport.irq.msix.lock().unwrap().set_control(control);
+        }
+        if reg == COMMAND_REG {
+            self.transport.irq.set_intx_disabled(self.config.command() & COMMAND_INTX_DISABLE != 0);
         }
     }
 
@@ -482,35 +538,17 @@ impl WorkerCtx {
                 Err(QueueBroken(e)) => {
                     log(format!("virtio type {} queue {}: {e}: device needs reset", self.dev.device_type(), self.index));
                     self.irq.needs_reset();
-                    wait(&[&self.stop]);
+                    wait::readable(&[&self.stop]);
                     return;
                 }
             }
-            match wait(&[&self.notify, &self.stop]) {
+            match wait::readable(&[&self.notify, &self.stop]) {
                 Some(0) => {
                     let _ = self.notify.read();
                 }
                 _ => return,
             }
         }
-    }
-}
-
-/// Blocks until one of `fds` is readable; its index (None on error).
-fn wait(fds: &[&EventFd]) -> Option<usize> {
-    let mut p: Vec<libc::pollfd> =
-        fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
-    loop {
-        // SAFETY: `p` is a valid array of pollfd for the call's duration.
-        let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, -1) };
-        if r < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return None;
-        }
-        // The stop fd wins: it is last, so look from the end.
-        return (0..p.len()).rev().find(|&i| p[i].revents != 0);
     }
 }
 
@@ -560,7 +598,9 @@ impl Transport {
 mod tests {
     use super::*;
     use crate::devices::mmio::MmioBus;
-    use crate::hypervisor::{self, CpuidEntry, IrqRoute, Vcpu};
+    use crate::hypervisor::fake::FakeVm;
+    use crate::hypervisor::IrqRoute;
+    use crate::pci::header::INTERRUPT_REG;
     use crate::pci::msix::GsiRouting;
     use crate::virtio::rng::Rng;
     use crate::virtio::testing::*;
@@ -569,51 +609,6 @@ mod tests {
 
     const STATUS_ACKNOWLEDGE: u8 = 1;
     const STATUS_DRIVER: u8 = 2;
-
-    /// Records routes, irqfds and ioeventfds instead of calling KVM.
-    #[derive(Default)]
-    struct FakeVm {
-        routes: Mutex<Vec<IrqRoute>>,
-        irqfds: Mutex<Vec<(u32, EventFd)>>,
-        ioevents: Mutex<Vec<u64>>,
-    }
-
-    impl Vm for FakeVm {
-        unsafe fn map_memory(&self, _: u32, _: u64, _: u64, _: u64) -> hypervisor::Result<()> {
-            Ok(())
-        }
-        fn create_vcpu(&self, _: u8) -> hypervisor::Result<Box<dyn Vcpu>> {
-            Err(hypervisor::Error { op: "fake", errno: libc::ENOSYS })
-        }
-        fn set_irq_line(&self, _: u32, _: bool) -> hypervisor::Result<()> {
-            Ok(())
-        }
-        fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> hypervisor::Result<()> {
-            self.irqfds.lock().unwrap().push((gsi, fd.try_clone().unwrap()));
-            Ok(())
-        }
-        fn set_gsi_routing(&self, routes: &[IrqRoute]) -> hypervisor::Result<()> {
-            *self.routes.lock().unwrap() = routes.to_vec();
-            Ok(())
-        }
-        fn register_ioevent(&self, _: &EventFd, addr: u64) -> hypervisor::Result<()> {
-            self.ioevents.lock().unwrap().push(addr);
-            Ok(())
-        }
-        fn unregister_ioevent(&self, _: &EventFd, addr: u64) -> hypervisor::Result<()> {
-            self.ioevents.lock().unwrap().retain(|a| *a != addr);
-            Ok(())
-        }
-        fn ignore_unknown_msrs(&self) -> hypervisor::Result<()> {
-            Ok(())
-        }
-        fn supported_cpuid(&self) -> hypervisor::Result<Vec<CpuidEntry>> {
-            Ok(Vec::new())
-        }
-        fn stats(&self) -> Vec<(String, u64)> {
-            Vec::new()
-        }
-    }
 
     fn w32(t: &Transport, off: u64, v: u32) {
         t.write(off, &v.to_le_bytes());
@@ -645,10 +640,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn driver_sequence_msix_and_needs_reset() {
-        let vm = Arc::new(FakeVm::default());
-        let mem = guest_mem();
+    /// A virtio-rnd function in `slot` of a fake VM.
+    fn rng_device(vm: &Arc<FakeVm>, mem: &GuestMemoryMmap, slot: u8) -> VirtioPci {
         let ctx = DeviceContext {
             mem: mem.clone(),
             mmio: Arc::new(MmioBus::default()),
@@ -656,7 +649,96 @@ mod tests {
             cpus: 1,
             uuid: None,
         };
-        let mut pci = VirtioPci::new(Arc::new(Rng), &ctx, &mut BarAllocator::default()).unwrap();
+        VirtioPci::new(Arc::new(Rng), slot, &ctx, &mut BarAllocator::default()).unwrap()
+    }
+
+    /// The driver's side up to DRIVER_OK with queue 0 on `tq`, vectors left unassigned.
+    fn bring_up(t: &Transport, tq: &TestQueue) {
+        t.write(0x14, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER]);
+        w32(t, 0x08, 1);
+        w32(t, 0x0c, 1); // VERSION_1
+        t.write(0x14, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK]);
+        let (desc, avail, used) = tq.addrs();
+        w16(t, 0x18, QUEUE_SIZE);
+        t.write(0x20, &desc.to_le_bytes());
+        t.write(0x28, &avail.to_le_bytes());
+        t.write(0x30, &used.to_le_bytes());
+        w16(t, 0x1c, 1);
+        t.write(0x14, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK]);
+    }
+
+    fn isr_read(t: &Transport) -> u8 {
+        let mut b = [0u8; 1];
+        t.read(ISR, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn intx_until_msix_is_enabled() {
+        let vm = Arc::new(FakeVm::default());
+        let mem = guest_mem();
+        let mut pci = rng_device(&vm, &mem, 5);
+        // INTA#, line = the GSI slot 5 is wired to, level irqfd on it.
+        assert_eq!(pci.config_read(INTERRUPT_REG), 0x0100 | 21);
+        let (gsi, trigger, resample) = vm.resample_irqfd(0);
+        assert_eq!(gsi, 21);
+        pci.config_write(1, 0, &[0x06, 0]);
+        pci.mmio_ranges();
+        let t = pci.transport.clone();
+        let mut tq = TestQueue::new(&mem);
+        bring_up(&t, &tq);
+        let intx_status = |pci: &VirtioPci| pci.config_read(COMMAND_REG) & STATUS_INTX != 0;
+
+        // A used buffer with MSI-X off: ISR bit 0, INTA# up, the status register says so.
+        tq.add(&[(0x10_0000, 16, VRING_DESC_F_WRITE as u16)]);
+        w16(&t, NOTIFY, 0);
+        eventually("INTA#", || trigger.read().is_ok());
+        assert!(intx_status(&pci));
+        // EOI before the driver read the ISR: the resampler raises the line again.
+        resample.write(1).unwrap();
+        eventually("INTA# again after EOI", || trigger.read().is_ok());
+        // The driver's ISR read returns and clears it.
+        assert_eq!(isr_read(&t), ISR_QUEUE);
+        assert_eq!(isr_read(&t), 0);
+        assert!(!intx_status(&pci));
+
+        // INTx disabled in the command register: the ISR is set but the line stays down until
+        // the driver enables INTx again.
+        pci.config_write(1, 1, &[0x04]);
+        tq.add(&[(0x10_1000, 16, VRING_DESC_F_WRITE as u16)]);
+        w16(&t, NOTIFY, 0);
+        eventually("the second request", || tq.used(1).1 == 16);
+        eventually("ISR", || t.irq.isr.load(Ordering::SeqCst) != 0);
+        assert!(!intx_status(&pci));
+        assert!(trigger.read().is_err());
+        pci.config_write(1, 1, &[0]);
+        assert_eq!(trigger.read().unwrap(), 1, "raised when INTx is enabled with the ISR set");
+        assert_eq!(isr_read(&t), ISR_QUEUE);
+
+        // MSI-X on: queue interrupts go to the vector, not INTA#.
+        w16(&t, 0x16, 0);
+        t.write(0x14, &[0]); // vectors are assigned before DRIVER_OK: start over
+        let mut tq = TestQueue::new(&mem);
+        pci.config_write(pci.msix_cap / 4, 2, &msix::CONTROL_ENABLE.to_le_bytes());
+        w32(&t, MSIX_TABLE + 16, 0xfee0_0000);
+        w32(&t, MSIX_TABLE + 24, 0x42);
+        w32(&t, MSIX_TABLE + 28, 0);
+        t.write(0x14, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER]);
+        w16(&t, 0x1a, 1);
+        bring_up(&t, &tq);
+        tq.add(&[(0x10_2000, 16, VRING_DESC_F_WRITE as u16)]);
+        w16(&t, NOTIFY, 0);
+        let msi = vm.irqfds.lock().unwrap()[1].1.try_clone().unwrap();
+        eventually("the MSI-X vector", || msi.read().is_ok());
+        assert!(trigger.read().is_err(), "no INTx with MSI-X on");
+        assert!(!intx_status(&pci));
+    }
+
+    #[test]
+    fn driver_sequence_msix_and_needs_reset() {
+        let vm = Arc::new(FakeVm::default());
+        let mem = guest_mem();
+        let mut pci = rng_device(&vm, &mem, 2);
         assert_eq!(pci.config_read(0), 0x1044_1af4);
         // Capabilities: MSI-X first, then the four virtio structures.
         let mut at = pci.config.byte(0x34) as usize;

@@ -1,0 +1,60 @@
+//! `xhyve`: a bhyve/xhyve-compatible VMM. One process runs one VM.
+//!
+//! The library is the whole VMM: the `xhyve` binary only hands its command line to
+//! [`run_command_line`]. `virtio` is public for the fuzz targets (vmm/fuzz), which drive the
+//! devices' queue handling with hostile guest memory.
+
+mod acpi;
+mod boot;
+mod cli;
+mod cpuid;
+mod devices;
+mod exit;
+mod hypervisor;
+mod layout;
+mod mac;
+mod memory;
+mod net;
+mod pci;
+mod pvm;
+mod vcpu;
+pub mod virtio;
+mod vm;
+mod wait;
+
+use std::ffi::OsString;
+use std::io::Write;
+
+use cli::Command;
+use exit::ExitReason;
+
+/// Runs bhyve-style `args` (without the program name): parses them, then prints help, the
+/// version or a MAC, or runs the VM. Returns the process exit status (bhyve's, see `exit`).
+pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let cmd = cli::parse(args, || hypervisor::max_vcpus().map_err(|e| format!("cannot ask the hypervisor: {e}")));
+    match cmd {
+        Err(e) => {
+            vm::log(e.to_string());
+            ExitReason::Error(String::new()).status()
+        }
+        Ok(Command::Help) => {
+            print!("{}", cli::USAGE);
+            0
+        }
+        Ok(Command::Version) => {
+            println!("xhyve {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Ok(Command::PrintMac(uuid)) => {
+            println!("MAC: {}", mac::format_mac(&mac::mac_from_uuid(&uuid)));
+            0
+        }
+        Ok(Command::Run(cfg)) => {
+            let reason = vm::run(&cfg);
+            net::passt::kill_all();
+            let _ = std::io::stdout().flush();
+            vm::log(format!("{reason} (exit status {})", reason.status()));
+            reason.status()
+        }
+    }
+}
