@@ -12,7 +12,7 @@ OUT=${1:-$REPO/target/boxes/tiny}
 CACHE=${XHYVE_BOX_CACHE:-/var/cache/xhyve-rs}
 KSRC_PKG=linux-source-6.1
 KSRC_TAR=/usr/src/linux-source-6.1.tar.xz
-DEPS="$KSRC_PKG busybox-static dropbear-bin build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod"
+DEPS="$KSRC_PKG busybox-static dropbear-bin openssh-client build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod"
 T0=$SECONDS
 
 log() { echo "[tiny-box +$((SECONDS - T0))s] $*" >&2; }
@@ -78,8 +78,10 @@ ssh_files() {
 		echo "dir $d 0755 0 0"
 	done
 	echo "file /usr/sbin/dropbear /usr/sbin/dropbear 0755 0 0"
+	# scp: the remote end of uploads (Vagrant's and Packer's provisioners; dropbear has none).
+	echo "file /usr/bin/scp /usr/bin/scp 0755 0 0"
 	# The shared libraries ldd lists (and the loader), at the paths ldd resolved.
-	ldd /usr/sbin/dropbear | grep -o '/[^ ]*' | sort -u | while read -r lib; do
+	{ ldd /usr/sbin/dropbear && ldd /usr/bin/scp; } | grep -o '/[^ ]*' | sort -u | while read -r lib; do
 		d=$(dirname "$lib")
 		case $d in /lib | /lib64 | /lib/x86_64-linux-gnu | /usr/lib) ;; *) echo "dir $d 0755 0 0" ;; esac
 		echo "file $lib $(readlink -f "$lib") 0755 0 0"
@@ -107,7 +109,9 @@ build_initrd() {
 			[ "$a" = bin/busybox ] || echo "slink /$a /bin/busybox 0777 0 0"
 		done
 	} >"$list"
-	"$ENTRY/gen_init_cpio" -t 0 "$list" >"$tmp" && mv -f "$tmp" "$OUT/initrd.img"
+	# A list gen_init_cpio cannot pack must fail the build, not leave the previous initrd.
+	"$ENTRY/gen_init_cpio" -t 0 "$list" >"$tmp" || { rm -f "$tmp"; die "gen_init_cpio failed on $list"; }
+	mv -f "$tmp" "$OUT/initrd.img"
 	rm -rf "$list" "$gen"
 }
 

@@ -185,6 +185,59 @@ def test_create_refuses_bad_params(fake_home, tmp_path):
     assert e.code == -32001 and "(sparc)" in e.message
 
 
+def test_create_without_a_box_copies_and_grows(fake_home, tmp_path):
+    """A kernel, initrd and disk image given directly (Packer's build from files), a disk copied
+    in and grown by disk_size; the sources are never changed and the machine owns its copies."""
+    h = fake_home(FAKE_XHYVE_BLK="1")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "bzImage").write_bytes(b"kernel")
+    (src / "initrd").write_bytes(b"initrd")
+    img = src / "disk.img"
+    img.write_bytes(b"MARK" + bytes(MIB - 4))
+    mid = h.call("machine.create", {"name": "raw", "kernel": str(src / "bzImage"),
+                                    "initrd": str(src / "initrd"), "disks": [{"copy": str(img)}],
+                                    "disk_size": "8M"})["id"]
+    d = h.machine_dir(mid)
+    rec = h.record(mid)
+    assert rec["box"] is None and rec["kernel"] == f"{d}/boot/bzImage", rec
+    assert rec["initrd"] == f"{d}/boot/initrd" and (d / "boot/initrd").read_bytes() == b"initrd"
+    disk0 = d / "disk0.img"
+    assert rec["disks"] == [{"path": str(disk0), "source": str(img), "owned": True}], rec
+    assert disk0.stat().st_size == 8 * MIB and disk0.read_bytes()[:4] == b"MARK"
+    assert disk0.stat().st_blocks * 512 <= 2 * MIB, "grown with a hole, not written"
+    assert img.stat().st_size == MIB, "the source image is not changed"
+    listed = h.call("machine.list")[0]
+    assert listed["box"] is None and listed["cpus"] == 1 and listed["memory"] == "256M", listed
+    (src / "bzImage").unlink()
+    h.call("machine.start", {"id": mid})
+    argv = (d / "fake-argv").read_text().splitlines()
+    assert f"kexec,{d}/boot/bzImage,{d}/boot/initrd,console=ttyS0" in argv, argv
+    h.call("machine.destroy", {"id": mid, "force": True})
+    assert not d.exists() and img.exists()
+
+    # A box's first disk grows too; what disk_size cannot grow is refused, nothing made.
+    h.call("box.add", {"source": str(fake_box(tmp_path)), "name": "fake"})
+    grown = h.call("machine.create", {"box": "fake", "name": "g", "disk_size": 16 * MIB})["id"]
+    assert (h.machine_dir(grown) / "disk0.img").stat().st_size == 16 * MIB
+    kernel = str(tmp_path / "src" / "initrd")
+    for params, field in [({"box": "fake", "disk_size": "1M"}, "disk_size"),
+                          ({"box": "fake", "disk_size": "9"}, "disk_size"),
+                          ({"kernel": kernel, "disk_size": "8M"}, "disk_size"),
+                          ({"kernel": kernel, "disks": [{"size": "1M"}], "disk_size": "8M"}, "disk_size"),
+                          ({"box": "fake", "kernel": kernel}, "kernel"),
+                          ({"box": "fake", "initrd": kernel}, "initrd"),
+                          ({}, "box"),
+                          ({"kernel": "relative/vmlinux"}, "kernel"),
+                          ({"kernel": str(tmp_path)}, "kernel"),
+                          ({"kernel": kernel, "initrd": str(tmp_path / "nope")}, "initrd"),
+                          ({"kernel": kernel, "disks": [{"copy": str(tmp_path / "nope")}]}, "disks[0]"),
+                          ({"kernel": kernel, "disks": [{"copy": str(img), "size": "1M"}]}, "disks[0]")]:
+        e = h.error("machine.create", {"name": "m", **params})
+        assert e.code == -32602 and e.data == {"field": field}, (params, e.message)
+    assert [m["id"] for m in h.call("machine.list")] == [grown]
+
+
 def test_unknown_and_bad_ids(fake_home):
     h = fake_home()
     for method in ("machine.state", "machine.start", "machine.stop", "machine.destroy",

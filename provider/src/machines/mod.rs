@@ -10,13 +10,15 @@
 //! signals when the VMM ended. The supervisor takes only `rec`, so `stop` can hold `op` while it
 //! waits for the end.
 
+mod argv;
 pub mod disk;
 pub mod package;
 pub mod process;
 pub mod record;
+mod source;
 pub mod ssh;
 
-use crate::boxes::{catalog, store, version, Boxes};
+use crate::boxes::{store, Boxes};
 use crate::error::{code, Error, Result};
 use crate::home::Home;
 use crate::server::{log, parse_size};
@@ -24,13 +26,12 @@ use process::ExitRecord;
 use record::{BoxRef, Disk, MachineRecord, Process, State};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use source::Source;
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -73,7 +74,12 @@ fn invalid_field(field: &str, m: impl Into<String>) -> Error {
 #[serde(deny_unknown_fields)]
 pub struct CreateParams {
     #[serde(rename = "box")]
-    pub bx: Value,
+    pub bx: Option<Value>,
+    /// Without a box: the kernel and initrd to boot (copied into the machine).
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    /// Grows the first disk's copy to this size.
+    pub disk_size: Option<Value>,
     pub name: String,
     pub uuid: Option<String>,
     pub cpus: Option<u32>,
@@ -89,6 +95,7 @@ pub struct CreateParams {
 pub struct DiskSpec {
     pub size: Option<Value>,
     pub path: Option<String>,
+    pub copy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,183 +300,6 @@ fn parse_network(v: Option<&Value>) -> std::result::Result<Value, String> {
     Ok(json!({"mode": mode, "forwarded_ports": ports}))
 }
 
-/// What an xhyve box's `metadata.json` says (see boxes/README.md).
-struct BoxMeta {
-    kernel: PathBuf,
-    initrd: Option<PathBuf>,
-    cmdline: Option<String>,
-    cpus: Option<u32>,
-    memory: Option<Value>,
-    disks: Vec<PathBuf>,
-}
-
-/// A file named by a box's metadata: relative, inside the box, a regular file, no comma (xhyve's
-/// option syntax separates with commas).
-fn box_file(dir: &Path, rel: &str, what: &str, box_name: &str) -> Result<PathBuf> {
-    let bad = |m: String| Error::bad_box(format!("box {box_name:?}: metadata.json {what}: {m}"));
-    let p = Path::new(rel);
-    if rel.is_empty()
-        || p.is_absolute()
-        || p.components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-    {
-        return Err(bad(format!(
-            "{rel:?} is not a path inside the box (e.g. \"vmlinux\")"
-        )));
-    }
-    let full = dir.join(p);
-    if full.to_string_lossy().contains(',') {
-        return Err(bad(format!(
-            "{} has a comma, which xhyve's options cannot carry",
-            full.display()
-        )));
-    }
-    match fs::metadata(&full) {
-        Ok(m) if m.is_file() => Ok(full),
-        Ok(_) => Err(bad(format!("{rel:?} is not a regular file"))),
-        Err(e) => Err(bad(format!("{rel:?}: {e}"))),
-    }
-}
-
-fn read_meta(dir: &Path, box_name: &str) -> Result<BoxMeta> {
-    let p = dir.join("metadata.json");
-    let v: Value = fs::read(&p)
-        .map_err(|e| {
-            Error::bad_box(format!(
-                "box {box_name:?}: cannot read {}: {e}",
-                p.display()
-            ))
-        })
-        .and_then(|t| {
-            serde_json::from_slice(&t).map_err(|e| {
-                Error::bad_box(format!("box {box_name:?}: metadata.json is not JSON: {e}"))
-            })
-        })?;
-    let bad = |m: &str| {
-        Error::bad_box(format!(
-            "box {box_name:?}: metadata.json {m} (see boxes/README.md)"
-        ))
-    };
-    let kernel = v
-        .get("kernel")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("has no \"kernel\": an xhyve box names the kernel it boots"))?;
-    let kernel = box_file(dir, kernel, "kernel", box_name)?;
-    let initrd = match v.get("initrd") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(box_file(dir, s, "initrd", box_name)?),
-        Some(_) => return Err(bad("\"initrd\" is not a string")),
-    };
-    let cmdline = match v.get("cmdline") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(bad("\"cmdline\" is not a string")),
-    };
-    let cpus = match v.get("cpus") {
-        None | Some(Value::Null) => None,
-        Some(c) => Some(
-            c.as_u64()
-                .filter(|c| (1..=255).contains(c))
-                .ok_or_else(|| bad("\"cpus\" is not a number from 1 to 255"))? as u32,
-        ),
-    };
-    let memory = v.get("memory").filter(|m| !m.is_null()).cloned();
-    let mut disks = Vec::new();
-    match v.get("disks") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(a)) => {
-            for d in a {
-                let s = d
-                    .as_str()
-                    .ok_or_else(|| bad("\"disks\" is not an array of file names"))?;
-                disks.push(box_file(dir, s, "disks", box_name)?);
-            }
-        }
-        Some(_) => return Err(bad("\"disks\" is not an array of file names")),
-    }
-    Ok(BoxMeta {
-        kernel,
-        initrd,
-        cmdline,
-        cpus,
-        memory,
-        disks,
-    })
-}
-
-/// `box` param: `"NAME"` or `{name, version?, architecture?}` (version: a constraint).
-fn resolve_box(home: &Home, spec: &Value) -> Result<(PathBuf, store::BoxRecord)> {
-    let (name, constraint, arch) = match spec {
-        Value::String(s) => (s.clone(), None, None),
-        Value::Object(o) => {
-            if let Some(k) = o
-                .keys()
-                .find(|k| !["name", "version", "architecture"].contains(&k.as_str()))
-            {
-                return Err(invalid_field(
-                    "box",
-                    format!("unknown field {k:?} (name, version, architecture)"),
-                ));
-            }
-            let get = |k: &str| -> Result<Option<String>> {
-                match o.get(k) {
-                    None | Some(Value::Null) => Ok(None),
-                    Some(Value::String(s)) => Ok(Some(s.clone())),
-                    Some(other) => Err(invalid_field(
-                        &format!("box.{k}"),
-                        format!("{other} is not a string"),
-                    )),
-                }
-            };
-            let name = get("name")?.ok_or_else(|| invalid_field("box.name", "missing"))?;
-            (name, get("version")?, get("architecture")?)
-        }
-        _ => return Err(invalid_field(
-            "box",
-            "expected a box name (\"acme/tiny\") or {\"name\", \"version\"?, \"architecture\"?}",
-        )),
-    };
-    store::check_name(&name).map_err(|e| invalid_field("box", e))?;
-    let req = constraint
-        .as_deref()
-        .map(version::Requirement::parse)
-        .transpose()
-        .map_err(|e| invalid_field("box.version", e))?;
-    let arch = arch.unwrap_or_else(|| catalog::host_arch().to_string());
-    let all = store::installed(home);
-    // `installed` sorts versions oldest first: the newest match is the last.
-    let found = all.iter().rfind(|(_, r)| {
-        r.name == name
-            && r.architecture == arch
-            && match &req {
-                None => true,
-                Some(q) => version::Version::parse(&r.version).is_ok_and(|v| q.matches(&v)),
-            }
-    });
-    match found {
-        Some((p, r)) => Ok((p.clone(), r.clone())),
-        None => {
-            let have: Vec<String> = all
-                .iter()
-                .filter(|(_, r)| r.name == name)
-                .map(|(_, r)| format!("{} ({})", r.version, r.architecture))
-                .collect();
-            let want = match &constraint {
-                Some(c) => format!("box {name:?} version {c} ({arch})"),
-                None => format!("box {name:?} ({arch})"),
-            };
-            let hint = if have.is_empty() {
-                "box.list shows the installed boxes, box.add installs one".to_string()
-            } else {
-                format!("installed: {}", have.join(", "))
-            };
-            Err(Error::not_found(format!("{want} is not installed; {hint}"))
-                .with_data(json!({"box": name})))
-        }
-    }
-}
-
 impl Machines {
     pub fn new(home: Home) -> Arc<Machines> {
         Arc::new(Machines {
@@ -521,8 +351,13 @@ impl Machines {
                 "a machine name is 1 to 200 printable characters",
             ));
         }
-        let (bdir, brec) = resolve_box(&self.home, &p.bx)?;
-        let meta = read_meta(&bdir, &brec.name)?;
+        let meta = Source::resolve(
+            &self.home,
+            p.bx.as_ref(),
+            p.kernel.as_deref(),
+            p.initrd.as_deref(),
+        )?;
+        let box_name = meta.bx.as_ref().map(|(_, r)| r.name.clone());
         let cpus = p.cpus.or(meta.cpus).unwrap_or(1);
         if !(1..=255).contains(&cpus) {
             return Err(invalid_field("cpus", format!("{cpus}: from 1 to 255")));
@@ -530,7 +365,10 @@ impl Machines {
         let memory = match (&p.memory, &meta.memory) {
             (Some(m), _) => parse_memory(m).map_err(|e| invalid_field("memory", e))?,
             (None, Some(m)) => parse_memory(m).map_err(|e| {
-                Error::bad_box(format!("box {:?}: metadata.json memory: {e}", brec.name))
+                Error::bad_box(format!(
+                    "box {:?}: metadata.json memory: {e}",
+                    box_name.as_deref().unwrap_or_default()
+                ))
             })?,
             (None, None) => "256M".into(),
         };
@@ -543,44 +381,54 @@ impl Machines {
             return Err(invalid_field("cmdline", "has a newline or NUL"));
         }
         let network = parse_network(p.network.as_ref()).map_err(|e| invalid_field("network", e))?;
-        // Extra disks: new empty ones ({size}) or existing images ({path}).
-        enum Extra {
+        // The machine's disks in order: copies of the box's, then the extra ones (a new empty
+        // disk {size}, an image used in place {path}, or one copied into the machine {copy}).
+        enum Plan {
+            Copy(PathBuf),
             New(u64),
-            Existing(PathBuf),
+            InPlace(PathBuf),
         }
-        let mut extras = Vec::new();
+        let mut plan: Vec<Plan> = meta.disks.iter().cloned().map(Plan::Copy).collect();
         for (i, d) in p.disks.iter().enumerate() {
             let field = format!("disks[{i}]");
-            extras.push(match (&d.size, &d.path) {
-                (Some(s), None) => {
-                    Extra::New(parse_disk_size(s).map_err(|e| invalid_field(&field, e))?)
+            plan.push(match (&d.size, &d.path, &d.copy) {
+                (Some(s), None, None) => {
+                    Plan::New(parse_disk_size(s).map_err(|e| invalid_field(&field, e))?)
                 }
-                (None, Some(path)) => {
-                    let pb = PathBuf::from(path);
-                    if !pb.is_absolute() || path.contains(',') {
-                        return Err(invalid_field(
-                            &field,
-                            format!("{path:?}: an absolute path without commas"),
-                        ));
-                    }
-                    let m = fs::metadata(&pb)
-                        .map_err(|e| invalid_field(&field, format!("{path}: {e}")))?;
-                    if m.is_dir() {
-                        return Err(invalid_field(&field, format!("{path} is a directory")));
-                    }
-                    Extra::Existing(pb)
-                }
+                (None, Some(path), None) => Plan::InPlace(source::given_file(&field, path)?),
+                (None, None, Some(path)) => Plan::Copy(source::given_file(&field, path)?),
                 _ => {
                     return Err(invalid_field(
                         &field,
-                        "give either size (a new empty disk) or path (an existing image)",
+                        "give one of size (a new empty disk), path (an existing image used in place) or copy (an image copied into the machine)",
                     ))
                 }
             });
         }
-        if meta.disks.len() + extras.len() > MAX_DISKS {
+        if plan.len() > MAX_DISKS {
             return Err(invalid_field("disks", format!("at most {MAX_DISKS} disks")));
         }
+        // disk_size grows the first disk's copy (sparse), as Packer's disk_size does.
+        let grow_to = match &p.disk_size {
+            None => None,
+            Some(v) => {
+                let size = parse_disk_size(v).map_err(|e| invalid_field("disk_size", e))?;
+                let Some(Plan::Copy(first)) = plan.first() else {
+                    return Err(invalid_field(
+                        "disk_size",
+                        "grows the first disk, which must be a copy (a box disk or {copy}); there is none",
+                    ));
+                };
+                let have = fs::metadata(first)?.len();
+                if size < have {
+                    return Err(invalid_field(
+                        "disk_size",
+                        format!("{size} bytes is smaller than the first disk ({have} bytes); disks only grow"),
+                    ));
+                }
+                Some(size)
+            }
+        };
         let uuid = match &p.uuid {
             Some(u) => check_uuid(u).map_err(|e| invalid_field("uuid", e))?,
             None => new_uuid(),
@@ -590,7 +438,7 @@ impl Machines {
             .mode(0o700)
             .create(self.home.machines())?;
         // The record appears under the box lock: box.remove either sees it or ran before.
-        let (id, dir, mut rec) = {
+        let (id, dir, mut rec, boot) = {
             let _g = lock(&boxes.lock);
             if let Some((_, other)) = self.records().into_iter().find(|(_, r)| r.uuid == uuid) {
                 return Err(Error::new(
@@ -601,11 +449,13 @@ impl Machines {
                     ),
                 ));
             }
-            if !bdir.join(store::RECORD).is_file() {
-                return Err(Error::not_found(format!(
-                    "box {:?} was just removed",
-                    brec.name
-                )));
+            if let Some((bdir, brec)) = &meta.bx {
+                if !bdir.join(store::RECORD).is_file() {
+                    return Err(Error::not_found(format!(
+                        "box {:?} was just removed",
+                        brec.name
+                    )));
+                }
             }
             let (id, dir) = loop {
                 let id = hex(&random_bytes::<6>());
@@ -625,46 +475,56 @@ impl Machines {
                     dir.display()
                 )));
             }
-            let mut disks = Vec::new();
-            for (i, src) in meta.disks.iter().enumerate() {
-                disks.push(Disk {
-                    path: dir.join(format!("disk{i}.img")).display().to_string(),
-                    source: Some(src.display().to_string()),
-                    owned: true,
-                });
-            }
-            for (j, e) in extras.iter().enumerate() {
-                disks.push(match e {
-                    Extra::New(_) => Disk {
-                        path: dir
-                            .join(format!("disk{}.img", meta.disks.len() + j))
-                            .display()
-                            .to_string(),
-                        source: None,
-                        owned: true,
-                    },
-                    Extra::Existing(p) => Disk {
-                        path: p.display().to_string(),
-                        source: None,
-                        owned: false,
-                    },
-                });
-            }
+            let disks = plan
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let own = dir.join(format!("disk{i}.img")).display().to_string();
+                    match d {
+                        Plan::Copy(src) => Disk {
+                            path: own,
+                            source: Some(src.display().to_string()),
+                            owned: true,
+                        },
+                        Plan::New(_) => Disk {
+                            path: own,
+                            source: None,
+                            owned: true,
+                        },
+                        Plan::InPlace(p) => Disk {
+                            path: p.display().to_string(),
+                            source: None,
+                            owned: false,
+                        },
+                    }
+                })
+                .collect();
+            // Boot files of a box stay in the box (box.remove refuses while machines use it);
+            // files given directly are copied into the machine, which then owns them.
+            let boot = match &meta.bx {
+                Some(_) => Vec::new(),
+                None => source::boot_copies(&dir, &meta.kernel, meta.initrd.as_deref()),
+            };
+            let kernel = boot.first().map_or(&meta.kernel, |(_, dst)| dst);
+            let initrd = match (&meta.initrd, boot.get(1)) {
+                (_, Some((_, dst))) => Some(dst),
+                (i, None) => i.as_ref(),
+            };
             let rec = MachineRecord {
                 id: id.clone(),
                 name: p.name.clone(),
                 uuid: uuid.clone(),
-                bx: BoxRef {
+                bx: meta.bx.as_ref().map(|(bdir, brec)| BoxRef {
                     name: brec.name.clone(),
                     version: brec.version.clone(),
                     architecture: brec.architecture.clone(),
                     path: bdir.display().to_string(),
-                },
+                }),
                 cpus,
                 memory,
                 cmdline,
-                kernel: meta.kernel.display().to_string(),
-                initrd: meta.initrd.as_ref().map(|p| p.display().to_string()),
+                kernel: kernel.display().to_string(),
+                initrd: initrd.map(|p| p.display().to_string()),
                 disks,
                 network,
                 created_at: process::now(),
@@ -680,28 +540,48 @@ impl Machines {
                 let _ = fs::remove_dir_all(&dir);
                 return Err(e);
             }
-            (id, dir, rec)
+            (id, dir, rec, boot)
         };
         let slot = self.slot(&id);
         let _op = lock(&slot.op);
         let made = (|| -> Result<()> {
-            for (i, src) in meta.disks.iter().enumerate() {
-                let dst = Path::new(&rec.disks[i].path);
-                let how = disk::sparse_copy(src, dst).map_err(|e| {
-                    Error::internal(format!(
-                        "copying {} to {}: {e}",
-                        src.display(),
-                        dst.display()
-                    ))
-                })?;
-                log(&format!("machine {id}: {} copied ({how:?})", dst.display()));
+            for (src, dst) in &boot {
+                fs::create_dir_all(dst.parent().unwrap_or(&dir))
+                    .and_then(|()| fs::copy(src, dst))
+                    .map_err(|e| {
+                        Error::internal(format!(
+                            "copying {} to {}: {e}",
+                            src.display(),
+                            dst.display()
+                        ))
+                    })?;
             }
-            for (j, e) in extras.iter().enumerate() {
-                if let Extra::New(size) = e {
-                    let dst = Path::new(&rec.disks[meta.disks.len() + j].path);
-                    disk::create_empty(dst, *size)
-                        .map_err(|e| Error::internal(format!("creating {}: {e}", dst.display())))?;
+            for (i, d) in plan.iter().enumerate() {
+                let dst = Path::new(&rec.disks[i].path);
+                match d {
+                    Plan::Copy(src) => {
+                        let how = disk::sparse_copy(src, dst).map_err(|e| {
+                            Error::internal(format!(
+                                "copying {} to {}: {e}",
+                                src.display(),
+                                dst.display()
+                            ))
+                        })?;
+                        log(&format!("machine {id}: {} copied ({how:?})", dst.display()));
+                    }
+                    Plan::New(size) => disk::create_empty(dst, *size)
+                        .map_err(|e| Error::internal(format!("creating {}: {e}", dst.display())))?,
+                    Plan::InPlace(_) => {}
                 }
+            }
+            if let Some(size) = grow_to {
+                // set_len past the end adds a hole: the grown disk stays sparse.
+                let first = Path::new(&rec.disks[0].path);
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(first)
+                    .and_then(|f| f.set_len(size))
+                    .map_err(|e| Error::internal(format!("growing {}: {e}", first.display())))?;
             }
             let _g = lock(&slot.rec);
             rec.state = State::Stopped;
@@ -711,10 +591,11 @@ impl Machines {
             self.remove_dir(&dir);
             return Err(e);
         }
-        log(&format!(
-            "machine {id} ({}) created from box {} {}",
-            rec.name, rec.bx.name, rec.bx.version
-        ));
+        let from = match &rec.bx {
+            Some(b) => format!("box {} {}", b.name, b.version),
+            None => format!("kernel {}", rec.kernel),
+        };
+        log(&format!("machine {id} ({}) created from {from}", rec.name));
         Ok(
             json!({"id": id, "name": rec.name, "uuid": rec.uuid, "state": rec.state.as_str(), "path": dir.display().to_string()}),
         )
@@ -779,107 +660,18 @@ impl Machines {
             }
         }
         let console = dir.join("console.log");
-        let mut argv: Vec<String> = vec![
-            xhyve.display().to_string(),
-            "-A".into(),
-            "-U".into(),
-            rec.uuid.clone(),
-            "-c".into(),
-            rec.cpus.to_string(),
-            "-m".into(),
-            rec.memory.clone(),
-        ];
-        if feat.hostbridge {
-            argv.extend(["-s".into(), "0,hostbridge".into()]);
-        }
-        if feat.lpc {
-            argv.extend(["-s".into(), "31,lpc".into()]);
-        }
-        let mut notes = Vec::new();
-        let mode = rec.network["mode"].as_str().unwrap_or("user");
-        let mut ssh_port = None;
-        // Shared mode's TAP device: deleted again if the start fails before xhyve runs.
-        let mut tap = None;
-        match mode {
-            "user" if feat.virtio_net => {
-                let taken: std::collections::HashSet<u16> = self
-                    .records()
-                    .into_iter()
-                    .filter(|(_, r)| r.id != rec.id)
-                    .filter_map(|(_, r)| r.ssh_port)
-                    .collect();
-                let port = ssh::pick_port(rec.ssh_port, &taken)
-                    .map_err(|e| vmm_err(format!("choosing the SSH host port: {e}")))?;
-                if rec.ssh_port.is_some_and(|p| p != port) {
-                    notes.push(format!(
-                        "SSH host port {} is taken: now {port}",
-                        rec.ssh_port.unwrap_or(0)
-                    ));
-                }
-                let mut dev = format!(
-                    "{NET_SLOT},virtio-net,user,hostfwd=tcp:{}:{port}-:22",
-                    ssh::HOST
-                );
-                for f in rec.network["forwarded_ports"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                {
-                    let guest = f["guest"].as_u64().unwrap_or(0);
-                    let host = f["host"].as_u64().unwrap_or(guest);
-                    let ip = f["host_ip"].as_str().unwrap_or("127.0.0.1");
-                    let proto = f["protocol"].as_str().unwrap_or("tcp");
-                    dev.push_str(&format!(",hostfwd={proto}:{ip}:{host}-:{guest}"));
-                }
-                argv.extend(["-s".into(), dev]);
-                ssh_port = Some(port);
-            }
-            "user" => notes.push(format!(
-                "{} has no virtio-net: the machine has no network (and no SSH)",
-                xhyve.display()
-            )),
-            "shared" if feat.virtio_tap => {
-                let t = self.net.prepare(id)?;
-                argv.extend(["-s".into(), format!("{NET_SLOT},virtio-tap,{}", t.name())]);
-                if rec.network["forwarded_ports"]
-                    .as_array()
-                    .is_some_and(|a| !a.is_empty())
-                {
-                    notes.push("forwarded_ports apply to network user only: in network shared the guest's own address is reachable".into());
-                }
-                tap = Some(t);
-            }
-            "shared" => notes.push(format!(
-                "{} has no virtio-tap: the machine has no network (and no SSH)",
-                xhyve.display()
-            )),
-            _ => {}
-        }
-        if feat.virtio_blk {
-            for (i, d) in rec.disks.iter().enumerate() {
-                argv.extend([
-                    "-s".into(),
-                    format!("{},virtio-blk,{}", i + NET_SLOT + 1, d.path),
-                ]);
-            }
-        } else if !rec.disks.is_empty() {
-            notes.push(format!(
-                "{} has no virtio-blk: the machine's {} disk(s) are not attached",
-                xhyve.display(),
-                rec.disks.len()
-            ));
-        }
-        argv.extend([
-            "-l".into(),
-            format!("com1,log={}", console.display()),
-            "-f".into(),
-            format!(
-                "kexec,{},{},{}",
-                rec.kernel,
-                rec.initrd.clone().unwrap_or_default(),
-                rec.cmdline
-            ),
-        ]);
+        let taken: std::collections::HashSet<u16> = self
+            .records()
+            .into_iter()
+            .filter(|(_, r)| r.id != rec.id)
+            .filter_map(|(_, r)| r.ssh_port)
+            .collect();
+        let argv::Launch {
+            argv,
+            notes,
+            ssh_port,
+            tap,
+        } = argv::launch(&xhyve, &feat, &rec, &console, &taken, &self.net)?;
         // A fresh console log per boot (the previous one is kept as console.log.1).
         if console.exists() {
             let _ = fs::rename(&console, dir.join("console.log.1"));
@@ -899,47 +691,7 @@ impl Machines {
                 let _ = writeln!(l, "note: {n}");
             }
         }
-        let exe = std::env::current_exe()
-            .map_err(|e| vmm_err(format!("cannot find my own binary: {e}")))?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("run-vmm")
-            .arg(&dir)
-            .arg("--")
-            .args(&argv)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(vmm_log);
-        // SAFETY: setsid is async-signal-safe. The runner and the VMM leave the daemon's session
-        // so they outlive it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| vmm_err(format!("cannot start the VMM runner: {e}")))?;
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            let _ = BufReader::new(out).read_line(&mut line);
-        }
-        let mut it = line.split_whitespace();
-        let (pid, st) = match (
-            it.next().and_then(|p| p.parse::<i32>().ok()),
-            it.next().and_then(|p| p.parse::<u64>().ok()),
-        ) {
-            (Some(p), Some(s)) => (p, s),
-            _ => {
-                let _ = child.wait();
-                return Err(vmm_err(format!(
-                    "cannot start {}: {}",
-                    xhyve.display(),
-                    line.trim().trim_start_matches("error: ")
-                )));
-            }
-        };
+        let (child, pid, st) = process::spawn_runner(&dir, &argv, vmm_log).map_err(vmm_err)?;
         let runner_pid = child.id() as i32;
         let proc = Process {
             pid,

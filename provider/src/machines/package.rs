@@ -97,11 +97,13 @@ fn members(rec: &MachineRecord, vagrantfile: Option<PathBuf>) -> Vec<(String, Pa
     for (n, d) in rec.disks.iter().enumerate() {
         files.push((format!("disk{n}.img"), PathBuf::from(&d.path)));
     }
-    let box_vagrantfile = Path::new(&rec.bx.path).join("Vagrantfile");
-    match vagrantfile {
-        Some(v) => files.push(("Vagrantfile".into(), v)),
-        None if box_vagrantfile.is_file() => files.push(("Vagrantfile".into(), box_vagrantfile)),
-        None => {}
+    let box_vagrantfile = rec
+        .bx
+        .as_ref()
+        .map(|b| Path::new(&b.path).join("Vagrantfile"))
+        .filter(|v| v.is_file());
+    if let Some(v) = vagrantfile.or(box_vagrantfile) {
+        files.push(("Vagrantfile".into(), v));
     }
     files
 }
@@ -288,12 +290,12 @@ mod tests {
             source: None,
             owned: true,
         }];
-        r.bx = BoxRef {
+        r.bx = Some(BoxRef {
             name: "t".into(),
             version: "0".into(),
             architecture: "amd64".into(),
             path: dir.display().to_string(),
-        };
+        });
         r
     }
 

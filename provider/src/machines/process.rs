@@ -180,6 +180,57 @@ pub fn features(xhyve: &Path) -> Result<Features, String> {
     Ok(f)
 }
 
+/// Starts `run-vmm` (below) for `argv` in the machine's directory, in a session of its own so
+/// that it and the VMM outlive the daemon; returns the runner and the VMM's pid and start time
+/// (its first stdout line). `vmm_log` takes both processes' stderr.
+pub fn spawn_runner(
+    dir: &Path,
+    argv: &[String],
+    vmm_log: fs::File,
+) -> Result<(std::process::Child, i32, u64), String> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("run-vmm")
+        .arg(dir)
+        .arg("--")
+        .args(argv)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(vmm_log);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the VMM runner: {e}"))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = io::BufReader::new(out).read_line(&mut line);
+    }
+    let mut it = line.split_whitespace();
+    match (
+        it.next().and_then(|p| p.parse::<i32>().ok()),
+        it.next().and_then(|p| p.parse::<u64>().ok()),
+    ) {
+        (Some(pid), Some(st)) => Ok((child, pid, st)),
+        _ => {
+            let _ = child.wait();
+            Err(format!(
+                "cannot start {}: {}",
+                argv.first().map_or("xhyve", String::as_str),
+                line.trim().trim_start_matches("error: ")
+            ))
+        }
+    }
+}
+
 /// `xhyve-provider run-vmm MACHINE_DIR -- XHYVE ARGS...`: runs the VMM as its child, prints
 /// `PID STARTTIME` on stdout (then closes it), waits, and writes `MACHINE_DIR/exit.json`
 /// atomically with the exit status or signal. Started in its own session by the daemon, so it

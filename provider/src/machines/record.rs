@@ -65,8 +65,9 @@ pub struct MachineRecord {
     pub id: String,
     pub name: String,
     pub uuid: String,
+    /// None for a machine made from a kernel and disks given to machine.create.
     #[serde(rename = "box")]
-    pub bx: BoxRef,
+    pub bx: Option<BoxRef>,
     pub cpus: u32,
     pub memory: String,
     pub cmdline: String,
@@ -136,7 +137,12 @@ impl MachineRecord {
     pub fn list_value(&self, dir: &Path) -> Value {
         let mut v = self.state_value();
         v["uuid"] = json!(self.uuid);
-        v["box"] = json!({"name": self.bx.name, "version": self.bx.version, "architecture": self.bx.architecture});
+        v["box"] = match &self.bx {
+            Some(b) => {
+                json!({"name": b.name, "version": b.version, "architecture": b.architecture})
+            }
+            None => Value::Null,
+        };
         v["cpus"] = json!(self.cpus);
         v["memory"] = json!(self.memory);
         v["path"] = json!(dir.display().to_string());

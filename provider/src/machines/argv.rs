@@ -1,0 +1,132 @@
+//! The `xhyve` command line that starts a machine: its devices in xhyve's slots (network in
+//! slot 2, disks after it), the user-mode port forwards and the kexec boot.
+
+use super::process::Features;
+use super::record::MachineRecord;
+use super::{ssh, NET_SLOT};
+use crate::error::{code, Error, Result};
+use crate::network::{Shared, Tap};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// What `machine.start` runs, and what it notes in vmm.log.
+pub(super) struct Launch {
+    pub argv: Vec<String>,
+    pub notes: Vec<String>,
+    /// The host port forwarded to the guest's SSH (network user).
+    pub ssh_port: Option<u16>,
+    /// Shared mode's TAP device: deleted again if the start fails before xhyve runs.
+    pub tap: Option<Tap>,
+}
+
+/// `taken`: the SSH host ports other machines have recorded.
+pub(super) fn launch(
+    xhyve: &Path,
+    feat: &Features,
+    rec: &MachineRecord,
+    console: &Path,
+    taken: &HashSet<u16>,
+    net: &Shared,
+) -> Result<Launch> {
+    let vmm_err = |m: String| Error::new(code::VMM_FAILED, m);
+    let mut argv: Vec<String> = vec![
+        xhyve.display().to_string(),
+        "-A".into(),
+        "-U".into(),
+        rec.uuid.clone(),
+        "-c".into(),
+        rec.cpus.to_string(),
+        "-m".into(),
+        rec.memory.clone(),
+    ];
+    if feat.hostbridge {
+        argv.extend(["-s".into(), "0,hostbridge".into()]);
+    }
+    if feat.lpc {
+        argv.extend(["-s".into(), "31,lpc".into()]);
+    }
+    let mut notes = Vec::new();
+    let mode = rec.network["mode"].as_str().unwrap_or("user");
+    let mut ssh_port = None;
+    let mut tap = None;
+    match mode {
+        "user" if feat.virtio_net => {
+            let port = ssh::pick_port(rec.ssh_port, taken)
+                .map_err(|e| vmm_err(format!("choosing the SSH host port: {e}")))?;
+            if rec.ssh_port.is_some_and(|p| p != port) {
+                notes.push(format!(
+                    "SSH host port {} is taken: now {port}",
+                    rec.ssh_port.unwrap_or(0)
+                ));
+            }
+            let mut dev = format!(
+                "{NET_SLOT},virtio-net,user,hostfwd=tcp:{}:{port}-:22",
+                ssh::HOST
+            );
+            for f in rec.network["forwarded_ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let guest = f["guest"].as_u64().unwrap_or(0);
+                let host = f["host"].as_u64().unwrap_or(guest);
+                let ip = f["host_ip"].as_str().unwrap_or("127.0.0.1");
+                let proto = f["protocol"].as_str().unwrap_or("tcp");
+                dev.push_str(&format!(",hostfwd={proto}:{ip}:{host}-:{guest}"));
+            }
+            argv.extend(["-s".into(), dev]);
+            ssh_port = Some(port);
+        }
+        "user" => notes.push(format!(
+            "{} has no virtio-net: the machine has no network (and no SSH)",
+            xhyve.display()
+        )),
+        "shared" if feat.virtio_tap => {
+            let t = net.prepare(&rec.id)?;
+            argv.extend(["-s".into(), format!("{NET_SLOT},virtio-tap,{}", t.name())]);
+            if rec.network["forwarded_ports"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+            {
+                notes.push("forwarded_ports apply to network user only: in network shared the guest's own address is reachable".into());
+            }
+            tap = Some(t);
+        }
+        "shared" => notes.push(format!(
+            "{} has no virtio-tap: the machine has no network (and no SSH)",
+            xhyve.display()
+        )),
+        _ => {}
+    }
+    if feat.virtio_blk {
+        for (i, d) in rec.disks.iter().enumerate() {
+            argv.extend([
+                "-s".into(),
+                format!("{},virtio-blk,{}", i + NET_SLOT + 1, d.path),
+            ]);
+        }
+    } else if !rec.disks.is_empty() {
+        notes.push(format!(
+            "{} has no virtio-blk: the machine's {} disk(s) are not attached",
+            xhyve.display(),
+            rec.disks.len()
+        ));
+    }
+    argv.extend([
+        "-l".into(),
+        format!("com1,log={}", console.display()),
+        "-f".into(),
+        format!(
+            "kexec,{},{},{}",
+            rec.kernel,
+            rec.initrd.clone().unwrap_or_default(),
+            rec.cmdline
+        ),
+    ]);
+    Ok(Launch {
+        argv,
+        notes,
+        ssh_port,
+        tap,
+    })
+}

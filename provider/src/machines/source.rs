@@ -1,0 +1,270 @@
+//! Where a new machine's kernel, initrd, first disks and defaults come from: an installed box
+//! (its `metadata.json`, see boxes/README.md) or files named in `machine.create` itself (a
+//! machine without a box, as Packer builds from a kernel and a disk image).
+
+use super::invalid_field;
+use crate::boxes::{catalog, store, version};
+use crate::error::{Error, Result};
+use crate::home::Home;
+use serde_json::{json, Value};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// A machine's origin: the box (its directory and record) or none, and the files and defaults
+/// it gives (a box's `metadata.json`; for files given directly, no disks and no defaults).
+pub(super) struct Source {
+    pub bx: Option<(PathBuf, store::BoxRecord)>,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub cpus: Option<u32>,
+    pub memory: Option<Value>,
+    pub disks: Vec<PathBuf>,
+}
+
+impl Source {
+    /// machine.create's `box`, or its `kernel` and `initrd`: exactly one of the two ways.
+    pub fn resolve(
+        home: &Home,
+        bx: Option<&Value>,
+        kernel: Option<&str>,
+        initrd: Option<&str>,
+    ) -> Result<Source> {
+        match (bx, kernel) {
+            (Some(spec), None) => {
+                if initrd.is_some() {
+                    return Err(invalid_field("initrd", "a box names its own initrd"));
+                }
+                let (dir, rec) = resolve_box(home, spec)?;
+                let mut src = read_meta(&dir, &rec.name)?;
+                src.bx = Some((dir, rec));
+                Ok(src)
+            }
+            (None, Some(k)) => Ok(Source {
+                bx: None,
+                kernel: given_file("kernel", k)?,
+                initrd: initrd.map(|i| given_file("initrd", i)).transpose()?,
+                cmdline: None,
+                cpus: None,
+                memory: None,
+                disks: Vec::new(),
+            }),
+            (Some(_), Some(_)) => Err(invalid_field(
+                "kernel",
+                "give a box or a kernel, not both (a box names its kernel)",
+            )),
+            (None, None) => Err(invalid_field(
+                "box",
+                "missing: give an installed box, or a kernel (and initrd) to boot without one",
+            )),
+        }
+    }
+}
+
+/// A file named in machine.create's params: an absolute path to a regular file, no comma
+/// (xhyve's option syntax separates with commas).
+pub(super) fn given_file(field: &str, path: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(path);
+    if !p.is_absolute() || path.contains(',') {
+        return Err(invalid_field(
+            field,
+            format!("{path:?}: an absolute path without commas"),
+        ));
+    }
+    match fs::metadata(&p) {
+        Ok(m) if m.is_file() => Ok(p),
+        Ok(_) => Err(invalid_field(
+            field,
+            format!("{path} is not a regular file"),
+        )),
+        Err(e) => Err(invalid_field(field, format!("{path}: {e}"))),
+    }
+}
+
+/// A file named by a box's metadata: relative, inside the box, a regular file, no comma (xhyve's
+/// option syntax separates with commas).
+fn box_file(dir: &Path, rel: &str, what: &str, box_name: &str) -> Result<PathBuf> {
+    let bad = |m: String| Error::bad_box(format!("box {box_name:?}: metadata.json {what}: {m}"));
+    let p = Path::new(rel);
+    if rel.is_empty()
+        || p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(bad(format!(
+            "{rel:?} is not a path inside the box (e.g. \"vmlinux\")"
+        )));
+    }
+    let full = dir.join(p);
+    if full.to_string_lossy().contains(',') {
+        return Err(bad(format!(
+            "{} has a comma, which xhyve's options cannot carry",
+            full.display()
+        )));
+    }
+    match fs::metadata(&full) {
+        Ok(m) if m.is_file() => Ok(full),
+        Ok(_) => Err(bad(format!("{rel:?} is not a regular file"))),
+        Err(e) => Err(bad(format!("{rel:?}: {e}"))),
+    }
+}
+
+fn read_meta(dir: &Path, box_name: &str) -> Result<Source> {
+    let p = dir.join("metadata.json");
+    let v: Value = fs::read(&p)
+        .map_err(|e| {
+            Error::bad_box(format!(
+                "box {box_name:?}: cannot read {}: {e}",
+                p.display()
+            ))
+        })
+        .and_then(|t| {
+            serde_json::from_slice(&t).map_err(|e| {
+                Error::bad_box(format!("box {box_name:?}: metadata.json is not JSON: {e}"))
+            })
+        })?;
+    let bad = |m: &str| {
+        Error::bad_box(format!(
+            "box {box_name:?}: metadata.json {m} (see boxes/README.md)"
+        ))
+    };
+    let kernel = v
+        .get("kernel")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("has no \"kernel\": an xhyve box names the kernel it boots"))?;
+    let kernel = box_file(dir, kernel, "kernel", box_name)?;
+    let initrd = match v.get("initrd") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(box_file(dir, s, "initrd", box_name)?),
+        Some(_) => return Err(bad("\"initrd\" is not a string")),
+    };
+    let cmdline = match v.get("cmdline") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(bad("\"cmdline\" is not a string")),
+    };
+    let cpus = match v.get("cpus") {
+        None | Some(Value::Null) => None,
+        Some(c) => Some(
+            c.as_u64()
+                .filter(|c| (1..=255).contains(c))
+                .ok_or_else(|| bad("\"cpus\" is not a number from 1 to 255"))? as u32,
+        ),
+    };
+    let memory = v.get("memory").filter(|m| !m.is_null()).cloned();
+    let mut disks = Vec::new();
+    match v.get("disks") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            for d in a {
+                let s = d
+                    .as_str()
+                    .ok_or_else(|| bad("\"disks\" is not an array of file names"))?;
+                disks.push(box_file(dir, s, "disks", box_name)?);
+            }
+        }
+        Some(_) => return Err(bad("\"disks\" is not an array of file names")),
+    }
+    Ok(Source {
+        bx: None,
+        kernel,
+        initrd,
+        cmdline,
+        cpus,
+        memory,
+        disks,
+    })
+}
+
+/// `box` param: `"NAME"` or `{name, version?, architecture?}` (version: a constraint).
+fn resolve_box(home: &Home, spec: &Value) -> Result<(PathBuf, store::BoxRecord)> {
+    let (name, constraint, arch) = match spec {
+        Value::String(s) => (s.clone(), None, None),
+        Value::Object(o) => {
+            if let Some(k) = o
+                .keys()
+                .find(|k| !["name", "version", "architecture"].contains(&k.as_str()))
+            {
+                return Err(invalid_field(
+                    "box",
+                    format!("unknown field {k:?} (name, version, architecture)"),
+                ));
+            }
+            let get = |k: &str| -> Result<Option<String>> {
+                match o.get(k) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s.clone())),
+                    Some(other) => Err(invalid_field(
+                        &format!("box.{k}"),
+                        format!("{other} is not a string"),
+                    )),
+                }
+            };
+            let name = get("name")?.ok_or_else(|| invalid_field("box.name", "missing"))?;
+            (name, get("version")?, get("architecture")?)
+        }
+        _ => return Err(invalid_field(
+            "box",
+            "expected a box name (\"acme/tiny\") or {\"name\", \"version\"?, \"architecture\"?}",
+        )),
+    };
+    store::check_name(&name).map_err(|e| invalid_field("box", e))?;
+    let req = constraint
+        .as_deref()
+        .map(version::Requirement::parse)
+        .transpose()
+        .map_err(|e| invalid_field("box.version", e))?;
+    let arch = arch.unwrap_or_else(|| catalog::host_arch().to_string());
+    let all = store::installed(home);
+    // `installed` sorts versions oldest first: the newest match is the last.
+    let found = all.iter().rfind(|(_, r)| {
+        r.name == name
+            && r.architecture == arch
+            && match &req {
+                None => true,
+                Some(q) => version::Version::parse(&r.version).is_ok_and(|v| q.matches(&v)),
+            }
+    });
+    match found {
+        Some((p, r)) => Ok((p.clone(), r.clone())),
+        None => {
+            let have: Vec<String> = all
+                .iter()
+                .filter(|(_, r)| r.name == name)
+                .map(|(_, r)| format!("{} ({})", r.version, r.architecture))
+                .collect();
+            let want = match &constraint {
+                Some(c) => format!("box {name:?} version {c} ({arch})"),
+                None => format!("box {name:?} ({arch})"),
+            };
+            let hint = if have.is_empty() {
+                "box.list shows the installed boxes, box.add installs one".to_string()
+            } else {
+                format!("installed: {}", have.join(", "))
+            };
+            Err(Error::not_found(format!("{want} is not installed; {hint}"))
+                .with_data(json!({"box": name})))
+        }
+    }
+}
+
+/// Where a machine without a box keeps its kernel and initrd: `boot/` in its directory, under
+/// their own file names (an initrd named as the kernel gets an `initrd-` prefix).
+pub(super) fn boot_copies(
+    dir: &Path,
+    kernel: &Path,
+    initrd: Option<&Path>,
+) -> Vec<(PathBuf, PathBuf)> {
+    let boot = dir.join("boot");
+    let name = |p: &Path| p.file_name().map_or("file".into(), |n| n.to_os_string());
+    let mut v = vec![(kernel.to_path_buf(), boot.join(name(kernel)))];
+    if let Some(i) = initrd {
+        let mut n = name(i);
+        if n == name(kernel) {
+            n = format!("initrd-{}", n.to_string_lossy()).into();
+        }
+        v.push((i.to_path_buf(), boot.join(n)));
+    }
+    v
+}

@@ -1,0 +1,151 @@
+"""`packer build` with the real Packer, plugin, provider and VMM: the tiny box boots, a shell
+provisioner writes a file on a disk the template adds, and the exported .box carries it: the
+provider imports that box from the build's catalog, boots it, and the file is there. Then a
+Ctrl-C while the guest boots, and a build from a kernel, initrd and disk image.
+
+Guest boots take ~2-3 min on the nested host (BOOT_TIMEOUT bounds every wait)."""
+
+import hashlib
+import json
+import os
+import secrets
+import tarfile
+import time
+
+import pytest
+
+from guest import BOOT_TIMEOUT
+from packer_util import Rpc, hcl_template
+
+# The guest mounts the disk named by xhyve.data= on /data (boxes/tiny/init) for user vagrant.
+DATA_CMDLINE = "console=ttyS0 xhyve.data=vda"
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def vmm_processes(rpc):
+    """Processes other than the daemon whose command line names its home (xhyve, its runner)."""
+    pids = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if str(rpc.home).encode() in f.read() and int(d) != rpc.proc.pid:
+                    pids.append(int(d))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.fixture
+def rpc(provider_bin, tmp_path):
+    r = Rpc(provider_bin, tmp_path / "home")
+    yield r
+    r.close()
+
+
+def source(rpc, provider_bin, tiny_box_file, out, **extra):
+    s = {"box_url": str(tiny_box_file), "box_name": "xhyve/tiny", "box_version": "1.0.0",
+         "box_checksum": f"sha256:{sha256(tiny_box_file)}", "xhyve_home": str(rpc.home),
+         "provider_command": str(provider_bin), "ssh_timeout": f"{int(BOOT_TIMEOUT)}s",
+         "output_directory": str(out)}
+    s.update(extra)
+    return s
+
+
+def test_build_then_boot_the_new_box(packer, rpc, provider_bin, tiny_box_file):
+    token = secrets.token_hex(8)
+    out = packer.work / "out"
+    src = source(rpc, provider_bin, tiny_box_file, out, cmdline=DATA_CMDLINE,
+                 disk_additional_size=["64M"], shutdown_timeout="3m", vm_name="tiny-data",
+                 output_box_version="1.1.0")
+    prov = ('  provisioner "shell" {\n'
+            f'    inline = ["echo {token} > /data/hello", "sync", "cat /data/hello"]\n'
+            '  }\n')
+    (packer.work / "t.pkr.hcl").write_text(hcl_template(src, prov))
+    t0 = time.monotonic()
+    r = packer.run("build", "-color=false", "t.pkr.hcl", timeout=3 * BOOT_TIMEOUT)
+    took = time.monotonic() - t0
+    print(f"packer build: {took:.0f} s\n{r.stdout}")
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{packer.log_tail()}"
+    assert f"xhyve.tiny: {token}" in r.stdout, "the provisioner's output"
+    assert "The guest is off: powered off" in r.stdout, "a clean power-off, not a kill"
+    assert rpc.call("machine.list") == [], "no machine outlives the build"
+    assert vmm_processes(rpc) == []
+
+    box, catalog_path = out / "tiny-data.box", out / "tiny-data.json"
+    assert f"xhyve box: {box} (sha256:{sha256(box)}); catalog: {catalog_path}" in r.stdout
+    catalog = json.loads(catalog_path.read_text())
+    assert catalog == {"name": "tiny-data", "versions": [{"version": "1.1.0", "providers": [
+        {"name": "xhyve", "url": "tiny-data.box", "checksum_type": "sha256", "checksum": sha256(box)}]}]}
+    with tarfile.open(box) as t:
+        meta = json.load(t.extractfile("metadata.json"))
+        assert t.getmember("disk0.img").size == 64 << 20
+    assert meta["provider"] == "xhyve" and meta["disks"] == ["disk0.img"], meta
+    assert meta["cmdline"] == DATA_CMDLINE, meta
+
+    # The provider installs the new box from the catalog (checking its sha256) and boots it.
+    added = rpc.call("box.add", {"source": str(catalog_path)})
+    assert (added["name"], added["version"]) == ("tiny-data", "1.1.0"), added
+    mid = rpc.call("machine.create", {"box": "tiny-data", "name": "check"})["id"]
+    rpc.call("machine.start", {"id": mid})
+    rpc.call("machine.wait_ssh", {"id": mid, "timeout": BOOT_TIMEOUT}, timeout=BOOT_TIMEOUT + 60)
+    res = rpc.call("machine.exec", {"id": mid, "command": "cat /data/hello"}, timeout=300)
+    stdout = "".join(n["params"]["data"] for n in rpc.notes if n["params"]["stream"] == "stdout")
+    assert res == {"exit_status": 0} and stdout == f"{token}\n", (res, rpc.notes)
+    rpc.call("machine.stop", {"id": mid, "timeout": 60})
+
+
+def test_interrupt_while_booting_leaves_nothing(packer, rpc, provider_bin, tiny_box_file):
+    out = packer.work / "out"
+    (packer.work / "t.pkr.hcl").write_text(hcl_template(source(rpc, provider_bin, tiny_box_file, out)))
+    proc = packer.start("build", "-color=false", "t.pkr.hcl")
+    log = packer.work / "out.txt"
+    deadline = time.monotonic() + 300
+    while "Waiting for SSH to become available" not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    assert rpc.call("machine.list")[0]["state"] == "running"
+    packer.interrupt(proc)
+    proc.wait(300)
+    text = log.read_text()
+    assert proc.returncode != 0, text
+    assert "Destroying machine" in text and "build was cancelled" in text, text
+    assert rpc.call("machine.list") == [], text
+    assert vmm_processes(rpc) == []
+    assert not out.exists(), "the output directory is removed"
+
+
+def test_build_from_kernel_initrd_and_disk(packer, rpc, provider_bin, tiny_box_file):
+    """No box: the tiny box's kernel and initrd and a disk image, grown by disk_size. The guest
+    need not boot (communicator none): the power button goes unanswered and the machine is
+    forced off after shutdown_timeout; the box is packed all the same."""
+    src_dir = packer.work / "src"
+    src_dir.mkdir()
+    with tarfile.open(tiny_box_file) as t:
+        for name in ("vmlinux", "initrd.img"):
+            (src_dir / name).write_bytes(t.extractfile(name).read())
+    disk = src_dir / "disk.img"
+    disk.write_bytes(b"MARK" + bytes((1 << 20) - 4))
+    out = packer.work / "out"
+    src = {"kernel": str(src_dir / "vmlinux"), "initrd": str(src_dir / "initrd.img"),
+           "disk_image": str(disk), "disk_size": "8M", "communicator": "none",
+           "shutdown_timeout": "5s", "xhyve_home": str(rpc.home),
+           "provider_command": str(provider_bin), "output_directory": str(out), "vm_name": "raw"}
+    (packer.work / "t.pkr.hcl").write_text(hcl_template(src))
+    r = packer.run("build", "-color=false", "t.pkr.hcl", timeout=600)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{packer.log_tail()}"
+    with tarfile.open(out / "raw.box") as t:
+        meta = json.load(t.extractfile("metadata.json"))
+        assert meta["disks"] == ["disk0.img"], meta
+        assert t.getmember("disk0.img").size == 8 << 20
+        assert t.extractfile("disk0.img").read(4) == b"MARK"
+        assert t.extractfile("vmlinux").read() == (src_dir / "vmlinux").read_bytes()
+    assert disk.stat().st_size == 1 << 20, "disk_image itself is never changed"
+    assert rpc.call("machine.list") == []
