@@ -1,0 +1,2 @@
+require "vagrant-xhyve/version"
+require "vagrant-xhyve/plugin"

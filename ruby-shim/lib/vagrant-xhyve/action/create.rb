@@ -1,0 +1,55 @@
+module VagrantPlugins
+  module Xhyve
+    module Action
+      # machine.create from the box ImportBox gave the daemon. The daemon reads the box's
+      # metadata.json and copies its disks; the shim only passes the Vagrantfile's settings.
+      class Create
+        # The box format's default command line (boxes/README.md).
+        DEFAULT_CMDLINE = "console=ttyS0".freeze
+
+        def initialize(app, _env)
+          @app = app
+        end
+
+        def call(env)
+          m = env[:machine]
+          box = m.box
+          c = m.provider_config
+          params = {
+            box: { name: box.name, version: box.version.to_s },
+            name: "#{m.env.root_path.basename}_#{m.name}",
+            uuid: c.uuid, cpus: c.cpus, memory: c.memory, cmdline: cmdline(m),
+            disks: c.disks,
+            network: { mode: c.network_mode, forwarded_ports: forwarded_ports(m) },
+          }.compact
+          env[:ui].info("Creating the machine from box '#{box.name}' (v#{box.version})...")
+          r = m.provider.client.call("machine.create", params)
+          m.id = r["id"]
+          env[:ui].detail("id #{r["id"]}, uuid #{r["uuid"]}: #{r["path"]}")
+          @app.call(env)
+        end
+
+        private
+
+        # config.vm.hostname as Linux's `hostname=` boot parameter (5.19 and later): it needs no
+        # root, sudo or guest plugin in the guest, and holds from the first process on. Like a
+        # hostname written to /etc/hostname by other providers, `vagrant package` keeps it.
+        def cmdline(machine)
+          base = machine.provider_config.cmdline || machine.box.metadata["cmdline"]
+          host = machine.config.vm.hostname
+          return base unless host
+          "#{base || DEFAULT_CMDLINE} hostname=#{host}"
+        end
+
+        # config.vm.network "forwarded_port" entries, except Vagrant's default SSH forward (id
+        # "ssh"): the provider forwards SSH itself, to a port it picks.
+        def forwarded_ports(machine)
+          machine.config.vm.networks.filter_map do |type, o|
+            next if type != :forwarded_port || o[:id] == "ssh"
+            { guest: o[:guest], host: o[:host], protocol: o[:protocol], host_ip: o[:host_ip] }.compact
+          end
+        end
+      end
+    end
+  end
+end

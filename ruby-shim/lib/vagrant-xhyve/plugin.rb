@@ -1,0 +1,21 @@
+require "vagrant"
+
+module VagrantPlugins
+  module Xhyve
+    class Plugin < Vagrant.plugin("2")
+      name "xhyve"
+      description "Runs machines on xhyve-rs through the xhyve-provider daemon."
+
+      config(:xhyve, :provider) do
+        require_relative "config"
+        Config
+      end
+
+      # parallel: every call opens its own connection and the daemon serialises calls per machine.
+      provider(:xhyve, box_format: "xhyve", parallel: true) do
+        require_relative "provider"
+        Provider
+      end
+    end
+  end
+end

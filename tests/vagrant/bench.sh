@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# What `vagrant up` adds to the guest's own boot: its wall time minus the guest's boot-to-SSH time
+# (from the moment xhyve runs to the tiny guest's console line "XHYVE-TINY: ssh-ready", printed
+# once its sshd listens). Each run is a fresh `vagrant up` of the tiny box (create, start, wait for
+# SSH, Vagrant's own SSH check), then `vagrant destroy -f`. Prints figures; it is not a test.
+# usage: tests/vagrant/bench.sh [RUNS]   (default 1; a run boots the guest once: minutes here)
+# Binaries and guest files as the tests take them: XHYVE_PROVIDER_BIN, XHYVE_BIN, XHYVE_TINY.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+runs=${1:-1}
+provider=${XHYVE_PROVIDER_BIN:-$ROOT/target/release/xhyve-provider}
+xhyve=${XHYVE_BIN:-$ROOT/target/release/xhyve}
+tiny=${XHYVE_TINY:-$ROOT/target/boxes/tiny}
+work=$(mktemp -d)
+export VAGRANT_HOME=$work/vagrant.d XHYVE_HOME=$work/xhyve VAGRANT_CHECKPOINT_DISABLE=1
+
+cleanup() {
+	if [ -S "$XHYVE_HOME/provider.sock" ]; then
+		(cd "$work/project" && vagrant destroy -f >/dev/null 2>&1) || true
+		pid=$("$provider" call --no-start provider.info 2>/dev/null | sed -n 's/^ *"pid": \([0-9]*\).*/\1/p')
+		[ -z "$pid" ] || kill "$pid"
+	fi
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+# Prefixes each line with the seconds since $1.
+stamp() { while IFS= read -r l; do printf '%.2f %s\n' "$(echo "$(now) - $1" | bc)" "$l"; done; }
+# The stamp of the first line matching $2 in file $1.
+at() { awk -v re="$2" '$0 ~ re { print $1; exit }' "$1"; }
+# Prints the seconds since $1 at which the guest's console says its sshd listens.
+watch_ready() {
+	until grep -qs "XHYVE-TINY: ssh-ready" "$XHYVE_HOME"/machines/*/console.log; do sleep 0.1; done
+	echo "$(now) - $1" | bc
+}
+
+(cd "$ROOT/ruby-shim" && gem build vagrant-xhyve.gemspec --output "$work/shim.gem" >/dev/null 2>&1)
+mkdir "$work/project" && cd "$work/project"
+vagrant plugin install "$work/shim.gem" --plugin-clean-sources >/dev/null
+"$ROOT/boxes/package.sh" "$work/tiny.box" "$tiny" --kernel vmlinux --initrd initrd.img \
+	--cmdline console=ttyS0 --cpus 1 --memory 256M 2>/dev/null
+vagrant box add --name xhyve/tiny "$work/tiny.box" >/dev/null
+cat >Vagrantfile <<EOF
+Vagrant.configure("2") do |config|
+  config.vm.box = "xhyve/tiny"
+  config.vm.boot_timeout = 900
+  # The tiny box's needs (ruby-shim/README.md, "Guests").
+  config.vm.guest = :linux
+  config.vm.allow_fstab_modification = false
+  config.vm.synced_folder ".", "/vagrant", disabled: true
+  config.ssh.shell = "sh"
+  config.ssh.insert_key = false
+  config.ssh.connect_timeout = 120
+  config.vm.provider :xhyve do |x|
+    x.provider_bin = "$provider"
+    x.xhyve_bin = "$xhyve"
+  end
+end
+EOF
+
+t=$(now); vagrant status >/dev/null; status_s=$(echo "$(now) - $t" | bc)
+printf 'vagrant status (Vagrant start-up, plugin load, one machine.state): %.2f s\n' "$status_s"
+printf '%4s %7s %7s %7s | %7s %7s %7s %7s %7s\n' run up guest added before create detect comm after
+for i in $(seq "$runs"); do
+	log=$work/up$i.log
+	t=$(now)
+	watch_ready "$t" >"$work/ready$i" &
+	watcher=$!
+	if ! vagrant up --provider=xhyve 2>&1 | stamp "$t" >"$log"; then
+		kill "$watcher"
+		cat "$log"
+		grep -ah "segfault\|general protection" "$XHYVE_HOME"/machines/*/console.log || true
+		exit 1
+	fi
+	total=$(echo "$(now) - $t" | bc)
+	wait "$watcher"
+	listening=$(cat "$work/ready$i")
+	creating=$(at "$log" "Creating the machine")
+	running=$(at "$log" "xhyve runs")
+	answered=$(at "$log" "SSH answered")
+	ready=$(at "$log" "Machine booted and ready")
+	guest=$(echo "$listening - $running" | bc)
+	printf '%4d %7.1f %7.1f %7.1f | %7.1f %7.1f %7.1f %7.1f %7.1f\n' "$i" "$total" "$guest" \
+		"$(echo "$total - $guest" | bc)" "$creating" "$(echo "$running - $creating" | bc)" \
+		"$(echo "$answered - $listening" | bc)" "$(echo "$ready - $answered" | bc)" \
+		"$(echo "$total - $ready" | bc)"
+	grep -o 'SSH answered.*' "$log" | sed 's/^/     provider: /'
+	vagrant destroy -f >/dev/null
+done
+cat <<'EOF'
+Seconds. up: vagrant up's wall time; guest: from "xhyve runs" (machine.start returned) to the
+console's ssh-ready (the guest's own boot to SSH); added = up - guest, made of: before = Vagrant's
+start-up, box lookup and the box's hand-over to the daemon (first run only; also the daemon's start)
+up to machine.create;
+create = machine.create + machine.start; detect = machine.wait_ssh's login after sshd listens;
+comm = Vagrant's own SSH connection (WaitForCommunicator); after = the synced-folder step and
+Vagrant's exit.
+EOF

@@ -1,0 +1,177 @@
+"""The vagrant-xhyve gem end to end: Debian's `vagrant` drives the real daemon and the tiny guest.
+One machine's life takes three boots (up, up after halt, reload); the rest needs none."""
+
+import json
+import os
+import pty
+import select
+import socket
+import subprocess
+import tarfile
+import time
+
+from guest import BOOT_TIMEOUT
+from vagrant_util import BOOT_CMD_TIMEOUT
+
+# What the tiny box (busybox and dropbear in an initramfs, no sudo, no rsync) needs from a
+# Vagrantfile: ruby-shim/README.md, "Guests".
+TINY_SETTINGS = """
+  config.vm.guest = :linux
+  config.vm.allow_fstab_modification = false
+  config.vm.synced_folder ".", "/vagrant", disabled: true
+  config.ssh.shell = "sh"
+  config.ssh.insert_key = false
+  config.ssh.connect_timeout = 120
+"""
+
+
+def vagrantfile(provider_bin, xhyve_bin, body="", provider=""):
+    return f"""Vagrant.configure("2") do |config|
+  config.vm.box = "xhyve/tiny"
+{TINY_SETTINGS}{body}
+  config.vm.provider :xhyve do |x|
+    x.provider_bin = "{provider_bin}"
+    x.xhyve_bin = "{xhyve_bin}"
+{provider}  end
+end
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ssh_banner(port):
+    """dropbear answers once the client has sent its own identification."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+        s.sendall(b"SSH-2.0-probe\r\n")
+        return s.recv(64)
+
+
+def run_answering(v, args, answer, timeout=300):
+    """Runs vagrant on a terminal (it asks only there) and answers its [y/N] question."""
+    master, slave = pty.openpty()
+    p = subprocess.Popen(["vagrant", *args], cwd=v.project, env=dict(v.env, TERM="dumb"),
+                         stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    out, answered, deadline = b"", False, time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 1)[0]:
+                continue
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: vagrant exited and closed the terminal
+                break
+            out += data
+            if not answered and b"[y/N]" in out:
+                os.write(master, answer)
+                answered = True
+        return p.wait(timeout=60), out.decode(errors="replace")
+    finally:
+        p.kill()
+        os.close(master)
+
+
+def test_machine_life(vagrant, provider_bin, xhyve_bin, box_catalog):
+    v = vagrant
+    times = {}
+    out = v.run("box", "add", box_catalog).stdout
+    assert "Successfully added box 'xhyve/tiny' (v1.0.0) for 'xhyve'" in out, out
+
+    probe = free_port()
+    v.vagrantfile(vagrantfile(provider_bin, xhyve_bin, f"""
+  config.vm.hostname = "xhyve-e2e"
+  config.vm.boot_timeout = {int(BOOT_TIMEOUT)}
+  config.vm.network "forwarded_port", guest: 22, host: {probe}, id: "probe"
+  config.vm.provision "shell", privileged: false, upload_path: "/home/vagrant/vagrant-shell",
+    inline: "echo provisioned as $(id -un) on $(hostname)"
+""", '    x.memory = "256M"\n'))
+
+    t = time.monotonic()
+    out = v.run("up", "--provider=xhyve", timeout=BOOT_CMD_TIMEOUT).stdout
+    times["up"] = time.monotonic() - t
+    assert "Machine booted and ready!" in out, out
+    assert "provisioned as vagrant on xhyve-e2e" in out, out
+    assert "Handing box 'xhyve/tiny' (v1.0.0) to xhyve-provider" in out, out
+    assert [(b["name"], b["version"]) for b in v.call("box.list")] == [("xhyve/tiny", "1.0.0")]
+    assert v.state() == "running"
+
+    p = v.run("ssh", "-c", "uname -a")
+    assert p.stdout.startswith("Linux xhyve-e2e "), p.stdout
+    assert ssh_banner(probe).startswith(b"SSH-2.0-dropbear"), "the forwarded port reaches sshd"
+    cfg = v.ssh_config()
+    assert cfg["HostName"] == "127.0.0.1" and cfg["User"] == "vagrant", cfg
+    assert os.path.isfile(cfg["IdentityFile"]), cfg
+
+    rc, out = run_answering(v, ["destroy"], b"n\n")
+    assert rc == 1 and "will not be destroyed" in out, out  # 1: every machine declined
+    assert v.state() == "running"
+
+    out = v.run("halt").stdout
+    assert "powered off" in out, out
+    assert v.state() == "stopped"
+
+    t = time.monotonic()
+    out = v.run("up", timeout=BOOT_CMD_TIMEOUT).stdout
+    times["up_again"] = time.monotonic() - t
+    assert "Machine already provisioned" in out, out
+    again = v.ssh_config()
+    assert (again["HostName"], again["Port"]) == (cfg["HostName"], cfg["Port"]), (cfg, again)
+
+    t = time.monotonic()
+    out = v.run("provision").stdout
+    times["provision"] = time.monotonic() - t
+    assert "provisioned as vagrant on xhyve-e2e" in out, out
+
+    t = time.monotonic()
+    v.run("reload", timeout=BOOT_CMD_TIMEOUT)
+    times["reload"] = time.monotonic() - t
+    uptime = float(v.run("ssh", "-c", "cat /proc/uptime").stdout.split()[0])
+    since = time.monotonic() - t  # read after the uptime: it includes the ssh command's own time
+    assert uptime < since, f"no reboot during reload: up {uptime} s, reload began {since} s ago"
+
+    # package halts the machine and writes its boot files as a box Vagrant can add.
+    out = v.run("package", "--output", "pkg.box").stdout
+    assert "package: " in out and " MiB done" in out, "the provider's progress is shown"
+    assert v.state() == "stopped"
+    pkg = v.project / "pkg.box"
+    with tarfile.open(pkg) as t:
+        names = t.getnames()
+        meta = t.extractfile("metadata.json").read()
+    assert {"metadata.json", "vmlinux", "initrd.img"} <= set(names), names
+    assert json.loads(meta)["provider"] == "xhyve", meta
+    out = v.run("box", "add", "--name", "xhyve/pkg", str(pkg)).stdout
+    assert "Successfully added box 'xhyve/pkg'" in out, out
+
+    v.run("destroy", "-f")
+    assert v.state() == "not_created"
+    assert v.call("machine.list") == [], "the provider's machine is gone too"
+    print(f"vagrant timings (s): { {k: round(x, 1) for k, x in times.items()} }")
+
+
+def test_bad_values_are_explained(vagrant, provider_bin, xhyve_bin):
+    v = vagrant
+    v.vagrantfile(vagrantfile(provider_bin, xhyve_bin, provider="""
+    x.cpus = 0
+    x.memory = "lots"
+    x.network_mode = "bridged"
+    x.disks = [{size: "10G"}, {path: "disk.img"}]
+"""))
+    expected = [
+        "There are errors in the configuration of this machine",
+        "xhyve provider:",
+        "* cpus: 0 is not a number of vCPUs from 1 to 255",
+        '* memory: "lots" is not a size',
+        '* network_mode: "bridged" is not one of user, shared',
+        "* disks[1]: {:path=>\"disk.img\"}: path is not an absolute path",
+    ]
+    for args in (["validate"], ["up", "--provider=xhyve"]):
+        p = v.run(*args, ok=False)
+        assert p.returncode == 1, p
+        for line in expected:
+            assert line in p.stderr, (args, p.stderr)
+        assert "disks[0]" not in p.stderr, p.stderr
+    assert not v.xhyve_home.exists(), "validation fails before the shim calls the provider"
