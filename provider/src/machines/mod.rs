@@ -438,7 +438,7 @@ impl Machines {
             .mode(0o700)
             .create(self.home.machines())?;
         // The record appears under the box lock: box.remove either sees it or ran before.
-        let (id, dir, mut rec, boot) = {
+        let (id, dir, mut rec) = {
             let _g = lock(&boxes.lock);
             if let Some((_, other)) = self.records().into_iter().find(|(_, r)| r.uuid == uuid) {
                 return Err(Error::new(
@@ -501,14 +501,9 @@ impl Machines {
                 .collect();
             // Boot files of a box stay in the box (box.remove refuses while machines use it);
             // files given directly are copied into the machine, which then owns them.
-            let boot = match &meta.bx {
-                Some(_) => Vec::new(),
-                None => source::boot_copies(&dir, &meta.kernel, meta.initrd.as_deref()),
-            };
-            let kernel = boot.first().map_or(&meta.kernel, |(_, dst)| dst);
-            let initrd = match (&meta.initrd, boot.get(1)) {
-                (_, Some((_, dst))) => Some(dst),
-                (i, None) => i.as_ref(),
+            let (kernel, initrd) = match &meta.bx {
+                Some(_) => (meta.kernel.clone(), meta.initrd.clone()),
+                None => source::boot_paths(&dir, &meta.kernel, meta.initrd.as_deref()),
             };
             let rec = MachineRecord {
                 id: id.clone(),
@@ -540,12 +535,17 @@ impl Machines {
                 let _ = fs::remove_dir_all(&dir);
                 return Err(e);
             }
-            (id, dir, rec, boot)
+            (id, dir, rec)
         };
         let slot = self.slot(&id);
         let _op = lock(&slot.op);
         let made = (|| -> Result<()> {
-            for (src, dst) in &boot {
+            // Without a box, the kernel and initrd are copied to where the record says.
+            let boot = std::iter::once((&meta.kernel, &rec.kernel))
+                .chain(meta.initrd.iter().zip(&rec.initrd))
+                .filter(|_| meta.bx.is_none());
+            for (src, dst) in boot {
+                let dst = Path::new(dst);
                 fs::create_dir_all(dst.parent().unwrap_or(&dir))
                     .and_then(|()| fs::copy(src, dst))
                     .map_err(|e| {

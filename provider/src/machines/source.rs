@@ -249,22 +249,21 @@ fn resolve_box(home: &Home, spec: &Value) -> Result<(PathBuf, store::BoxRecord)>
     }
 }
 
-/// Where a machine without a box keeps its kernel and initrd: `boot/` in its directory, under
-/// their own file names (an initrd named as the kernel gets an `initrd-` prefix).
-pub(super) fn boot_copies(
+/// Where a machine without a box keeps its copies of the kernel and initrd: `boot/` in its
+/// directory, under their own file names (an initrd named as the kernel gets an `initrd-` prefix).
+pub(super) fn boot_paths(
     dir: &Path,
     kernel: &Path,
     initrd: Option<&Path>,
-) -> Vec<(PathBuf, PathBuf)> {
+) -> (PathBuf, Option<PathBuf>) {
     let boot = dir.join("boot");
     let name = |p: &Path| p.file_name().map_or("file".into(), |n| n.to_os_string());
-    let mut v = vec![(kernel.to_path_buf(), boot.join(name(kernel)))];
-    if let Some(i) = initrd {
+    let initrd = initrd.map(|i| {
         let mut n = name(i);
         if n == name(kernel) {
             n = format!("initrd-{}", n.to_string_lossy()).into();
         }
-        v.push((i.to_path_buf(), boot.join(n)));
-    }
-    v
+        boot.join(n)
+    });
+    (boot.join(name(kernel)), initrd)
 }
