@@ -1,8 +1,10 @@
-"""Shared fixtures: the real `xhyve` binary and the real tiny box (kernel + busybox initrd)."""
+"""Shared fixtures: the real `xhyve` and `xhyve-provider` binaries and the real tiny box (kernel +
+busybox initrd, and as a .box)."""
 
 import os
 import re
 import pathlib
+import subprocess
 
 import pytest
 
@@ -19,11 +21,27 @@ def xhyve_bin():
 
 
 @pytest.fixture(scope="session")
+def provider_bin():
+    path = pathlib.Path(os.environ.get("XHYVE_PROVIDER_BIN", ROOT / "target/release/xhyve-provider"))
+    assert path.is_file(), f"{path} missing: build it first (cargo build --release --workspace)"
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_box():
     path = pathlib.Path(os.environ.get("XHYVE_TINY", ROOT / "target/boxes/tiny"))
     for name in ("vmlinux", "vmlinuz", "initrd.img"):
         assert (path / name).is_file(), f"{path / name} missing: run boxes/tiny/build.sh"
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_box_file(tiny_box, tmp_path_factory):
+    """The tiny box as a .box file: boxes/package.sh's defaults are boxes/tiny/box.sh's options."""
+    out = tmp_path_factory.mktemp("tinybox") / "tiny.box"
+    subprocess.run([str(ROOT / "boxes/package.sh"), str(out), str(tiny_box)], check=True,
+                   capture_output=True)
+    return out
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
 """Fixtures of the Packer plugin's end-to-end tests (defined in packer_util.py, which the tests
 also import helpers from: a module name no other test directory uses)."""
 
-from packer_util import packer, provider_bin, tiny_box_file  # noqa: F401
+from packer_util import packer, rpc  # noqa: F401

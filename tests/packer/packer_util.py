@@ -1,83 +1,32 @@
 """Helpers and fixtures of the Packer tests: a real Packer (packer-plugin/build-packer.sh) that
-finds the real plugin through PACKER_PLUGIN_PATH, the real provider daemon on a temporary
-XHYVE_HOME, and the real tiny box (boxes/tiny/box.sh)."""
+finds the real plugin through PACKER_PLUGIN_PATH, and the real provider daemon on a temporary
+XHYVE_HOME (provider_util's Daemon)."""
 
 import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
-import time
+import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(ROOT / "tests/provider"))
+from provider_util import Daemon  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def provider_bin():
-    path = pathlib.Path(os.environ.get("XHYVE_PROVIDER_BIN", ROOT / "target/release/xhyve-provider"))
-    assert path.is_file(), f"{path} missing: build it first (cargo build --release --workspace)"
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_box_file(tmp_path_factory):
-    """The tiny box as a .box file: $XHYVE_TINY_BOX, else made by boxes/tiny/box.sh."""
-    if os.environ.get("XHYVE_TINY_BOX"):
-        return pathlib.Path(os.environ["XHYVE_TINY_BOX"])
-    out = tmp_path_factory.mktemp("tinybox") / "tiny.box"
-    subprocess.run([str(ROOT / "boxes/tiny/box.sh"), str(out)], check=True)
-    return out
-
-
-class Rpc:
-    """The provider daemon of one XHYVE_HOME, started by us (and stopped at the end), with a
-    minimal newline-delimited JSON-RPC client."""
-
-    def __init__(self, provider_bin, home):
-        self.home = home
-        self.sock = home / "provider.sock"
-        self.log = home.parent / "provider-serve.log"
-        self.proc = subprocess.Popen([str(provider_bin), "serve", "--home", str(home)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "wb"))
-        deadline = time.monotonic() + 10
-        while not self.sock.exists():
-            assert self.proc.poll() is None, f"serve exited: {self.log.read_text()}"
-            assert time.monotonic() < deadline, "the daemon did not listen"
-            time.sleep(0.05)
-
-    def call(self, method, params=None, timeout=120):
-        """The result; the notifications that came first are in self.notes."""
-        self.notes = []
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(timeout)
-            s.connect(str(self.sock))
-            s.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
-                                  "params": params or {}}).encode() + b"\n")
-            f = s.makefile("rb")
-            while True:
-                line = f.readline()
-                assert line, f"{method}: the daemon closed the connection"
-                m = json.loads(line)
-                if "id" not in m:
-                    self.notes.append(m)
-                else:
-                    assert "error" not in m, f"{method}: {m['error']}"
-                    return m["result"]
-
-    def close(self):
-        """Destroys what is left (after noting it) and stops the daemon."""
-        try:
-            left = self.call("machine.list")
-            for m in left:
-                self.call("machine.destroy", {"id": m["id"], "force": True})
-            return left
-        finally:
-            self.proc.terminate()
-            self.proc.wait(10)
+@pytest.fixture
+def rpc(provider_bin, tmp_path):
+    """The daemon of the test's XHYVE_HOME; at the end every machine left is destroyed with
+    force (no VMM outlives the test), then the daemon stops."""
+    d = Daemon(provider_bin, tmp_path / "home")
+    yield d
+    try:
+        for m in d.call("machine.list"):
+            d.call("machine.destroy", {"id": m["id"], "force": True})
+    finally:
+        d.stop()
 
 
 class Packer:

@@ -12,10 +12,8 @@ import secrets
 import tarfile
 import time
 
-import pytest
-
 from guest import BOOT_TIMEOUT
-from packer_util import Rpc, hcl_template
+from packer_util import hcl_template
 
 # The guest mounts the disk named by xhyve.data= on /data (boxes/tiny/init) for user vagrant.
 DATA_CMDLINE = "console=ttyS0 xhyve.data=vda"
@@ -40,13 +38,6 @@ def vmm_processes(rpc):
         except OSError:
             pass
     return pids
-
-
-@pytest.fixture
-def rpc(provider_bin, tmp_path):
-    r = Rpc(provider_bin, tmp_path / "home")
-    yield r
-    r.close()
 
 
 def source(rpc, provider_bin, tiny_box_file, out, **extra):
@@ -95,9 +86,9 @@ def test_build_then_boot_the_new_box(packer, rpc, provider_bin, tiny_box_file):
     mid = rpc.call("machine.create", {"box": "tiny-data", "name": "check"})["id"]
     rpc.call("machine.start", {"id": mid})
     rpc.call("machine.wait_ssh", {"id": mid, "timeout": BOOT_TIMEOUT}, timeout=BOOT_TIMEOUT + 60)
-    res = rpc.call("machine.exec", {"id": mid, "command": "cat /data/hello"}, timeout=300)
-    stdout = "".join(n["params"]["data"] for n in rpc.notes if n["params"]["stream"] == "stdout")
-    assert res == {"exit_status": 0} and stdout == f"{token}\n", (res, rpc.notes)
+    resp, notes = rpc.call_full("machine.exec", {"id": mid, "command": "cat /data/hello"}, timeout=300)
+    stdout = "".join(n["params"]["data"] for n in notes if n["params"]["stream"] == "stdout")
+    assert resp.get("result") == {"exit_status": 0} and stdout == f"{token}\n", (resp, notes)
     rpc.call("machine.stop", {"id": mid, "timeout": 60})
 
 

@@ -2,4 +2,4 @@
 import helpers from: a module name no other test directory uses)."""
 
 from provider_util import (assert_clean, box_server, daemon, daemon_factory, home,  # noqa: F401
-                           make_box, provider_bin)
+                           make_box)

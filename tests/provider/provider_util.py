@@ -19,13 +19,6 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 
 
-@pytest.fixture(scope="session")
-def provider_bin():
-    path = pathlib.Path(os.environ.get("XHYVE_PROVIDER_BIN", ROOT / "target/release/xhyve-provider"))
-    assert path.is_file(), f"{path} missing: build it first (cargo build --release --workspace)"
-    return path
-
-
 class Conn:
     """One raw connection: newline-delimited JSON-RPC."""
 
@@ -99,15 +92,16 @@ class Daemon:
     def conn(self, timeout=60):
         return Conn(self.sock, timeout)
 
-    def call_full(self, method, params=None):
-        c = self.conn()
+    def call_full(self, method, params=None, timeout=60):
+        """(response, notifications before it); timeout: the socket's, per read."""
+        c = self.conn(timeout)
         try:
             return c.request(method, params)
         finally:
             c.close()
 
-    def call(self, method, params=None):
-        resp, _ = self.call_full(method, params)
+    def call(self, method, params=None, timeout=60):
+        resp, _ = self.call_full(method, params, timeout)
         if "error" in resp:
             raise RpcError(resp["error"])
         return resp["result"]

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from guest import BOOT_TIMEOUT, PANIC
-from provider_util import ROOT, Daemon, build_box
+from provider_util import Daemon, build_box
 
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
 MARK = "XHYVE-TINY:"
@@ -406,13 +406,6 @@ def test_concurrent_calls_on_one_machine_are_serialised(fake_home, tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Real: the tiny box on the real xhyve.
-
-@pytest.fixture(scope="session")
-def tiny_box_file(tiny_box, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tinybox") / "tiny.box"
-    subprocess.run([str(ROOT / "boxes/package.sh"), str(out), str(tiny_box)], check=True)
-    return out
-
 
 @pytest.fixture(scope="module")
 def real(provider_bin, tiny_box_file, tmp_path_factory):

@@ -26,7 +26,7 @@ import uuid as uuidlib
 import pytest
 
 from guest import BOOT_TIMEOUT
-from provider_util import ROOT, build_box
+from provider_util import build_box
 from test_machines import Home, wait_state
 from test_ssh import call_long, exec_
 
@@ -326,13 +326,6 @@ def test_bad_bridge_settings_stop_serve(provider_bin, tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Real: two boots of the tiny box on the shared network.
-
-@pytest.fixture(scope="module")
-def tiny_box_file(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sharedbox") / "tiny.box"
-    subprocess.run([str(ROOT / "boxes/tiny/box.sh"), str(out)], check=True)
-    return out
-
 
 def wait_ssh_long(h, mid):
     resp, _ = call_long(h, "machine.wait_ssh", {"id": mid, "timeout": BOOT_TIMEOUT})

@@ -3,7 +3,6 @@ virtio-net (fast: the forwarded port, its stability, each step a failed login na
 real boot of the tiny box with its SSH server (dropbear, user vagrant, Vagrant's insecure key)."""
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -159,11 +158,7 @@ def ssh_box_file(tiny_box, tmp_path_factory):
 
 def call_long(h, method, params, timeout=BOOT_TIMEOUT + 60):
     """A call that may take longer than the helpers' 60 s socket timeout (wait_ssh at boot)."""
-    c = h.daemon.conn(timeout)
-    try:
-        return c.request(method, params)
-    finally:
-        c.close()
+    return h.daemon.call_full(method, params, timeout)
 
 
 def wait_ssh(h, mid):

@@ -1,6 +1,6 @@
 """Helpers and fixtures of the Vagrant end-to-end tests: Debian's real `vagrant` with the
 vagrant-xhyve gem built from ruby-shim/, a VAGRANT_HOME and an XHYVE_HOME per test (the shim starts
-the daemon there), and the tiny box as `boxes/tiny/box.sh` packs it."""
+the daemon there), and a catalog of the tiny box served on 127.0.0.1."""
 
 import functools
 import hashlib
@@ -20,7 +20,7 @@ from guest import BOOT_TIMEOUT
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT / "tests/provider"))
-from provider_util import Conn, provider_bin  # noqa: E402,F401
+from provider_util import Conn  # noqa: E402
 
 SHIM = ROOT / "ruby-shim"
 # A vagrant command that boots waits up to BOOT_TIMEOUT for SSH, then runs Vagrant's own SSH
@@ -35,17 +35,6 @@ def vagrant_gem(tmp_path_factory):
     out = tmp_path_factory.mktemp("gem") / "vagrant-xhyve.gem"
     subprocess.run(["gem", "build", "vagrant-xhyve.gemspec", "--output", str(out)], cwd=SHIM,
                    check=True, capture_output=True)
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_box_file(tiny_box, tmp_path_factory):
-    """The tiny box with the options of boxes/tiny/box.sh (which also rebuilds the guest files:
-    tests/run has built them already)."""
-    out = tmp_path_factory.mktemp("vagrantbox") / "tiny.box"
-    subprocess.run([str(ROOT / "boxes/package.sh"), str(out), str(tiny_box), "--kernel", "vmlinux",
-                    "--initrd", "initrd.img", "--cmdline", "console=ttyS0", "--cpus", "1",
-                    "--memory", "256M"], check=True, capture_output=True)
     return out
 
 
