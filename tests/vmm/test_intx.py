@@ -10,11 +10,15 @@ from test_devices import MARK, MIB, cmdline, lines
 
 # Writes a pattern at sector 8, reads the host's pattern at sector 16 past the page cache, takes
 # bytes from /dev/hwrng, then reports the virtio rows of /proc/interrupts ("IRQ <gsi>: <count>
-# <chip> <gsi-type> <names>", one vCPU) and the number of MSI rows.
+# <chip> <gsi-type> <names>", one vCPU) and the number of MSI rows. The READ and RNG pipelines
+# run up to three times until they print something: a process the nested host's defect kills
+# (vmm/src/pvm/mod.rs; its segfault stays on the console) prints nothing, and so does a device
+# that fails, every time.
 SCRIPT = """\
 printf XHYVE-INTX-PATTERN|dd of=/dev/vda bs=512 seek=8 conv=sync,fsync&&echo WRITE ok
-echo READ $(dd if=/dev/vda bs=512 skip=16 count=1 iflag=direct 2>/dev/null|head -c 12)
-echo RNG $(head -c 16 /dev/hwrng|od -An -tx1|tr -d ' ')
+r(){ for i in 1 2 3;do o=$(sh -c "$1");[ -n "$o" ]&&break;done;echo "$o";}
+echo READ $(r 'dd if=/dev/vda bs=512 skip=16 count=1 iflag=direct 2>/dev/null|head -c 12')
+echo RNG $(r "head -c 16 /dev/hwrng|od -An -tx1|tr -d ' '")
 grep virtio /proc/interrupts|while read n c rest;do echo IRQ $n $c $rest;done
 echo MSI $(grep -c PCI-MSI /proc/interrupts)
 """
