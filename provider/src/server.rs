@@ -55,22 +55,13 @@ pub fn limits_from_env() -> Result<Limits, String> {
 
 /// Removes the socket and exits on SIGTERM/SIGINT/SIGHUP.
 fn handle_signals(socket: std::path::PathBuf) {
-    // SAFETY: plain libc signal-mask calls on a local sigset.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        std::thread::spawn(move || {
-            let mut sig = 0;
-            libc::sigwait(&set, &mut sig);
-            let _ = fs::remove_file(&socket);
-            log(&format!("signal {sig}: stopping"));
-            std::process::exit(0);
-        });
-    }
+    let signals = xhyve_contract::signals::TermSignals::block();
+    std::thread::spawn(move || {
+        let sig = signals.wait();
+        let _ = fs::remove_file(&socket);
+        log(&format!("{sig}: stopping"));
+        std::process::exit(0);
+    });
 }
 
 pub fn serve(home: &Home) -> Result<(), String> {

@@ -21,15 +21,13 @@ ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname(
 MARK = "XHYVE-TINY:"
 MIB = 1 << 20
 
-# A stand-in for xhyve: `-h` lists the devices (virtio-blk only with FAKE_XHYVE_BLK=1), a run
+# A stand-in for xhyve: `--features` lists the devices (virtio-blk only with FAKE_XHYVE_BLK=1), a run
 # records its argv and stays up until SIGTERM (the "power button": exit 1). The kernel command
 # line picks other behaviours: fake.exit=N exits at once with N, fake.ignore_term ignores SIGTERM.
 FAKE_XHYVE = r"""#!/bin/sh
-if [ "$1" = "-h" ]; then
-    echo "usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <fw>"
-    echo "       -s: <slot[:func],emul[,conf]>  PCI device; emul: hostbridge, amd_hostbridge, lpc,"
-    if [ -n "$FAKE_XHYVE_BLK" ]; then echo "           virtio-blk,PATH[,ro] (raw image), virtio-rnd"
-    else echo "           virtio-rnd"; fi
+if [ "$1" = "--features" ]; then
+    if [ -n "$FAKE_XHYVE_BLK" ]; then blk='"virtio-blk",'; else blk=; fi
+    echo '{"version":"0.0.1","pci":["hostbridge","amd_hostbridge","lpc",'"$blk"'"virtio-rnd"],"boot":["kexec"]}'
     exit 0
 fi
 printf '%s\n' "$@" > fake-argv
@@ -284,7 +282,7 @@ def test_fake_vmm_lifecycle(fake_home, tmp_path):
     assert argv == ["-A", "-U", uuid.lower(), "-c", "2", "-m", "300M", "-s", "0,hostbridge",
                     "-s", "31,lpc", "-l", f"com1,log={h.machine_dir(mid)}/console.log",
                     "-f", f"kexec,{box}/vmlinux,{box}/initrd.img,console=ttyS0"], \
-        "no virtio-blk in this xhyve's -h: no disks"
+        "no virtio-blk in this xhyve's --features: no disks"
     listed = {m["id"]: m for m in h.call("machine.list")}
     assert listed[mid]["state"] == "running" and listed[other["id"]]["state"] == "stopped"
 
@@ -335,7 +333,7 @@ def test_fake_vmm_exit_statuses_force_and_disks(fake_home, tmp_path):
     assert (a["exit_status"], a["exit_reason"]) == (3, "triple fault (exit status 3)")
     argv = (h.machine_dir(triple) / "fake-argv").read_text().splitlines()
     assert f"3,virtio-blk,{h.machine_dir(triple)}/disk0.img" in argv
-    assert f"4,virtio-blk,{img}" in argv, "virtio-blk in -h: disks attached in order (after slot 2, the network)"
+    assert f"4,virtio-blk,{img}" in argv, "virtio-blk in --features: disks attached in order (after slot 2, the network)"
     a = wait_state(h, failed, "aborted")
     assert a["exit_status"] == 4 and "something broke" in a["exit_reason"], a
 

@@ -35,14 +35,11 @@ CLIENT = HERE / "dhcp_client.py"
 BRIDGE = "xhyve0"
 GATEWAY = "192.168.64.1"
 
-# A stand-in for xhyve whose -h lists virtio-tap: a run records its argv and stays up until
+# A stand-in for xhyve whose --features lists virtio-tap: a run records its argv and stays up until
 # SIGTERM (exit 1). It does not open the TAP device.
 FAKE_TAP_XHYVE = r"""#!/bin/sh
-if [ "$1" = "-h" ]; then
-    echo "usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <fw>"
-    echo "       -s: <slot[:func],emul[,conf]>  PCI device; emul: hostbridge, amd_hostbridge, lpc,"
-    echo "           virtio-blk,PATH[,ro] (raw image), virtio-rnd,"
-    echo "           virtio-tap,TAPNAME[,mac=MAC]"
+if [ "$1" = "--features" ]; then
+    echo '{"version":"0.0.1","pci":["hostbridge","amd_hostbridge","lpc","virtio-blk","virtio-rnd","virtio-tap"],"boot":["kexec"]}'
     exit 0
 fi
 printf '%s\n' "$@" > fake-argv
@@ -248,7 +245,7 @@ def test_shared_network_with_a_fake_vmm(provider_bin, xhyve_bin, netns, fake_box
 def test_failed_start_leaves_no_tap(provider_bin, netns, fake_box, tmp_path):
     """The TAP device is made before xhyve runs: a start that fails after it deletes it again."""
     fake = tmp_path / "fake-xhyve"
-    # Answers -h, then cannot be run any more (the runner's exec fails: -32010).
+    # Answers --features, then cannot be run any more (the runner's exec fails: -32010).
     fake.write_text(FAKE_TAP_XHYVE.replace('    exit 0\nfi', '    chmod -x "$0"\n    exit 0\nfi', 1))
     fake.chmod(0o755)
     h = Home(ns_wrapper(tmp_path / "provider", netns, provider_bin), tmp_path / "home",

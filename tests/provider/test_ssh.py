@@ -15,14 +15,11 @@ from guest import BOOT_TIMEOUT
 from provider_util import ROOT, build_box
 from test_machines import MARK, Home, wait_console
 
-# A stand-in for xhyve whose -h lists virtio-net: a run records its argv and stays up until
+# A stand-in for xhyve whose --features lists virtio-net: a run records its argv and stays up until
 # SIGTERM (exit 1). It does not listen on the forwarded port.
 FAKE_NET_XHYVE = r"""#!/bin/sh
-if [ "$1" = "-h" ]; then
-    echo "usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <fw>"
-    echo "       -s: <slot[:func],emul[,conf]>  PCI device; emul: hostbridge, amd_hostbridge, lpc,"
-    echo "           virtio-blk,PATH[,ro] (raw image), virtio-rnd,"
-    echo "           virtio-net,user[,hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT]...[,mac=MAC] (passt),"
+if [ "$1" = "--features" ]; then
+    echo '{"version":"0.0.1","pci":["hostbridge","amd_hostbridge","lpc","virtio-blk","virtio-rnd","virtio-net"],"net_backends":["user"],"boot":["kexec"]}'
     exit 0
 fi
 printf '%s\n' "$@" > fake-argv

@@ -15,6 +15,7 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <
        -f: kexec,KERNEL,INITRD,\"CMDLINE\"   boot a Linux bzImage or vmlinux directly
            (INITRD may be empty)
        -h: help
+       --features: what this build supports, as one JSON line (read by xhyve-provider)
        -H: vCPUs sleep in the host on HLT (always so with KVM)
        -l: com1|com2,stdio | com1|com2,autopty | com1|com2,log=PATH
        -m: memory size, SIZE[K|M|G] (MiB when no suffix; default 256M)
@@ -82,6 +83,8 @@ pub struct Config {
 pub enum Command {
     Run(Box<Config>),
     Help,
+    /// `--features`: what this build supports, as one JSON line (for the provider).
+    Features,
     Version,
     PrintMac(Uuid),
 }
@@ -130,6 +133,9 @@ pub fn parse(
             let v = p.value().map_err(|_| bad(&flag, "needs a value"))?;
             v.into_string().map_err(|_| bad(&flag, "value is not valid UTF-8"))
         };
+        if flag == xhyve_contract::features::FLAG {
+            return Ok(Command::Features);
+        }
         match short {
             Some('h') => return Ok(Command::Help),
             Some('v') => verbose = true,
@@ -405,6 +411,7 @@ mod tests {
     fn version_help_and_mac() {
         assert!(matches!(run(&["-v"]), Ok(Command::Version)));
         assert!(matches!(run(&["-h"]), Ok(Command::Help)));
+        assert!(matches!(run(&["--features"]), Ok(Command::Features)));
         assert!(matches!(
             run(&["-M", "-U", "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01"]),
             Ok(Command::PrintMac(_))

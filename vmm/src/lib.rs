@@ -12,7 +12,6 @@ mod devices;
 mod exit;
 mod hypervisor;
 mod layout;
-mod mac;
 mod memory;
 mod net;
 mod pci;
@@ -26,6 +25,7 @@ use std::ffi::OsString;
 use std::io::Write;
 
 use cli::Command;
+use xhyve_contract::mac;
 use exit::ExitReason;
 
 /// Runs bhyve-style `args` (without the program name): parses them, then prints help, the
@@ -39,6 +39,16 @@ pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
         Ok(Command::Help) => {
             print!("{}", cli::USAGE);
+            0
+        }
+        Ok(Command::Features) => {
+            let features = xhyve_contract::features::Features {
+                version: env!("CARGO_PKG_VERSION").into(),
+                pci: cli::PCI_EMULATIONS.iter().map(|e| e.to_string()).collect(),
+                net_backends: vec!["user".into()],
+                boot: vec!["kexec".into()],
+            };
+            println!("{}", features.to_line());
             0
         }
         Ok(Command::Version) => {

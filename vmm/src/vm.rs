@@ -23,6 +23,7 @@ use crate::memory;
 use crate::pci;
 use crate::pvm::Pvm;
 use crate::vcpu::{self, Shared};
+use xhyve_contract::signals::TermSignals;
 
 /// Seconds the guest gets to power off after the ACPI power button, unless overridden.
 const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 120;
@@ -226,37 +227,6 @@ fn wait_for_end(exit: &ExitLatch, signals: &TermSignals, button: Option<&Arc<Mut
         if deadline.is_some_and(|d| Instant::now() >= d) {
             log("the guest did not power off in time: forcing power off");
             exit.request(ExitReason::PowerOff);
-        }
-    }
-}
-
-/// Termination signals, blocked in every thread and collected by the main thread.
-struct TermSignals(libc::sigset_t);
-
-impl TermSignals {
-    /// Blocks the signals; threads spawned afterwards inherit the mask.
-    fn block() -> TermSignals {
-        // SAFETY: sigset manipulation on a local set, then the calling thread's mask.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                libc::sigaddset(&mut set, s);
-            }
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            TermSignals(set)
-        }
-    }
-
-    fn poll(&self) -> Option<&'static str> {
-        let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: waits (without blocking) for one of our blocked signals.
-        let sig = unsafe { libc::sigtimedwait(&self.0, std::ptr::null_mut(), &zero) };
-        match sig {
-            libc::SIGTERM => Some("SIGTERM"),
-            libc::SIGINT => Some("SIGINT"),
-            libc::SIGHUP => Some("SIGHUP"),
-            _ => None,
         }
     }
 }

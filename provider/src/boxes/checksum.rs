@@ -2,6 +2,8 @@
 //! digest compared case-insensitively. `TYPE:HEX` in `checksum` is accepted too.
 
 use digest::DynDigest;
+#[cfg(test)]
+use xhyve_contract::hex::hex;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -91,10 +93,6 @@ impl Checksum {
     }
 }
 
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,7 +144,7 @@ mod tests {
         ] {
             let mut h = kind.hasher();
             h.update(b"abc");
-            assert_eq!(to_hex(&h.finalize()), want, "{kind:?}");
+            assert_eq!(hex(&h.finalize()), want, "{kind:?}");
         }
     }
 }

@@ -10,7 +10,8 @@ pub mod version;
 use crate::error::{code, Context, Error, Result};
 use crate::home::Home;
 use crate::state;
-use checksum::{to_hex, Checksum, Kind};
+use checksum::{Checksum, Kind};
+use xhyve_contract::hex::hex;
 use download::{Format, Hashing, Source};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -273,7 +274,7 @@ pub fn add(b: &Boxes, p: AddParams, report: Reporter) -> Result<Value> {
                 &p,
                 plan,
                 ex,
-                to_hex(&digest),
+                hex(&digest),
                 kind,
                 &root,
                 &target,
@@ -303,7 +304,7 @@ pub fn add(b: &Boxes, p: AddParams, report: Reporter) -> Result<Value> {
         &p,
         plan,
         ex,
-        to_hex(&digest),
+        hex(&digest),
         kind,
         &root,
         &target,
@@ -320,7 +321,7 @@ fn already(name: &str, version: &str, arch: &str) -> Error {
 
 fn verify(plan: &Plan, kind: Kind, digest: &[u8]) -> Result<()> {
     if let Some(c) = &plan.checksum {
-        let got = to_hex(digest);
+        let got = hex(digest);
         if got != c.hex {
             return Err(Error::new(
                 code::CHECKSUM_MISMATCH,

@@ -1,7 +1,7 @@
 //! The `xhyve` command line that starts a machine: its devices in xhyve's slots (network in
 //! slot 2, disks after it), the user-mode port forwards and the kexec boot.
 
-use super::process::Features;
+use xhyve_contract::features::Features;
 use super::record::MachineRecord;
 use super::{ssh, NET_SLOT};
 use crate::error::{code, Error, Result};
@@ -39,10 +39,10 @@ pub(super) fn launch(
         "-m".into(),
         rec.memory.clone(),
     ];
-    if feat.hostbridge {
+    if feat.has_pci("hostbridge") {
         argv.extend(["-s".into(), "0,hostbridge".into()]);
     }
-    if feat.lpc {
+    if feat.has_pci("lpc") {
         argv.extend(["-s".into(), "31,lpc".into()]);
     }
     let mut notes = Vec::new();
@@ -50,7 +50,7 @@ pub(super) fn launch(
     let mut ssh_port = None;
     let mut tap = None;
     match mode {
-        "user" if feat.virtio_net => {
+        "user" if feat.has_pci("virtio-net") => {
             let port = ssh::pick_port(rec.ssh_port, taken)
                 .map_err(|e| vmm_err(format!("choosing the SSH host port: {e}")))?;
             if rec.ssh_port.is_some_and(|p| p != port) {
@@ -81,7 +81,7 @@ pub(super) fn launch(
             "{} has no virtio-net: the machine has no network (and no SSH)",
             xhyve.display()
         )),
-        "shared" if feat.virtio_tap => {
+        "shared" if feat.has_pci("virtio-tap") => {
             let t = net.prepare(&rec.id)?;
             argv.extend(["-s".into(), format!("{NET_SLOT},virtio-tap,{}", t.name())]);
             if rec.network["forwarded_ports"]
@@ -98,7 +98,7 @@ pub(super) fn launch(
         )),
         _ => {}
     }
-    if feat.virtio_blk {
+    if feat.has_pci("virtio-blk") {
         for (i, d) in rec.disks.iter().enumerate() {
             argv.extend([
                 "-s".into(),

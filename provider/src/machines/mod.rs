@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use xhyve_contract::{hex::hex, random};
 
 /// Default seconds `machine.stop` waits for the guest to power off before SIGKILL.
 pub const DEFAULT_STOP_TIMEOUT: f64 = 60.0;
@@ -121,48 +122,10 @@ pub struct DestroyParams {
     pub force: bool,
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    let mut got = 0;
-    while got < N {
-        // SAFETY: writes at most N - got bytes into our buffer.
-        let r = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), N - got, 0) };
-        if r > 0 {
-            got += r as usize;
-        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            // No getrandom: fall back to time and pid (ids need only be unique, not secret).
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-                ^ ((std::process::id() as u128) << 64);
-            for (i, x) in b.iter_mut().enumerate() {
-                *x = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
-            }
-            break;
-        }
-    }
-    b
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// A random (version 4) UUID.
-pub fn new_uuid() -> String {
-    let mut b: [u8; 16] = random_bytes();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+pub fn new_uuid() -> Result<String> {
+    let b = random::bytes().map_err(Error::internal)?;
+    Ok(uuid::Builder::from_random_bytes(b).into_uuid().to_string())
 }
 
 /// `8-4-4-4-12` hex digits; returned in lower case.
@@ -431,7 +394,7 @@ impl Machines {
         };
         let uuid = match &p.uuid {
             Some(u) => check_uuid(u).map_err(|e| invalid_field("uuid", e))?,
-            None => new_uuid(),
+            None => new_uuid()?,
         };
         fs::DirBuilder::new()
             .recursive(true)
@@ -458,7 +421,7 @@ impl Machines {
                 }
             }
             let (id, dir) = loop {
-                let id = hex(&random_bytes::<6>());
+                let id = hex(&random::bytes::<6>().map_err(Error::internal)?);
                 let dir = self.dir(&id);
                 match fs::DirBuilder::new().mode(0o700).create(&dir) {
                     Ok(()) => break (id, dir),
@@ -1118,10 +1081,10 @@ pub(crate) mod tests {
 
     #[test]
     fn uuids() {
-        let u = new_uuid();
+        let u = new_uuid().unwrap();
         assert_eq!(check_uuid(&u).unwrap(), u);
         assert_eq!(&u[14..15], "4");
-        assert_ne!(u, new_uuid());
+        assert_ne!(u, new_uuid().unwrap());
         assert_eq!(
             check_uuid("8C4D1B6A-29A3-4A6E-9F29-6E6F1E8E1F01").unwrap(),
             "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01"

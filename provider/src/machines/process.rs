@@ -4,6 +4,7 @@
 
 use crate::state;
 use serde::{Deserialize, Serialize};
+use xhyve_contract::features::{self, Features};
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -122,16 +123,8 @@ pub fn find_xhyve() -> Result<PathBuf, String> {
     Err("cannot find xhyve: set XHYVE_BIN, or put xhyve next to xhyve-provider or on PATH".into())
 }
 
-/// What an `xhyve` binary supports, from its `-h` (cached per path and modification time).
-#[derive(Clone, Debug, Default)]
-pub struct Features {
-    pub hostbridge: bool,
-    pub lpc: bool,
-    pub virtio_blk: bool,
-    pub virtio_net: bool,
-    pub virtio_tap: bool,
-}
-
+/// What an `xhyve` binary supports: its `--features` line (cached per path and modification
+/// time).
 pub fn features(xhyve: &Path) -> Result<Features, String> {
     use std::collections::HashMap;
     use std::sync::Mutex;
@@ -150,28 +143,12 @@ pub fn features(xhyve: &Path) -> Result<Features, String> {
         return Ok(f.clone());
     }
     let out = Command::new(xhyve)
-        .arg("-h")
+        .arg(xhyve_contract::features::FLAG)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run {} -h: {e}", xhyve.display()))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The emulations are listed after "emul:" in the -s help.
-    let emul = text.split("emul:").nth(1).unwrap_or("");
-    let has = |name: &str| {
-        emul.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-            .any(|w| w == name)
-    };
-    let f = Features {
-        hostbridge: has("hostbridge"),
-        lpc: has("lpc"),
-        virtio_blk: has("virtio-blk"),
-        virtio_net: has("virtio-net"),
-        virtio_tap: has("virtio-tap"),
-    };
+        .map_err(|e| format!("cannot run {} {}: {e}", xhyve.display(), features::FLAG))?;
+    let f = Features::from_output(&String::from_utf8_lossy(&out.stdout))
+        .map_err(|e| format!("{} {}: {e}", xhyve.display(), features::FLAG))?;
     CACHE
         .lock()
         .unwrap_or_else(|e| e.into_inner())

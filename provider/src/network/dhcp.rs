@@ -6,7 +6,8 @@
 //! time with T1/T2; no DNS server (the daemon runs none).
 
 use super::leases::{Leases, Mac};
-use super::{format_mac, Config};
+use super::Config;
+use xhyve_contract::mac::format_mac;
 use crate::server::log;
 use dhcproto::v4::{self, DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};

@@ -7,7 +7,8 @@
 //! lost leases file most likely gives the same addresses again; taken slots move to the next
 //! free one. The file is rewritten atomically (`state::write_json_atomic`) on every change.
 
-use super::{format_mac, Config};
+use super::Config;
+use xhyve_contract::mac::format_mac;
 use crate::state;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};

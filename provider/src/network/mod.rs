@@ -16,6 +16,7 @@ pub mod bridge;
 pub mod dhcp;
 pub mod leases;
 
+use xhyve_contract::mac::format_mac;
 use crate::error::{code, Error, Result};
 use crate::home::Home;
 use crate::machines::record::{MachineRecord, State};
@@ -147,28 +148,11 @@ impl Config {
     }
 }
 
-/// The MAC address xhyve gives a guest with `-U UUID` (vmm/src/mac.rs): the UUID's 16 bytes
-/// folded into 6 by XOR, marked locally administered and unicast. None for a malformed UUID.
+/// The MAC address xhyve gives a guest with `-U UUID` (the contract's rule); None for a
+/// malformed UUID.
 pub fn mac_of_uuid(uuid: &str) -> Option<[u8; 6]> {
-    let hex: Vec<u8> = uuid.bytes().filter(|b| *b != b'-').collect();
-    if hex.len() != 32 || !hex.iter().all(u8::is_ascii_hexdigit) {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for i in 0..16 {
-        let byte =
-            u8::from_str_radix(std::str::from_utf8(&hex[2 * i..2 * i + 2]).ok()?, 16).ok()?;
-        mac[i % 6] ^= byte;
-    }
-    mac[0] = (mac[0] & 0xfc) | 0x02;
-    Some(mac)
-}
-
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    let uuid = uuid::Uuid::parse_str(uuid).ok()?;
+    Some(xhyve_contract::mac::mac_from_uuid(&uuid))
 }
 
 /// The TAP device of a machine.

@@ -104,12 +104,7 @@ pub fn load_linux(
 /// entropy from interrupts, which are rare on slow (nested) hosts.
 fn write_rng_seed(mem: &GuestMemoryMmap) -> Result<u64, String> {
     const SETUP_RNG_SEED: u32 = 9;
-    let mut seed = [0u8; 32];
-    // SAFETY: getrandom fills the buffer we own.
-    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
-    if n != seed.len() as isize {
-        return Err(format!("getrandom: {}", std::io::Error::last_os_error()));
-    }
+    let seed: [u8; 32] = xhyve_contract::random::bytes()?;
     let mut entry = Vec::with_capacity(16 + seed.len());
     entry.extend_from_slice(&0u64.to_le_bytes()); // next: end of the chain
     entry.extend_from_slice(&SETUP_RNG_SEED.to_le_bytes());

@@ -301,9 +301,7 @@ unsafe fn cmpxchg8b(ptr: *mut u8, expected: u64, new: u64) -> u64 {
 /// Random bytes from the host kernel, or None when it has none at hand (RDRAND's CF=0).
 fn host_random(n: usize) -> Option<u64> {
     let mut b = [0u8; 8];
-    // SAFETY: getrandom writes at most `n` <= 8 bytes into `b`.
-    let r = unsafe { libc::getrandom(b.as_mut_ptr().cast(), n, libc::GRND_NONBLOCK) };
-    (r == n as isize).then(|| u64::from_le_bytes(b))
+    xhyve_contract::random::fill(&mut b[..n]).ok().map(|()| u64::from_le_bytes(b))
 }
 
 fn user_segments(star: u64, long: bool) -> (Segment, Segment) {

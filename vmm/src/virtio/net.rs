@@ -107,9 +107,7 @@ impl NetConfig {
 
 /// A random locally administered unicast MAC (no `-U`).
 fn random_mac() -> [u8; 6] {
-    let mut m = [0u8; 6];
-    // SAFETY: writes at most 6 bytes into m.
-    let _ = unsafe { libc::getrandom(m.as_mut_ptr().cast(), 6, 0) };
+    let mut m = xhyve_contract::random::bytes::<6>().unwrap_or_default();
     m[0] = (m[0] & 0xfc) | 0x02;
     m
 }
@@ -169,7 +167,7 @@ pub struct Net {
 
 impl Net {
     pub fn new(cfg: &NetConfig, uuid: Option<&uuid::Uuid>) -> Result<Net, String> {
-        let mac = cfg.mac.unwrap_or_else(|| uuid.map(crate::mac::mac_from_uuid).unwrap_or_else(random_mac));
+        let mac = cfg.mac.unwrap_or_else(|| uuid.map(xhyve_contract::mac::mac_from_uuid).unwrap_or_else(random_mac));
         let backend: Box<dyn Backend> = match &cfg.backend {
             BackendConfig::Tap(name) => Box::new(tap::Tap::open(name)?),
             BackendConfig::User(fwds) => Box::new(passt::Passt::spawn(fwds)?),

@@ -18,22 +18,6 @@ pub fn check_conf(conf: Option<&str>) -> Result<(), String> {
 
 pub struct Rng;
 
-fn getrandom(buf: &mut [u8]) -> bool {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: writes at most the remaining length into our buffer.
-        let r = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
-        if r < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return false;
-        }
-        done += r as usize;
-    }
-    true
-}
-
 /// Fills the chain's device-writable buffers; returns the bytes written.
 fn fill(chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> u32 {
     let mut written = 0usize;
@@ -44,7 +28,7 @@ fn fill(chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemor
             break;
         }
         buf.resize(want, 0);
-        if !getrandom(&mut buf) || mem.write_slice(&buf, desc.addr()).is_err() {
+        if xhyve_contract::random::fill(&mut buf).is_err() || mem.write_slice(&buf, desc.addr()).is_err() {
             break; // outside guest memory: what was written so far counts
         }
         written += want;
