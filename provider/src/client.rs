@@ -13,11 +13,7 @@ use std::time::{Duration, Instant};
 
 pub enum CallError {
     /// The daemon answered with a JSON-RPC error.
-    Rpc {
-        code: i64,
-        message: String,
-        data: Option<Value>,
-    },
+    Rpc { code: i64, message: String, data: Option<Value> },
     /// No daemon could be reached, or the connection broke.
     Transport(String),
 }
@@ -27,10 +23,7 @@ fn connect(home: &Home, autostart: bool) -> Result<UnixStream, String> {
     match UnixStream::connect(&sock) {
         Ok(s) => return Ok(s),
         Err(e) if !autostart => {
-            return Err(format!(
-                "cannot connect to {}: {e} (is `xhyve-provider serve` running?)",
-                sock.display()
-            ))
+            return Err(format!("cannot connect to {}: {e} (is `xhyve-provider serve` running?)", sock.display()))
         }
         Err(_) => {}
     }
@@ -57,8 +50,7 @@ fn connect(home: &Home, autostart: bool) -> Result<UnixStream, String> {
 
 /// Spawns `xhyve-provider serve --home HOME` detached (own session, log in `provider.log`).
 fn start_daemon(home: &Home) -> Result<(), String> {
-    home.create()
-        .map_err(|e| format!("cannot create {}: {e}", home.root.display()))?;
+    home.create().map_err(|e| format!("cannot create {}: {e}", home.root.display()))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
     let log = OpenOptions::new()
         .create(true)
@@ -66,12 +58,7 @@ fn start_daemon(home: &Home) -> Result<(), String> {
         .open(home.log_file())
         .map_err(|e| format!("cannot open {}: {e}", home.log_file().display()))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("serve")
-        .arg("--home")
-        .arg(&home.root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+    cmd.arg("serve").arg("--home").arg(&home.root).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     // SAFETY: setsid is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -79,8 +66,7 @@ fn start_daemon(home: &Home) -> Result<(), String> {
             Ok(())
         });
     }
-    cmd.spawn()
-        .map_err(|e| format!("cannot start xhyve-provider serve: {e}"))?;
+    cmd.spawn().map_err(|e| format!("cannot start xhyve-provider serve: {e}"))?;
     Ok(())
 }
 
@@ -94,19 +80,11 @@ struct ProgressView {
 
 impl ProgressView {
     fn new() -> ProgressView {
-        ProgressView {
-            tty: io::stderr().is_terminal(),
-            bar: None,
-            plain: None,
-        }
+        ProgressView { tty: io::stderr().is_terminal(), bar: None, plain: None }
     }
 
     fn update(&mut self, p: &Value) {
-        let phase = p
-            .get("phase")
-            .and_then(Value::as_str)
-            .unwrap_or("progress")
-            .to_string();
+        let phase = p.get("phase").and_then(Value::as_str).unwrap_or("progress").to_string();
         let done = p.get("done").and_then(Value::as_u64).unwrap_or(0);
         let total = p.get("total").and_then(Value::as_u64);
         if self.tty {
@@ -116,15 +94,12 @@ impl ProgressView {
                 }
                 let bar = match total {
                     Some(t) => ProgressBar::new(t).with_style(
-                        ProgressStyle::with_template(
-                            "{msg:>9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-                        )
-                        .unwrap()
-                        .progress_chars("=> "),
+                        ProgressStyle::with_template("{msg:>9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                            .unwrap()
+                            .progress_chars("=> "),
                     ),
                     None => ProgressBar::new_spinner().with_style(
-                        ProgressStyle::with_template("{msg:>9} {spinner} {bytes} {bytes_per_sec}")
-                            .unwrap(),
+                        ProgressStyle::with_template("{msg:>9} {spinner} {bytes} {bytes_per_sec}").unwrap(),
                     ),
                 };
                 bar.set_message(phase.clone());
@@ -138,9 +113,10 @@ impl ProgressView {
         } else {
             let now = Instant::now();
             let due = Some(done) == total
-                || self.plain.as_ref().is_none_or(|(ph, t)| {
-                    *ph != phase || now.duration_since(*t) >= Duration::from_secs(1)
-                });
+                || self
+                    .plain
+                    .as_ref()
+                    .is_none_or(|(ph, t)| *ph != phase || now.duration_since(*t) >= Duration::from_secs(1));
             if due {
                 self.plain = Some((phase.clone(), now));
                 match total {
@@ -161,9 +137,7 @@ impl ProgressView {
 /// Sends one request and waits for its response, showing progress on stderr.
 pub fn call(home: &Home, method: &str, params: Value, autostart: bool) -> Result<Value, CallError> {
     let stream = connect(home, autostart).map_err(CallError::Transport)?;
-    let mut w = stream
-        .try_clone()
-        .map_err(|e| CallError::Transport(e.to_string()))?;
+    let mut w = stream.try_clone().map_err(|e| CallError::Transport(e.to_string()))?;
     let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
     writeln!(w, "{req}").map_err(|e| CallError::Transport(format!("sending the request: {e}")))?;
     let mut view = ProgressView::new();
@@ -191,18 +165,12 @@ pub fn call(home: &Home, method: &str, params: Value, autostart: bool) -> Result
         if let Some(e) = msg.get("error") {
             return Err(CallError::Rpc {
                 code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
-                message: e
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown error")
-                    .to_string(),
+                message: e.get("message").and_then(Value::as_str).unwrap_or("unknown error").to_string(),
                 data: e.get("data").cloned(),
             });
         }
         return Ok(msg.get("result").cloned().unwrap_or(Value::Null));
     }
     view.finish();
-    Err(CallError::Transport(
-        "the daemon closed the connection before answering".into(),
-    ))
+    Err(CallError::Transport("the daemon closed the connection before answering".into()))
 }

@@ -34,11 +34,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn new(code: i64, message: impl Into<String>) -> Error {
-        Error {
-            code,
-            message: message.into(),
-            data: None,
-        }
+        Error { code, message: message.into(), data: None }
     }
     pub fn with_data(mut self, data: Value) -> Error {
         self.data = Some(data);
@@ -97,11 +93,7 @@ impl From<Error> for std::io::Error {
 
 impl From<Error> for RpcError {
     fn from(e: Error) -> RpcError {
-        RpcError {
-            code: ErrorCode::from(e.code),
-            message: e.message,
-            data: e.data,
-        }
+        RpcError { code: ErrorCode::from(e.code), message: e.message, data: e.data }
     }
 }
 

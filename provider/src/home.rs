@@ -22,21 +22,12 @@ impl Home {
                 None => {
                     let home = std::env::var_os("HOME")
                         .filter(|v| !v.is_empty())
-                        .ok_or_else(|| {
-                            io::Error::new(
-                                io::ErrorKind::NotFound,
-                                "neither XHYVE_HOME nor HOME is set",
-                            )
-                        })?;
+                        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "neither XHYVE_HOME nor HOME is set"))?;
                     PathBuf::from(home).join(".xhyve")
                 }
             },
         };
-        let root = if root.is_absolute() {
-            root
-        } else {
-            std::env::current_dir()?.join(root)
-        };
+        let root = if root.is_absolute() { root } else { std::env::current_dir()?.join(root) };
         Ok(Home { root })
     }
 
@@ -61,15 +52,9 @@ impl Home {
 
     /// Creates the home (mode 0700) and its sub-directories.
     pub fn create(&self) -> io::Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root)?;
         for d in [self.boxes(), self.machines(), self.tmp()] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(d)?;
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(d)?;
         }
         Ok(())
     }
@@ -91,11 +76,7 @@ impl Home {
                 let mut pid = String::new();
                 let _ = f.read_to_string(&mut pid);
                 let pid = pid.trim();
-                let who = if pid.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (pid {pid})")
-                };
+                let who = if pid.is_empty() { String::new() } else { format!(" (pid {pid})") };
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     format!(

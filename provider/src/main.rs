@@ -44,10 +44,7 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == "run-vmm") {
         return match (args.get(2), args.get(3)) {
             (Some(dir), Some(sep)) if sep == "--" => {
-                let argv: Vec<String> = args[4..]
-                    .iter()
-                    .map(|a| a.to_string_lossy().into_owned())
-                    .collect();
+                let argv: Vec<String> = args[4..].iter().map(|a| a.to_string_lossy().into_owned()).collect();
                 machines::process::run_vmm(std::path::Path::new(dir), &argv)
             }
             _ => usage_error("usage: xhyve-provider run-vmm MACHINE_DIR -- XHYVE ARGS..."),
@@ -107,11 +104,7 @@ fn run() -> Result<ExitCode, lexopt::Error> {
                     Ok(v) => v,
                     Err(e) => return Ok(usage_error(format!("params are not valid JSON: {e}"))),
                 },
-                _ => {
-                    return Ok(usage_error(
-                        "call takes METHOD and at most one JSON argument",
-                    ))
-                }
+                _ => return Ok(usage_error("call takes METHOD and at most one JSON argument")),
             };
             Ok(do_call(&home, method, params, !no_start))
         }
@@ -147,11 +140,7 @@ fn do_call(home: &Home, method: &str, params: Value, autostart: bool) -> ExitCod
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             ExitCode::SUCCESS
         }
-        Err(CallError::Rpc {
-            code,
-            message,
-            data,
-        }) => {
+        Err(CallError::Rpc { code, message, data }) => {
             eprintln!("error {code}: {message}");
             if let Some(d) = data {
                 eprintln!("{d}");

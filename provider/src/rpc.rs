@@ -31,20 +31,13 @@ impl Metadata for Session {}
 
 impl Session {
     pub fn new(ctx: Arc<Ctx>, out: Box<dyn Write + Send>) -> Session {
-        Session {
-            ctx,
-            out: Arc::new(Mutex::new(out)),
-            request_id: None,
-        }
+        Session { ctx, out: Arc::new(Mutex::new(out)), request_id: None }
     }
 
     /// Writes one line to the client; a client that went away is not an error of the request.
     pub fn send_line(&self, line: &str) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = out
-            .write_all(line.as_bytes())
-            .and_then(|_| out.write_all(b"\n"))
-            .and_then(|_| out.flush());
+        let _ = out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush());
     }
 
     /// Sends a JSON-RPC notification (no id).
@@ -63,9 +56,7 @@ impl Session {
             let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
             let due = match &*l {
                 Some((p, t)) => {
-                    p != phase
-                        || now.duration_since(*t) >= Duration::from_millis(100)
-                        || Some(done) == total
+                    p != phase || now.duration_since(*t) >= Duration::from_millis(100) || Some(done) == total
                 }
                 None => true,
             };
@@ -73,10 +64,7 @@ impl Session {
                 *l = Some((phase.to_string(), now));
                 drop(l);
                 let id = serde_json::to_value(&s.request_id).unwrap_or(Value::Null);
-                s.notify(
-                    "progress",
-                    json!({"request_id": id, "phase": phase, "done": done, "total": total}),
-                );
+                s.notify("progress", json!({"request_id": id, "phase": phase, "done": done, "total": total}));
             }
         })
     }
@@ -91,62 +79,20 @@ pub struct Method {
 
 /// Every method the daemon serves (`provider/api-schema.json` must list exactly these).
 pub const METHODS: &[Method] = &[
-    Method {
-        name: "provider.info",
-        handler: provider_info,
-    },
-    Method {
-        name: "box.add",
-        handler: box_add,
-    },
-    Method {
-        name: "box.list",
-        handler: box_list,
-    },
-    Method {
-        name: "box.remove",
-        handler: box_remove,
-    },
-    Method {
-        name: "machine.create",
-        handler: machine_create,
-    },
-    Method {
-        name: "machine.list",
-        handler: machine_list,
-    },
-    Method {
-        name: "machine.state",
-        handler: machine_state,
-    },
-    Method {
-        name: "machine.start",
-        handler: machine_start,
-    },
-    Method {
-        name: "machine.stop",
-        handler: machine_stop,
-    },
-    Method {
-        name: "machine.destroy",
-        handler: machine_destroy,
-    },
-    Method {
-        name: "machine.ssh_info",
-        handler: machine_ssh_info,
-    },
-    Method {
-        name: "machine.wait_ssh",
-        handler: machine_wait_ssh,
-    },
-    Method {
-        name: "machine.exec",
-        handler: machine_exec,
-    },
-    Method {
-        name: "machine.package",
-        handler: machine_package,
-    },
+    Method { name: "provider.info", handler: provider_info },
+    Method { name: "box.add", handler: box_add },
+    Method { name: "box.list", handler: box_list },
+    Method { name: "box.remove", handler: box_remove },
+    Method { name: "machine.create", handler: machine_create },
+    Method { name: "machine.list", handler: machine_list },
+    Method { name: "machine.state", handler: machine_state },
+    Method { name: "machine.start", handler: machine_start },
+    Method { name: "machine.stop", handler: machine_stop },
+    Method { name: "machine.destroy", handler: machine_destroy },
+    Method { name: "machine.ssh_info", handler: machine_ssh_info },
+    Method { name: "machine.wait_ssh", handler: machine_wait_ssh },
+    Method { name: "machine.exec", handler: machine_exec },
+    Method { name: "machine.package", handler: machine_package },
 ];
 
 pub fn method_names() -> Vec<&'static str> {
@@ -170,9 +116,11 @@ pub fn parse<T: DeserializeOwned>(p: Params) -> Result<T> {
         Params::None => Value::Object(Default::default()),
         Params::Map(m) => Value::Object(m),
         Params::Array(a) if a.is_empty() => Value::Object(Default::default()),
-        Params::Array(_) => return Err(Error::invalid_params(
-            "invalid params: params must be an object of named fields, e.g. {\"name\": \"tiny\"}",
-        )),
+        Params::Array(_) => {
+            return Err(Error::invalid_params(
+                "invalid params: params must be an object of named fields, e.g. {\"name\": \"tiny\"}",
+            ))
+        }
     };
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
@@ -180,8 +128,7 @@ pub fn parse<T: DeserializeOwned>(p: Params) -> Result<T> {
         if path == "." || path.is_empty() {
             Error::invalid_params(format!("invalid params: {inner}"))
         } else {
-            Error::invalid_params(format!("invalid params: {path}: {inner}"))
-                .with_data(json!({"field": path}))
+            Error::invalid_params(format!("invalid params: {path}: {inner}")).with_data(json!({"field": path}))
         }
     })
 }
@@ -261,12 +208,7 @@ fn machine_wait_ssh(p: Params, s: &Session) -> Result<Value> {
 fn machine_exec(p: Params, s: &Session) -> Result<Value> {
     let p: machines::ssh::ExecParams = parse(p)?;
     let id = serde_json::to_value(&s.request_id).unwrap_or(Value::Null);
-    s.ctx.machines.exec(p, |stream, data| {
-        s.notify(
-            "output",
-            json!({"request_id": id, "stream": stream, "data": data}),
-        )
-    })
+    s.ctx.machines.exec(p, |stream, data| s.notify("output", json!({"request_id": id, "stream": stream, "data": data})))
 }
 
 fn machine_package(p: Params, s: &Session) -> Result<Value> {

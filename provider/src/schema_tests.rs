@@ -10,24 +10,13 @@ const API_MD: &str = include_str!("../API.md");
 /// (false), items, minLength, minimum, allOf and local `$ref`s; boolean schemas.
 pub fn validate(root: &Value, schema: &Value, v: &Value, path: &str) -> Result<(), String> {
     if let Some(b) = schema.as_bool() {
-        return if b {
-            Ok(())
-        } else {
-            Err(format!("{path}: not allowed"))
-        };
+        return if b { Ok(()) } else { Err(format!("{path}: not allowed")) };
     }
     if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-        let target = root
-            .pointer(r.trim_start_matches('#'))
-            .ok_or(format!("bad $ref {r}"))?;
+        let target = root.pointer(r.trim_start_matches('#')).ok_or(format!("bad $ref {r}"))?;
         validate(root, target, v, path)?;
     }
-    for s in schema
-        .get("allOf")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for s in schema.get("allOf").and_then(Value::as_array).into_iter().flatten() {
         validate(root, s, v, path)?;
     }
     if let Some(t) = schema.get("type") {
@@ -71,12 +60,7 @@ pub fn validate(root: &Value, schema: &Value, v: &Value, path: &str) -> Result<(
         }
     }
     if let Some(obj) = v.as_object() {
-        for r in schema
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for r in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
             let r = r.as_str().unwrap_or_default();
             if !obj.contains_key(r) {
                 return Err(format!("{path}: missing {r}"));
@@ -113,9 +97,7 @@ fn examples() -> Vec<Value> {
         match (&mut cur, line.trim()) {
             (None, "```json") => cur = Some(String::new()),
             (Some(s), "```") => {
-                out.push(
-                    serde_json::from_str(s).unwrap_or_else(|e| panic!("API.md example {s}: {e}")),
-                );
+                out.push(serde_json::from_str(s).unwrap_or_else(|e| panic!("API.md example {s}: {e}")));
                 cur = None;
             }
             (Some(s), l) => {
@@ -131,19 +113,11 @@ fn examples() -> Vec<Value> {
 #[test]
 fn method_table_matches_schema() {
     let s = schema();
-    let mut in_schema: Vec<&str> = s["methods"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let mut in_schema: Vec<&str> = s["methods"].as_object().unwrap().keys().map(String::as_str).collect();
     let mut in_code = rpc::method_names();
     in_schema.sort();
     in_code.sort();
-    assert_eq!(
-        in_code, in_schema,
-        "methods registered vs methods in api-schema.json"
-    );
+    assert_eq!(in_code, in_schema, "methods registered vs methods in api-schema.json");
 }
 
 #[test]
@@ -157,9 +131,7 @@ fn api_md_examples_validate() {
         let method = ex.get("method").and_then(Value::as_str);
         match (method, ex.get("id")) {
             (Some(m), Some(_)) => {
-                let spec = s["methods"]
-                    .get(m)
-                    .unwrap_or_else(|| panic!("API.md calls unknown method {m}"));
+                let spec = s["methods"].get(m).unwrap_or_else(|| panic!("API.md calls unknown method {m}"));
                 documented.insert(m.to_string());
                 // Validated when its response comes: an example of a params error is not.
                 last = Some((m.to_string(), spec["params"].clone(), ex.clone()));
@@ -171,40 +143,24 @@ fn api_md_examples_validate() {
                 checked += 1;
             }
             (None, _) => {
-                let (m, params_schema, request) =
-                    last.clone().expect("a response follows a request");
+                let (m, params_schema, request) = last.clone().expect("a response follows a request");
                 assert_eq!(request["id"], ex["id"], "response {ex} follows its request");
-                let params = request
-                    .get("params")
-                    .cloned()
-                    .unwrap_or(serde_json::json!({}));
+                let params = request.get("params").cloned().unwrap_or(serde_json::json!({}));
                 let params_error = ex["error"]["code"] == -32602;
                 let r = validate(&s, &params_schema, &params, &format!("{m} params"));
                 assert_eq!(r.is_err(), params_error, "{request}: {r:?}");
                 if let Some(result) = ex.get("result") {
-                    validate(
-                        &s,
-                        &s["methods"][&m]["result"],
-                        result,
-                        &format!("{m} result"),
-                    )
-                    .unwrap_or_else(|e| panic!("{ex}: {e}"));
+                    validate(&s, &s["methods"][&m]["result"], result, &format!("{m} result"))
+                        .unwrap_or_else(|e| panic!("{ex}: {e}"));
                 } else {
-                    assert!(
-                        ex["error"]["code"].is_i64() && ex["error"]["message"].is_string(),
-                        "{ex}"
-                    );
+                    assert!(ex["error"]["code"].is_i64() && ex["error"]["message"].is_string(), "{ex}");
                 }
                 checked += 1;
             }
         }
     }
-    let all: std::collections::BTreeSet<String> =
-        rpc::method_names().iter().map(|m| m.to_string()).collect();
-    assert_eq!(
-        documented, all,
-        "every method has an example request in API.md"
-    );
+    let all: std::collections::BTreeSet<String> = rpc::method_names().iter().map(|m| m.to_string()).collect();
+    assert_eq!(documented, all, "every method has an example request in API.md");
     assert!(checked >= 8);
 }
 
@@ -214,20 +170,8 @@ fn validator_refuses() {
     let add = &s["methods"]["box.add"]["params"];
     assert!(validate(&s, add, &serde_json::json!({"source": "/x"}), "p").is_ok());
     assert!(validate(&s, add, &serde_json::json!({}), "p").is_err());
-    assert!(validate(
-        &s,
-        add,
-        &serde_json::json!({"source": "/x", "nmae": 1}),
-        "p"
-    )
-    .is_err());
-    assert!(validate(
-        &s,
-        add,
-        &serde_json::json!({"source": "/x", "checksum_type": "crc"}),
-        "p"
-    )
-    .is_err());
+    assert!(validate(&s, add, &serde_json::json!({"source": "/x", "nmae": 1}), "p").is_err());
+    assert!(validate(&s, add, &serde_json::json!({"source": "/x", "checksum_type": "crc"}), "p").is_err());
     let list = &s["methods"]["box.list"]["result"];
     assert!(validate(&s, list, &serde_json::json!([{"name": "a"}]), "r").is_err());
 }

@@ -18,9 +18,7 @@ use std::time::Instant;
 const MAX_LINE: u64 = 4 << 20;
 
 pub(crate) fn log(msg: &str) {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     eprintln!("[{}.{:03}] {msg}", t.as_secs(), t.subsec_millis());
 }
 
@@ -45,10 +43,7 @@ pub fn limits_from_env() -> Result<Limits, String> {
         l.max_size = parse_size(&v).ok_or(format!("XHYVE_MAX_BOX_SIZE={v:?} is not a size"))?;
     }
     if let Ok(v) = std::env::var("XHYVE_MAX_BOX_RATIO") {
-        l.max_ratio = v
-            .trim()
-            .parse()
-            .map_err(|_| format!("XHYVE_MAX_BOX_RATIO={v:?} is not a number"))?;
+        l.max_ratio = v.trim().parse().map_err(|_| format!("XHYVE_MAX_BOX_RATIO={v:?} is not a number"))?;
     }
     Ok(l)
 }
@@ -65,8 +60,7 @@ fn handle_signals(socket: std::path::PathBuf) {
 }
 
 pub fn serve(home: &Home) -> Result<(), String> {
-    home.create()
-        .map_err(|e| format!("cannot create {}: {e}", home.root.display()))?;
+    home.create().map_err(|e| format!("cannot create {}: {e}", home.root.display()))?;
     let _lock = home.lock().map_err(|e| e.to_string())?;
     let limits = limits_from_env()?;
     crate::network::Config::from_env()?;
@@ -88,11 +82,7 @@ pub fn serve(home: &Home) -> Result<(), String> {
     let machines = Machines::new(home.clone());
     machines.recover();
     let ctx = Arc::new(Ctx {
-        boxes: Boxes {
-            home: home.clone(),
-            limits,
-            lock: Mutex::new(()),
-        },
+        boxes: Boxes { home: home.clone(), limits, lock: Mutex::new(()) },
         machines,
         socket: socket.clone(),
     });
@@ -125,9 +115,7 @@ fn connection(stream: UnixStream, ctx: Arc<Ctx>, io: &MetaIoHandler<Session>) ->
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = (&mut reader)
-            .take(MAX_LINE + 1)
-            .read_until(b'\n', &mut line)?;
+        let n = (&mut reader).take(MAX_LINE + 1).read_until(b'\n', &mut line)?;
         if n == 0 {
             return Ok(());
         }
@@ -140,10 +128,7 @@ fn connection(stream: UnixStream, ctx: Arc<Ctx>, io: &MetaIoHandler<Session>) ->
                     break;
                 }
             }
-            session.send_line(&error_line(
-                -32700,
-                format!("Parse error: request longer than {MAX_LINE} bytes"),
-            ));
+            session.send_line(&error_line(-32700, format!("Parse error: request longer than {MAX_LINE} bytes")));
             continue;
         }
         if line.iter().all(|b| b.is_ascii_whitespace()) {
@@ -161,11 +146,7 @@ fn connection(stream: UnixStream, ctx: Arc<Ctx>, io: &MetaIoHandler<Session>) ->
 fn error_line(code: i64, message: String) -> String {
     let f = Failure {
         jsonrpc: Some(Version::V2),
-        error: jsonrpc_core::Error {
-            code: code.into(),
-            message,
-            data: None,
-        },
+        error: jsonrpc_core::Error { code: code.into(), message, data: None },
         id: Id::Null,
     };
     serde_json::to_string(&Response::Single(Output::Failure(f))).unwrap_or_default()
@@ -187,9 +168,7 @@ pub fn handle(io: &MetaIoHandler<Session>, line: &[u8], session: &Session) -> Op
         Err(e) => {
             return Some(error_line(
                 -32600,
-                format!(
-                "Invalid request: {e} (expected a JSON-RPC 2.0 request object or a batch array)"
-            ),
+                format!("Invalid request: {e} (expected a JSON-RPC 2.0 request object or a batch array)"),
             ))
         }
     };
@@ -199,10 +178,7 @@ pub fn handle(io: &MetaIoHandler<Session>, line: &[u8], session: &Session) -> Op
             return Some(error_line(-32600, "Invalid request: empty batch".into()))
         }
         Request::Batch(calls) => {
-            let outs: Vec<Output> = calls
-                .into_iter()
-                .filter_map(|c| call_one(io, c, session))
-                .collect();
+            let outs: Vec<Output> = calls.into_iter().filter_map(|c| call_one(io, c, session)).collect();
             if outs.is_empty() {
                 return None;
             }
@@ -235,10 +211,7 @@ fn call_one(io: &MetaIoHandler<Session>, call: Call, base: &Session) -> Option<O
             jsonrpc: Some(Version::V2),
             error: jsonrpc_core::Error {
                 code: jsonrpc_core::ErrorCode::MethodNotFound,
-                message: format!(
-                    "Method not found: {method:?} (methods: {})",
-                    rpc::method_names().join(", ")
-                ),
+                message: format!("Method not found: {method:?} (methods: {})", rpc::method_names().join(", ")),
                 data: None,
             },
             id,
@@ -251,10 +224,7 @@ fn call_one(io: &MetaIoHandler<Session>, call: Call, base: &Session) -> Option<O
         Some(Output::Failure(f)) => format!("error {}: {}", f.error.code.code(), f.error.message),
         _ => "ok".into(),
     };
-    log(&format!(
-        "{method} {status} ({} ms)",
-        start.elapsed().as_millis()
-    ));
+    log(&format!("{method} {status} ({} ms)", start.elapsed().as_millis()));
     out
 }
 

@@ -11,13 +11,9 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 /// Replaces `path` with `data` so that a reader sees either the old or the new content, never a
 /// mix, even across a crash.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "state path has no file name")
-    })?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name =
+        path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "state path has no file name"))?;
     let tmp = dir.join(format!(
         ".{}.tmp.{}.{}",
         name.to_string_lossy(),
@@ -25,11 +21,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         drop(f);
@@ -61,10 +53,7 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_json_atomic(&p, &serde_json::json!({"a": 1})).unwrap();
         assert_eq!(fs::read_to_string(&p).unwrap(), "{\n  \"a\": 1\n}\n");
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("box.json")]);
         fs::remove_dir_all(&dir).unwrap();
     }

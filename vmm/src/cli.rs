@@ -39,7 +39,17 @@ pub const DEFAULT_MEM: u64 = 256 << 20;
 /// The largest vCPU count our MP table and APIC IDs can express.
 const MAX_CPUS_LAYOUT: usize = 254;
 /// PCI emulations this build knows; `-s` with anything else is an error naming these.
-pub const PCI_EMULATIONS: &[&str] = &["hostbridge", "amd_hostbridge", "lpc", "virtio-blk", "virtio-rnd", "virtio-console", "virtio-vsock", "virtio-net", "virtio-tap"];
+pub const PCI_EMULATIONS: &[&str] = &[
+    "hostbridge",
+    "amd_hostbridge",
+    "lpc",
+    "virtio-blk",
+    "virtio-rnd",
+    "virtio-console",
+    "virtio-vsock",
+    "virtio-net",
+    "virtio-tap",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsoleTarget {
@@ -115,8 +125,7 @@ pub fn parse(
     let mut p = lexopt::Parser::from_args(args);
     let mut mem_bytes = DEFAULT_MEM;
     let mut cpus: Option<(String, u64)> = None;
-    let (mut acpi, mut rtc_utc, mut ignore_msrs, mut verbose, mut print_mac) =
-        (false, false, false, false, false);
+    let (mut acpi, mut rtc_utc, mut ignore_msrs, mut verbose, mut print_mac) = (false, false, false, false, false);
     let mut uuid = None;
     let (mut com1, mut com2) = (None, None);
     let mut slots: Vec<PciSlot> = Vec::new();
@@ -161,16 +170,17 @@ pub fn parse(
             Some('l') => {
                 let v = value()?;
                 let (port, target) = parse_lpc(&v).map_err(|e| bad(format!("-l {v}"), e))?;
-                if port == 1 { com1 = Some(target) } else { com2 = Some(target) }
+                if port == 1 {
+                    com1 = Some(target)
+                } else {
+                    com2 = Some(target)
+                }
             }
             Some('s') => {
                 let v = value()?;
                 let s = parse_slot(&v).map_err(|e| bad(format!("-s {v}"), e))?;
                 if let Some(o) = slots.iter().find(|o| o.slot == s.slot && o.func == s.func) {
-                    return Err(bad(
-                        format!("-s {v}"),
-                        format!("slot {}:{} already holds {}", s.slot, s.func, o.emul),
-                    ));
+                    return Err(bad(format!("-s {v}"), format!("slot {}:{} already holds {}", s.slot, s.func, o.emul)));
                 }
                 slots.push(s);
             }
@@ -370,8 +380,22 @@ mod tests {
     fn full_command_line() {
         let f = format!("kexec,{},,\"console=ttyS0 quiet\"", kernel());
         let c = config(&[
-            "-A", "-u", "-c", "2", "-m", "1G", "-s", "0,hostbridge", "-s", "31,lpc", "-l",
-            "com1,log=/tmp/x.log", "-U", "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01", "-f", &f,
+            "-A",
+            "-u",
+            "-c",
+            "2",
+            "-m",
+            "1G",
+            "-s",
+            "0,hostbridge",
+            "-s",
+            "31,lpc",
+            "-l",
+            "com1,log=/tmp/x.log",
+            "-U",
+            "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01",
+            "-f",
+            &f,
         ]);
         assert!(c.acpi && c.rtc_utc && !c.verbose);
         assert_eq!((c.cpus, c.mem_bytes), (2, 1 << 30));
@@ -412,10 +436,7 @@ mod tests {
         assert!(matches!(run(&["-v"]), Ok(Command::Version)));
         assert!(matches!(run(&["-h"]), Ok(Command::Help)));
         assert!(matches!(run(&["--features"]), Ok(Command::Features)));
-        assert!(matches!(
-            run(&["-M", "-U", "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01"]),
-            Ok(Command::PrintMac(_))
-        ));
+        assert!(matches!(run(&["-M", "-U", "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01"]), Ok(Command::PrintMac(_))));
         assert_eq!(run(&["-M"]).unwrap_err().flag, "-M");
     }
 }

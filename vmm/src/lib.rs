@@ -25,8 +25,8 @@ use std::ffi::OsString;
 use std::io::Write;
 
 use cli::Command;
-use xhyve_contract::mac;
 use exit::ExitReason;
+use xhyve_contract::mac;
 
 /// Runs bhyve-style `args` (without the program name): parses them, then prints help, the
 /// version or a MAC, or runs the VM. Returns the process exit status (bhyve's, see `exit`).

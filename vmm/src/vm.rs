@@ -13,8 +13,8 @@ use crate::cpuid;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::cmos::Cmos;
 use crate::devices::i8042::{ResetToReboot, I8042};
-use crate::devices::serial::{self, RawTerminal};
 use crate::devices::mmio::MmioBus;
+use crate::devices::serial::{self, RawTerminal};
 use crate::devices::PioBus;
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::{self, StatsReader, Vm};
@@ -55,10 +55,8 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
     let vm: Arc<dyn Vm> = Arc::from(hypervisor::create_vm().map_err(|e| e.to_string())?);
     for (slot, region) in mem.iter().enumerate() {
         // SAFETY: `mem` is moved into `Shared` below and lives until the process exits.
-        unsafe {
-            vm.map_memory(slot as u32, region.start_addr().0, region.len(), region.as_ptr() as u64)
-        }
-        .map_err(|e| e.to_string())?;
+        unsafe { vm.map_memory(slot as u32, region.start_addr().0, region.len(), region.as_ptr() as u64) }
+            .map_err(|e| e.to_string())?;
     }
     if cfg.ignore_msrs {
         vm.ignore_unknown_msrs().map_err(|e| format!("-w: not supported by this host: {e}"))?;
@@ -73,10 +71,9 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
     // Devices.
     let mut pio = PioBus::default();
     let mut raw_terminal = None;
-    for (name, target, port, irq) in [
-        ("com1", &cfg.com1, PORT_COM1, IRQ_COM1),
-        ("com2", &cfg.com2, PORT_COM2, IRQ_COM2),
-    ] {
+    for (name, target, port, irq) in
+        [("com1", &cfg.com1, PORT_COM1, IRQ_COM1), ("com2", &cfg.com2, PORT_COM2, IRQ_COM2)]
+    {
         let Some(target) = target else { continue };
         let console = serial::open_console(name, target)?;
         let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("{name}: eventfd: {e}"))?;
@@ -198,10 +195,8 @@ fn split_ram(size: u64) -> (u64, u64) {
 
 /// Waits for the VM's ending while turning SIGTERM/SIGINT/SIGHUP into power-button presses.
 fn wait_for_end(exit: &ExitLatch, signals: &TermSignals, button: Option<&Arc<Mutex<AcpiPm>>>) -> ExitReason {
-    let timeout = std::env::var("XHYVE_SHUTDOWN_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+    let timeout =
+        std::env::var("XHYVE_SHUTDOWN_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
     let mut deadline: Option<Instant> = None;
     loop {
         if let Some(reason) = exit.wait_timeout(Duration::from_millis(100)) {

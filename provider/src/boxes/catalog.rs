@@ -59,16 +59,9 @@ pub fn parse(text: &[u8]) -> Result<Catalog, String> {
 /// Newest version matching `constraint` with a provider `xhyve` for `arch`: an entry whose
 /// `architecture` is `arch` is preferred, then one without an architecture, then one marked
 /// `default_architecture`.
-pub fn select(
-    cat: &Catalog,
-    constraint: Option<&Requirement>,
-    arch: &str,
-) -> Result<Selected, String> {
-    let mut versions: Vec<(Version, &CatalogVersion)> = cat
-        .versions
-        .iter()
-        .filter_map(|cv| Version::parse(&cv.version).ok().map(|v| (v, cv)))
-        .collect();
+pub fn select(cat: &Catalog, constraint: Option<&Requirement>, arch: &str) -> Result<Selected, String> {
+    let mut versions: Vec<(Version, &CatalogVersion)> =
+        cat.versions.iter().filter_map(|cv| Version::parse(&cv.version).ok().map(|v| (v, cv))).collect();
     versions.sort_by(|a, b| b.0.cmp(&a.0));
     for (v, cv) in &versions {
         if constraint.is_some_and(|c| !c.matches(v)) {
@@ -110,11 +103,7 @@ pub fn select(
     };
     Err(format!(
         "{name}: {what} has a provider {PROVIDER:?} for architecture {arch}; available: {}",
-        if available.is_empty() {
-            "none".to_string()
-        } else {
-            available.join("; ")
-        }
+        if available.is_empty() { "none".to_string() } else { available.join("; ") }
     ))
 }
 
@@ -158,10 +147,7 @@ mod tests {
     #[test]
     fn constraint_and_exact_arch() {
         let s = sel(Some("~> 1.2.0"), "amd64").unwrap();
-        assert_eq!(
-            (s.version.as_str(), s.url.as_str()),
-            ("1.2.0", "http://x/1.2.0-amd.box")
-        );
+        assert_eq!((s.version.as_str(), s.url.as_str()), ("1.2.0", "http://x/1.2.0-amd.box"));
         let s = sel(Some("~> 1.2.0"), "arm64").unwrap();
         assert_eq!(s.url, "http://x/1.2.0-arm.box");
         let s = sel(Some(">= 1.0, < 1.1"), "amd64").unwrap();
@@ -174,10 +160,7 @@ mod tests {
     #[test]
     fn nothing_matches() {
         let e = sel(Some(">= 2"), "amd64").unwrap_err();
-        assert!(
-            e.contains("acme/tiny") && e.contains("2.0.0 (virtualbox)"),
-            "{e}"
-        );
+        assert!(e.contains("acme/tiny") && e.contains("2.0.0 (virtualbox)"), "{e}");
         let e = sel(Some("= 1.2.0"), "riscv64").unwrap_err();
         assert!(e.contains("riscv64"), "{e}");
     }

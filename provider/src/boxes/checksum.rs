@@ -22,9 +22,7 @@ impl Kind {
             "sha256" => Ok(Kind::Sha256),
             "sha384" => Ok(Kind::Sha384),
             "sha512" => Ok(Kind::Sha512),
-            _ => Err(format!(
-                "unsupported checksum_type {s:?} (supported: md5, sha1, sha256, sha384, sha512)"
-            )),
+            _ => Err(format!("unsupported checksum_type {s:?} (supported: md5, sha1, sha256, sha384, sha512)")),
         }
     }
     pub fn name(self) -> &'static str {
@@ -69,18 +67,13 @@ impl Checksum {
     /// `TYPE:HEX`).
     pub fn parse(checksum: &str, checksum_type: Option<&str>) -> Result<Checksum, String> {
         let c = checksum.trim();
-        let (kind, hex) =
-            match (
-                checksum_type.map(str::trim).filter(|t| !t.is_empty()),
-                c.split_once(':'),
-            ) {
-                (Some(t), _) => (Kind::parse(t)?, c),
-                (None, Some((t, h))) => (Kind::parse(t)?, h.trim()),
-                (None, None) => return Err(
-                    "checksum_type is required with checksum (md5, sha1, sha256, sha384 or sha512)"
-                        .into(),
-                ),
-            };
+        let (kind, hex) = match (checksum_type.map(str::trim).filter(|t| !t.is_empty()), c.split_once(':')) {
+            (Some(t), _) => (Kind::parse(t)?, c),
+            (None, Some((t, h))) => (Kind::parse(t)?, h.trim()),
+            (None, None) => {
+                return Err("checksum_type is required with checksum (md5, sha1, sha256, sha384 or sha512)".into())
+            }
+        };
         let hex = hex.to_ascii_lowercase();
         if hex.len() != kind.hex_len() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!(
@@ -102,34 +95,17 @@ mod tests {
     #[test]
     fn parses() {
         let c = Checksum::parse(&SHA256_ABC.to_uppercase(), Some("SHA256")).unwrap();
-        assert_eq!(
-            c,
-            Checksum {
-                kind: Kind::Sha256,
-                hex: SHA256_ABC.into()
-            }
-        );
+        assert_eq!(c, Checksum { kind: Kind::Sha256, hex: SHA256_ABC.into() });
         let c = Checksum::parse(&format!("sha256:{SHA256_ABC}"), None).unwrap();
         assert_eq!(c.hex, SHA256_ABC);
-        assert_eq!(
-            Checksum::parse("900150983cd24fb0d6963f7d28e17f72", Some("md5"))
-                .unwrap()
-                .kind,
-            Kind::Md5
-        );
+        assert_eq!(Checksum::parse("900150983cd24fb0d6963f7d28e17f72", Some("md5")).unwrap().kind, Kind::Md5);
     }
 
     #[test]
     fn refuses() {
-        assert!(Checksum::parse(SHA256_ABC, None)
-            .unwrap_err()
-            .contains("checksum_type is required"));
-        assert!(Checksum::parse(SHA256_ABC, Some("crc32"))
-            .unwrap_err()
-            .contains("unsupported"));
-        assert!(Checksum::parse(SHA256_ABC, Some("sha1"))
-            .unwrap_err()
-            .contains("40 hex digits"));
+        assert!(Checksum::parse(SHA256_ABC, None).unwrap_err().contains("checksum_type is required"));
+        assert!(Checksum::parse(SHA256_ABC, Some("crc32")).unwrap_err().contains("unsupported"));
+        assert!(Checksum::parse(SHA256_ABC, Some("sha1")).unwrap_err().contains("40 hex digits"));
         assert!(Checksum::parse(&SHA256_ABC.replace('b', "g"), Some("sha256")).is_err());
     }
 

@@ -44,11 +44,12 @@ impl Source {
             let url = Url::parse(t).map_err(|e| format!("source {t:?} is not a valid URL: {e}"))?;
             return match scheme.to_ascii_lowercase().as_str() {
                 "http" | "https" => Ok(Source::Http(url)),
-                "file" => url
-                    .to_file_path()
-                    .map(Source::File)
-                    .map_err(|_| format!("source {t:?} is not a local file URL")),
-                other => Err(format!("source {t:?}: unsupported URL scheme {other:?} (use a path, file://, http:// or https://)")),
+                "file" => {
+                    url.to_file_path().map(Source::File).map_err(|_| format!("source {t:?} is not a local file URL"))
+                }
+                other => Err(format!(
+                    "source {t:?}: unsupported URL scheme {other:?} (use a path, file://, http:// or https://)"
+                )),
             };
         }
         let p = PathBuf::from(t);
@@ -67,10 +68,9 @@ impl Source {
             return Source::parse(r);
         }
         match self {
-            Source::Http(base) => base
-                .join(r)
-                .map(Source::Http)
-                .map_err(|e| format!("bad box URL {r:?} in catalog: {e}")),
+            Source::Http(base) => {
+                base.join(r).map(Source::Http).map_err(|e| format!("bad box URL {r:?} in catalog: {e}"))
+            }
             Source::File(p) => Ok(Source::File(p.parent().unwrap_or(Path::new("/")).join(r))),
         }
     }
@@ -89,19 +89,8 @@ pub struct Hashing<R> {
 }
 
 impl<R: Read> Hashing<R> {
-    pub fn new(
-        inner: R,
-        hasher: Box<dyn DynDigest + Send>,
-        total: Option<u64>,
-        progress: Option<Progress>,
-    ) -> Self {
-        Hashing {
-            inner,
-            hasher,
-            count: Arc::new(AtomicU64::new(0)),
-            total,
-            progress,
-        }
+    pub fn new(inner: R, hasher: Box<dyn DynDigest + Send>, total: Option<u64>, progress: Option<Progress>) -> Self {
+        Hashing { inner, hasher, count: Arc::new(AtomicU64::new(0)), total, progress }
     }
     /// Shared counter of bytes read so far (the unpacker's compression-ratio check reads it).
     pub fn counter(&self) -> Arc<AtomicU64> {
@@ -141,27 +130,17 @@ pub struct Opened {
 pub fn open(src: &Source) -> Result<Opened> {
     match src {
         Source::File(p) => {
-            let f = File::open(p)
-                .map_err(|e| Error::not_found(format!("cannot open {}: {e}", p.display())))?;
+            let f = File::open(p).map_err(|e| Error::not_found(format!("cannot open {}: {e}", p.display())))?;
             let md = f.metadata()?;
             if md.is_dir() {
-                return Err(Error::invalid_params(format!(
-                    "source {} is a directory",
-                    p.display()
-                )));
+                return Err(Error::invalid_params(format!("source {} is a directory", p.display())));
             }
-            Ok(Opened {
-                reader: Box::new(f),
-                total: Some(md.len()),
-            })
+            Ok(Opened { reader: Box::new(f), total: Some(md.len()) })
         }
         Source::Http(u) => {
             let r = HttpReader::open(u)?;
             let total = r.total;
-            Ok(Opened {
-                reader: Box::new(r),
-                total,
-            })
+            Ok(Opened { reader: Box::new(r), total })
         }
     }
 }
@@ -241,19 +220,13 @@ pub struct HttpReader {
 }
 
 fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_string())
+    resp.headers().get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string())
 }
 
 impl HttpReader {
     pub fn open(url: &Url) -> Result<HttpReader> {
         let agent = agent();
-        let resp = agent
-            .get(url.as_str())
-            .call()
-            .map_err(|e| Error::download(format!("cannot fetch {url}: {e}")))?;
+        let resp = agent.get(url.as_str()).call().map_err(|e| Error::download(format!("cannot fetch {url}: {e}")))?;
         let status = resp.status();
         if status.as_u16() == 404 {
             return Err(Error::not_found(format!("{url}: HTTP 404 Not Found")));
@@ -262,9 +235,8 @@ impl HttpReader {
             return Err(Error::download(format!("{url}: HTTP {status}")));
         }
         let total = header(&resp, "content-length").and_then(|v| v.parse().ok());
-        let validator = header(&resp, "etag")
-            .filter(|e| !e.starts_with("W/"))
-            .or_else(|| header(&resp, "last-modified"));
+        let validator =
+            header(&resp, "etag").filter(|e| !e.starts_with("W/")).or_else(|| header(&resp, "last-modified"));
         Ok(HttpReader {
             agent,
             url: url.to_string(),
@@ -279,11 +251,7 @@ impl HttpReader {
 
     fn truncated(&self, why: &str) -> io::Error {
         let of = self.total.map(|t| format!(" of {t}")).unwrap_or_default();
-        Error::download(format!(
-            "download of {} truncated at {}{of} bytes: {why}",
-            self.url, self.offset
-        ))
-        .into()
+        Error::download(format!("download of {} truncated at {}{of} bytes: {why}", self.url, self.offset)).into()
     }
 
     /// Re-requests the rest of the body from `offset`.
@@ -295,13 +263,8 @@ impl HttpReader {
                 return Err(self.truncated(&format!("{why} (gave up after {RESUMES} resumes)")));
             }
             self.resumes_left -= 1;
-            std::thread::sleep(Duration::from_millis(
-                100 * u64::from(RESUMES - self.resumes_left),
-            ));
-            let mut req = self
-                .agent
-                .get(&self.url)
-                .header("Range", format!("bytes={}-", self.offset));
+            std::thread::sleep(Duration::from_millis(100 * u64::from(RESUMES - self.resumes_left)));
+            let mut req = self.agent.get(&self.url).header("Range", format!("bytes={}-", self.offset));
             if let Some(v) = &self.validator {
                 req = req.header("If-Range", v.as_str());
             }
@@ -315,13 +278,10 @@ impl HttpReader {
             match resp.status().as_u16() {
                 206 => {
                     let start = header(&resp, "content-range").and_then(|cr| {
-                        cr.strip_prefix("bytes ")
-                            .and_then(|r| r.split('-').next()?.trim().parse::<u64>().ok())
+                        cr.strip_prefix("bytes ").and_then(|r| r.split('-').next()?.trim().parse::<u64>().ok())
                     });
                     if start != Some(self.offset) {
-                        return Err(
-                            self.truncated("the server answered the resume with the wrong range")
-                        );
+                        return Err(self.truncated("the server answered the resume with the wrong range"));
                     }
                     self.resumed += 1;
                     self.body = Some(Box::new(resp.into_body().into_reader()));
@@ -329,8 +289,8 @@ impl HttpReader {
                 }
                 200 => {
                     return Err(self.truncated(&format!(
-                    "{why}; the server does not support resuming (no Range), or the file changed"
-                )))
+                        "{why}; the server does not support resuming (no Range), or the file changed"
+                    )))
                 }
                 s => why = format!("resuming: HTTP {s}"),
             }
@@ -350,9 +310,7 @@ impl Read for HttpReader {
             };
             match r {
                 Ok(0) => match self.total {
-                    Some(t) if self.offset < t => {
-                        self.resume("the connection closed early".into())?
-                    }
+                    Some(t) if self.offset < t => self.resume("the connection closed early".into())?,
                     _ => {
                         self.body = None;
                         return Ok(0);
@@ -361,11 +319,7 @@ impl Read for HttpReader {
                 Ok(n) => {
                     self.offset += n as u64;
                     if self.total.is_some_and(|t| self.offset > t) {
-                        return Err(Error::download(format!(
-                            "{}: more data than Content-Length",
-                            self.url
-                        ))
-                        .into());
+                        return Err(Error::download(format!("{}: more data than Content-Length", self.url)).into());
                     }
                     return Ok(n);
                 }
@@ -392,41 +346,18 @@ mod tests {
 
     #[test]
     fn sources() {
-        assert_eq!(
-            Source::parse("/a/b.box").unwrap(),
-            Source::File("/a/b.box".into())
-        );
-        assert_eq!(
-            Source::parse("file:///a/b%20c.box").unwrap(),
-            Source::File("/a/b c.box".into())
-        );
-        assert!(matches!(
-            Source::parse("https://h/x.box").unwrap(),
-            Source::Http(_)
-        ));
+        assert_eq!(Source::parse("/a/b.box").unwrap(), Source::File("/a/b.box".into()));
+        assert_eq!(Source::parse("file:///a/b%20c.box").unwrap(), Source::File("/a/b c.box".into()));
+        assert!(matches!(Source::parse("https://h/x.box").unwrap(), Source::Http(_)));
         assert!(Source::parse("rel/x.box").unwrap_err().contains("absolute"));
-        assert!(Source::parse("ftp://h/x.box")
-            .unwrap_err()
-            .contains("unsupported URL scheme"));
+        assert!(Source::parse("ftp://h/x.box").unwrap_err().contains("unsupported URL scheme"));
         assert!(Source::parse("").is_err());
         let cat = Source::parse("http://h/boxes/cat.json").unwrap();
-        assert_eq!(
-            cat.join("tiny.box").unwrap().to_string(),
-            "http://h/boxes/tiny.box"
-        );
-        assert_eq!(
-            cat.join("/x/t.box").unwrap(),
-            Source::File("/x/t.box".into())
-        );
+        assert_eq!(cat.join("tiny.box").unwrap().to_string(), "http://h/boxes/tiny.box");
+        assert_eq!(cat.join("/x/t.box").unwrap(), Source::File("/x/t.box".into()));
         let cat = Source::parse("/srv/cat.json").unwrap();
-        assert_eq!(
-            cat.join("t.box").unwrap(),
-            Source::File("/srv/t.box".into())
-        );
-        assert_eq!(
-            cat.join("http://o/t.box").unwrap().to_string(),
-            "http://o/t.box"
-        );
+        assert_eq!(cat.join("t.box").unwrap(), Source::File("/srv/t.box".into()));
+        assert_eq!(cat.join("http://o/t.box").unwrap().to_string(), "http://o/t.box");
     }
 
     #[test]

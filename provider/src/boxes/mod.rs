@@ -11,7 +11,6 @@ use crate::error::{code, Context, Error, Result};
 use crate::home::Home;
 use crate::state;
 use checksum::{Checksum, Kind};
-use xhyve_contract::hex::hex;
 use download::{Format, Hashing, Source};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -22,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use unpack::{Extractor, Limits};
 use version::{Requirement, Version};
+use xhyve_contract::hex::hex;
 
 /// What the box methods share: the home, the limits and the lock that serialises changes to the
 /// store (installs, removals; later machine creation).
@@ -106,27 +106,16 @@ fn plan(p: &AddParams) -> Result<Plan> {
     if let Some(a) = &p.architecture {
         store::check_arch(a).map_err(invalid)?;
     }
-    let explicit = match (
-        p.checksum.as_deref().filter(|c| !c.trim().is_empty()),
-        p.checksum_type.as_deref(),
-    ) {
+    let explicit = match (p.checksum.as_deref().filter(|c| !c.trim().is_empty()), p.checksum_type.as_deref()) {
         (Some(c), t) => Some(Checksum::parse(c, t).map_err(invalid)?),
-        (None, Some(t)) if !t.trim().is_empty() => {
-            return Err(invalid("checksum_type given without checksum".into()))
-        }
+        (None, Some(t)) if !t.trim().is_empty() => return Err(invalid("checksum_type given without checksum".into())),
         _ => None,
     };
-    let want_arch = p
-        .architecture
-        .clone()
-        .unwrap_or_else(|| catalog::host_arch().to_string());
+    let want_arch = p.architecture.clone().unwrap_or_else(|| catalog::host_arch().to_string());
     let (head, reader, total) = open_peeked(&src)?;
     if download::sniff(&head) != Format::Json {
         let name = p.name.clone().ok_or_else(|| {
-            invalid(
-                "name is required when the source is a box file (only a catalog names its box)"
-                    .into(),
-            )
+            invalid("name is required when the source is a box file (only a catalog names its box)".into())
         })?;
         let version = p.version.clone().unwrap_or_else(|| "0".into());
         if !Requirement::is_plain_version(&version) {
@@ -148,17 +137,10 @@ fn plan(p: &AddParams) -> Result<Plan> {
         });
     }
     // A catalog.
-    let text = download::read_limited(reader, download::MAX_CATALOG)
-        .ctx(|| format!("reading catalog {src}"))?;
+    let text = download::read_limited(reader, download::MAX_CATALOG).ctx(|| format!("reading catalog {src}"))?;
     let cat = catalog::parse(&text).map_err(|e| Error::bad_box(format!("{src}: {e}")))?;
-    let req = p
-        .version
-        .as_deref()
-        .map(Requirement::parse)
-        .transpose()
-        .map_err(|e| invalid(format!("version: {e}")))?;
-    let sel = catalog::select(&cat, req.as_ref(), &want_arch)
-        .map_err(|m| Error::new(code::NO_MATCHING_BOX, m))?;
+    let req = p.version.as_deref().map(Requirement::parse).transpose().map_err(|e| invalid(format!("version: {e}")))?;
+    let sel = catalog::select(&cat, req.as_ref(), &want_arch).map_err(|m| Error::new(code::NO_MATCHING_BOX, m))?;
     let name = p
         .name
         .clone()
@@ -171,21 +153,16 @@ fn plan(p: &AddParams) -> Result<Plan> {
         Some(c) => Some(c),
         None => match &sel.checksum {
             Some(c) => Some(
-                Checksum::parse(c, sel.checksum_type.as_deref()).map_err(|e| {
-                    Error::bad_box(format!("catalog {src}, version {}: {e}", sel.version))
-                })?,
+                Checksum::parse(c, sel.checksum_type.as_deref())
+                    .map_err(|e| Error::bad_box(format!("catalog {src}, version {}: {e}", sel.version)))?,
             ),
             None => None,
         },
     };
-    let box_src = src
-        .join(&sel.url)
-        .map_err(|e| Error::bad_box(format!("catalog {src}: {e}")))?;
+    let box_src = src.join(&sel.url).map_err(|e| Error::bad_box(format!("catalog {src}: {e}")))?;
     let (head, reader, total) = open_peeked(&box_src)?;
     if download::sniff(&head) == Format::Json {
-        return Err(Error::bad_box(format!(
-            "{box_src} (from catalog {src}) is another catalog, not a box"
-        )));
+        return Err(Error::bad_box(format!("{box_src} (from catalog {src}) is another catalog, not a box")));
     }
     Ok(Plan {
         name,
@@ -205,9 +182,7 @@ fn drain_decoded(mut r: impl Read) -> Result<()> {
     let n = io::copy(&mut (&mut r).take((1 << 20) + 1), &mut io::sink())
         .map_err(|e| Error::from(e).context("reading the end of the archive"))?;
     if n > 1 << 20 {
-        return Err(Error::bad_archive(
-            "more than 1 MiB of data after the end of the tar archive",
-        ));
+        return Err(Error::bad_archive("more than 1 MiB of data after the end of the tar archive"));
     }
     Ok(())
 }
@@ -222,11 +197,7 @@ pub fn add(b: &Boxes, p: AddParams, report: Reporter) -> Result<Value> {
     let job = TempDir::new(home, "add")?;
     let root = job.0.join("box");
     fs::create_dir(&root)?;
-    let kind = plan
-        .checksum
-        .as_ref()
-        .map(|c| c.kind)
-        .unwrap_or(Kind::Sha256);
+    let kind = plan.checksum.as_ref().map(|c| c.kind).unwrap_or(Kind::Sha256);
     let phase: &'static str = match plan.source {
         Source::Http(_) => "download",
         Source::File(_) => "read",
@@ -269,17 +240,7 @@ pub fn add(b: &Boxes, p: AddParams, report: Reporter) -> Result<Value> {
             let mut ex = Extractor::new(&root, b.limits, Arc::new(Default::default()));
             report("unpack", 0, None);
             unpack::unzip(f, &mut ex)?;
-            return finish(
-                b,
-                &p,
-                plan,
-                ex,
-                hex(&digest),
-                kind,
-                &root,
-                &target,
-                &report,
-            );
+            return finish(b, &p, plan, ex, hex(&digest), kind, &root, &target, &report);
         }
         Format::Empty => return Err(Error::bad_archive(format!("{} is empty", plan.source))),
         Format::Unsupported(what) => {
@@ -299,17 +260,7 @@ pub fn add(b: &Boxes, p: AddParams, report: Reporter) -> Result<Value> {
         )));
     }
     verify(&plan, kind, &digest)?;
-    finish(
-        b,
-        &p,
-        plan,
-        ex,
-        hex(&digest),
-        kind,
-        &root,
-        &target,
-        &report,
-    )
+    finish(b, &p, plan, ex, hex(&digest), kind, &root, &target, &report)
 }
 
 fn already(name: &str, version: &str, arch: &str) -> Error {
@@ -325,12 +276,7 @@ fn verify(plan: &Plan, kind: Kind, digest: &[u8]) -> Result<()> {
         if got != c.hex {
             return Err(Error::new(
                 code::CHECKSUM_MISMATCH,
-                format!(
-                    "checksum mismatch for {}: expected {} {}, got {got}",
-                    plan.source,
-                    kind.name(),
-                    c.hex
-                ),
+                format!("checksum mismatch for {}: expected {} {}, got {got}", plan.source, kind.name(), c.hex),
             )
             .with_data(json!({"expected": c.hex, "actual": got, "checksum_type": kind.name()})));
         }
@@ -354,19 +300,10 @@ fn finish(
     let meta_path = root.join("metadata.json");
     let meta = match fs::read(&meta_path) {
         Ok(m) => m,
-        Err(_) => {
-            return Err(Error::bad_box(format!(
-                "{}: the box has no metadata.json at its root",
-                plan.source
-            )))
-        }
+        Err(_) => return Err(Error::bad_box(format!("{}: the box has no metadata.json at its root", plan.source))),
     };
-    let meta: Value = serde_json::from_slice(&meta).map_err(|e| {
-        Error::bad_box(format!(
-            "{}: metadata.json is not valid JSON: {e}",
-            plan.source
-        ))
-    })?;
+    let meta: Value = serde_json::from_slice(&meta)
+        .map_err(|e| Error::bad_box(format!("{}: metadata.json is not valid JSON: {e}", plan.source)))?;
     match meta.get("provider").and_then(Value::as_str) {
         Some(catalog::PROVIDER) => {}
         Some(other) => {
@@ -400,10 +337,7 @@ fn finish(
         catalog: plan.catalog.clone(),
         checksum_type: kind.name().into(),
         checksum: digest,
-        added_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        added_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     };
     state::write_json_atomic(&root.join(store::RECORD), &rec)?;
     // Every unpacked file reaches the disk before the box appears in the store.
@@ -414,8 +348,7 @@ fn finish(
     }
     report("install", size, Some(size));
     install(b, root, target, p.force, &plan)?;
-    let mut v = serde_json::to_value(store::info(target, &rec))
-        .map_err(|e| Error::internal(e.to_string()))?;
+    let mut v = serde_json::to_value(store::info(target, &rec)).map_err(|e| Error::internal(e.to_string()))?;
     v["checksum_type"] = json!(rec.checksum_type);
     v["checksum"] = json!(rec.checksum);
     v["source"] = json!(rec.source);
@@ -465,11 +398,6 @@ pub fn remove(b: &Boxes, p: RemoveParams) -> Result<Value> {
         Version::parse(v).map_err(|e| invalid(format!("version: {e}")))?;
     }
     let _g = b.lock.lock().unwrap_or_else(|e| e.into_inner());
-    let removed = store::remove(
-        &b.home,
-        &p.name,
-        p.version.as_deref(),
-        p.architecture.as_deref(),
-    )?;
+    let removed = store::remove(&b.home, &p.name, p.version.as_deref(), p.architecture.as_deref())?;
     Ok(json!({ "removed": removed }))
 }

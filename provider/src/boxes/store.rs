@@ -48,50 +48,30 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
     if name.is_empty() || name.len() > 200 {
         return Err("box name must be 1 to 200 characters".into());
     }
-    if name
-        .chars()
-        .any(|c| c.is_control() || c == '\\' || c == ':')
-    {
+    if name.chars().any(|c| c.is_control() || c == '\\' || c == ':') {
         return Err(format!("box name {name:?} has a forbidden character"));
     }
-    if name
-        .split('/')
-        .any(|p| p.is_empty() || p == "." || p == ".." || p.starts_with('.'))
-        || name.starts_with(' ')
-    {
-        return Err(format!(
-            "box name {name:?} is not a valid name (e.g. \"tiny\" or \"acme/tiny\")"
-        ));
+    if name.split('/').any(|p| p.is_empty() || p == "." || p == ".." || p.starts_with('.')) || name.starts_with(' ') {
+        return Err(format!("box name {name:?} is not a valid name (e.g. \"tiny\" or \"acme/tiny\")"));
     }
     Ok(())
 }
 
 pub fn check_arch(arch: &str) -> std::result::Result<(), String> {
-    if arch.is_empty()
-        || arch.len() > 32
-        || !arch.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
-        return Err(format!(
-            "architecture {arch:?} is not valid (e.g. amd64, arm64)"
-        ));
+    if arch.is_empty() || arch.len() > 32 || !arch.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(format!("architecture {arch:?} is not valid (e.g. amd64, arm64)"));
     }
     Ok(())
 }
 
 pub fn box_dir(home: &Home, name: &str, version: &str, arch: &str) -> PathBuf {
-    home.boxes()
-        .join(escape_name(name))
-        .join(version)
-        .join(arch)
+    home.boxes().join(escape_name(name)).join(version).join(arch)
 }
 
 fn subdirs(p: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(p)
         .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.path())
-                .collect()
+            rd.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect()
         })
         .unwrap_or_default();
     v.sort();
@@ -115,12 +95,10 @@ pub fn installed(home: &Home) -> Vec<(PathBuf, BoxRecord)> {
     out.sort_by(|(_, a), (_, b)| {
         a.name
             .cmp(&b.name)
-            .then_with(
-                || match (Version::parse(&a.version), Version::parse(&b.version)) {
-                    (Ok(x), Ok(y)) => x.cmp(&y),
-                    _ => a.version.cmp(&b.version),
-                },
-            )
+            .then_with(|| match (Version::parse(&a.version), Version::parse(&b.version)) {
+                (Ok(x), Ok(y)) => x.cmp(&y),
+                _ => a.version.cmp(&b.version),
+            })
             .then_with(|| a.architecture.cmp(&b.architecture))
     });
     out
@@ -163,28 +141,15 @@ struct BoxRef {
 
 /// Machines (their ids, the directory names) that use box `name` at `version`/`arch` (any when
 /// None). A machine.json that cannot be read counts as a user: refusing is the safe side.
-pub fn machines_using(
-    home: &Home,
-    name: &str,
-    version: Option<&str>,
-    arch: Option<&str>,
-) -> Result<Vec<String>> {
+pub fn machines_using(home: &Home, name: &str, version: Option<&str>, arch: Option<&str>) -> Result<Vec<String>> {
     let mut users = Vec::new();
     for dir in subdirs(&home.machines()) {
-        let id = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let path = dir.join("machine.json");
         let text = match fs::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(Error::internal(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )))
-            }
+            Err(e) => return Err(Error::internal(format!("cannot read {}: {e}", path.display()))),
         };
         let m: MachineBoxRef = serde_json::from_slice(&text)
             .map_err(|e| Error::internal(format!("cannot parse {}: {e}", path.display())))?;
@@ -211,12 +176,7 @@ pub fn machines_using(
 /// Removes box `name` (every version when `version` is None; every architecture when `arch` is
 /// None). Refuses while a machine uses one of them. Each box directory is first renamed into
 /// `tmp/` so it disappears from the store at once, then deleted.
-pub fn remove(
-    home: &Home,
-    name: &str,
-    version: Option<&str>,
-    arch: Option<&str>,
-) -> Result<Vec<BoxInfo>> {
+pub fn remove(home: &Home, name: &str, version: Option<&str>, arch: Option<&str>) -> Result<Vec<BoxInfo>> {
     let victims: Vec<(PathBuf, BoxRecord)> = installed(home)
         .into_iter()
         .filter(|(_, r)| {
@@ -279,15 +239,9 @@ pub fn prune_empty(home: &Home, box_dir: &Path) {
 pub fn tempdir_path(home: &Home, what: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    home.tmp().join(format!(
-        "{what}-{}-{}-{nanos:x}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ))
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    home.tmp().join(format!("{what}-{}-{}-{nanos:x}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)))
 }
 
 #[cfg(test)]
@@ -299,9 +253,7 @@ mod tests {
         assert_eq!(escape_name("acme/tiny"), "acme-VAGRANTSLASH-tiny");
         assert!(check_name("acme/tiny").is_ok());
         assert!(check_name("tiny-1.0_x").is_ok());
-        for bad in [
-            "", "..", "a/../b", "/abs", "a//b", ".hidden", "a\\b", "a\nb", "a/",
-        ] {
+        for bad in ["", "..", "a/../b", "/abs", "a//b", ".hidden", "a\\b", "a\nb", "a/"] {
             assert!(check_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_arch("amd64").is_ok());
@@ -322,27 +274,11 @@ mod tests {
         )
         .unwrap();
         fs::create_dir_all(home.machines().join("m2")).unwrap(); // being created: no machine.json yet
-        assert_eq!(
-            machines_using(&home, "acme/tiny", Some("1.0"), Some("amd64")).unwrap(),
-            vec!["m1 (web)"]
-        );
-        assert_eq!(
-            machines_using(&home, "acme/tiny", None, None)
-                .unwrap()
-                .len(),
-            1
-        );
-        assert!(machines_using(&home, "acme/tiny", Some("2.0"), None)
-            .unwrap()
-            .is_empty());
-        assert!(
-            machines_using(&home, "acme/tiny", Some("1.0.0"), Some("arm64"))
-                .unwrap()
-                .is_empty()
-        );
-        assert!(machines_using(&home, "other", None, None)
-            .unwrap()
-            .is_empty());
+        assert_eq!(machines_using(&home, "acme/tiny", Some("1.0"), Some("amd64")).unwrap(), vec!["m1 (web)"]);
+        assert_eq!(machines_using(&home, "acme/tiny", None, None).unwrap().len(), 1);
+        assert!(machines_using(&home, "acme/tiny", Some("2.0"), None).unwrap().is_empty());
+        assert!(machines_using(&home, "acme/tiny", Some("1.0.0"), Some("arm64")).unwrap().is_empty());
+        assert!(machines_using(&home, "other", None, None).unwrap().is_empty());
         fs::write(m.join("machine.json"), "{broken").unwrap();
         assert!(machines_using(&home, "x", None, None).is_err());
         fs::remove_dir_all(&root).unwrap();

@@ -25,12 +25,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            max_size: 64 << 30,
-            max_ratio: 100,
-            ratio_after: 256 << 20,
-            max_entries: 100_000,
-        }
+        Limits { max_size: 64 << 30, max_ratio: 100, ratio_after: 256 << 20, max_entries: 100_000 }
     }
 }
 
@@ -42,22 +37,14 @@ pub fn check_path(name: &Path) -> Result<Option<PathBuf>> {
             Component::CurDir => {}
             Component::Normal(p) => out.push(p),
             Component::ParentDir => {
-                return Err(Error::bad_archive(format!(
-                    "entry {name:?} has a `..` component: refused"
-                )))
+                return Err(Error::bad_archive(format!("entry {name:?} has a `..` component: refused")))
             }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(Error::bad_archive(format!(
-                    "entry {name:?} is an absolute path: refused"
-                )))
+                return Err(Error::bad_archive(format!("entry {name:?} is an absolute path: refused")))
             }
         }
     }
-    Ok(if out.as_os_str().is_empty() {
-        None
-    } else {
-        Some(out)
-    })
+    Ok(if out.as_os_str().is_empty() { None } else { Some(out) })
 }
 
 /// Whether `target`, seen from the directory holding `link` (both relative to the box root),
@@ -151,11 +138,7 @@ impl Extractor {
         let p = self.root.join(rel);
         match fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::bad_archive(format!(
-                    "directory {rel:?} collides with a file"
-                )))
-            }
+            Ok(_) => return Err(Error::bad_archive(format!("directory {rel:?} collides with a file"))),
             Err(_) => fs::create_dir(&p)?,
         }
         fs::set_permissions(&p, fs::Permissions::from_mode((mode & 0o777) | 0o700))?;
@@ -171,9 +154,7 @@ impl Extractor {
         self.make_parent(rel)?;
         let p = self.root.join(rel);
         if fs::symlink_metadata(&p).is_ok_and(|m| !m.is_file()) {
-            return Err(Error::bad_archive(format!(
-                "file {rel:?} collides with a directory"
-            )));
+            return Err(Error::bad_archive(format!("file {rel:?} collides with a directory")));
         }
         let mut f = OpenOptions::new()
             .write(true)
@@ -225,12 +206,9 @@ impl Extractor {
     pub fn symlink(&mut self, rel: &Path, target: &Path) -> Result<()> {
         self.count_entry()?;
         if target.as_os_str().is_empty() || !link_stays_inside(rel, target) {
-            return Err(Error::bad_archive(format!(
-                "symlink {rel:?} -> {target:?} points outside the box: refused"
-            )));
+            return Err(Error::bad_archive(format!("symlink {rel:?} -> {target:?} points outside the box: refused")));
         }
-        self.symlinks
-            .push((rel.to_path_buf(), target.to_path_buf()));
+        self.symlinks.push((rel.to_path_buf(), target.to_path_buf()));
         Ok(())
     }
 
@@ -255,9 +233,7 @@ impl Extractor {
         let p = self.root.join(rel);
         if let Ok(m) = fs::symlink_metadata(&p) {
             if !m.is_file() {
-                return Err(Error::bad_archive(format!(
-                    "hard link {rel:?} collides with a directory"
-                )));
+                return Err(Error::bad_archive(format!("hard link {rel:?} collides with a directory")));
             }
             fs::remove_file(&p)?;
         }
@@ -272,9 +248,7 @@ impl Extractor {
             self.make_parent(rel)?;
             let p = self.root.join(rel);
             if fs::symlink_metadata(&p).is_ok() {
-                return Err(Error::bad_archive(format!(
-                    "symlink {rel:?} collides with another entry"
-                )));
+                return Err(Error::bad_archive(format!("symlink {rel:?} collides with another entry")));
             }
             std::os::unix::fs::symlink(target, &p)?;
         }
@@ -307,9 +281,7 @@ pub fn untar<R: Read>(r: R, ex: &mut Extractor) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     use tar::EntryType as T;
     let mut ar = tar::Archive::new(r);
-    let entries = ar
-        .entries()
-        .map_err(|e| Error::bad_archive(format!("not a tar archive: {e}")))?;
+    let entries = ar.entries().map_err(|e| Error::bad_archive(format!("not a tar archive: {e}")))?;
     let mut seen = 0u64;
     for entry in entries {
         let mut entry = entry.map_err(|e| bad_tar(e, seen))?;
@@ -324,9 +296,7 @@ pub fn untar<R: Read>(r: R, ex: &mut Extractor) -> Result<()> {
             if kind.is_dir() {
                 continue;
             }
-            return Err(Error::bad_archive(format!(
-                "entry {name:?} has an empty name"
-            )));
+            return Err(Error::bad_archive(format!("entry {name:?} has an empty name")));
         };
         let mode = entry.header().mode().unwrap_or(0o644);
         match kind {
@@ -336,29 +306,15 @@ pub fn untar<R: Read>(r: R, ex: &mut Extractor) -> Result<()> {
             }
             T::Directory => ex.dir(&rel, mode)?,
             T::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| b.into_owned())
-                    .unwrap_or_default();
+                let target = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
                 ex.symlink(&rel, Path::new(std::ffi::OsStr::from_bytes(&target)))?;
             }
             T::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| b.into_owned())
-                    .unwrap_or_default();
+                let target = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
                 ex.hardlink(&rel, Path::new(std::ffi::OsStr::from_bytes(&target)))?;
             }
-            T::Char | T::Block => {
-                return Err(Error::bad_archive(format!(
-                    "entry {name:?} is a device node: refused"
-                )))
-            }
-            T::Fifo => {
-                return Err(Error::bad_archive(format!(
-                    "entry {name:?} is a fifo: refused"
-                )))
-            }
+            T::Char | T::Block => return Err(Error::bad_archive(format!("entry {name:?} is a device node: refused"))),
+            T::Fifo => return Err(Error::bad_archive(format!("entry {name:?} is a fifo: refused"))),
             other => {
                 return Err(Error::bad_archive(format!(
                     "entry {name:?} has an unsupported type {:?}: refused",
@@ -368,9 +324,7 @@ pub fn untar<R: Read>(r: R, ex: &mut Extractor) -> Result<()> {
         }
     }
     if seen == 0 {
-        return Err(Error::bad_archive(
-            "the archive is empty or not a tar archive",
-        ));
+        return Err(Error::bad_archive("the archive is empty or not a tar archive"));
     }
     Ok(())
 }
@@ -382,10 +336,7 @@ fn read_error(e: io::Error, rel: &Path) -> Error {
     if e.code != crate::error::code::INTERNAL {
         return e;
     }
-    Error::bad_archive(format!(
-        "broken or truncated archive at {rel:?}: {}",
-        e.message
-    ))
+    Error::bad_archive(format!("broken or truncated archive at {rel:?}: {}", e.message))
 }
 
 fn bad_tar(e: io::Error, seen: u64) -> Error {
@@ -402,22 +353,18 @@ fn bad_tar(e: io::Error, seen: u64) -> Error {
 
 /// Unpacks a zip file.
 pub fn unzip(file: fs::File, ex: &mut Extractor) -> Result<()> {
-    let mut zip = zip::ZipArchive::new(file)
-        .map_err(|e| Error::bad_archive(format!("not a valid zip archive: {e}")))?;
+    let mut zip =
+        zip::ZipArchive::new(file).map_err(|e| Error::bad_archive(format!("not a valid zip archive: {e}")))?;
     let mut packed = 0u64;
     for i in 0..zip.len() {
-        let mut f = zip
-            .by_index(i)
-            .map_err(|e| Error::bad_archive(format!("zip entry {i}: {e}")))?;
+        let mut f = zip.by_index(i).map_err(|e| Error::bad_archive(format!("zip entry {i}: {e}")))?;
         let name = String::from_utf8_lossy(f.name_raw()).into_owned();
         packed += f.compressed_size();
         ex.compressed.store(packed, Ordering::Relaxed);
         let Some(rel) = check_path(Path::new(&name))? else {
             continue;
         };
-        let mode = f
-            .unix_mode()
-            .unwrap_or(if f.is_dir() { 0o755 } else { 0o644 });
+        let mode = f.unix_mode().unwrap_or(if f.is_dir() { 0o755 } else { 0o644 });
         let kind = mode & libc::S_IFMT;
         if f.is_dir() || kind == libc::S_IFDIR {
             ex.dir(&rel, mode)?;
@@ -427,13 +374,9 @@ pub fn unzip(file: fs::File, ex: &mut Extractor) -> Result<()> {
             use std::os::unix::ffi::OsStrExt;
             ex.symlink(&rel, Path::new(std::ffi::OsStr::from_bytes(&target)))?;
         } else if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
-            return Err(Error::bad_archive(format!(
-                "entry {name:?} is a device node: refused"
-            )));
+            return Err(Error::bad_archive(format!("entry {name:?} is a device node: refused")));
         } else if kind == libc::S_IFIFO || kind == libc::S_IFSOCK {
-            return Err(Error::bad_archive(format!(
-                "entry {name:?} is a fifo or socket: refused"
-            )));
+            return Err(Error::bad_archive(format!("entry {name:?} is a fifo or socket: refused")));
         } else {
             let size = f.size();
             ex.file(&rel, mode, size, &mut f)?;
@@ -448,21 +391,12 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(
-            check_path(Path::new("./a/b")).unwrap(),
-            Some(PathBuf::from("a/b"))
-        );
+        assert_eq!(check_path(Path::new("./a/b")).unwrap(), Some(PathBuf::from("a/b")));
         assert_eq!(check_path(Path::new("./")).unwrap(), None);
-        assert!(check_path(Path::new("../x"))
-            .unwrap_err()
-            .message
-            .contains(".."));
+        assert!(check_path(Path::new("../x")).unwrap_err().message.contains(".."));
         assert!(check_path(Path::new("a/../../x")).is_err());
         assert!(check_path(Path::new("a/../b")).is_err());
-        assert!(check_path(Path::new("/etc/x"))
-            .unwrap_err()
-            .message
-            .contains("absolute"));
+        assert!(check_path(Path::new("/etc/x")).unwrap_err().message.contains("absolute"));
     }
 
     #[test]
@@ -472,10 +406,7 @@ mod tests {
         assert!(!link_stays_inside(Path::new("l"), Path::new("../b")));
         assert!(!link_stays_inside(Path::new("a/l"), Path::new("../../b")));
         assert!(!link_stays_inside(Path::new("l"), Path::new("/etc")));
-        assert!(!link_stays_inside(
-            Path::new("a/l"),
-            Path::new("x/../../../b")
-        ));
+        assert!(!link_stays_inside(Path::new("a/l"), Path::new("x/../../../b")));
     }
 
     fn tmp(name: &str) -> PathBuf {
@@ -492,8 +423,7 @@ mod tests {
         let mut ex = Extractor::new(&d, Limits::default(), Arc::new(AtomicU64::new(1)));
         ex.dir(Path::new("d1/d2"), 0o755).unwrap();
         ex.symlink(Path::new("s"), Path::new(".")).unwrap();
-        ex.symlink(Path::new("d1/d2/t"), Path::new("../../s/.."))
-            .unwrap();
+        ex.symlink(Path::new("d1/d2/t"), Path::new("../../s/..")).unwrap();
         let e = ex.finish().unwrap_err();
         assert!(e.message.contains("outside"), "{}", e.message);
         fs::remove_dir_all(&d).unwrap();
@@ -502,25 +432,16 @@ mod tests {
     #[test]
     fn sparse_and_caps() {
         let d = tmp("caps");
-        let limits = Limits {
-            max_size: 1 << 20,
-            max_ratio: 10,
-            ratio_after: 1 << 16,
-            max_entries: 3,
-        };
+        let limits = Limits { max_size: 1 << 20, max_ratio: 10, ratio_after: 1 << 16, max_entries: 3 };
         let packed = Arc::new(AtomicU64::new(1 << 10));
         let mut ex = Extractor::new(&d, limits, packed.clone());
         ex.file(Path::new("a"), 0o644, 4, &b"abcd"[..]).unwrap();
         // 1 MiB + 1 of zeros: over max_size.
-        let e = ex
-            .file(Path::new("z"), 0o644, 0, io::repeat(0).take((1 << 20) + 1))
-            .unwrap_err();
+        let e = ex.file(Path::new("z"), 0o644, 0, io::repeat(0).take((1 << 20) + 1)).unwrap_err();
         assert!(e.message.contains("archive bomb"), "{}", e.message);
         let mut ex = Extractor::new(&d, limits, packed);
         // 100 KiB from 1 KiB is over 10:1 once past 64 KiB.
-        let e = ex
-            .file(Path::new("r"), 0o644, 0, io::repeat(0).take(100 << 10))
-            .unwrap_err();
+        let e = ex.file(Path::new("r"), 0o644, 0, io::repeat(0).take(100 << 10)).unwrap_err();
         assert!(e.message.contains("compression ratio"), "{}", e.message);
         fs::remove_dir_all(&d).unwrap();
     }

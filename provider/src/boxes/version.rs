@@ -24,9 +24,7 @@ impl Version {
         if t.is_empty() {
             return Err("empty version".into());
         }
-        if !t
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        if !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
             || t.starts_with('.')
             || t.ends_with('.')
             || t.contains("..")
@@ -55,24 +53,14 @@ impl Version {
                 segs.push(seg(&cur)?);
             }
         }
-        Ok(Version {
-            text: t.to_string(),
-            segs,
-        })
+        Ok(Version { text: t.to_string(), segs })
     }
 
     /// The version without its pre-release part (`2.0.0.beta` -> `2.0.0`).
     fn release_version(&self) -> Version {
         let r = self.release();
-        let text = r
-            .iter()
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join(".");
-        Version {
-            text,
-            segs: r.into_iter().map(Segment::Num).collect(),
-        }
+        let text = r.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".");
+        Version { text, segs: r.into_iter().map(Segment::Num).collect() }
     }
 
     /// The numeric release segments before any pre-release part.
@@ -95,23 +83,14 @@ impl Version {
         if let Some(last) = r.last_mut() {
             *last += 1;
         }
-        let text = r
-            .iter()
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join(".");
-        Version {
-            text,
-            segs: r.into_iter().map(Segment::Num).collect(),
-        }
+        let text = r.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".");
+        Version { text, segs: r.into_iter().map(Segment::Num).collect() }
     }
 }
 
 fn seg(s: &str) -> Result<Segment, String> {
     if s.bytes().all(|b| b.is_ascii_digit()) {
-        s.parse()
-            .map(Segment::Num)
-            .map_err(|_| format!("version segment {s:?} is too large"))
+        s.parse().map(Segment::Num).map_err(|_| format!("version segment {s:?} is too large"))
     } else {
         Ok(Segment::Str(s.to_string()))
     }

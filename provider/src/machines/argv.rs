@@ -1,13 +1,13 @@
 //! The `xhyve` command line that starts a machine: its devices in xhyve's slots (network in
 //! slot 2, disks after it), the user-mode port forwards and the kexec boot.
 
-use xhyve_contract::features::Features;
 use super::record::MachineRecord;
 use super::{ssh, NET_SLOT};
 use crate::error::{code, Error, Result};
 use crate::network::{Shared, Tap};
 use std::collections::HashSet;
 use std::path::Path;
+use xhyve_contract::features::Features;
 
 /// What `machine.start` runs, and what it notes in vmm.log.
 pub(super) struct Launch {
@@ -51,23 +51,13 @@ pub(super) fn launch(
     let mut tap = None;
     match mode {
         "user" if feat.has_pci("virtio-net") => {
-            let port = ssh::pick_port(rec.ssh_port, taken)
-                .map_err(|e| vmm_err(format!("choosing the SSH host port: {e}")))?;
+            let port =
+                ssh::pick_port(rec.ssh_port, taken).map_err(|e| vmm_err(format!("choosing the SSH host port: {e}")))?;
             if rec.ssh_port.is_some_and(|p| p != port) {
-                notes.push(format!(
-                    "SSH host port {} is taken: now {port}",
-                    rec.ssh_port.unwrap_or(0)
-                ));
+                notes.push(format!("SSH host port {} is taken: now {port}", rec.ssh_port.unwrap_or(0)));
             }
-            let mut dev = format!(
-                "{NET_SLOT},virtio-net,user,hostfwd=tcp:{}:{port}-:22",
-                ssh::HOST
-            );
-            for f in rec.network["forwarded_ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
+            let mut dev = format!("{NET_SLOT},virtio-net,user,hostfwd=tcp:{}:{port}-:22", ssh::HOST);
+            for f in rec.network["forwarded_ports"].as_array().into_iter().flatten() {
                 let guest = f["guest"].as_u64().unwrap_or(0);
                 let host = f["host"].as_u64().unwrap_or(guest);
                 let ip = f["host_ip"].as_str().unwrap_or("127.0.0.1");
@@ -77,33 +67,23 @@ pub(super) fn launch(
             argv.extend(["-s".into(), dev]);
             ssh_port = Some(port);
         }
-        "user" => notes.push(format!(
-            "{} has no virtio-net: the machine has no network (and no SSH)",
-            xhyve.display()
-        )),
+        "user" => notes.push(format!("{} has no virtio-net: the machine has no network (and no SSH)", xhyve.display())),
         "shared" if feat.has_pci("virtio-tap") => {
             let t = net.prepare(&rec.id)?;
             argv.extend(["-s".into(), format!("{NET_SLOT},virtio-tap,{}", t.name())]);
-            if rec.network["forwarded_ports"]
-                .as_array()
-                .is_some_and(|a| !a.is_empty())
-            {
+            if rec.network["forwarded_ports"].as_array().is_some_and(|a| !a.is_empty()) {
                 notes.push("forwarded_ports apply to network user only: in network shared the guest's own address is reachable".into());
             }
             tap = Some(t);
         }
-        "shared" => notes.push(format!(
-            "{} has no virtio-tap: the machine has no network (and no SSH)",
-            xhyve.display()
-        )),
+        "shared" => {
+            notes.push(format!("{} has no virtio-tap: the machine has no network (and no SSH)", xhyve.display()))
+        }
         _ => {}
     }
     if feat.has_pci("virtio-blk") {
         for (i, d) in rec.disks.iter().enumerate() {
-            argv.extend([
-                "-s".into(),
-                format!("{},virtio-blk,{}", i + NET_SLOT + 1, d.path),
-            ]);
+            argv.extend(["-s".into(), format!("{},virtio-blk,{}", i + NET_SLOT + 1, d.path)]);
         }
     } else if !rec.disks.is_empty() {
         notes.push(format!(
@@ -116,17 +96,7 @@ pub(super) fn launch(
         "-l".into(),
         format!("com1,log={}", console.display()),
         "-f".into(),
-        format!(
-            "kexec,{},{},{}",
-            rec.kernel,
-            rec.initrd.clone().unwrap_or_default(),
-            rec.cmdline
-        ),
+        format!("kexec,{},{},{}", rec.kernel, rec.initrd.clone().unwrap_or_default(), rec.cmdline),
     ]);
-    Ok(Launch {
-        argv,
-        notes,
-        ssh_port,
-        tap,
-    })
+    Ok(Launch { argv, notes, ssh_port, tap })
 }

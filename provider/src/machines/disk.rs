@@ -18,11 +18,7 @@ pub enum Copied {
 pub fn sparse_copy(src: &Path, dst: &Path) -> io::Result<Copied> {
     let mut from = File::open(src)?;
     let len = from.metadata()?.len();
-    let mut to = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dst)?;
+    let mut to = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst)?;
     // SAFETY: FICLONE takes the source descriptor as its argument.
     if unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) } == 0 {
         return Ok(Copied::Reflink);
@@ -72,11 +68,7 @@ fn seek(f: &File, off: u64, whence: i32) -> io::Result<u64> {
 
 /// A new empty (all-hole) disk of `size` bytes.
 pub fn create_empty(dst: &Path, size: u64) -> io::Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dst)?;
+    let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst)?;
     f.set_len(size)?;
     f.sync_all()
 }

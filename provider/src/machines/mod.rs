@@ -67,8 +67,7 @@ fn wrong_state(m: impl Into<String>, state: State) -> Error {
 }
 
 fn invalid_field(field: &str, m: impl Into<String>) -> Error {
-    Error::invalid_params(format!("invalid params: {field}: {}", m.into()))
-        .with_data(json!({"field": field}))
+    Error::invalid_params(format!("invalid params: {field}: {}", m.into())).with_data(json!({"field": field}))
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,27 +131,17 @@ pub fn new_uuid() -> Result<String> {
 pub fn check_uuid(u: &str) -> std::result::Result<String, String> {
     let parts: Vec<&str> = u.split('-').collect();
     let ok = parts.len() == 5
-        && parts
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()));
+        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()));
     if ok {
         Ok(u.to_ascii_lowercase())
     } else {
-        Err(format!(
-            "{u:?} is not a UUID (e.g. 8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01)"
-        ))
+        Err(format!("{u:?} is not a UUID (e.g. 8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01)"))
     }
 }
 
 /// Machine ids are ours (12 hex digits) but come back in params: nothing that leaves the store.
 fn check_id(id: &str) -> Result<()> {
-    if id.is_empty()
-        || id.len() > 64
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(invalid_field("id", format!("{id:?} is not a machine id")));
     }
     Ok(())
@@ -162,22 +151,15 @@ fn check_id(id: &str) -> Result<()> {
 /// (`512M`, `1G`, a bare number is MiB as for xhyve).
 fn parse_memory(v: &Value) -> std::result::Result<String, String> {
     let bytes = match v {
-        Value::Number(n) => n
-            .as_u64()
-            .and_then(|m| m.checked_mul(1 << 20))
-            .ok_or(format!("{n} is not a whole number of MiB"))?,
-        Value::String(s)
-            if s.trim().bytes().all(|b| b.is_ascii_digit()) && !s.trim().is_empty() =>
-        {
-            s.trim()
-                .parse::<u64>()
-                .ok()
-                .and_then(|m| m.checked_mul(1 << 20))
-                .ok_or(format!("{s:?} is not a size"))?
+        Value::Number(n) => {
+            n.as_u64().and_then(|m| m.checked_mul(1 << 20)).ok_or(format!("{n} is not a whole number of MiB"))?
         }
-        Value::String(s) => parse_size(s).ok_or(format!(
-            "{s:?} is not a size (e.g. \"512M\", \"2G\", or an integer of MiB)"
-        ))?,
+        Value::String(s) if s.trim().bytes().all(|b| b.is_ascii_digit()) && !s.trim().is_empty() => {
+            s.trim().parse::<u64>().ok().and_then(|m| m.checked_mul(1 << 20)).ok_or(format!("{s:?} is not a size"))?
+        }
+        Value::String(s) => {
+            parse_size(s).ok_or(format!("{s:?} is not a size (e.g. \"512M\", \"2G\", or an integer of MiB)"))?
+        }
         other => return Err(format!("{other} is not a size (e.g. \"512M\")")),
     };
     if bytes % (1 << 20) != 0 {
@@ -197,9 +179,7 @@ fn parse_disk_size(v: &Value) -> std::result::Result<u64, String> {
         other => return Err(format!("{other} is not a size")),
     };
     if n == 0 || n % 512 != 0 {
-        return Err(format!(
-            "{n} bytes: a disk is a positive multiple of 512 bytes"
-        ));
+        return Err(format!("{n} bytes: a disk is a positive multiple of 512 bytes"));
     }
     Ok(n)
 }
@@ -212,10 +192,7 @@ fn parse_network(v: Option<&Value>) -> std::result::Result<Value, String> {
         None | Some(Value::Null) => ("user".to_string(), Vec::new()),
         Some(Value::String(m)) => (m.clone(), Vec::new()),
         Some(Value::Object(o)) => {
-            if let Some(k) = o
-                .keys()
-                .find(|k| !["mode", "forwarded_ports"].contains(&k.as_str()))
-            {
+            if let Some(k) = o.keys().find(|k| !["mode", "forwarded_ports"].contains(&k.as_str())) {
                 return Err(format!("unknown field {k:?} (mode, forwarded_ports)"));
             }
             let mode = match o.get("mode") {
@@ -230,18 +207,12 @@ fn parse_network(v: Option<&Value>) -> std::result::Result<Value, String> {
             };
             for p in &ports {
                 let ok = p.as_object().is_some_and(|o| {
-                    o.keys()
-                        .all(|k| ["guest", "host", "protocol", "host_ip"].contains(&k.as_str()))
-                        && o.get("guest")
-                            .and_then(Value::as_u64)
-                            .is_some_and(|g| (1..=65535).contains(&g))
-                        && o.get("host")
-                            .is_none_or(|h| h.as_u64().is_some_and(|h| h <= 65535))
+                    o.keys().all(|k| ["guest", "host", "protocol", "host_ip"].contains(&k.as_str()))
+                        && o.get("guest").and_then(Value::as_u64).is_some_and(|g| (1..=65535).contains(&g))
+                        && o.get("host").is_none_or(|h| h.as_u64().is_some_and(|h| h <= 65535))
                         && o.get("protocol").is_none_or(|p| p == "tcp" || p == "udp")
-                        && o.get("host_ip").is_none_or(|ip| {
-                            ip.as_str()
-                                .is_some_and(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
-                        })
+                        && o.get("host_ip")
+                            .is_none_or(|ip| ip.as_str().is_some_and(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok()))
                 });
                 if !ok {
                     return Err(format!(
@@ -251,11 +222,7 @@ fn parse_network(v: Option<&Value>) -> std::result::Result<Value, String> {
             }
             (mode, ports)
         }
-        Some(other) => {
-            return Err(format!(
-                "{other} is not a network mode (user, shared, none)"
-            ))
-        }
+        Some(other) => return Err(format!("{other} is not a network mode (user, shared, none)")),
     };
     if !modes.contains(&mode.as_str()) {
         return Err(format!("mode {mode:?} is not one of user, shared, none"));
@@ -265,11 +232,7 @@ fn parse_network(v: Option<&Value>) -> std::result::Result<Value, String> {
 
 impl Machines {
     pub fn new(home: Home) -> Arc<Machines> {
-        Arc::new(Machines {
-            net: crate::network::Shared::new(&home),
-            home,
-            slots: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Machines { net: crate::network::Shared::new(&home), home, slots: Mutex::new(HashMap::new()) })
     }
 
     fn slot(&self, id: &str) -> Arc<Slot> {
@@ -287,10 +250,8 @@ impl Machines {
         if d.is_dir() {
             Ok(d)
         } else {
-            Err(Error::not_found(format!(
-                "no machine with id {id:?} (machine.list shows the machines)"
-            ))
-            .with_data(json!({"state": "not_created"})))
+            Err(Error::not_found(format!("no machine with id {id:?} (machine.list shows the machines)"))
+                .with_data(json!({"state": "not_created"})))
         }
     }
 
@@ -309,17 +270,9 @@ impl Machines {
 
     pub fn create(&self, boxes: &Boxes, p: CreateParams) -> Result<Value> {
         if p.name.trim().is_empty() || p.name.len() > 200 || p.name.chars().any(char::is_control) {
-            return Err(invalid_field(
-                "name",
-                "a machine name is 1 to 200 printable characters",
-            ));
+            return Err(invalid_field("name", "a machine name is 1 to 200 printable characters"));
         }
-        let meta = Source::resolve(
-            &self.home,
-            p.bx.as_ref(),
-            p.kernel.as_deref(),
-            p.initrd.as_deref(),
-        )?;
+        let meta = Source::resolve(&self.home, p.bx.as_ref(), p.kernel.as_deref(), p.initrd.as_deref())?;
         let box_name = meta.bx.as_ref().map(|(_, r)| r.name.clone());
         let cpus = p.cpus.or(meta.cpus).unwrap_or(1);
         if !(1..=255).contains(&cpus) {
@@ -328,18 +281,11 @@ impl Machines {
         let memory = match (&p.memory, &meta.memory) {
             (Some(m), _) => parse_memory(m).map_err(|e| invalid_field("memory", e))?,
             (None, Some(m)) => parse_memory(m).map_err(|e| {
-                Error::bad_box(format!(
-                    "box {:?}: metadata.json memory: {e}",
-                    box_name.as_deref().unwrap_or_default()
-                ))
+                Error::bad_box(format!("box {:?}: metadata.json memory: {e}", box_name.as_deref().unwrap_or_default()))
             })?,
             (None, None) => "256M".into(),
         };
-        let cmdline = p
-            .cmdline
-            .clone()
-            .or(meta.cmdline.clone())
-            .unwrap_or_else(|| "console=ttyS0".into());
+        let cmdline = p.cmdline.clone().or(meta.cmdline.clone()).unwrap_or_else(|| "console=ttyS0".into());
         if cmdline.contains('\n') || cmdline.contains('\0') {
             return Err(invalid_field("cmdline", "has a newline or NUL"));
         }
@@ -396,28 +342,19 @@ impl Machines {
             Some(u) => check_uuid(u).map_err(|e| invalid_field("uuid", e))?,
             None => new_uuid()?,
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(self.home.machines())?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(self.home.machines())?;
         // The record appears under the box lock: box.remove either sees it or ran before.
         let (id, dir, mut rec) = {
             let _g = lock(&boxes.lock);
             if let Some((_, other)) = self.records().into_iter().find(|(_, r)| r.uuid == uuid) {
                 return Err(Error::new(
                     code::ALREADY_EXISTS,
-                    format!(
-                        "machine {} ({}) already has uuid {uuid}",
-                        other.id, other.name
-                    ),
+                    format!("machine {} ({}) already has uuid {uuid}", other.id, other.name),
                 ));
             }
             if let Some((bdir, brec)) = &meta.bx {
                 if !bdir.join(store::RECORD).is_file() {
-                    return Err(Error::not_found(format!(
-                        "box {:?} was just removed",
-                        brec.name
-                    )));
+                    return Err(Error::not_found(format!("box {:?} was just removed", brec.name)));
                 }
             }
             let (id, dir) = loop {
@@ -426,9 +363,7 @@ impl Machines {
                 match fs::DirBuilder::new().mode(0o700).create(&dir) {
                     Ok(()) => break (id, dir),
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => {
-                        return Err(Error::internal(format!("creating {}: {e}", dir.display())))
-                    }
+                    Err(e) => return Err(Error::internal(format!("creating {}: {e}", dir.display()))),
                 }
             };
             if dir.to_string_lossy().contains(',') {
@@ -444,21 +379,9 @@ impl Machines {
                 .map(|(i, d)| {
                     let own = dir.join(format!("disk{i}.img")).display().to_string();
                     match d {
-                        Plan::Copy(src) => Disk {
-                            path: own,
-                            source: Some(src.display().to_string()),
-                            owned: true,
-                        },
-                        Plan::New(_) => Disk {
-                            path: own,
-                            source: None,
-                            owned: true,
-                        },
-                        Plan::InPlace(p) => Disk {
-                            path: p.display().to_string(),
-                            source: None,
-                            owned: false,
-                        },
+                        Plan::Copy(src) => Disk { path: own, source: Some(src.display().to_string()), owned: true },
+                        Plan::New(_) => Disk { path: own, source: None, owned: true },
+                        Plan::InPlace(p) => Disk { path: p.display().to_string(), source: None, owned: false },
                     }
                 })
                 .collect();
@@ -511,24 +434,14 @@ impl Machines {
                 let dst = Path::new(dst);
                 fs::create_dir_all(dst.parent().unwrap_or(&dir))
                     .and_then(|()| fs::copy(src, dst))
-                    .map_err(|e| {
-                        Error::internal(format!(
-                            "copying {} to {}: {e}",
-                            src.display(),
-                            dst.display()
-                        ))
-                    })?;
+                    .map_err(|e| Error::internal(format!("copying {} to {}: {e}", src.display(), dst.display())))?;
             }
             for (i, d) in plan.iter().enumerate() {
                 let dst = Path::new(&rec.disks[i].path);
                 match d {
                     Plan::Copy(src) => {
                         let how = disk::sparse_copy(src, dst).map_err(|e| {
-                            Error::internal(format!(
-                                "copying {} to {}: {e}",
-                                src.display(),
-                                dst.display()
-                            ))
+                            Error::internal(format!("copying {} to {}: {e}", src.display(), dst.display()))
                         })?;
                         log(&format!("machine {id}: {} copied ({how:?})", dst.display()));
                     }
@@ -578,12 +491,7 @@ impl Machines {
     }
 
     pub fn list(&self) -> Value {
-        Value::Array(
-            self.records()
-                .iter()
-                .map(|(d, r)| r.list_value(d))
-                .collect(),
-        )
+        Value::Array(self.records().iter().map(|(d, r)| r.list_value(d)).collect())
     }
 
     /// Cheap: reads machine.json, spawns nothing.
@@ -596,19 +504,13 @@ impl Machines {
         let dir = self.existing(id)?;
         let slot = self.slot(id);
         let _op = lock(&slot.op);
-        let dir = if dir.is_dir() {
-            dir
-        } else {
-            self.existing(id)?
-        };
+        let dir = if dir.is_dir() { dir } else { self.existing(id)? };
         let rec = MachineRecord::load(&dir)?;
         match rec.state {
             State::Running => return Ok(rec.state_value()),
             State::NotCreated => {
                 return Err(wrong_state(
-                    format!(
-                    "machine {id} was not fully created (its creation was interrupted): destroy it"
-                ),
+                    format!("machine {id} was not fully created (its creation was interrupted): destroy it"),
                     rec.state,
                 ))
             }
@@ -623,18 +525,10 @@ impl Machines {
             }
         }
         let console = dir.join("console.log");
-        let taken: std::collections::HashSet<u16> = self
-            .records()
-            .into_iter()
-            .filter(|(_, r)| r.id != rec.id)
-            .filter_map(|(_, r)| r.ssh_port)
-            .collect();
-        let argv::Launch {
-            argv,
-            notes,
-            ssh_port,
-            tap,
-        } = argv::launch(&xhyve, &feat, &rec, &console, &taken, &self.net)?;
+        let taken: std::collections::HashSet<u16> =
+            self.records().into_iter().filter(|(_, r)| r.id != rec.id).filter_map(|(_, r)| r.ssh_port).collect();
+        let argv::Launch { argv, notes, ssh_port, tap } =
+            argv::launch(&xhyve, &feat, &rec, &console, &taken, &self.net)?;
         // A fresh console log per boot (the previous one is kept as console.log.1).
         if console.exists() {
             let _ = fs::rename(&console, dir.join("console.log.1"));
@@ -695,23 +589,19 @@ impl Machines {
     fn supervise(self: &Arc<Self>, id: String, child: Option<Child>, p: Process) {
         let me = self.clone();
         let pid = p.pid;
-        let r = std::thread::Builder::new()
-            .name(format!("vmm-{id}"))
-            .spawn(move || {
-                match child {
-                    Some(mut c) => {
-                        let _ = c.wait();
-                    }
-                    None => process::wait_exit(p.runner_pid, p.runner_start_time),
+        let r = std::thread::Builder::new().name(format!("vmm-{id}")).spawn(move || {
+            match child {
+                Some(mut c) => {
+                    let _ = c.wait();
                 }
-                // The runner may have been killed while the VMM runs on: wait for the VMM too.
-                process::wait_exit(p.pid, p.start_time);
-                me.finalize(&id, &p);
-            });
+                None => process::wait_exit(p.runner_pid, p.runner_start_time),
+            }
+            // The runner may have been killed while the VMM runs on: wait for the VMM too.
+            process::wait_exit(p.pid, p.start_time);
+            me.finalize(&id, &p);
+        });
         if let Err(e) = r {
-            log(&format!(
-                "xhyve pid {pid}: cannot start its supervisor: {e}"
-            ));
+            log(&format!("xhyve pid {pid}: cannot start its supervisor: {e}"));
         }
     }
 
@@ -736,11 +626,7 @@ impl Machines {
         if let Err(e) = rec.save(&dir) {
             log(&format!("machine {id}: {e}"));
         }
-        log(&format!(
-            "machine {id}: {} ({})",
-            rec.state.as_str(),
-            rec.exit_reason.as_deref().unwrap_or("")
-        ));
+        log(&format!("machine {id}: {} ({})", rec.state.as_str(), rec.exit_reason.as_deref().unwrap_or("")));
         slot.cv.notify_all();
     }
 
@@ -760,11 +646,7 @@ impl Machines {
                 return Ok(None);
             }
             let wait = (deadline - now).min(Duration::from_millis(500));
-            g = slot
-                .cv
-                .wait_timeout(g, wait)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            g = slot.cv.wait_timeout(g, wait).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
@@ -785,10 +667,9 @@ impl Machines {
         process::kill(p.pid, p.start_time, libc::SIGKILL);
         match self.wait_not_running(id, Duration::from_secs(30))? {
             Some(r) => Ok(r),
-            None => Err(Error::internal(format!(
-                "xhyve (pid {}) of machine {id} did not end 30 s after SIGKILL",
-                p.pid
-            ))),
+            None => {
+                Err(Error::internal(format!("xhyve (pid {}) of machine {id} did not end 30 s after SIGKILL", p.pid)))
+            }
         }
     }
 
@@ -811,10 +692,7 @@ impl Machines {
             if let Some(r) = self.wait_not_running(&p.id, Duration::from_secs_f64(timeout))? {
                 return Ok(r.state_value());
             }
-            log(&format!(
-                "machine {}: no power-off within {timeout} s: SIGKILL",
-                p.id
-            ));
+            log(&format!("machine {}: no power-off within {timeout} s: SIGKILL", p.id));
         }
         Ok(self.kill_and_wait(&p.id, &proc)?.state_value())
     }
@@ -824,15 +702,9 @@ impl Machines {
         let slot = self.slot(&p.id);
         let _op = lock(&slot.op);
         if !dir.is_dir() {
-            return Err(self
-                .existing(&p.id)
-                .err()
-                .unwrap_or_else(|| Error::not_found("gone")));
+            return Err(self.existing(&p.id).err().unwrap_or_else(|| Error::not_found("gone")));
         }
-        let shared_uuid = MachineRecord::load(&dir)
-            .ok()
-            .filter(|r| r.network["mode"] == "shared")
-            .map(|r| r.uuid);
+        let shared_uuid = MachineRecord::load(&dir).ok().filter(|r| r.network["mode"] == "shared").map(|r| r.uuid);
         // A directory without a readable record (a creation cut short) can always go.
         if let Ok(rec) = MachineRecord::load(&dir) {
             if let (State::Running, Some(proc)) = (rec.state, rec.process.clone()) {
@@ -882,11 +754,7 @@ impl Machines {
 
     /// Logs in until `deadline`; errors when the machine is not (or no longer) running, or
     /// with the step that failed last.
-    fn ssh_login(
-        &self,
-        id: &str,
-        deadline: Instant,
-    ) -> Result<(ssh::Conn, u32, std::net::SocketAddr)> {
+    fn ssh_login(&self, id: &str, deadline: Instant) -> Result<(ssh::Conn, u32, std::net::SocketAddr)> {
         let dir = self.existing(id)?;
         let mut last_addr = std::net::SocketAddr::from((ssh::HOST, 0));
         let target = || -> Result<std::result::Result<std::net::SocketAddr, String>> {
@@ -897,10 +765,7 @@ impl Machines {
                         "machine {id} ({}) is {}: start it first{}",
                         rec.name,
                         rec.state.as_str(),
-                        rec.exit_reason
-                            .as_deref()
-                            .map(|r| format!(" (last run: {r})"))
-                            .unwrap_or_default()
+                        rec.exit_reason.as_deref().map(|r| format!(" (last run: {r})")).unwrap_or_default()
                     ),
                     rec.state,
                 ));
@@ -909,8 +774,7 @@ impl Machines {
         };
         let key = self.key_path();
         if !key.is_file() {
-            ssh::install_key(&self.home)
-                .map_err(|e| Error::internal(format!("writing {}: {e}", key.display())))?;
+            ssh::install_key(&self.home).map_err(|e| Error::internal(format!("writing {}: {e}", key.display())))?;
         }
         let r = ssh::wait_login(
             || {
@@ -927,11 +791,7 @@ impl Machines {
             Ok((c, n)) => Ok((c, n, last_addr)),
             Err(f) => Err(Error::new(
                 code::SSH_FAILED,
-                format!(
-                    "SSH to machine {id} failed: {}: {}",
-                    f.step.as_str(),
-                    f.detail
-                ),
+                format!("SSH to machine {id} failed: {}: {}", f.step.as_str(), f.detail),
             )
             .with_data(json!({"step": f.step.as_str(), "detail": f.detail}))),
         }
@@ -944,13 +804,9 @@ impl Machines {
             return Err(invalid_field("timeout", "seconds from 0 to 86400"));
         }
         let began = Instant::now();
-        let (_c, attempts, addr) =
-            self.ssh_login(&p.id, began + Duration::from_secs_f64(timeout))?;
+        let (_c, attempts, addr) = self.ssh_login(&p.id, began + Duration::from_secs_f64(timeout))?;
         let secs = began.elapsed().as_secs_f64();
-        log(&format!(
-            "machine {}: SSH login after {secs:.1} s ({attempts} attempts)",
-            p.id
-        ));
+        log(&format!("machine {}: SSH login after {secs:.1} s ({attempts} attempts)", p.id));
         let mut v = ssh::info(addr, &self.key_path());
         v["id"] = json!(p.id);
         v["attempts"] = json!(attempts);
@@ -964,12 +820,8 @@ impl Machines {
             return Err(invalid_field("command", "has a NUL"));
         }
         let (c, _, _) = self.ssh_login(&p.id, Instant::now() + ssh::EXEC_LOGIN)?;
-        let (status, signal) = ssh::exec(&c, &p.command, out).map_err(|e| {
-            Error::new(
-                code::SSH_FAILED,
-                format!("machine {}: exec over SSH: {e}", p.id),
-            )
-        })?;
+        let (status, signal) = ssh::exec(&c, &p.command, out)
+            .map_err(|e| Error::new(code::SSH_FAILED, format!("machine {}: exec over SSH: {e}", p.id)))?;
         let mut v = json!({"exit_status": status});
         if let Some(sig) = signal {
             v["exit_signal"] = json!(sig);
@@ -985,20 +837,11 @@ impl Machines {
                 continue;
             };
             let id = rec.id.clone();
-            if dir
-                .file_name()
-                .map(|n| n.to_string_lossy() != id.as_str())
-                .unwrap_or(true)
-            {
+            if dir.file_name().map(|n| n.to_string_lossy() != id.as_str()).unwrap_or(true) {
                 continue;
             }
-            if process::alive(p.runner_pid, p.runner_start_time)
-                || process::alive(p.pid, p.start_time)
-            {
-                log(&format!(
-                    "machine {id}: xhyve (pid {}) still runs: supervising it again",
-                    p.pid
-                ));
+            if process::alive(p.runner_pid, p.runner_start_time) || process::alive(p.pid, p.start_time) {
+                log(&format!("machine {id}: xhyve (pid {}) still runs: supervising it again", p.pid));
                 self.supervise(id, None, p);
             } else {
                 self.finalize(&id, &p);
@@ -1014,9 +857,7 @@ fn last_vmm_line(dir: &Path) -> Option<String> {
     text.lines()
         .rev()
         .map(str::trim)
-        .find(|l| {
-            !l.is_empty() && !l.starts_with("xhyve-provider run-vmm:") && !l.starts_with("--- ")
-        })
+        .find(|l| !l.is_empty() && !l.starts_with("xhyve-provider run-vmm:") && !l.starts_with("--- "))
         .map(str::to_string)
 }
 
@@ -1024,14 +865,9 @@ fn last_vmm_line(dir: &Path) -> Option<String> {
 fn classify(rec: &mut MachineRecord, exit: Option<&ExitRecord>, dir: &Path) {
     let stop = rec.stop_requested;
     let (state, reason) = match exit {
-        Some(ExitRecord {
-            status: Some(s), ..
-        }) => match s {
+        Some(ExitRecord { status: Some(s), .. }) => match s {
             0 => (State::Stopped, "guest rebooted (exit status 0)".to_string()),
-            1 if stop => (
-                State::Stopped,
-                "powered off by machine.stop (ACPI power button; exit status 1)".into(),
-            ),
+            1 if stop => (State::Stopped, "powered off by machine.stop (ACPI power button; exit status 1)".into()),
             1 => (State::Stopped, "guest powered off (exit status 1)".into()),
             2 => (State::Stopped, "guest halted (exit status 2)".into()),
             3 => (State::Aborted, "triple fault (exit status 3)".into()),
@@ -1044,29 +880,14 @@ fn classify(rec: &mut MachineRecord, exit: Option<&ExitRecord>, dir: &Path) {
             ),
             n => (State::Aborted, format!("xhyve exited with status {n}")),
         },
-        Some(ExitRecord {
-            signal: Some(sig), ..
-        }) if stop => (
-            State::Stopped,
-            format!(
-                "forced off by machine.stop (signal {sig}, {})",
-                process::signal_name(*sig)
-            ),
-        ),
-        Some(ExitRecord {
-            signal: Some(sig), ..
-        }) => (
-            State::Aborted,
-            format!("killed by signal {sig} ({})", process::signal_name(*sig)),
-        ),
-        _ if stop => (
-            State::Stopped,
-            "stopped by machine.stop (exit status unknown: its runner was gone)".into(),
-        ),
-        _ => (
-            State::Aborted,
-            "xhyve ended and its exit status is unknown (its runner was killed)".into(),
-        ),
+        Some(ExitRecord { signal: Some(sig), .. }) if stop => {
+            (State::Stopped, format!("forced off by machine.stop (signal {sig}, {})", process::signal_name(*sig)))
+        }
+        Some(ExitRecord { signal: Some(sig), .. }) => {
+            (State::Aborted, format!("killed by signal {sig} ({})", process::signal_name(*sig)))
+        }
+        _ if stop => (State::Stopped, "stopped by machine.stop (exit status unknown: its runner was gone)".into()),
+        _ => (State::Aborted, "xhyve ended and its exit status is unknown (its runner was killed)".into()),
     };
     rec.state = state;
     rec.exit_status = exit.and_then(|e| e.status);
@@ -1085,16 +906,8 @@ pub(crate) mod tests {
         assert_eq!(check_uuid(&u).unwrap(), u);
         assert_eq!(&u[14..15], "4");
         assert_ne!(u, new_uuid().unwrap());
-        assert_eq!(
-            check_uuid("8C4D1B6A-29A3-4A6E-9F29-6E6F1E8E1F01").unwrap(),
-            "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01"
-        );
-        for bad in [
-            "",
-            "x",
-            "8c4d1b6a29a34a6e9f296e6f1e8e1f01",
-            "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f0g",
-        ] {
+        assert_eq!(check_uuid("8C4D1B6A-29A3-4A6E-9F29-6E6F1E8E1F01").unwrap(), "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01");
+        for bad in ["", "x", "8c4d1b6a29a34a6e9f296e6f1e8e1f01", "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f0g"] {
             assert!(check_uuid(bad).is_err(), "{bad}");
         }
     }
@@ -1108,16 +921,10 @@ pub(crate) mod tests {
         assert!(parse_memory(&json!("1K")).is_err());
         assert!(parse_memory(&json!("lots")).is_err());
         assert_eq!(parse_network(None).unwrap()["mode"], "user");
-        assert_eq!(
-            parse_network(Some(&json!("shared"))).unwrap()["mode"],
-            "shared"
-        );
+        assert_eq!(parse_network(Some(&json!("shared"))).unwrap()["mode"], "shared");
         assert!(parse_network(Some(&json!("bridged"))).is_err());
         let n = json!({"mode": "user", "forwarded_ports": [{"guest": 80, "host": 8080}]});
-        assert_eq!(
-            parse_network(Some(&n)).unwrap()["forwarded_ports"][0]["host"],
-            8080
-        );
+        assert_eq!(parse_network(Some(&n)).unwrap()["forwarded_ports"][0]["host"], 8080);
         assert!(parse_network(Some(&json!({"forwarded_ports": [{"guest": 0}]}))).is_err());
     }
 
@@ -1142,12 +949,7 @@ pub(crate) mod tests {
     #[test]
     fn exit_classification() {
         let dir = Path::new("/nonexistent");
-        let e = |status, signal| ExitRecord {
-            pid: 1,
-            status,
-            signal,
-            exited_at: 0,
-        };
+        let e = |status, signal| ExitRecord { pid: 1, status, signal, exited_at: 0 };
         let mut r = rec();
         classify(&mut r, Some(&e(Some(1), None)), dir);
         assert_eq!((r.state, r.exit_status), (State::Stopped, Some(1)));

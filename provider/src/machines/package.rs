@@ -68,41 +68,26 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 fn absolute(field: &str, p: &str) -> Result<PathBuf> {
     let path = PathBuf::from(p);
     if !path.is_absolute() {
-        return Err(super::invalid_field(
-            field,
-            format!("{field} {p:?} is not an absolute path"),
-        ));
+        return Err(super::invalid_field(field, format!("{field} {p:?} is not an absolute path")));
     }
     Ok(path)
 }
 
 /// The files of the new box: (name in the archive, file on disk).
 fn members(rec: &MachineRecord, vagrantfile: Option<PathBuf>) -> Vec<(String, PathBuf)> {
-    let base = |p: &str| {
-        Path::new(p)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "file".into())
-    };
+    let base =
+        |p: &str| Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
     let mut files = vec![(base(&rec.kernel), PathBuf::from(&rec.kernel))];
     if let Some(i) = &rec.initrd {
         let name = base(i);
         // A kernel and an initrd of one name (possible in a box) must not collide.
-        let name = if name == files[0].0 {
-            format!("initrd-{name}")
-        } else {
-            name
-        };
+        let name = if name == files[0].0 { format!("initrd-{name}") } else { name };
         files.push((name, PathBuf::from(i)));
     }
     for (n, d) in rec.disks.iter().enumerate() {
         files.push((format!("disk{n}.img"), PathBuf::from(&d.path)));
     }
-    let box_vagrantfile = rec
-        .bx
-        .as_ref()
-        .map(|b| Path::new(&b.path).join("Vagrantfile"))
-        .filter(|v| v.is_file());
+    let box_vagrantfile = rec.bx.as_ref().map(|b| Path::new(&b.path).join("Vagrantfile")).filter(|v| v.is_file());
     if let Some(v) = vagrantfile.or(box_vagrantfile) {
         files.push(("Vagrantfile".into(), v));
     }
@@ -110,11 +95,8 @@ fn members(rec: &MachineRecord, vagrantfile: Option<PathBuf>) -> Vec<(String, Pa
 }
 
 fn metadata(rec: &MachineRecord, files: &[(String, PathBuf)]) -> Value {
-    let disks: Vec<&str> = files
-        .iter()
-        .filter(|(n, _)| n.starts_with("disk") && n.ends_with(".img"))
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let disks: Vec<&str> =
+        files.iter().filter(|(n, _)| n.starts_with("disk") && n.ends_with(".img")).map(|(n, _)| n.as_str()).collect();
     let mut m = json!({
         "provider": "xhyve",
         "kernel": files[0].0,
@@ -130,26 +112,10 @@ fn metadata(rec: &MachineRecord, files: &[(String, PathBuf)]) -> Value {
 }
 
 /// Writes the archive to `tmp`; returns its size and sha256.
-fn write_box(
-    tmp: &Path,
-    meta: &Value,
-    files: &[(String, PathBuf)],
-    report: &Reporter,
-) -> io::Result<(u64, String)> {
-    let total: u64 = files
-        .iter()
-        .map(|(_, p)| fs::metadata(p).map(|m| m.len()))
-        .sum::<io::Result<u64>>()?;
-    let out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(tmp)?;
-    let hashing = HashingWriter {
-        inner: io::BufWriter::new(out),
-        hash: Sha256::new(),
-        len: 0,
-    };
+fn write_box(tmp: &Path, meta: &Value, files: &[(String, PathBuf)], report: &Reporter) -> io::Result<(u64, String)> {
+    let total: u64 = files.iter().map(|(_, p)| fs::metadata(p).map(|m| m.len())).sum::<io::Result<u64>>()?;
+    let out = OpenOptions::new().write(true).create_new(true).mode(0o644).open(tmp)?;
+    let hashing = HashingWriter { inner: io::BufWriter::new(out), hash: Sha256::new(), len: 0 };
     // Fast compression: disks are mostly zeros or already-compressed data.
     let mut tar = tar::Builder::new(GzEncoder::new(hashing, flate2::Compression::fast()));
     let meta = serde_json::to_vec_pretty(meta).map_err(io::Error::other)?;
@@ -161,18 +127,12 @@ fn write_box(
     let mut done = 0u64;
     report("package", 0, Some(total));
     for (name, path) in files {
-        let f = File::open(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let f = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let mut h = tar::Header::new_gnu();
         h.set_size(f.metadata()?.len());
         h.set_mode(0o644);
         h.set_mtime(now());
-        let r = ProgressReader {
-            inner: f,
-            done: &mut done,
-            total,
-            report,
-        };
+        let r = ProgressReader { inner: f, done: &mut done, total, report };
         tar.append_data(&mut h, name, r)?;
     }
     let hashing = tar.into_inner()?.finish()?;
@@ -183,26 +143,16 @@ fn write_box(
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Machines {
     pub fn package(&self, p: PackageParams, report: Reporter) -> Result<Value> {
         let output = absolute("output", &p.output)?;
-        let vagrantfile = p
-            .vagrantfile
-            .as_deref()
-            .map(|v| absolute("vagrantfile", v))
-            .transpose()?;
+        let vagrantfile = p.vagrantfile.as_deref().map(|v| absolute("vagrantfile", v)).transpose()?;
         if let Some(v) = &vagrantfile {
             if !v.is_file() {
-                return Err(Error::not_found(format!(
-                    "vagrantfile {} is not a file",
-                    v.display()
-                )));
+                return Err(Error::not_found(format!("vagrantfile {} is not a file", v.display())));
             }
         }
         let dir = self.existing(&p.id)?;
@@ -220,12 +170,10 @@ impl Machines {
                 rec.state,
             ));
         }
-        let parent = output.parent().filter(|d| d.is_dir()).ok_or_else(|| {
-            Error::not_found(format!(
-                "the directory of {} does not exist",
-                output.display()
-            ))
-        })?;
+        let parent = output
+            .parent()
+            .filter(|d| d.is_dir())
+            .ok_or_else(|| Error::not_found(format!("the directory of {} does not exist", output.display())))?;
         if output.exists() && !p.force {
             return Err(Error::new(
                 crate::error::code::ALREADY_EXISTS,
@@ -236,10 +184,7 @@ impl Machines {
         let meta = metadata(&rec, &files);
         let tmp = parent.join(format!(
             ".{}.partial-{}",
-            output
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default(),
+            output.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
             std::process::id()
         ));
         let _ = fs::remove_file(&tmp);
@@ -252,17 +197,10 @@ impl Machines {
             Ok(r) => r,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
-                return Err(Error::internal(format!(
-                    "writing {}: {e}",
-                    output.display()
-                )));
+                return Err(Error::internal(format!("writing {}: {e}", output.display())));
             }
         };
-        super::log(&format!(
-            "machine {} packaged as {} ({size} bytes)",
-            rec.id,
-            output.display()
-        ));
+        super::log(&format!("machine {} packaged as {} ({size} bytes)", rec.id, output.display()));
         Ok(json!({
             "path": output.display().to_string(),
             "size": size,
@@ -282,11 +220,7 @@ mod tests {
         let mut r = crate::machines::tests::rec();
         r.kernel = dir.join("vmlinux").display().to_string();
         r.initrd = Some(dir.join("initrd.img").display().to_string());
-        r.disks = vec![Disk {
-            path: dir.join("disk-0.img").display().to_string(),
-            source: None,
-            owned: true,
-        }];
+        r.disks = vec![Disk { path: dir.join("disk-0.img").display().to_string(), source: None, owned: true }];
         r.bx = Some(BoxRef {
             name: "t".into(),
             version: "0".into(),
@@ -330,10 +264,7 @@ mod tests {
         assert_eq!(
             names,
             vec![
-                (
-                    "metadata.json".to_string(),
-                    serde_json::to_vec_pretty(&meta).unwrap().len() as u64
-                ),
+                ("metadata.json".to_string(), serde_json::to_vec_pretty(&meta).unwrap().len() as u64),
                 ("vmlinux".into(), 6),
                 ("initrd.img".into(), 6),
                 ("disk0.img".into(), 1 << 20),

@@ -4,7 +4,6 @@
 
 use crate::state;
 use serde::{Deserialize, Serialize};
-use xhyve_contract::features::{self, Features};
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -12,6 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
+use xhyve_contract::features::{self, Features};
 
 /// The runner's record of the VMM's end, `MACHINE_DIR/exit.json`.
 pub const EXIT_FILE: &str = "exit.json";
@@ -27,10 +27,7 @@ pub struct ExitRecord {
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// (start time in clock ticks since boot, state letter) of `pid`, from `/proc/PID/stat`.
@@ -78,11 +75,7 @@ pub fn wait_exit(pid: i32, start: u64) {
             return;
         }
         loop {
-            let mut p = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
             let r = unsafe { libc::poll(&mut p, 1, 1000) };
             if r > 0 || !alive(pid, start) {
@@ -99,16 +92,9 @@ pub fn wait_exit(pid: i32, start: u64) {
 pub fn find_xhyve() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("XHYVE_BIN").filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("XHYVE_BIN={} is not a file", p.display()))
-        };
+        return if p.is_file() { Ok(p) } else { Err(format!("XHYVE_BIN={} is not a file", p.display())) };
     }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
         let p = dir.join("xhyve");
         if p.is_file() {
             return Ok(p);
@@ -130,16 +116,8 @@ pub fn features(xhyve: &Path) -> Result<Features, String> {
     use std::sync::Mutex;
     type Key = (PathBuf, Option<std::time::SystemTime>);
     static CACHE: Mutex<Option<HashMap<Key, Features>>> = Mutex::new(None);
-    let key = (
-        xhyve.to_path_buf(),
-        fs::metadata(xhyve).and_then(|m| m.modified()).ok(),
-    );
-    if let Some(f) = CACHE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .and_then(|c| c.get(&key))
-    {
+    let key = (xhyve.to_path_buf(), fs::metadata(xhyve).and_then(|m| m.modified()).ok());
+    if let Some(f) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|c| c.get(&key)) {
         return Ok(f.clone());
     }
     let out = Command::new(xhyve)
@@ -149,22 +127,14 @@ pub fn features(xhyve: &Path) -> Result<Features, String> {
         .map_err(|e| format!("cannot run {} {}: {e}", xhyve.display(), features::FLAG))?;
     let f = Features::from_output(&String::from_utf8_lossy(&out.stdout))
         .map_err(|e| format!("{} {}: {e}", xhyve.display(), features::FLAG))?;
-    CACHE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(HashMap::new)
-        .insert(key, f.clone());
+    CACHE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(key, f.clone());
     Ok(f)
 }
 
 /// Starts `run-vmm` (below) for `argv` in the machine's directory, in a session of its own so
 /// that it and the VMM outlive the daemon; returns the runner and the VMM's pid and start time
 /// (its first stdout line). `vmm_log` takes both processes' stderr.
-pub fn spawn_runner(
-    dir: &Path,
-    argv: &[String],
-    vmm_log: fs::File,
-) -> Result<(std::process::Child, i32, u64), String> {
+pub fn spawn_runner(dir: &Path, argv: &[String], vmm_log: fs::File) -> Result<(std::process::Child, i32, u64), String> {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
@@ -184,18 +154,13 @@ pub fn spawn_runner(
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the VMM runner: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start the VMM runner: {e}"))?;
     let mut line = String::new();
     if let Some(out) = child.stdout.take() {
         let _ = io::BufReader::new(out).read_line(&mut line);
     }
     let mut it = line.split_whitespace();
-    match (
-        it.next().and_then(|p| p.parse::<i32>().ok()),
-        it.next().and_then(|p| p.parse::<u64>().ok()),
-    ) {
+    match (it.next().and_then(|p| p.parse::<i32>().ok()), it.next().and_then(|p| p.parse::<u64>().ok())) {
         (Some(pid), Some(st)) => Ok((child, pid, st)),
         _ => {
             let _ = child.wait();
@@ -218,17 +183,8 @@ pub fn run_vmm(dir: &Path, argv: &[String]) -> ExitCode {
         let _ = writeln!(out, "error: run-vmm needs a command");
         return ExitCode::from(2);
     };
-    let stdout_to_log = io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(Stdio::from)
-        .unwrap_or_else(|_| Stdio::null());
-    let mut child = match Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(stdout_to_log)
-        .spawn()
-    {
+    let stdout_to_log = io::stderr().as_fd().try_clone_to_owned().map(Stdio::from).unwrap_or_else(|_| Stdio::null());
+    let mut child = match Command::new(prog).args(args).stdin(Stdio::null()).stdout(stdout_to_log).spawn() {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(out, "error: cannot run {prog}: {e}");

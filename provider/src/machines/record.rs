@@ -106,8 +106,7 @@ impl MachineRecord {
                 Error::internal(format!("cannot read {}: {e}", p.display()))
             }
         })?;
-        serde_json::from_slice(&text)
-            .map_err(|e| Error::internal(format!("cannot parse {}: {e}", p.display())))
+        serde_json::from_slice(&text).map_err(|e| Error::internal(format!("cannot parse {}: {e}", p.display())))
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {

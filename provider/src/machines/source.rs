@@ -24,12 +24,7 @@ pub(super) struct Source {
 
 impl Source {
     /// machine.create's `box`, or its `kernel` and `initrd`: exactly one of the two ways.
-    pub fn resolve(
-        home: &Home,
-        bx: Option<&Value>,
-        kernel: Option<&str>,
-        initrd: Option<&str>,
-    ) -> Result<Source> {
+    pub fn resolve(home: &Home, bx: Option<&Value>, kernel: Option<&str>, initrd: Option<&str>) -> Result<Source> {
         match (bx, kernel) {
             (Some(spec), None) => {
                 if initrd.is_some() {
@@ -49,10 +44,9 @@ impl Source {
                 memory: None,
                 disks: Vec::new(),
             }),
-            (Some(_), Some(_)) => Err(invalid_field(
-                "kernel",
-                "give a box or a kernel, not both (a box names its kernel)",
-            )),
+            (Some(_), Some(_)) => {
+                Err(invalid_field("kernel", "give a box or a kernel, not both (a box names its kernel)"))
+            }
             (None, None) => Err(invalid_field(
                 "box",
                 "missing: give an installed box, or a kernel (and initrd) to boot without one",
@@ -66,17 +60,11 @@ impl Source {
 pub(super) fn given_file(field: &str, path: &str) -> Result<PathBuf> {
     let p = PathBuf::from(path);
     if !p.is_absolute() || path.contains(',') {
-        return Err(invalid_field(
-            field,
-            format!("{path:?}: an absolute path without commas"),
-        ));
+        return Err(invalid_field(field, format!("{path:?}: an absolute path without commas")));
     }
     match fs::metadata(&p) {
         Ok(m) if m.is_file() => Ok(p),
-        Ok(_) => Err(invalid_field(
-            field,
-            format!("{path} is not a regular file"),
-        )),
+        Ok(_) => Err(invalid_field(field, format!("{path} is not a regular file"))),
         Err(e) => Err(invalid_field(field, format!("{path}: {e}"))),
     }
 }
@@ -86,21 +74,12 @@ pub(super) fn given_file(field: &str, path: &str) -> Result<PathBuf> {
 fn box_file(dir: &Path, rel: &str, what: &str, box_name: &str) -> Result<PathBuf> {
     let bad = |m: String| Error::bad_box(format!("box {box_name:?}: metadata.json {what}: {m}"));
     let p = Path::new(rel);
-    if rel.is_empty()
-        || p.is_absolute()
-        || p.components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-    {
-        return Err(bad(format!(
-            "{rel:?} is not a path inside the box (e.g. \"vmlinux\")"
-        )));
+    if rel.is_empty() || p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return Err(bad(format!("{rel:?} is not a path inside the box (e.g. \"vmlinux\")")));
     }
     let full = dir.join(p);
     if full.to_string_lossy().contains(',') {
-        return Err(bad(format!(
-            "{} has a comma, which xhyve's options cannot carry",
-            full.display()
-        )));
+        return Err(bad(format!("{} has a comma, which xhyve's options cannot carry", full.display())));
     }
     match fs::metadata(&full) {
         Ok(m) if m.is_file() => Ok(full),
@@ -112,22 +91,12 @@ fn box_file(dir: &Path, rel: &str, what: &str, box_name: &str) -> Result<PathBuf
 fn read_meta(dir: &Path, box_name: &str) -> Result<Source> {
     let p = dir.join("metadata.json");
     let v: Value = fs::read(&p)
-        .map_err(|e| {
-            Error::bad_box(format!(
-                "box {box_name:?}: cannot read {}: {e}",
-                p.display()
-            ))
-        })
+        .map_err(|e| Error::bad_box(format!("box {box_name:?}: cannot read {}: {e}", p.display())))
         .and_then(|t| {
-            serde_json::from_slice(&t).map_err(|e| {
-                Error::bad_box(format!("box {box_name:?}: metadata.json is not JSON: {e}"))
-            })
+            serde_json::from_slice(&t)
+                .map_err(|e| Error::bad_box(format!("box {box_name:?}: metadata.json is not JSON: {e}")))
         })?;
-    let bad = |m: &str| {
-        Error::bad_box(format!(
-            "box {box_name:?}: metadata.json {m} (see boxes/README.md)"
-        ))
-    };
+    let bad = |m: &str| Error::bad_box(format!("box {box_name:?}: metadata.json {m} (see boxes/README.md)"));
     let kernel = v
         .get("kernel")
         .and_then(Value::as_str)
@@ -147,9 +116,8 @@ fn read_meta(dir: &Path, box_name: &str) -> Result<Source> {
     let cpus = match v.get("cpus") {
         None | Some(Value::Null) => None,
         Some(c) => Some(
-            c.as_u64()
-                .filter(|c| (1..=255).contains(c))
-                .ok_or_else(|| bad("\"cpus\" is not a number from 1 to 255"))? as u32,
+            c.as_u64().filter(|c| (1..=255).contains(c)).ok_or_else(|| bad("\"cpus\" is not a number from 1 to 255"))?
+                as u32,
         ),
     };
     let memory = v.get("memory").filter(|m| !m.is_null()).cloned();
@@ -158,23 +126,13 @@ fn read_meta(dir: &Path, box_name: &str) -> Result<Source> {
         None | Some(Value::Null) => {}
         Some(Value::Array(a)) => {
             for d in a {
-                let s = d
-                    .as_str()
-                    .ok_or_else(|| bad("\"disks\" is not an array of file names"))?;
+                let s = d.as_str().ok_or_else(|| bad("\"disks\" is not an array of file names"))?;
                 disks.push(box_file(dir, s, "disks", box_name)?);
             }
         }
         Some(_) => return Err(bad("\"disks\" is not an array of file names")),
     }
-    Ok(Source {
-        bx: None,
-        kernel,
-        initrd,
-        cmdline,
-        cpus,
-        memory,
-        disks,
-    })
+    Ok(Source { bx: None, kernel, initrd, cmdline, cpus, memory, disks })
 }
 
 /// `box` param: `"NAME"` or `{name, version?, architecture?}` (version: a constraint).
@@ -182,32 +140,25 @@ fn resolve_box(home: &Home, spec: &Value) -> Result<(PathBuf, store::BoxRecord)>
     let (name, constraint, arch) = match spec {
         Value::String(s) => (s.clone(), None, None),
         Value::Object(o) => {
-            if let Some(k) = o
-                .keys()
-                .find(|k| !["name", "version", "architecture"].contains(&k.as_str()))
-            {
-                return Err(invalid_field(
-                    "box",
-                    format!("unknown field {k:?} (name, version, architecture)"),
-                ));
+            if let Some(k) = o.keys().find(|k| !["name", "version", "architecture"].contains(&k.as_str())) {
+                return Err(invalid_field("box", format!("unknown field {k:?} (name, version, architecture)")));
             }
             let get = |k: &str| -> Result<Option<String>> {
                 match o.get(k) {
                     None | Some(Value::Null) => Ok(None),
                     Some(Value::String(s)) => Ok(Some(s.clone())),
-                    Some(other) => Err(invalid_field(
-                        &format!("box.{k}"),
-                        format!("{other} is not a string"),
-                    )),
+                    Some(other) => Err(invalid_field(&format!("box.{k}"), format!("{other} is not a string"))),
                 }
             };
             let name = get("name")?.ok_or_else(|| invalid_field("box.name", "missing"))?;
             (name, get("version")?, get("architecture")?)
         }
-        _ => return Err(invalid_field(
-            "box",
-            "expected a box name (\"acme/tiny\") or {\"name\", \"version\"?, \"architecture\"?}",
-        )),
+        _ => {
+            return Err(invalid_field(
+                "box",
+                "expected a box name (\"acme/tiny\") or {\"name\", \"version\"?, \"architecture\"?}",
+            ))
+        }
     };
     store::check_name(&name).map_err(|e| invalid_field("box", e))?;
     let req = constraint
@@ -243,19 +194,14 @@ fn resolve_box(home: &Home, spec: &Value) -> Result<(PathBuf, store::BoxRecord)>
             } else {
                 format!("installed: {}", have.join(", "))
             };
-            Err(Error::not_found(format!("{want} is not installed; {hint}"))
-                .with_data(json!({"box": name})))
+            Err(Error::not_found(format!("{want} is not installed; {hint}")).with_data(json!({"box": name})))
         }
     }
 }
 
 /// Where a machine without a box keeps its copies of the kernel and initrd: `boot/` in its
 /// directory, under their own file names (an initrd named as the kernel gets an `initrd-` prefix).
-pub(super) fn boot_paths(
-    dir: &Path,
-    kernel: &Path,
-    initrd: Option<&Path>,
-) -> (PathBuf, Option<PathBuf>) {
+pub(super) fn boot_paths(dir: &Path, kernel: &Path, initrd: Option<&Path>) -> (PathBuf, Option<PathBuf>) {
     let boot = dir.join("boot");
     let name = |p: &Path| p.file_name().map_or("file".into(), |n| n.to_os_string());
     let initrd = initrd.map(|i| {

@@ -50,15 +50,9 @@ pub fn install_key(home: &Home) -> io::Result<PathBuf> {
     if std::fs::read_to_string(&path).is_ok_and(|t| t == INSECURE_PRIVATE_KEY) {
         return Ok(path);
     }
-    let tmp = home
-        .root
-        .join(format!(".{KEY_FILE}.{}", std::process::id()));
+    let tmp = home.root.join(format!(".{KEY_FILE}.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     f.write_all(INSECURE_PRIVATE_KEY.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
@@ -82,10 +76,7 @@ pub fn pick_port(prev: Option<u16>, taken: &HashSet<u16>) -> io::Result<u16> {
             return Ok(p);
         }
     }
-    Err(io::Error::new(
-        io::ErrorKind::AddrNotAvailable,
-        "no free TCP port on 127.0.0.1",
-    ))
+    Err(io::Error::new(io::ErrorKind::AddrNotAvailable, "no free TCP port on 127.0.0.1"))
 }
 
 /// `machine.ssh_info`'s answer for a running machine: its forwarded port on 127.0.0.1 (network
@@ -130,35 +121,20 @@ pub struct Failure {
 /// each bounded by `limit`.
 pub fn login(addr: SocketAddr, key: &Path, limit: Duration) -> std::result::Result<Conn, Failure> {
     let limit = limit.max(Duration::from_millis(200));
-    let tcp = TcpStream::connect_timeout(&addr, limit).map_err(|e| Failure {
-        step: Step::PortClosed,
-        detail: format!("connecting to {addr}: {e}"),
-    })?;
+    let tcp = TcpStream::connect_timeout(&addr, limit)
+        .map_err(|e| Failure { step: Step::PortClosed, detail: format!("connecting to {addr}: {e}") })?;
     let _ = tcp.set_nodelay(true);
     let fd = tcp.as_raw_fd();
-    let mut s = ssh2::Session::new().map_err(|e| Failure {
-        step: Step::Banner,
-        detail: format!("libssh2: {e}"),
-    })?;
+    let mut s = ssh2::Session::new().map_err(|e| Failure { step: Step::Banner, detail: format!("libssh2: {e}") })?;
     s.set_tcp_stream(tcp);
     s.set_timeout(limit.as_millis().min(u32::MAX as u128) as u32);
-    s.handshake().map_err(|e| Failure {
-        step: Step::Banner,
-        detail: format!("SSH handshake with {addr}: {e}"),
+    s.handshake().map_err(|e| Failure { step: Step::Banner, detail: format!("SSH handshake with {addr}: {e}") })?;
+    s.userauth_pubkey_file(USERNAME, None, key, None).map_err(|e| Failure {
+        step: Step::Auth,
+        detail: format!("publickey authentication as {USERNAME} with {}: {e}", key.display()),
     })?;
-    s.userauth_pubkey_file(USERNAME, None, key, None)
-        .map_err(|e| Failure {
-            step: Step::Auth,
-            detail: format!(
-                "publickey authentication as {USERNAME} with {}: {e}",
-                key.display()
-            ),
-        })?;
     if !s.authenticated() {
-        return Err(Failure {
-            step: Step::Auth,
-            detail: format!("{USERNAME} not authenticated"),
-        });
+        return Err(Failure { step: Step::Auth, detail: format!("{USERNAME} not authenticated") });
     }
     Ok(Conn { session: s, fd })
 }
@@ -182,10 +158,7 @@ pub fn wait_login(
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         let fail = match target()? {
-            Err(detail) => Failure {
-                step: Step::NoAddress,
-                detail,
-            },
+            Err(detail) => Failure { step: Step::NoAddress, detail },
             Ok(a) => match login(a, key, left.min(Duration::from_secs(20))) {
                 Ok(s) => return Ok(Ok((s, attempts))),
                 Err(f) => f,
@@ -224,22 +197,15 @@ pub fn exec(
     let s = &c.session;
     let fd = c.fd;
     s.set_timeout(0);
-    let mut ch = s
-        .channel_session()
-        .map_err(|e| format!("opening an SSH session channel: {e}"))?;
-    ch.exec(command)
-        .map_err(|e| format!("starting the command: {e}"))?;
+    let mut ch = s.channel_session().map_err(|e| format!("opening an SSH session channel: {e}"))?;
+    ch.exec(command).map_err(|e| format!("starting the command: {e}"))?;
     s.set_blocking(false);
     let mut bufs = [Vec::new(), Vec::new()];
     let mut chunk = [0u8; 32768];
     loop {
         let mut progressed = false;
         for (i, name) in [(0usize, "stdout"), (1, "stderr")] {
-            let r = if i == 0 {
-                ch.read(&mut chunk)
-            } else {
-                ch.stderr().read(&mut chunk)
-            };
+            let r = if i == 0 { ch.read(&mut chunk) } else { ch.stderr().read(&mut chunk) };
             match r {
                 Ok(0) => {}
                 Ok(n) => {
@@ -258,11 +224,7 @@ pub fn exec(
             break;
         }
         if !progressed && fd >= 0 {
-            let mut p = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd; the socket outlives the call.
             unsafe { libc::poll(&mut p, 1, 100) };
         }
@@ -276,9 +238,7 @@ pub fn exec(
     s.set_blocking(true);
     s.set_timeout(30_000);
     let _ = ch.wait_close();
-    let status = ch
-        .exit_status()
-        .map_err(|e| format!("reading the exit status: {e}"))?;
+    let status = ch.exit_status().map_err(|e| format!("reading the exit status: {e}"))?;
     let signal = ch.exit_signal().ok().and_then(|x| x.exit_signal);
     Ok((status, signal))
 }
@@ -312,11 +272,7 @@ mod tests {
 
     #[test]
     fn closed_port_is_named() {
-        let p = TcpListener::bind((HOST, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let p = TcpListener::bind((HOST, 0)).unwrap().local_addr().unwrap().port();
         let a = SocketAddr::from((HOST, p));
         let Err(f) = login(a, Path::new("/nonexistent"), Duration::from_millis(500)) else {
             panic!("logged in to a closed port")

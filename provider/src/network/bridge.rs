@@ -20,35 +20,24 @@ pub fn exists(name: &str) -> bool {
 }
 
 pub fn ifindex(name: &str) -> Option<u32> {
-    std::fs::read_to_string(sys(name).join("ifindex"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    std::fs::read_to_string(sys(name).join("ifindex")).ok()?.trim().parse().ok()
 }
 
 /// Runs `ip ARGS`; Err has the command and what it printed.
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                "network mode shared needs iproute2's `ip` command on the daemon's PATH (apt-get install iproute2)".to_string()
-            } else {
-                format!("cannot run ip: {e}")
-            }
-        })?;
+    let out = Command::new("ip").args(args).stdin(Stdio::null()).output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            "network mode shared needs iproute2's `ip` command on the daemon's PATH (apt-get install iproute2)"
+                .to_string()
+        } else {
+            format!("cannot run ip: {e}")
+        }
+    })?;
     if out.status.success() {
         return Ok(());
     }
     let msg = String::from_utf8_lossy(&out.stderr);
-    Err(format!(
-        "`ip {}` failed: {}",
-        args.join(" "),
-        msg.trim().trim_start_matches("RTNETLINK answers: ")
-    ))
+    Err(format!("`ip {}` failed: {}", args.join(" "), msg.trim().trim_start_matches("RTNETLINK answers: ")))
 }
 
 /// The bridge, with its address, up. Idempotent: an existing bridge is kept (its other
@@ -58,16 +47,7 @@ pub fn ensure_bridge(cfg: &Config) -> Result<(), String> {
     check_ifname(br)?;
     if !sys(br).exists() {
         // forward_delay 0: the TAP ports forward at once (no STP on this bridge).
-        if let Err(e) = ip(&[
-            "link",
-            "add",
-            "name",
-            br,
-            "type",
-            "bridge",
-            "forward_delay",
-            "0",
-        ]) {
+        if let Err(e) = ip(&["link", "add", "name", br, "type", "bridge", "forward_delay", "0"]) {
             // Someone else may have made it meanwhile.
             if !sys(br).exists() {
                 return Err(format!("cannot make the bridge {br}: {e}"));
@@ -79,12 +59,8 @@ pub fn ensure_bridge(cfg: &Config) -> Result<(), String> {
             "{br} exists and is not a bridge: set XHYVE_BRIDGE to another name for the shared network"
         ));
     }
-    ip(&["addr", "replace", &cfg.cidr(), "dev", br]).map_err(|e| {
-        format!(
-            "cannot give the bridge {br} the address {}: {e}",
-            cfg.cidr()
-        )
-    })?;
+    ip(&["addr", "replace", &cfg.cidr(), "dev", br])
+        .map_err(|e| format!("cannot give the bridge {br} the address {}: {e}", cfg.cidr()))?;
     ip(&["link", "set", "dev", br, "up"]).map_err(|e| format!("cannot bring {br} up: {e}"))
 }
 

@@ -7,7 +7,6 @@
 
 use super::leases::{Leases, Mac};
 use super::Config;
-use xhyve_contract::mac::format_mac;
 use crate::server::log;
 use dhcproto::v4::{self, DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
@@ -18,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use xhyve_contract::mac::format_mac;
 
 /// Seconds a lease lasts (the address stays the MAC's anyway); T1 and T2 are the usual 1/2 and
 /// 7/8 of it.
@@ -33,19 +33,11 @@ pub struct Outcome {
 }
 
 fn ignored(note: impl Into<String>) -> Outcome {
-    Outcome {
-        reply: None,
-        note: note.into(),
-        ignored: true,
-    }
+    Outcome { reply: None, note: note.into(), ignored: true }
 }
 
 fn event(note: impl Into<String>) -> Outcome {
-    Outcome {
-        reply: None,
-        note: note.into(),
-        ignored: false,
-    }
+    Outcome { reply: None, note: note.into(), ignored: false }
 }
 
 fn opt_ip(m: &Message, code: OptionCode) -> Option<Ipv4Addr> {
@@ -97,10 +89,7 @@ fn destination(req: &Message, t: MessageType) -> Ipv4Addr {
 /// Handles one datagram that arrived on port 67.
 pub fn handle(buf: &[u8], cfg: &Config, leases: &mut Leases, now: u64) -> Outcome {
     if buf.len() < 240 || buf[236..240] != v4::MAGIC {
-        return ignored(format!(
-            "ignored a {}-byte datagram: not a DHCP message",
-            buf.len()
-        ));
+        return ignored(format!("ignored a {}-byte datagram: not a DHCP message", buf.len()));
     }
     let req = match Message::decode(&mut Decoder::new(buf)) {
         Ok(m) => m,
@@ -133,12 +122,7 @@ pub fn handle(buf: &[u8], cfg: &Config, leases: &mut Leases, now: u64) -> Outcom
     };
     match req.opts().msg_type() {
         Some(MessageType::Discover) => match leases.address_for(&mac, now) {
-            Some(ip) => answer(
-                MessageType::Offer,
-                ip,
-                true,
-                format!("DHCPDISCOVER from {m}: offering {ip}"),
-            ),
+            Some(ip) => answer(MessageType::Offer, ip, true, format!("DHCPDISCOVER from {m}: offering {ip}")),
             None => event(format!(
                 "DHCPDISCOVER from {m}: no free address left in {} (destroy machines to free some)",
                 cfg.cidr()
@@ -151,19 +135,13 @@ pub fn handle(buf: &[u8], cfg: &Config, leases: &mut Leases, now: u64) -> Outcom
                     server_id.unwrap_or(Ipv4Addr::UNSPECIFIED)
                 ));
             }
-            let Some(want) = requested.or(Some(req.ciaddr()).filter(|a| !a.is_unspecified()))
-            else {
+            let Some(want) = requested.or(Some(req.ciaddr()).filter(|a| !a.is_unspecified())) else {
                 return ignored(format!("ignored a DHCPREQUEST from {m} without an address"));
             };
             match leases.address_for(&mac, now) {
                 Some(ip) if ip == want => {
                     leases.bind(&mac, now);
-                    answer(
-                        MessageType::Ack,
-                        ip,
-                        true,
-                        format!("DHCPREQUEST from {m} for {ip}: acknowledged"),
-                    )
+                    answer(MessageType::Ack, ip, true, format!("DHCPREQUEST from {m} for {ip}: acknowledged"))
                 }
                 Some(ip) => answer(
                     MessageType::Nak,
@@ -180,17 +158,14 @@ pub fn handle(buf: &[u8], cfg: &Config, leases: &mut Leases, now: u64) -> Outcom
             }
         }
         Some(MessageType::Decline) => match requested {
-            Some(ip) if ours && leases.decline(&mac, ip) => event(format!(
-                "DHCPDECLINE from {m}: {ip} is in use by something else; {m} gets another address"
-            )),
-            _ => ignored(format!(
-                "ignored a DHCPDECLINE from {m} of no address of its"
-            )),
+            Some(ip) if ours && leases.decline(&mac, ip) => {
+                event(format!("DHCPDECLINE from {m}: {ip} is in use by something else; {m} gets another address"))
+            }
+            _ => ignored(format!("ignored a DHCPDECLINE from {m} of no address of its")),
         },
-        Some(MessageType::Release) => event(format!(
-            "DHCPRELEASE from {m} of {}: the address stays its own",
-            req.ciaddr()
-        )),
+        Some(MessageType::Release) => {
+            event(format!("DHCPRELEASE from {m} of {}: the address stays its own", req.ciaddr()))
+        }
         Some(MessageType::Inform) if !req.ciaddr().is_unspecified() => answer(
             MessageType::Ack,
             Ipv4Addr::UNSPECIFIED,
@@ -213,12 +188,7 @@ pub fn encode(m: &Message) -> io::Result<Vec<u8>> {
 /// UDP 0.0.0.0:67 bound to `bridge`, allowed to broadcast. No SO_REUSEADDR: a second server on
 /// the same bridge (another daemon) gets EADDRINUSE instead of answering alongside.
 fn bind(bridge: &str) -> Result<UdpSocket, String> {
-    let sys = |what: &str| {
-        format!(
-            "DHCP socket on {bridge}: {what}: {}",
-            io::Error::last_os_error()
-        )
-    };
+    let sys = |what: &str| format!("DHCP socket on {bridge}: {what}: {}", io::Error::last_os_error());
     // SAFETY: plain socket calls on a descriptor we own; option values point to live locals.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
@@ -280,25 +250,16 @@ pub struct Server {
 
 impl Server {
     /// Binds the socket (errors come back here) and starts the thread.
-    pub fn start(
-        cfg: Config,
-        ifindex: u32,
-        leases: Arc<Mutex<Option<Leases>>>,
-    ) -> Result<Server, String> {
+    pub fn start(cfg: Config, ifindex: u32, leases: Arc<Mutex<Option<Leases>>>) -> Result<Server, String> {
         let sock = bind(&cfg.bridge)?;
-        sock.set_read_timeout(Some(Duration::from_secs(1)))
-            .map_err(|e| format!("DHCP socket: {e}"))?;
+        sock.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| format!("DHCP socket: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("dhcp".into())
             .spawn(move || serve(sock, cfg, leases, flag))
             .map_err(|e| format!("cannot start the DHCP thread: {e}"))?;
-        Ok(Server {
-            ifindex,
-            stop,
-            thread,
-        })
+        Ok(Server { ifindex, stop, thread })
     }
 
     /// True while it runs on the bridge with this interface index.
@@ -324,9 +285,7 @@ fn serve(sock: UdpSocket, cfg: Config, leases: Arc<Mutex<Option<Leases>>>, stop:
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
                 ) =>
             {
                 continue
@@ -351,11 +310,7 @@ fn serve(sock: UdpSocket, cfg: Config, leases: Arc<Mutex<Option<Leases>>>, stop:
             if now < quiet_until {
                 unlogged += 1;
             } else {
-                let more = if unlogged > 0 {
-                    format!(" ({unlogged} more not logged)")
-                } else {
-                    String::new()
-                };
+                let more = if unlogged > 0 { format!(" ({unlogged} more not logged)") } else { String::new() };
                 log(&format!("DHCP: {} (from {from}){more}", out.note));
                 quiet_until = now + Duration::from_secs(10);
                 unlogged = 0;
@@ -364,8 +319,7 @@ fn serve(sock: UdpSocket, cfg: Config, leases: Arc<Mutex<Option<Leases>>>, stop:
             log(&format!("DHCP: {}", out.note));
         }
         if let Some((msg, dest)) = out.reply {
-            let r = encode(&msg)
-                .and_then(|bytes| sock.send_to(&bytes, SocketAddrV4::new(dest, v4::CLIENT_PORT)));
+            let r = encode(&msg).and_then(|bytes| sock.send_to(&bytes, SocketAddrV4::new(dest, v4::CLIENT_PORT)));
             if let Err(e) = r {
                 log(&format!("DHCP: sending to {dest}: {e}"));
             }
@@ -404,10 +358,7 @@ mod tests {
     }
 
     fn decoded(o: &Outcome) -> (Message, Ipv4Addr) {
-        let (m, dest) = o
-            .reply
-            .clone()
-            .unwrap_or_else(|| panic!("no reply: {}", o.note));
+        let (m, dest) = o.reply.clone().unwrap_or_else(|| panic!("no reply: {}", o.note));
         // What goes on the wire parses back the same.
         let bytes = encode(&m).unwrap();
         assert!(bytes.len() >= 300);
@@ -417,12 +368,7 @@ mod tests {
     #[test]
     fn discover_request_ack() {
         let (dir, cfg, mut l) = setup("dora");
-        let o = handle(
-            &request(MessageType::Discover, vec![], Ipv4Addr::UNSPECIFIED),
-            &cfg,
-            &mut l,
-            5,
-        );
+        let o = handle(&request(MessageType::Discover, vec![], Ipv4Addr::UNSPECIFIED), &cfg, &mut l, 5);
         let (offer, dest) = decoded(&o);
         assert_eq!(dest, Ipv4Addr::BROADCAST);
         assert_eq!(offer.opcode(), Opcode::BootReply);
@@ -432,31 +378,16 @@ mod tests {
         let ip = offer.yiaddr();
         assert!(cfg.in_pool(ip), "{ip}");
         let opts = offer.opts();
-        assert_eq!(
-            opts.get(OptionCode::ServerIdentifier),
-            Some(&DhcpOption::ServerIdentifier(cfg.gateway))
-        );
-        assert_eq!(
-            opts.get(OptionCode::SubnetMask),
-            Some(&DhcpOption::SubnetMask([255, 255, 255, 0].into()))
-        );
-        assert_eq!(
-            opts.get(OptionCode::Router),
-            Some(&DhcpOption::Router(vec![cfg.gateway]))
-        );
-        assert_eq!(
-            opts.get(OptionCode::AddressLeaseTime),
-            Some(&DhcpOption::AddressLeaseTime(LEASE_SECS))
-        );
+        assert_eq!(opts.get(OptionCode::ServerIdentifier), Some(&DhcpOption::ServerIdentifier(cfg.gateway)));
+        assert_eq!(opts.get(OptionCode::SubnetMask), Some(&DhcpOption::SubnetMask([255, 255, 255, 0].into())));
+        assert_eq!(opts.get(OptionCode::Router), Some(&DhcpOption::Router(vec![cfg.gateway])));
+        assert_eq!(opts.get(OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(LEASE_SECS)));
         assert!(opts.get(OptionCode::DomainNameServer).is_none());
         assert_eq!(l.bound(&MAC), None, "an offer binds nothing");
 
         let req = request(
             MessageType::Request,
-            vec![
-                DhcpOption::RequestedIpAddress(ip),
-                DhcpOption::ServerIdentifier(cfg.gateway),
-            ],
+            vec![DhcpOption::RequestedIpAddress(ip), DhcpOption::ServerIdentifier(cfg.gateway)],
             Ipv4Addr::UNSPECIFIED,
         );
         let (ack, dest) = decoded(&handle(&req, &cfg, &mut l, 6));
@@ -469,26 +400,12 @@ mod tests {
         // A new daemon, a new boot: the same address; a renewal (ciaddr, no option 50) is
         // answered to the guest's address.
         let mut l2 = Leases::load(&dir.join("leases.json"), &cfg).unwrap();
-        let (offer2, _) = decoded(&handle(
-            &request(MessageType::Discover, vec![], Ipv4Addr::UNSPECIFIED),
-            &cfg,
-            &mut l2,
-            7,
-        ));
+        let (offer2, _) =
+            decoded(&handle(&request(MessageType::Discover, vec![], Ipv4Addr::UNSPECIFIED), &cfg, &mut l2, 7));
         assert_eq!(offer2.yiaddr(), ip);
-        let (renew, dest) = decoded(&handle(
-            &request(MessageType::Request, vec![], ip),
-            &cfg,
-            &mut l2,
-            8,
-        ));
+        let (renew, dest) = decoded(&handle(&request(MessageType::Request, vec![], ip), &cfg, &mut l2, 8));
         assert_eq!(
-            (
-                renew.opts().msg_type(),
-                renew.yiaddr(),
-                renew.ciaddr(),
-                dest
-            ),
+            (renew.opts().msg_type(), renew.yiaddr(), renew.ciaddr(), dest),
             (Some(MessageType::Ack), ip, ip, ip)
         );
         std::fs::remove_dir_all(dir).unwrap();
@@ -501,36 +418,22 @@ mod tests {
         let other = Ipv4Addr::from(u32::from(ip) ^ 1);
         // INIT-REBOOT asking for an old address that is not its own: NAK, broadcast.
         let o = handle(
-            &request(
-                MessageType::Request,
-                vec![DhcpOption::RequestedIpAddress(other)],
-                Ipv4Addr::UNSPECIFIED,
-            ),
+            &request(MessageType::Request, vec![DhcpOption::RequestedIpAddress(other)], Ipv4Addr::UNSPECIFIED),
             &cfg,
             &mut l,
             1,
         );
         let (nak, dest) = decoded(&o);
         assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
-        assert_eq!(
-            (nak.yiaddr(), dest),
-            (Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST)
-        );
+        assert_eq!((nak.yiaddr(), dest), (Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST));
         assert!(nak.opts().get(OptionCode::AddressLeaseTime).is_none());
-        assert!(
-            o.note.contains("NAK") && o.note.contains(&ip.to_string()),
-            "{}",
-            o.note
-        );
+        assert!(o.note.contains("NAK") && o.note.contains(&ip.to_string()), "{}", o.note);
         assert_eq!(l.bound(&MAC), None);
         // A request to another server: silence.
         let o = handle(
             &request(
                 MessageType::Request,
-                vec![
-                    DhcpOption::RequestedIpAddress(ip),
-                    DhcpOption::ServerIdentifier([10, 0, 0, 1].into()),
-                ],
+                vec![DhcpOption::RequestedIpAddress(ip), DhcpOption::ServerIdentifier([10, 0, 0, 1].into())],
                 Ipv4Addr::UNSPECIFIED,
             ),
             &cfg,
@@ -550,22 +453,14 @@ mod tests {
         assert!(o.reply.is_none());
         assert_eq!(l.get(&MAC).unwrap().ip, ip);
         let o = handle(
-            &request(
-                MessageType::Decline,
-                vec![DhcpOption::RequestedIpAddress(ip)],
-                Ipv4Addr::UNSPECIFIED,
-            ),
+            &request(MessageType::Decline, vec![DhcpOption::RequestedIpAddress(ip)], Ipv4Addr::UNSPECIFIED),
             &cfg,
             &mut l,
             2,
         );
         assert!(o.reply.is_none() && !o.ignored, "{o:?}");
-        let (offer, _) = decoded(&handle(
-            &request(MessageType::Discover, vec![], Ipv4Addr::UNSPECIFIED),
-            &cfg,
-            &mut l,
-            3,
-        ));
+        let (offer, _) =
+            decoded(&handle(&request(MessageType::Discover, vec![], Ipv4Addr::UNSPECIFIED), &cfg, &mut l, 3));
         assert_ne!(offer.yiaddr(), ip);
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -574,12 +469,7 @@ mod tests {
     fn inform_is_answered_without_a_lease() {
         let (dir, cfg, mut l) = setup("inform");
         let ciaddr = Ipv4Addr::new(192, 168, 64, 77);
-        let (ack, dest) = decoded(&handle(
-            &request(MessageType::Inform, vec![], ciaddr),
-            &cfg,
-            &mut l,
-            1,
-        ));
+        let (ack, dest) = decoded(&handle(&request(MessageType::Inform, vec![], ciaddr), &cfg, &mut l, 1));
         assert_eq!(
             (ack.opts().msg_type(), ack.yiaddr(), dest),
             (Some(MessageType::Ack), Ipv4Addr::UNSPECIFIED, ciaddr)
@@ -593,8 +483,7 @@ mod tests {
     fn hostile_packets_are_ignored_without_panicking() {
         let (dir, cfg, mut l) = setup("hostile");
         let good = request(MessageType::Discover, vec![], Ipv4Addr::UNSPECIFIED);
-        let mut cases: Vec<Vec<u8>> =
-            vec![vec![], vec![0; 239], vec![0xff; 600], good[..242].to_vec()];
+        let mut cases: Vec<Vec<u8>> = vec![vec![], vec![0; 239], vec![0xff; 600], good[..242].to_vec()];
         // hlen beyond chaddr's 16 bytes (dhcproto's chaddr() would slice past it).
         let mut long_hlen = good.clone();
         long_hlen[2] = 200;
@@ -624,8 +513,7 @@ mod tests {
             &MAC,
         );
         cases.push(m.to_vec().unwrap());
-        m.opts_mut()
-            .insert(DhcpOption::MessageType(MessageType::Discover));
+        m.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
         let mut trunc = m.to_vec().unwrap();
         trunc.truncate(trunc.len() - 1);
         trunc.extend_from_slice(&[50, 200, 1]);

@@ -8,7 +8,6 @@
 //! free one. The file is rewritten atomically (`state::write_json_atomic`) on every change.
 
 use super::Config;
-use xhyve_contract::mac::format_mac;
 use crate::state;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -16,6 +15,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use xhyve_contract::mac::format_mac;
 
 pub type Mac = [u8; 6];
 
@@ -90,16 +90,12 @@ impl Leases {
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         let bad = |m: String| {
-            format!(
-                "{} is not a valid leases file: {m} (fix it, or delete it to start over)",
-                path.display()
-            )
+            format!("{} is not a valid leases file: {m} (fix it, or delete it to start over)", path.display())
         };
         let f: File = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
         let mut ips = HashSet::new();
         for lease in f.leases {
-            let mac = parse_mac(&lease.mac)
-                .ok_or_else(|| bad(format!("{:?} is not a MAC address", lease.mac)))?;
+            let mac = parse_mac(&lease.mac).ok_or_else(|| bad(format!("{:?} is not a MAC address", lease.mac)))?;
             if !cfg.in_pool(lease.ip) {
                 crate::server::log(&format!(
                     "lease {} of {} is outside the shared network {}: dropped",
@@ -113,10 +109,7 @@ impl Leases {
             if !ips.insert(lease.ip) {
                 return Err(bad(format!("{} is leased twice", lease.ip)));
             }
-            let lease = Lease {
-                mac: format_mac(&mac),
-                ..lease
-            };
+            let lease = Lease { mac: format_mac(&mac), ..lease };
             if l.by_mac.insert(mac, lease).is_some() {
                 return Err(bad(format!("{} has two leases", format_mac(&mac))));
             }
@@ -131,10 +124,7 @@ impl Leases {
 
     /// The MAC's address once a guest with it was given it (DHCPACK).
     pub fn bound(&self, mac: &Mac) -> Option<Ipv4Addr> {
-        self.by_mac
-            .get(mac)
-            .filter(|l| l.bound_at.is_some())
-            .map(|l| l.ip)
+        self.by_mac.get(mac).filter(|l| l.bound_at.is_some()).map(|l| l.ip)
     }
 
     #[cfg(test)]
@@ -143,18 +133,11 @@ impl Leases {
     }
 
     fn free_address(&self, mac: &Mac) -> Option<Ipv4Addr> {
-        let used: HashSet<Ipv4Addr> = self
-            .by_mac
-            .values()
-            .map(|l| l.ip)
-            .chain(self.declined.iter().copied())
-            .collect();
+        let used: HashSet<Ipv4Addr> = self.by_mac.values().map(|l| l.ip).chain(self.declined.iter().copied()).collect();
         let first = self.cfg.network() + 1;
         let n = u32::from(self.cfg.broadcast()) - first;
         let start = slot(mac, n);
-        (0..n)
-            .map(|k| Ipv4Addr::from(first + (start + k) % n))
-            .find(|ip| self.cfg.in_pool(*ip) && !used.contains(ip))
+        (0..n).map(|k| Ipv4Addr::from(first + (start + k) % n)).find(|ip| self.cfg.in_pool(*ip) && !used.contains(ip))
     }
 
     /// The MAC's address: its lease, or a new one (None when the pool is exhausted).
@@ -163,15 +146,7 @@ impl Leases {
             return Some(l.ip);
         }
         let ip = self.free_address(mac)?;
-        self.by_mac.insert(
-            *mac,
-            Lease {
-                mac: format_mac(mac),
-                ip,
-                allocated_at: now,
-                bound_at: None,
-            },
-        );
+        self.by_mac.insert(*mac, Lease { mac: format_mac(mac), ip, allocated_at: now, bound_at: None });
         self.dirty = true;
         Some(ip)
     }
@@ -211,15 +186,9 @@ impl Leases {
             return Ok(());
         }
         if let Some(dir) = self.path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         }
-        let f = File {
-            subnet: self.cfg.cidr(),
-            leases: self.by_mac.values().cloned().collect(),
-        };
+        let f = File { subnet: self.cfg.cidr(), leases: self.by_mac.values().cloned().collect() };
         state::write_json_atomic(&self.path, &f)?;
         self.dirty = false;
         Ok(())
@@ -234,10 +203,7 @@ pub mod tests {
         let d = std::env::temp_dir().join(format!(
             "xhyve-leases-{tag}-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -258,11 +224,7 @@ pub mod tests {
         let b = l.address_for(&mac(2), 11).unwrap();
         assert_ne!(a, b);
         assert!(cfg.in_pool(a) && cfg.in_pool(b));
-        assert_eq!(
-            l.address_for(&mac(1), 12),
-            Some(a),
-            "the same address again"
-        );
+        assert_eq!(l.address_for(&mac(1), 12), Some(a), "the same address again");
         assert_eq!(l.bound(&mac(1)), None, "offered, not bound");
         l.bind(&mac(1), 13);
         assert_eq!(l.bound(&mac(1)), Some(a));
@@ -313,11 +275,7 @@ pub mod tests {
         let ip0 = l.get(&mac(0)).unwrap().ip;
         assert!(!l.decline(&mac(0), Ipv4Addr::new(10, 1, 2, 200)));
         assert!(l.decline(&mac(0), ip0));
-        assert_eq!(
-            l.address_for(&mac(0), 1),
-            None,
-            "only the declined one was free"
-        );
+        assert_eq!(l.address_for(&mac(0), 1), None, "only the declined one was free");
         l.remove(&mac(1)).unwrap();
         let ip = l.address_for(&mac(0), 2).unwrap();
         assert_ne!(ip, ip0);
@@ -356,9 +314,7 @@ pub mod tests {
         let mut l = Leases::load(&p, &cfg).unwrap();
         assert_eq!(l.len(), 0);
         l.flush().unwrap();
-        assert!(std::fs::read_to_string(&p)
-            .unwrap()
-            .contains("192.168.64.1/24"));
+        assert!(std::fs::read_to_string(&p).unwrap().contains("192.168.64.1/24"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

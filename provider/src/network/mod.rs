@@ -16,7 +16,6 @@ pub mod bridge;
 pub mod dhcp;
 pub mod leases;
 
-use xhyve_contract::mac::format_mac;
 use crate::error::{code, Error, Result};
 use crate::home::Home;
 use crate::machines::record::{MachineRecord, State};
@@ -27,6 +26,7 @@ use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use xhyve_contract::mac::format_mac;
 
 /// Default bridge name and address (vmnet's shared-mode subnet).
 pub const DEFAULT_BRIDGE: &str = "xhyve0";
@@ -69,15 +69,11 @@ pub fn check_ifname(name: &str) -> std::result::Result<(), String> {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not an interface name (1 to 15 letters, digits, '-', '_' or '.')"
-        ))
+        Err(format!("{name:?} is not an interface name (1 to 15 letters, digits, '-', '_' or '.')"))
     }
 }
 
@@ -107,17 +103,10 @@ impl Config {
         if !(8..=30).contains(&prefix) {
             return Err(bad());
         }
-        let c = Config {
-            bridge,
-            gateway,
-            prefix,
-        };
+        let c = Config { bridge, gateway, prefix };
         let g = u32::from(gateway);
         if g == c.network() || g == u32::from(c.broadcast()) || gateway.is_loopback() {
-            return Err(format!(
-                "{}: {gateway} is the subnet's network or broadcast address",
-                bad()
-            ));
+            return Err(format!("{}: {gateway} is the subnet's network or broadcast address", bad()));
         }
         Ok(c)
     }
@@ -141,10 +130,7 @@ impl Config {
     /// The guests' addresses: the subnet's host addresses but the gateway's.
     pub fn in_pool(&self, ip: Ipv4Addr) -> bool {
         let n = u32::from(ip);
-        n & self.mask() == self.network()
-            && n != self.network()
-            && ip != self.broadcast()
-            && ip != self.gateway
+        n & self.mask() == self.network() && n != self.network() && ip != self.broadcast() && ip != self.gateway
     }
 }
 
@@ -165,13 +151,9 @@ pub fn tap_name(machine_id: &str) -> String {
 /// /proc/self/status; where that cannot be read, root has them all and others none).
 pub fn missing_caps() -> Vec<&'static str> {
     const NEEDED: [(u32, &str); 2] = [(12, "CAP_NET_ADMIN"), (10, "CAP_NET_BIND_SERVICE")];
-    let eff = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        });
+    let eff = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    });
     NEEDED
         .iter()
         .filter(|(bit, _)| match eff {
@@ -273,8 +255,8 @@ impl Shared {
 
     /// Starts the DHCP server on the bridge, or restarts it when the bridge was made anew.
     fn ensure_server(&self, cfg: &Config) -> Result<()> {
-        let ifindex = bridge::ifindex(&cfg.bridge)
-            .ok_or_else(|| net_err(format!("the bridge {} vanished", cfg.bridge)))?;
+        let ifindex =
+            bridge::ifindex(&cfg.bridge).ok_or_else(|| net_err(format!("the bridge {} vanished", cfg.bridge)))?;
         let mut srv = lock(&self.server);
         if srv.as_ref().is_some_and(|s| s.serves(ifindex)) {
             return Ok(());
@@ -284,12 +266,7 @@ impl Shared {
         }
         self.with_leases(|_| ())?;
         let s = dhcp::Server::start(cfg.clone(), ifindex, self.leases.clone()).map_err(net_err)?;
-        log(&format!(
-            "DHCP server on {} ({}), leases in {}",
-            cfg.bridge,
-            cfg.cidr(),
-            self.leases_path.display()
-        ));
+        log(&format!("DHCP server on {} ({}), leases in {}", cfg.bridge, cfg.cidr(), self.leases_path.display()));
         *srv = Some(s);
         Ok(())
     }
@@ -327,22 +304,13 @@ impl Shared {
             "user" => rec
                 .ssh_port
                 .map(|p| SocketAddr::from((ssh::HOST, p)))
-                .ok_or_else(|| {
-                    "the machine has no forwarded SSH port (no user-mode network device)".into()
-                }),
+                .ok_or_else(|| "the machine has no forwarded SSH port (no user-mode network device)".into()),
             "shared" => {
-                let has_tap = rec
-                    .process
-                    .as_ref()
-                    .is_none_or(|p| p.argv.iter().any(|a| a.contains(",virtio-tap,")));
+                let has_tap = rec.process.as_ref().is_none_or(|p| p.argv.iter().any(|a| a.contains(",virtio-tap,")));
                 if !has_tap {
-                    return Err(
-                        "the machine runs without a network device (its xhyve has no virtio-tap)"
-                            .into(),
-                    );
+                    return Err("the machine runs without a network device (its xhyve has no virtio-tap)".into());
                 }
-                let mac = mac_of_uuid(&rec.uuid)
-                    .ok_or_else(|| format!("uuid {:?} is not a UUID", rec.uuid))?;
+                let mac = mac_of_uuid(&rec.uuid).ok_or_else(|| format!("uuid {:?} is not a UUID", rec.uuid))?;
                 match self.with_leases(|l| l.bound(&mac)) {
                     Ok(Some(ip)) => Ok(SocketAddr::from((ip, SSH_PORT))),
                     Ok(None) => Err(format!(
@@ -408,12 +376,7 @@ mod tests {
         assert_eq!(c.broadcast(), Ipv4Addr::new(192, 168, 64, 255));
         assert!(c.in_pool(Ipv4Addr::new(192, 168, 64, 2)));
         assert!(c.in_pool(Ipv4Addr::new(192, 168, 64, 254)));
-        for ip in [
-            [192, 168, 64, 0],
-            [192, 168, 64, 1],
-            [192, 168, 64, 255],
-            [192, 168, 65, 2],
-        ] {
+        for ip in [[192, 168, 64, 0], [192, 168, 64, 1], [192, 168, 64, 255], [192, 168, 65, 2]] {
             assert!(!c.in_pool(Ipv4Addr::from(ip)), "{ip:?}");
         }
         let c = Config::parse(Some("br-test"), Some("10.9.0.129/25")).unwrap();

@@ -41,10 +41,7 @@ impl MmioBus {
 
     fn find(&self, addr: u64) -> Option<(u64, Arc<dyn MmioDevice>)> {
         let table = self.ranges.read().unwrap();
-        table
-            .iter()
-            .find(|r| addr >= r.base && addr - r.base < r.len)
-            .map(|r| (addr - r.base, r.dev.clone()))
+        table.iter().find(|r| addr >= r.base && addr - r.base < r.len).map(|r| (addr - r.base, r.dev.clone()))
     }
 
     /// Returns false when no device claims the address.

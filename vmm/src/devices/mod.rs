@@ -28,7 +28,9 @@ impl PioBus {
     pub fn insert(&mut self, base: u16, len: u16, dev: Arc<Mutex<dyn PioDevice>>) {
         let end = u32::from(base) + u32::from(len);
         assert!(
-            self.ranges.iter().all(|(b, l, _)| end <= u32::from(*b) || u32::from(base) >= u32::from(*b) + u32::from(*l)),
+            self.ranges
+                .iter()
+                .all(|(b, l, _)| end <= u32::from(*b) || u32::from(base) >= u32::from(*b) + u32::from(*l)),
             "port range {base:#x}+{len} overlaps"
         );
         self.ranges.push((base, len, dev));

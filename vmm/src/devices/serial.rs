@@ -60,17 +60,11 @@ pub fn open_console(name: &str, target: &ConsoleTarget) -> Result<Console, Strin
 /// Opens a console target for `name` (used in the pty notice); errors start with `what`.
 pub fn open_target(name: &str, target: &ConsoleTarget, what: &str) -> Result<Console, String> {
     match target {
-        ConsoleTarget::Stdio => Ok(Console {
-            output: Box::new(StdoutWriter),
-            input: Some(Box::new(io::stdin())),
-            notice: None,
-        }),
+        ConsoleTarget::Stdio => {
+            Ok(Console { output: Box::new(StdoutWriter), input: Some(Box::new(io::stdin())), notice: None })
+        }
         ConsoleTarget::Log(path) => {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("{what}: {e}"))?;
+            let f = OpenOptions::new().create(true).append(true).open(path).map_err(|e| format!("{what}: {e}"))?;
             Ok(Console { output: Box::new(f), input: None, notice: None })
         }
         ConsoleTarget::AutoPty => {

@@ -3,9 +3,9 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use kvm_bindings::{
-    kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
-    kvm_userspace_memory_region, CpuId, Msrs, KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES,
-    KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region,
+    CpuId, Msrs, KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuExit as KvmExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -98,31 +98,22 @@ impl Vm for KvmVm {
     }
 
     fn register_ioevent(&self, fd: &EventFd, addr: u64) -> Result<()> {
-        self.fd
-            .register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
-            .map_err(err("KVM_IOEVENTFD"))
+        self.fd.register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch).map_err(err("KVM_IOEVENTFD"))
     }
 
     fn unregister_ioevent(&self, fd: &EventFd, addr: u64) -> Result<()> {
-        self.fd
-            .unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
-            .map_err(err("KVM_IOEVENTFD(deassign)"))
+        self.fd.unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch).map_err(err("KVM_IOEVENTFD(deassign)"))
     }
 
     fn ignore_unknown_msrs(&self) -> Result<()> {
-        let mut cap = kvm_bindings::kvm_enable_cap {
-            cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
-            ..Default::default()
-        };
+        let mut cap =
+            kvm_bindings::kvm_enable_cap { cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR, ..Default::default() };
         cap.args[0] = u64::from(kvm_bindings::KVM_MSR_EXIT_REASON_UNKNOWN);
         self.fd.enable_cap(&cap).map_err(err("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)"))
     }
 
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
-        let cpuid = self
-            .kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
+        let cpuid = self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
         Ok(cpuid
             .as_slice()
             .iter()
@@ -158,9 +149,7 @@ impl Vcpu for KvmVcpu {
         let run_area: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
         let exit = match self.fd.run() {
             Ok(exit) => exit,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                return Ok(VcpuExit::Interrupted)
-            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Ok(VcpuExit::Interrupted),
             Err(e) => return Err(Error { op: "KVM_RUN", errno: e.errno() }),
         };
         Ok(match exit {
@@ -195,8 +184,8 @@ impl Vcpu for KvmVcpu {
         let r = self.fd.get_regs().map_err(err("KVM_GET_REGS"))?;
         Ok(Regs {
             gpr: [
-                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
-                r.r12, r.r13, r.r14, r.r15,
+                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14,
+                r.r15,
             ],
             rip: r.rip,
             rflags: r.rflags,
@@ -297,8 +286,7 @@ impl Vcpu for KvmVcpu {
                 ..Default::default()
             })
             .collect();
-        let cpuid =
-            CpuId::from_entries(&list).map_err(|_| Error { op: "KVM_SET_CPUID2", errno: libc::E2BIG })?;
+        let cpuid = CpuId::from_entries(&list).map_err(|_| Error { op: "KVM_SET_CPUID2", errno: libc::E2BIG })?;
         self.fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))
     }
 
@@ -372,10 +360,7 @@ fn internal_error(run: &kvm_bindings::kvm_run) -> VcpuExit<'static> {
     let ndata = (internal.ndata as usize).min(internal.data.len());
     let data = &internal.data[..ndata];
     if internal.suberror != KVM_INTERNAL_ERROR_EMULATION {
-        return VcpuExit::Unhandled(format!(
-            "internal error, suberror {} data {:x?}",
-            internal.suberror, data
-        ));
+        return VcpuExit::Unhandled(format!("internal error, suberror {} data {:x?}", internal.suberror, data));
     }
     // data[0] flags (bit 0: instruction bytes valid), data[1..]: length byte, then the bytes.
     let mut insn = Vec::new();

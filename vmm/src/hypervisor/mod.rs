@@ -125,10 +125,15 @@ pub enum VcpuExit<'a> {
     SystemReset,
     SystemPowerOff,
     /// The backend's instruction emulator gave up; `insn` holds the bytes it fetched, if it said.
-    EmulationFailure { insn: Vec<u8> },
+    EmulationFailure {
+        insn: Vec<u8>,
+    },
     /// The guest accessed an MSR the hypervisor does not implement; the backend already completed
     /// it as ignored (reads give 0). Only after `Vm::ignore_unknown_msrs`.
-    IgnoredMsr { index: u32, write: bool },
+    IgnoredMsr {
+        index: u32,
+        write: bool,
+    },
     /// `run` was interrupted by a signal (a kick).
     Interrupted,
     /// Anything else: a description for the error report.

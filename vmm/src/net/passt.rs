@@ -64,7 +64,8 @@ pub fn parse_hostfwd(s: &str) -> Result<HostFwd, String> {
     let (host, guest) = rest.split_once('-').ok_or_else(bad)?;
     let (haddr, hport) = host.rsplit_once(':').ok_or_else(bad)?;
     let (gaddr, gport) = guest.rsplit_once(':').ok_or_else(bad)?;
-    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("hostfwd={s}: bad port '{p}'"));
+    let port =
+        |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("hostfwd={s}: bad port '{p}'"));
     let host_addr = match haddr {
         "" => None,
         a => Some(a.parse::<Ipv4Addr>().map_err(|_| format!("hostfwd={s}: bad host address '{a}'"))?),
@@ -78,7 +79,8 @@ pub fn parse_hostfwd(s: &str) -> Result<HostFwd, String> {
 /// Where `passt` is, from `XHYVE_PASST` or PATH.
 pub fn find_passt() -> Result<std::path::PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
-    let exe = |p: &std::path::Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    let exe =
+        |p: &std::path::Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
     if let Some(p) = std::env::var_os("XHYVE_PASST") {
         let p = std::path::PathBuf::from(p);
         return if exe(&p) { Ok(p) } else { Err(format!("XHYVE_PASST={}: not an executable", p.display())) };
@@ -173,7 +175,10 @@ impl Passt {
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(50));
                 let why = errors.lock().unwrap().join("; ");
-                return Err(format!("passt exited at startup ({status}){}", if why.is_empty() { String::new() } else { format!(": {why}") }));
+                return Err(format!(
+                    "passt exited at startup ({status}){}",
+                    if why.is_empty() { String::new() } else { format!(": {why}") }
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -282,7 +287,15 @@ mod tests {
         assert_eq!(f, HostFwd { udp: false, host_addr: Some(Ipv4Addr::LOCALHOST), host_port: 2222, guest_port: 22 });
         let f = parse_hostfwd("udp::5353-10.0.2.15:53").unwrap();
         assert_eq!(f, HostFwd { udp: true, host_addr: None, host_port: 5353, guest_port: 53 });
-        for bad in ["tcp:127.0.0.1:2222", "sctp::1-:2", "tcp::0-:22", "tcp::70000-:22", "tcp:x:1-:2", "tcp::1-10.0.2.9:2", "22"] {
+        for bad in [
+            "tcp:127.0.0.1:2222",
+            "sctp::1-:2",
+            "tcp::0-:22",
+            "tcp::70000-:22",
+            "tcp:x:1-:2",
+            "tcp::1-10.0.2.9:2",
+            "22",
+        ] {
             assert!(parse_hostfwd(bad).is_err(), "{bad}");
         }
     }
@@ -350,8 +363,9 @@ mod tests {
             libc::setsockopt(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, (&small as *const libc::c_int).cast(), 4)
         };
         assert_eq!(r, 0);
-        let frames: Vec<Vec<u8>> =
-            (0..40u32).map(|i| (0..if i % 2 == 0 { 60_000 } else { 1514 }).map(|j| (i * 7 + j) as u8).collect()).collect();
+        let frames: Vec<Vec<u8>> = (0..40u32)
+            .map(|i| (0..if i % 2 == 0 { 60_000 } else { 1514 }).map(|j| (i * 7 + j) as u8).collect())
+            .collect();
         let n = frames.len();
         // passt's side: reads in small pieces, with pauses, so the sender keeps finding it full.
         let reader = std::thread::spawn(move || {

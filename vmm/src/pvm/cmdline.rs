@@ -6,14 +6,12 @@
 /// smap(308) smep(295) pcid(145) invpcid(298) fsgsbase(288) sse3(128) pclmul(129) ssse3(137)
 /// fma(140) sse4.1(147) sse4.2(148) movbe(150) aes(153) avx(156) f16c(157) sha_ni(317) bmi1(291)
 /// bmi2(296) avx2(293) avx512f(304).
-const CLEARCPUID: &str =
-    "151,297,580,308,295,145,298,288,128,129,137,140,147,148,150,153,156,157,317,291,296,293,304";
+const CLEARCPUID: &str = "151,297,580,308,295,145,298,288,128,129,137,140,147,148,150,153,156,157,317,291,296,293,304";
 
 /// Slow optional initcalls of a stock Debian 6.1 kernel under the emulator (BTF/kfunc parsing
 /// ~40 s, init_kprobe_trace ~57 s, the ftrace weak-function check ~55 s, trace_eval_init ~16 s,
 /// ...). Unknown names are ignored by other kernels.
-const INITCALL_BLACKLIST: &str =
-    "ptp_kvm_init,init_kprobe_trace,load_system_certificate_list,cubictcp_register,\
+const INITCALL_BLACKLIST: &str = "ptp_kvm_init,init_kprobe_trace,load_system_certificate_list,cubictcp_register,\
 crypto_kdf108_init,slab_sysfs_init,ftrace_check_for_weak_functions,bpf_rstat_kfunc_init,\
 init_blk_tracer,powercap_init,p2sb_fs_init,btree_module_init,init_hugetlbfs_fs,\
 dynamic_debug_init_control,blake2s_mod_init,i8042_init,aa_create_aafs,dquot_init,xsk_init,\
@@ -74,21 +72,15 @@ fn norm(key: &str) -> String {
 }
 
 pub fn additions(user_cmdline: &str, tsc_khz: Option<u32>) -> Vec<String> {
-    let user_keys: Vec<String> = user_params(user_cmdline)
-        .iter()
-        .map(|p| norm(p.split_once('=').map_or(p.as_str(), |(k, _)| k)))
-        .collect();
+    let user_keys: Vec<String> =
+        user_params(user_cmdline).iter().map(|p| norm(p.split_once('=').map_or(p.as_str(), |(k, _)| k))).collect();
     let has = |k: &str| user_keys.iter().any(|u| *u == norm(k));
     let mut out = Vec::new();
     for &(k, v) in PARAMS {
         if has(k) {
             continue;
         }
-        out.push(if v.is_empty() {
-            k.to_string()
-        } else {
-            format!("{k}={v}")
-        });
+        out.push(if v.is_empty() { k.to_string() } else { format!("{k}={v}") });
     }
     // The true TSC rate: the kernel skips calibrating it against the PIT, which is slow and
     // inexact under the emulator. (The probe's 10x rate made timer ticks 10x rarer and booted
@@ -123,14 +115,7 @@ mod tests {
              clearcpuid=1 tsc_early_khz=1000 -- nokaslr",
             Some(1000),
         );
-        for k in [
-            "tsc=",
-            "noxsave",
-            "initcall_blacklist",
-            "rcupdate.",
-            "clearcpuid",
-            "tsc_early_khz",
-        ] {
+        for k in ["tsc=", "noxsave", "initcall_blacklist", "rcupdate.", "clearcpuid", "tsc_early_khz"] {
             assert!(!a.iter().any(|p| p.starts_with(k)), "{k} added: {a:?}");
         }
         // After "--" the words belong to init: nokaslr is still added.
@@ -142,17 +127,12 @@ mod tests {
     fn no_tsc_rate_no_tsc_early_khz() {
         let a = additions("", None);
         assert!(!a.iter().any(|p| p.starts_with("tsc_early_khz")));
-        assert!(!additions("", Some(0))
-            .iter()
-            .any(|p| p.starts_with("tsc_early_khz")));
+        assert!(!additions("", Some(0)).iter().any(|p| p.starts_with("tsc_early_khz")));
     }
 
     #[test]
     fn splitting() {
-        assert_eq!(
-            user_params(" a=1  \"b=x y\" c -- d"),
-            vec!["a=1", "b=x y", "c"]
-        );
+        assert_eq!(user_params(" a=1  \"b=x y\" c -- d"), vec!["a=1", "b=x y", "c"]);
         assert_eq!(user_params("a --"), vec!["a"]);
     }
 }

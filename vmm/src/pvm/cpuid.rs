@@ -45,23 +45,9 @@ mod tests {
     #[test]
     fn clears_cx16_and_vmcall_features_only() {
         let mut e = [
-            CpuidEntry {
-                function: 1,
-                ecx: 0xffff_ffff,
-                edx: 0xffff_ffff,
-                ..Default::default()
-            },
-            CpuidEntry {
-                function: 7,
-                ebx: 0xffff_ffff,
-                ecx: 0xffff_ffff,
-                ..Default::default()
-            },
-            CpuidEntry {
-                function: KVM_FEATURES,
-                eax: 0xffff_ffff,
-                ..Default::default()
-            },
+            CpuidEntry { function: 1, ecx: 0xffff_ffff, edx: 0xffff_ffff, ..Default::default() },
+            CpuidEntry { function: 7, ebx: 0xffff_ffff, ecx: 0xffff_ffff, ..Default::default() },
+            CpuidEntry { function: KVM_FEATURES, eax: 0xffff_ffff, ..Default::default() },
         ];
         adjust(&mut e);
         assert_eq!(e[2].eax, !((1 << 0) | (1 << 3) | (1 << 7) | (1 << 11) | (1 << 13)));

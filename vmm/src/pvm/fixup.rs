@@ -4,9 +4,7 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use iced_x86::{
-    Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind, Register,
-};
+use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind, Register};
 use vm_memory::GuestMemoryMmap;
 
 use super::guest_mem::{cpl, AccessKind, GuestView, MemFault};
@@ -62,10 +60,7 @@ pub enum Outcome {
     /// nothing changed, run the vCPU again.
     Retry,
     /// Performed (registers updated), possibly with an exception to inject.
-    Done {
-        kind: Kind,
-        exception: Option<Exception>,
-    },
+    Done { kind: Kind, exception: Option<Exception> },
 }
 
 /// Why one instruction could not be completed.
@@ -82,17 +77,11 @@ impl From<MemFault> for Fail {
 }
 
 fn gp0() -> Fail {
-    Fail::Exc(Exception {
-        vector: VEC_GP,
-        error_code: Some(0),
-    })
+    Fail::Exc(Exception { vector: VEC_GP, error_code: Some(0) })
 }
 
 fn ud() -> Fail {
-    Fail::Exc(Exception {
-        vector: VEC_UD,
-        error_code: None,
-    })
+    Fail::Exc(Exception { vector: VEC_UD, error_code: None })
 }
 
 /// 64, 32 or 16: how the vCPU decodes code now.
@@ -127,15 +116,8 @@ pub fn describe(rip: u64, bytes: &[u8], bitness: u32) -> String {
         IntelFormatter::new().format(&insn, &mut s);
         s
     };
-    let used = if insn.is_invalid() {
-        bytes.len()
-    } else {
-        insn.len().min(bytes.len())
-    };
-    format!(
-        "rip {rip:#x} ({bitness}-bit): {} = {text}",
-        hex[..used].join(" ")
-    )
+    let used = if insn.is_invalid() { bytes.len() } else { insn.len().min(bytes.len()) };
+    format!("rip {rip:#x} ({bitness}-bit): {} = {text}", hex[..used].join(" "))
 }
 
 /// Index into `Regs::gpr` of a general-purpose register (any width).
@@ -205,16 +187,13 @@ fn read_src(
     bitness: u32,
 ) -> Result<u64, Fail> {
     match insn.op_kind(op) {
-        OpKind::Register => read_reg(&cpu.regs, insn.op_register(op))
-            .ok_or_else(|| Fail::Fatal("unexpected register".into())),
+        OpKind::Register => {
+            read_reg(&cpu.regs, insn.op_register(op)).ok_or_else(|| Fail::Fatal("unexpected register".into()))
+        }
         OpKind::Memory => {
             let addr = mem_addr(cpu, insn, op, bitness)?;
             let mut b = [0u8; 8];
-            GuestView::new(mem, &cpu.sregs, cpu.regs.rflags).read(
-                addr,
-                &mut b[..size],
-                AccessKind::Read,
-            )?;
+            GuestView::new(mem, &cpu.sregs, cpu.regs.rflags).read(addr, &mut b[..size], AccessKind::Read)?;
             Ok(u64::from_le_bytes(b))
         }
         k => Err(Fail::Fatal(format!("unexpected operand kind {k:?}"))),
@@ -223,11 +202,7 @@ fn read_src(
 
 /// POPCNT/LZCNT/TZCNT of a `bits`-wide value: (result, new arithmetic flags).
 pub fn bit_count(m: Mnemonic, value: u64, bits: u32) -> (u64, u64) {
-    let mask = if bits == 64 {
-        u64::MAX
-    } else {
-        (1u64 << bits) - 1
-    };
+    let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
     let v = value & mask;
     match m {
         // POPCNT: OF SF ZF AF CF PF cleared, ZF = (src == 0).
@@ -320,13 +295,7 @@ fn user_segments(star: u64, long: bool) -> (Segment, Segment) {
         avl: false,
         unusable: false,
     };
-    let ss = Segment {
-        selector: (base + 8) | 3,
-        type_: 3,
-        db: true,
-        l: false,
-        ..cs
-    };
+    let ss = Segment { selector: (base + 8) | 3, type_: 3, db: true, l: false, ..cs };
     (cs, ss)
 }
 
@@ -342,9 +311,7 @@ pub fn emulate(cpu: &mut CpuState, mem: &GuestMemoryMmap, insn: &[u8]) -> Result
     let lin = linear_rip(&cpu.sregs, rip);
     let code = GuestView::new(mem, &cpu.sregs, cpu.regs.rflags).read_code(lin, 15);
     if code.is_empty() {
-        return Err(format!(
-            "rip {rip:#x}: code not readable; the host fetched {insn:02x?}"
-        ));
+        return Err(format!("rip {rip:#x}: code not readable; the host fetched {insn:02x?}"));
     }
     let n = code.len().min(insn.len());
     if code[..n] != insn[..n] {
@@ -362,27 +329,18 @@ pub fn emulate(cpu: &mut CpuState, mem: &GuestMemoryMmap, insn: &[u8]) -> Result
             cpu.regs = saved;
             let kind = kind_of(instr.mnemonic()).unwrap_or(Kind::FaultInjected);
             match fail {
-                Fail::Exc(e) => Ok(Outcome::Done {
-                    kind,
-                    exception: Some(e),
-                }),
+                Fail::Exc(e) => Ok(Outcome::Done { kind, exception: Some(e) }),
                 Fail::Mem(MemFault::PageFault { addr, code }) => {
                     cpu.sregs.cr2 = addr;
                     cpu.sregs_dirty = true;
                     Ok(Outcome::Done {
                         kind: Kind::FaultInjected,
-                        exception: Some(Exception {
-                            vector: VEC_PF,
-                            error_code: Some(code),
-                        }),
+                        exception: Some(Exception { vector: VEC_PF, error_code: Some(code) }),
                     })
                 }
                 Fail::Mem(MemFault::NonCanonical(_)) => Ok(Outcome::Done {
                     kind: Kind::FaultInjected,
-                    exception: Some(Exception {
-                        vector: VEC_GP,
-                        error_code: Some(0),
-                    }),
+                    exception: Some(Exception { vector: VEC_GP, error_code: Some(0) }),
                 }),
                 Fail::Mem(other) => Err(format!("{}: {other}", describe(rip, &code, bitness))),
                 Fail::Fatal(why) => Err(format!("{}: {why}", describe(rip, &code, bitness))),
@@ -427,14 +385,10 @@ fn exec(
             | Mnemonic::Movd
             | Mnemonic::Movq
             | Mnemonic::Movups
-            | Mnemonic::Movaps => {
-                "SSE move: needs XMM register access, which the hypervisor traits lack"
+            | Mnemonic::Movaps => "SSE move: needs XMM register access, which the hypervisor traits lack",
+            Mnemonic::Xrstor | Mnemonic::Xsave | Mnemonic::Xsaveopt | Mnemonic::Xrstors | Mnemonic::Xsaves => {
+                "XSAVE family: boot the guest with `noxsave`"
             }
-            Mnemonic::Xrstor
-            | Mnemonic::Xsave
-            | Mnemonic::Xsaveopt
-            | Mnemonic::Xrstors
-            | Mnemonic::Xsaves => "XSAVE family: boot the guest with `noxsave`",
             _ => "no PVM fix-up for this instruction",
         };
         return Err(Fail::Fatal(why.into()));
@@ -446,16 +400,10 @@ fn exec(
         Mnemonic::Int3 => {
             // A trap: the handler sees RIP after the int3 (Linux's poke_int3_handler relies on it).
             cpu.regs.rip = next;
-            exception = Some(Exception {
-                vector: VEC_BP,
-                error_code: None,
-            });
+            exception = Some(Exception { vector: VEC_BP, error_code: None });
         }
         Mnemonic::Ud2 | Mnemonic::Ud0 | Mnemonic::Ud1 => {
-            exception = Some(Exception {
-                vector: VEC_UD,
-                error_code: None,
-            });
+            exception = Some(Exception { vector: VEC_UD, error_code: None });
         }
         Mnemonic::Wait => cpu.regs.rip = next,
         Mnemonic::Lfence | Mnemonic::Mfence | Mnemonic::Sfence => {
@@ -544,8 +492,7 @@ fn exec(
             let size = dst.size();
             let value = host_random(size);
             write_reg(&mut cpu.regs, dst, value.unwrap_or(0))?;
-            cpu.regs.rflags =
-                (cpu.regs.rflags & !FL_ARITH) | if value.is_some() { FL_CF } else { 0 };
+            cpu.regs.rflags = (cpu.regs.rflags & !FL_ARITH) | if value.is_some() { FL_CF } else { 0 };
             cpu.regs.rip = next;
         }
         Mnemonic::Sysret | Mnemonic::Sysretq => {
@@ -610,11 +557,7 @@ pub(crate) mod tests {
     pub const DATA: u64 = 0x5000;
     pub const DATA_GPA: u64 = 0x10_0000;
 
-    fn run(
-        code: &[u8],
-        regs: &mut Regs,
-        extra: &mut FakeExtra,
-    ) -> (Result<Outcome, String>, SpecialRegs) {
+    fn run(code: &[u8], regs: &mut Regs, extra: &mut FakeExtra) -> (Result<Outcome, String>, SpecialRegs) {
         let m = mem();
         build_tables(&m);
         run_in(&m, code, regs, extra)
@@ -628,22 +571,14 @@ pub(crate) mod tests {
     ) -> (Result<Outcome, String>, SpecialRegs) {
         m.write_slice(code, GuestAddress(CODE)).unwrap();
         regs.rip = CODE;
-        let mut cpu = CpuState {
-            regs: *regs,
-            sregs: long_mode_sregs(),
-            sregs_dirty: false,
-            extra,
-        };
+        let mut cpu = CpuState { regs: *regs, sregs: long_mode_sregs(), sregs_dirty: false, extra };
         let r = emulate(&mut cpu, m, code);
         *regs = cpu.regs;
         (r, cpu.sregs)
     }
 
     fn done(kind: Kind) -> Result<Outcome, String> {
-        Ok(Outcome::Done {
-            kind,
-            exception: None,
-        })
+        Ok(Outcome::Done { kind, exception: None })
     }
 
     #[test]
@@ -666,15 +601,9 @@ pub(crate) mod tests {
     fn popcnt_lzcnt_tzcnt_instructions() {
         let mut x = FakeExtra::default();
         // popcnt rax, rbx
-        let mut r = Regs {
-            rflags: 2 | FL_CF | FL_SF,
-            ..Default::default()
-        };
+        let mut r = Regs { rflags: 2 | FL_CF | FL_SF, ..Default::default() };
         r.gpr[RBX] = 0xff00_0000_0000_00ff;
-        assert_eq!(
-            run(&[0xf3, 0x48, 0x0f, 0xb8, 0xc3], &mut r, &mut x).0,
-            done(Kind::Popcnt)
-        );
+        assert_eq!(run(&[0xf3, 0x48, 0x0f, 0xb8, 0xc3], &mut r, &mut x).0, done(Kind::Popcnt));
         assert_eq!(r.gpr[RAX], 16);
         assert_eq!(r.rflags, 2);
         assert_eq!(r.rip, CODE + 5);
@@ -687,10 +616,7 @@ pub(crate) mod tests {
         // lzcnt cx, dx keeps rcx's upper bits
         r.gpr[RCX] = 0xaaaa_aaaa_aaaa_aaaa;
         r.gpr[RDX] = 0x00f0;
-        assert_eq!(
-            run(&[0x66, 0xf3, 0x0f, 0xbd, 0xca], &mut r, &mut x).0,
-            done(Kind::Lzcnt)
-        );
+        assert_eq!(run(&[0x66, 0xf3, 0x0f, 0xbd, 0xca], &mut r, &mut x).0, done(Kind::Lzcnt));
         assert_eq!(r.gpr[RCX], 0xaaaa_aaaa_aaaa_0008);
         // tzcnt r9, qword [rsi+8] (memory source)
         let m = mem();
@@ -698,68 +624,40 @@ pub(crate) mod tests {
         m.write_obj(0u64, GuestAddress(DATA_GPA + 8)).unwrap();
         r.gpr[6] = DATA;
         r.gpr[9] = 5;
-        assert_eq!(
-            run_in(&m, &[0xf3, 0x4c, 0x0f, 0xbc, 0x4e, 0x08], &mut r, &mut x).0,
-            done(Kind::Tzcnt)
-        );
+        assert_eq!(run_in(&m, &[0xf3, 0x4c, 0x0f, 0xbc, 0x4e, 0x08], &mut r, &mut x).0, done(Kind::Tzcnt));
         assert_eq!(r.gpr[9], 64);
         assert_eq!(r.rflags & FL_ARITH, FL_CF);
         m.write_obj(0x100u64, GuestAddress(DATA_GPA + 8)).unwrap();
-        run_in(&m, &[0xf3, 0x4c, 0x0f, 0xbc, 0x4e, 0x08], &mut r, &mut x)
-            .0
-            .unwrap();
+        run_in(&m, &[0xf3, 0x4c, 0x0f, 0xbc, 0x4e, 0x08], &mut r, &mut x).0.unwrap();
         assert_eq!(r.gpr[9], 8);
         assert_eq!(r.rflags & FL_ARITH, 0);
         // RIP-relative memory source: popcnt eax, [rip+0x10]  (data at CODE+8+0x10)
         m.write_obj(0x7u32, GuestAddress(CODE + 8 + 0x10)).unwrap();
-        run_in(&m, &[0xf3, 0x0f, 0xb8, 0x05, 0x10, 0, 0, 0], &mut r, &mut x)
-            .0
-            .unwrap();
+        run_in(&m, &[0xf3, 0x0f, 0xb8, 0x05, 0x10, 0, 0, 0], &mut r, &mut x).0.unwrap();
         assert_eq!(r.gpr[RAX], 3);
     }
 
     #[test]
     fn traps_and_simple_ones() {
         let mut x = FakeExtra::default();
-        let mut r = Regs {
-            rflags: 2,
-            ..Default::default()
-        };
+        let mut r = Regs { rflags: 2, ..Default::default() };
         let (o, _) = run(&[0xcc, 0x90], &mut r, &mut x);
         assert_eq!(
             o,
-            Ok(Outcome::Done {
-                kind: Kind::Int3,
-                exception: Some(Exception {
-                    vector: 3,
-                    error_code: None
-                })
-            })
+            Ok(Outcome::Done { kind: Kind::Int3, exception: Some(Exception { vector: 3, error_code: None }) })
         );
         assert_eq!(r.rip, CODE + 1);
         let (o, _) = run(&[0x0f, 0x0b], &mut r, &mut x);
         assert_eq!(
             o,
-            Ok(Outcome::Done {
-                kind: Kind::Ud2,
-                exception: Some(Exception {
-                    vector: 6,
-                    error_code: None
-                })
-            })
+            Ok(Outcome::Done { kind: Kind::Ud2, exception: Some(Exception { vector: 6, error_code: None }) })
         );
         assert_eq!(r.rip, CODE);
         assert_eq!(run(&[0x9b], &mut r, &mut x).0, done(Kind::Fwait));
         assert_eq!(r.rip, CODE + 1);
-        assert_eq!(
-            run(&[0x0f, 0xae, 0xf0], &mut r, &mut x).0,
-            done(Kind::Fence)
-        );
+        assert_eq!(run(&[0x0f, 0xae, 0xf0], &mut r, &mut x).0, done(Kind::Fence));
         assert_eq!(r.rip, CODE + 3);
-        assert_eq!(
-            run(&[0x0f, 0x01, 0xcb], &mut r, &mut x).0,
-            done(Kind::ClacStac)
-        );
+        assert_eq!(run(&[0x0f, 0x01, 0xcb], &mut r, &mut x).0, done(Kind::ClacStac));
         assert_eq!(r.rflags, 2 | FL_AC);
         run(&[0x0f, 0x01, 0xca], &mut r, &mut x).0.unwrap();
         assert_eq!(r.rflags, 2);
@@ -769,30 +667,15 @@ pub(crate) mod tests {
     fn mxcsr() {
         let m = mem();
         build_tables(&m);
-        let mut x = FakeExtra {
-            mxcsr: 0x1f80,
-            ..Default::default()
-        };
-        let mut r = Regs {
-            rflags: 2,
-            ..Default::default()
-        };
+        let mut x = FakeExtra { mxcsr: 0x1f80, ..Default::default() };
+        let mut r = Regs { rflags: 2, ..Default::default() };
         r.gpr[RAX] = DATA;
         // stmxcsr [rax+4]
-        assert_eq!(
-            run_in(&m, &[0x0f, 0xae, 0x58, 0x04], &mut r, &mut x).0,
-            done(Kind::Stmxcsr)
-        );
-        assert_eq!(
-            m.read_obj::<u32>(GuestAddress(DATA_GPA + 4)).unwrap(),
-            0x1f80
-        );
+        assert_eq!(run_in(&m, &[0x0f, 0xae, 0x58, 0x04], &mut r, &mut x).0, done(Kind::Stmxcsr));
+        assert_eq!(m.read_obj::<u32>(GuestAddress(DATA_GPA + 4)).unwrap(), 0x1f80);
         // ldmxcsr [rax]
         m.write_obj(0x9fc0u32, GuestAddress(DATA_GPA)).unwrap();
-        assert_eq!(
-            run_in(&m, &[0x0f, 0xae, 0x10], &mut r, &mut x).0,
-            done(Kind::Ldmxcsr)
-        );
+        assert_eq!(run_in(&m, &[0x0f, 0xae, 0x10], &mut r, &mut x).0, done(Kind::Ldmxcsr));
         assert_eq!(x.mxcsr, 0x9fc0);
         assert_eq!(r.rip, CODE + 3);
         // reserved bit: #GP(0), nothing changed
@@ -800,13 +683,7 @@ pub(crate) mod tests {
         let (o, _) = run_in(&m, &[0x0f, 0xae, 0x10], &mut r, &mut x);
         assert_eq!(
             o,
-            Ok(Outcome::Done {
-                kind: Kind::Ldmxcsr,
-                exception: Some(Exception {
-                    vector: 13,
-                    error_code: Some(0)
-                })
-            })
+            Ok(Outcome::Done { kind: Kind::Ldmxcsr, exception: Some(Exception { vector: 13, error_code: Some(0) }) })
         );
         assert_eq!(x.mxcsr, 0x9fc0);
         assert_eq!(r.rip, CODE);
@@ -817,14 +694,9 @@ pub(crate) mod tests {
         let m = mem();
         build_tables(&m);
         let mut x = FakeExtra::default();
-        let mut r = Regs {
-            rflags: 2,
-            ..Default::default()
-        };
-        m.write_obj(0x1111u64, GuestAddress(DATA_GPA + 0x10))
-            .unwrap();
-        m.write_obj(0x2222u64, GuestAddress(DATA_GPA + 0x18))
-            .unwrap();
+        let mut r = Regs { rflags: 2, ..Default::default() };
+        m.write_obj(0x1111u64, GuestAddress(DATA_GPA + 0x10)).unwrap();
+        m.write_obj(0x2222u64, GuestAddress(DATA_GPA + 0x18)).unwrap();
         r.gpr[6] = DATA + 0x10;
         r.gpr[RAX] = 0x1111;
         r.gpr[RDX] = 0x2222;
@@ -833,14 +705,8 @@ pub(crate) mod tests {
         // lock cmpxchg16b [rsi]: success
         let code = [0xf0, 0x48, 0x0f, 0xc7, 0x0e];
         assert_eq!(run_in(&m, &code, &mut r, &mut x).0, done(Kind::Cmpxchg16b));
-        assert_eq!(
-            m.read_obj::<u64>(GuestAddress(DATA_GPA + 0x10)).unwrap(),
-            0x3333
-        );
-        assert_eq!(
-            m.read_obj::<u64>(GuestAddress(DATA_GPA + 0x18)).unwrap(),
-            0x4444
-        );
+        assert_eq!(m.read_obj::<u64>(GuestAddress(DATA_GPA + 0x10)).unwrap(), 0x3333);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(DATA_GPA + 0x18)).unwrap(), 0x4444);
         assert_eq!(r.rflags & FL_ZF, FL_ZF);
         assert_eq!(r.rip, CODE + 5);
         // again: fails, loads the current value
@@ -855,10 +721,7 @@ pub(crate) mod tests {
             o,
             Ok(Outcome::Done {
                 kind: Kind::Cmpxchg16b,
-                exception: Some(Exception {
-                    vector: 13,
-                    error_code: Some(0)
-                })
+                exception: Some(Exception { vector: 13, error_code: Some(0) })
             })
         );
         // not present page: #PF with CR2
@@ -868,47 +731,28 @@ pub(crate) mod tests {
             o,
             Ok(Outcome::Done {
                 kind: Kind::FaultInjected,
-                exception: Some(Exception {
-                    vector: 14,
-                    error_code: Some(2)
-                })
+                exception: Some(Exception { vector: 14, error_code: Some(2) })
             })
         );
         assert_eq!(s.cr2, 0x7000);
         // cmpxchg8b [rsi+3] (unaligned is fine)
-        m.write_obj(0x0000_0002_0000_0001u64, GuestAddress(DATA_GPA + 0x23))
-            .unwrap();
+        m.write_obj(0x0000_0002_0000_0001u64, GuestAddress(DATA_GPA + 0x23)).unwrap();
         r.gpr[6] = DATA + 0x20;
         r.gpr[RAX] = 1;
         r.gpr[RDX] = 2;
         r.gpr[RBX] = 5;
         r.gpr[RCX] = 6;
-        assert_eq!(
-            run_in(&m, &[0xf0, 0x0f, 0xc7, 0x4e, 0x03], &mut r, &mut x).0,
-            done(Kind::Cmpxchg8b)
-        );
-        assert_eq!(
-            m.read_obj::<u64>(GuestAddress(DATA_GPA + 0x23)).unwrap(),
-            0x0000_0006_0000_0005
-        );
+        assert_eq!(run_in(&m, &[0xf0, 0x0f, 0xc7, 0x4e, 0x03], &mut r, &mut x).0, done(Kind::Cmpxchg8b));
+        assert_eq!(m.read_obj::<u64>(GuestAddress(DATA_GPA + 0x23)).unwrap(), 0x0000_0006_0000_0005);
         assert_eq!(r.rflags & FL_ZF, FL_ZF);
     }
 
     #[test]
     fn rdrand_and_sysret() {
-        let mut x = FakeExtra {
-            star: 0x0023_0010_0000_0000,
-            ..Default::default()
-        };
-        let mut r = Regs {
-            rflags: 2 | FL_ZF,
-            ..Default::default()
-        };
+        let mut x = FakeExtra { star: 0x0023_0010_0000_0000, ..Default::default() };
+        let mut r = Regs { rflags: 2 | FL_ZF, ..Default::default() };
         // rdrand eax
-        assert_eq!(
-            run(&[0x0f, 0xc7, 0xf0], &mut r, &mut x).0,
-            done(Kind::Rdrand)
-        );
+        assert_eq!(run(&[0x0f, 0xc7, 0xf0], &mut r, &mut x).0, done(Kind::Rdrand));
         assert_eq!(r.rflags & FL_ARITH, FL_CF);
         assert_eq!(r.gpr[RAX] >> 32, 0);
         // sysretq
@@ -918,39 +762,22 @@ pub(crate) mod tests {
         assert_eq!(o, done(Kind::Sysret));
         assert_eq!(r.rip, 0x40_1000);
         assert_eq!(r.rflags, 0x246);
-        assert_eq!(
-            (s.cs.selector, s.ss.selector, s.cs.dpl, s.cs.l),
-            (0x33, 0x2b, 3, true)
-        );
+        assert_eq!((s.cs.selector, s.ss.selector, s.cs.dpl, s.cs.l), (0x33, 0x2b, 3, true));
     }
 
     #[test]
     fn code_changed_and_unknown() {
         let mut x = FakeExtra::default();
-        let mut r = Regs {
-            rflags: 2,
-            ..Default::default()
-        };
+        let mut r = Regs { rflags: 2, ..Default::default() };
         let m = mem();
         build_tables(&m);
-        m.write_slice(&[0x0f, 0x1f, 0x44, 0, 0], GuestAddress(CODE))
-            .unwrap();
+        m.write_slice(&[0x0f, 0x1f, 0x44, 0, 0], GuestAddress(CODE)).unwrap();
         r.rip = CODE;
-        let mut cpu = CpuState {
-            regs: r,
-            sregs: long_mode_sregs(),
-            sregs_dirty: false,
-            extra: &mut x,
-        };
+        let mut cpu = CpuState { regs: r, sregs: long_mode_sregs(), sregs_dirty: false, extra: &mut x };
         assert_eq!(emulate(&mut cpu, &m, &[0xcc, 0x1f]), Ok(Outcome::Retry));
         assert_eq!(cpu.regs, r);
         // movdqu xmm0, [rax]: no fix-up, described
-        let e = run(&[0xf3, 0x0f, 0x6f, 0x00], &mut r, &mut x)
-            .0
-            .unwrap_err();
-        assert!(
-            e.contains("movdqu xmm0,[rax]") && e.contains("f3 0f 6f 00") && e.contains("0x201000"),
-            "{e}"
-        );
+        let e = run(&[0xf3, 0x0f, 0x6f, 0x00], &mut r, &mut x).0.unwrap_err();
+        assert!(e.contains("movdqu xmm0,[rax]") && e.contains("f3 0f 6f 00") && e.contains("0x201000"), "{e}");
     }
 }

@@ -95,23 +95,14 @@ fn canonical(va: u64, bits: u32) -> bool {
 }
 
 fn read_entry(mem: &GuestMemoryMmap, gpa: u64, va: u64) -> Result<u64, MemFault> {
-    mem.load::<u64>(GuestAddress(gpa), Ordering::Relaxed)
-        .map_err(|_| MemFault::NotRam { va, gpa })
+    mem.load::<u64>(GuestAddress(gpa), Ordering::Relaxed).map_err(|_| MemFault::NotRam { va, gpa })
 }
 
 /// Walks the guest page tables for `va` (a linear address: segment base already added). Faults
 /// are only "not present" ones here; permissions are checked by [`check_access`].
-pub fn translate(
-    mem: &GuestMemoryMmap,
-    sregs: &SpecialRegs,
-    va: u64,
-) -> Result<Translation, MemFault> {
+pub fn translate(mem: &GuestMemoryMmap, sregs: &SpecialRegs, va: u64) -> Result<Translation, MemFault> {
     if sregs.cr0 & CR0_PG == 0 {
-        let gpa = if sregs.efer & EFER_LMA != 0 {
-            va
-        } else {
-            va & 0xffff_ffff
-        };
+        let gpa = if sregs.efer & EFER_LMA != 0 { va } else { va & 0xffff_ffff };
         return Ok(Translation {
             gpa,
             page_left: 0x1000 - (gpa & 0xfff),
@@ -122,9 +113,7 @@ pub fn translate(
         });
     }
     if sregs.efer & EFER_LMA == 0 || sregs.cr4 & CR4_PAE == 0 {
-        return Err(MemFault::Unsupported(
-            "legacy/PAE 32-bit paging is not walked".into(),
-        ));
+        return Err(MemFault::Unsupported("legacy/PAE 32-bit paging is not walked".into()));
     }
     let levels: u32 = if sregs.cr4 & CR4_LA57 != 0 { 5 } else { 4 };
     if !canonical(va, 12 + 9 * levels) {
@@ -186,17 +175,12 @@ pub fn check_access(
                 || (!t.writable && (user_mode || sregs.cr0 & CR0_WP != 0))
                 || smap_blocks(t, sregs, cpl, rflags)
         }
-        AccessKind::Fetch => {
-            t.nx || (user_mode && !t.user) || (!user_mode && t.user && sregs.cr4 & CR4_SMEP != 0)
-        }
+        AccessKind::Fetch => t.nx || (user_mode && !t.user) || (!user_mode && t.user && sregs.cr4 & CR4_SMEP != 0),
     };
     if !fault {
         return Ok(());
     }
-    Err(MemFault::PageFault {
-        addr: va,
-        code: PF_PRESENT | error_bits(kind, cpl, sregs),
-    })
+    Err(MemFault::PageFault { addr: va, code: PF_PRESENT | error_bits(kind, cpl, sregs) })
 }
 
 fn smap_blocks(t: &Translation, sregs: &SpecialRegs, cpl: u8, rflags: u64) -> bool {
@@ -237,21 +221,15 @@ pub struct GuestView<'a> {
 
 impl<'a> GuestView<'a> {
     pub fn new(mem: &'a GuestMemoryMmap, sregs: &'a SpecialRegs, rflags: u64) -> Self {
-        GuestView {
-            mem,
-            sregs,
-            cpl: cpl(sregs),
-            rflags,
-        }
+        GuestView { mem, sregs, cpl: cpl(sregs), rflags }
     }
 
     /// Translates and checks one address; the fault carries the vCPU's error-code bits.
     pub fn translate(&self, va: u64, kind: AccessKind) -> Result<Translation, MemFault> {
         let t = translate(self.mem, self.sregs, va).map_err(|f| match f {
-            MemFault::PageFault { addr, .. } => MemFault::PageFault {
-                addr,
-                code: error_bits(kind, self.cpl, self.sregs),
-            },
+            MemFault::PageFault { addr, .. } => {
+                MemFault::PageFault { addr, code: error_bits(kind, self.cpl, self.sregs) }
+            }
             other => other,
         })?;
         check_access(&t, self.sregs, self.cpl, self.rflags, kind, va)?;
@@ -259,12 +237,7 @@ impl<'a> GuestView<'a> {
     }
 
     /// Splits `[va, va+len)` into (gpa, offset, len) pieces, one per page, all checked first.
-    fn pieces(
-        &self,
-        va: u64,
-        len: usize,
-        kind: AccessKind,
-    ) -> Result<Vec<(u64, usize, usize)>, MemFault> {
+    fn pieces(&self, va: u64, len: usize, kind: AccessKind) -> Result<Vec<(u64, usize, usize)>, MemFault> {
         let mut out = Vec::new();
         let mut done = 0usize;
         while done < len {
@@ -300,10 +273,7 @@ impl<'a> GuestView<'a> {
         for (gpa, off, n) in self.pieces(va, buf.len(), kind)? {
             self.mem
                 .read_slice(&mut buf[off..off + n], GuestAddress(gpa))
-                .map_err(|_| MemFault::NotRam {
-                    va: va.wrapping_add(off as u64),
-                    gpa,
-                })?;
+                .map_err(|_| MemFault::NotRam { va: va.wrapping_add(off as u64), gpa })?;
         }
         Ok(())
     }
@@ -312,10 +282,7 @@ impl<'a> GuestView<'a> {
         for (gpa, off, n) in self.pieces(va, data.len(), AccessKind::Write)? {
             self.mem
                 .write_slice(&data[off..off + n], GuestAddress(gpa))
-                .map_err(|_| MemFault::NotRam {
-                    va: va.wrapping_add(off as u64),
-                    gpa,
-                })?;
+                .map_err(|_| MemFault::NotRam { va: va.wrapping_add(off as u64), gpa })?;
         }
         Ok(())
     }
@@ -336,11 +303,7 @@ impl<'a> GuestView<'a> {
             };
             let n = (max - out.len()).min(t.page_left as usize);
             let mut chunk = vec![0u8; n];
-            if self
-                .mem
-                .read_slice(&mut chunk, GuestAddress(t.gpa))
-                .is_err()
-            {
+            if self.mem.read_slice(&mut chunk, GuestAddress(t.gpa)).is_err() {
                 break;
             }
             out.extend_from_slice(&chunk);
@@ -353,9 +316,7 @@ impl<'a> GuestView<'a> {
     pub fn host_ptr_for_write(&self, va: u64, len: u64) -> Result<*mut u8, MemFault> {
         let t = self.translate(va, AccessKind::Write)?;
         if t.page_left < len {
-            return Err(MemFault::Unsupported(format!(
-                "atomic {len}-byte access at {va:#x} crosses a page"
-            )));
+            return Err(MemFault::Unsupported(format!("atomic {len}-byte access at {va:#x} crosses a page")));
         }
         let p = host_ptr(self.mem, t.gpa, len).ok_or(MemFault::NotRam { va, gpa: t.gpa })?;
         self.mark_dirty(&t);
@@ -388,15 +349,7 @@ pub(crate) mod tests {
 
     pub fn long_mode_sregs() -> SpecialRegs {
         SpecialRegs {
-            cs: Segment {
-                selector: 0x10,
-                l: true,
-                dpl: 0,
-                present: true,
-                s: true,
-                type_: 0xb,
-                ..Default::default()
-            },
+            cs: Segment { selector: 0x10, l: true, dpl: 0, present: true, s: true, type_: 0xb, ..Default::default() },
             cr0: 0x8005_0033,
             cr3: PML4,
             cr4: CR4_PAE,
@@ -447,24 +400,9 @@ pub(crate) mod tests {
         assert_eq!(t.page_left, (1 << 30) - 0x12_3456);
         let t = translate(&m, &s, 0xffff_8000_0000_5010).unwrap();
         assert_eq!(t.gpa, 0x10_0010);
-        assert_eq!(
-            translate(&m, &s, 0x7000),
-            Err(MemFault::PageFault {
-                addr: 0x7000,
-                code: 0
-            })
-        );
-        assert_eq!(
-            translate(&m, &s, 0x8000_0000),
-            Err(MemFault::PageFault {
-                addr: 0x8000_0000,
-                code: 0
-            })
-        );
-        assert_eq!(
-            translate(&m, &s, 0x8000_0000_0000),
-            Err(MemFault::NonCanonical(0x8000_0000_0000))
-        );
+        assert_eq!(translate(&m, &s, 0x7000), Err(MemFault::PageFault { addr: 0x7000, code: 0 }));
+        assert_eq!(translate(&m, &s, 0x8000_0000), Err(MemFault::PageFault { addr: 0x8000_0000, code: 0 }));
+        assert_eq!(translate(&m, &s, 0x8000_0000_0000), Err(MemFault::NonCanonical(0x8000_0000_0000)));
         // Paging off: identity.
         let mut real = s;
         real.cr0 = 0x11;
@@ -478,16 +416,10 @@ pub(crate) mod tests {
         put(&m, PT + 8 * 8, 0x1_0000_0000 | 3);
         put(&m, PD + 2 * 8, 0x7000_0000 | 3); // page table beyond RAM
         let s = long_mode_sregs();
-        assert!(matches!(
-            translate(&m, &s, 0x40_0000),
-            Err(MemFault::NotRam { .. })
-        ));
+        assert!(matches!(translate(&m, &s, 0x40_0000), Err(MemFault::NotRam { .. })));
         let v = GuestView::new(&m, &s, 2);
         let mut b = [0u8; 4];
-        assert!(matches!(
-            v.read(0x8000, &mut b, AccessKind::Read),
-            Err(MemFault::NotRam { .. })
-        ));
+        assert!(matches!(v.read(0x8000, &mut b, AccessKind::Read), Err(MemFault::NotRam { .. })));
     }
 
     #[test]
@@ -503,39 +435,21 @@ pub(crate) mod tests {
         v.read(0x5ffe, &mut b, AccessKind::Read).unwrap();
         assert_eq!(b, [1, 2, 3, 4]);
         // Kernel write to a read-only page with CR0.WP: #PF present|write.
-        assert_eq!(
-            v.write(0x6000, &[9]),
-            Err(MemFault::PageFault {
-                addr: 0x6000,
-                code: PF_PRESENT | PF_WRITE
-            })
-        );
+        assert_eq!(v.write(0x6000, &[9]), Err(MemFault::PageFault { addr: 0x6000, code: PF_PRESENT | PF_WRITE }));
         // Not present, write from user mode.
         let mut us = long_mode_sregs();
         us.cs.selector = 0x33;
         us.cs.dpl = 3;
         let u = GuestView::new(&m, &us, 2);
-        assert_eq!(
-            u.write(0x7000, &[9]),
-            Err(MemFault::PageFault {
-                addr: 0x7000,
-                code: PF_WRITE | PF_USER
-            })
-        );
+        assert_eq!(u.write(0x7000, &[9]), Err(MemFault::PageFault { addr: 0x7000, code: PF_WRITE | PF_USER }));
         // User read of a supervisor 2M page.
         assert_eq!(
             u.read(0x20_0000, &mut b, AccessKind::Read),
-            Err(MemFault::PageFault {
-                addr: 0x20_0000,
-                code: PF_PRESENT | PF_USER
-            })
+            Err(MemFault::PageFault { addr: 0x20_0000, code: PF_PRESENT | PF_USER })
         );
         // A write sets A and D in the leaf entry.
         v.write(0x5000, &[7]).unwrap();
-        assert_eq!(
-            m.read_obj::<u64>(GuestAddress(PT + 5 * 8)).unwrap() & (PTE_A | PTE_D),
-            PTE_A | PTE_D
-        );
+        assert_eq!(m.read_obj::<u64>(GuestAddress(PT + 5 * 8)).unwrap() & (PTE_A | PTE_D), PTE_A | PTE_D);
         // SMAP: supervisor read of a user page with AC clear faults, with AC set passes.
         let mut k = long_mode_sregs();
         k.cr4 |= CR4_SMAP;

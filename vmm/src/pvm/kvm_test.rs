@@ -6,9 +6,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::guest_mem::tests::{build_tables, long_mode_sregs, mem, PML4};
 use super::{Kind, Pvm};
-use crate::hypervisor::{
-    kvm, DescriptorTable, Regs, Segment, VcpuExit, Vm, RAX, RBX, RCX, RDX, RSI, RSP,
-};
+use crate::hypervisor::{kvm, DescriptorTable, Regs, Segment, VcpuExit, Vm, RAX, RBX, RCX, RDX, RSI, RSP};
 
 const CODE: u64 = 0x20_1000;
 const HANDLER: u64 = 0x20_1800;
@@ -55,20 +53,12 @@ fn setup(m: &GuestMemoryMmap) {
     build_tables(m);
     m.write_slice(PROGRAM, GuestAddress(CODE)).unwrap();
     m.write_slice(BP_HANDLER, GuestAddress(HANDLER)).unwrap();
-    for (i, d) in [0u64, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff]
-        .iter()
-        .enumerate()
-    {
+    for (i, d) in [0u64, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff].iter().enumerate() {
         m.write_obj(*d, GuestAddress(GDT + 8 * i as u64)).unwrap();
     }
     for v in 0..32u64 {
-        let h = if v == 3 {
-            HANDLER
-        } else {
-            CODE + PROGRAM.len() as u64 - 1
-        };
-        m.write_slice(&gate(h, 0x10), GuestAddress(IDT + 16 * v))
-            .unwrap();
+        let h = if v == 3 { HANDLER } else { CODE + PROGRAM.len() as u64 - 1 };
+        m.write_slice(&gate(h, 0x10), GuestAddress(IDT + 16 * v)).unwrap();
     }
 }
 
@@ -102,46 +92,22 @@ fn fixups_on_real_kvm() {
         g: true,
         ..Default::default()
     };
-    let data = Segment {
-        selector: 0x18,
-        type_: 3,
-        l: false,
-        db: true,
-        ..code
-    };
+    let data = Segment { selector: 0x18, type_: 3, l: false, db: true, ..code };
     s.cs = code;
     s.ds = data;
     s.es = data;
     s.fs = data;
     s.gs = data;
     s.ss = data;
-    s.tr = Segment {
-        base: TSS,
-        limit: 0x67,
-        selector: 0,
-        type_: 0xb,
-        present: true,
-        s: false,
-        ..Default::default()
-    };
-    s.gdt = DescriptorTable {
-        base: GDT,
-        limit: 4 * 8 - 1,
-    };
-    s.idt = DescriptorTable {
-        base: IDT,
-        limit: 32 * 16 - 1,
-    };
+    s.tr = Segment { base: TSS, limit: 0x67, selector: 0, type_: 0xb, present: true, s: false, ..Default::default() };
+    s.gdt = DescriptorTable { base: GDT, limit: 4 * 8 - 1 };
+    s.idt = DescriptorTable { base: IDT, limit: 32 * 16 - 1 };
     s.cr0 = template.cr0;
     s.cr3 = PML4;
     s.cr4 = template.cr4 | (1 << 9) | (1 << 10); // PAE | OSFXSR | OSXMMEXCPT
     s.efer = template.efer;
     vcpu.set_sregs(&s).unwrap();
-    let mut r = Regs {
-        rip: CODE,
-        rflags: 2,
-        ..Default::default()
-    };
+    let mut r = Regs { rip: CODE, rflags: 2, ..Default::default() };
     r.gpr[RSP] = STACK;
     r.gpr[RSI] = DATA;
     r.gpr[RBX] = 0x00f0_0000_0000_0f00;
@@ -160,20 +126,13 @@ fn fixups_on_real_kvm() {
             VcpuExit::Interrupted => continue,
             other => panic!("unexpected exit {other:?}; {}", pvm.report()),
         };
-        pvm.handle_emulation_failure(&*vcpu, &m, &insn)
-            .unwrap_or_else(|e| panic!("{e}"));
+        pvm.handle_emulation_failure(&*vcpu, &m, &insn).unwrap_or_else(|e| panic!("{e}"));
     }
     assert!(done, "guest did not finish; {}", pvm.report());
     let r = vcpu.regs().unwrap();
     eprintln!("{}", pvm.report());
-    assert_eq!(
-        m.read_obj::<u64>(GuestAddress(DATA + 0x10)).unwrap(),
-        0x00f0_0000_0000_0f00
-    );
-    assert_eq!(
-        m.read_obj::<u64>(GuestAddress(DATA + 0x18)).unwrap(),
-        0x1234
-    );
+    assert_eq!(m.read_obj::<u64>(GuestAddress(DATA + 0x10)).unwrap(), 0x00f0_0000_0000_0f00);
+    assert_eq!(m.read_obj::<u64>(GuestAddress(DATA + 0x18)).unwrap(), 0x1234);
     assert_eq!(r.gpr[RAX], 8);
     assert_eq!(r.gpr[RDX], 8);
     if Pvm::detect() && pvm.counter(Kind::Lzcnt) == 0 {
@@ -183,10 +142,7 @@ fn fixups_on_real_kvm() {
         // CPU without ABM does, and the guest's CPUID 0x80000001 (from KVM's table) shows no
         // ABM here; tzcnt (BMI1, leaf 7 from the host) is hidden by clearcpuid=291.
         assert_eq!(r.gpr[RCX], 55, "lzcnt as bsr");
-        eprintln!(
-            "kvm_pvm: lzcnt ran as bsr (rcx={}), tzcnt of 0 gave r8={:#x}",
-            r.gpr[RCX], r.gpr[8]
-        );
+        eprintln!("kvm_pvm: lzcnt ran as bsr (rcx={}), tzcnt of 0 gave r8={:#x}", r.gpr[RCX], r.gpr[8]);
     } else {
         assert_eq!(r.gpr[RCX], 8);
         assert_eq!(r.gpr[8], 64);

@@ -178,10 +178,7 @@ impl Pvm {
         let n = self.counters[kind as usize].fetch_add(1, Ordering::Relaxed) + 1;
         let v = self.verbose.load(Ordering::Relaxed);
         if v >= 2 || (v == 1 && n <= 3) {
-            eprintln!(
-                "xhyve: pvm: vcpu{vcpu} {} (#{n}) at rip {rip:#x}",
-                NAMES[kind as usize]
-            );
+            eprintln!("xhyve: pvm: vcpu{vcpu} {} (#{n}) at rip {rip:#x}", NAMES[kind as usize]);
         }
     }
 
@@ -211,16 +208,9 @@ impl Pvm {
         }
         let now = self.epoch.elapsed().as_nanos() as u64;
         let last = self.last_poll.load(Ordering::Relaxed);
-        let period = if self.pf_va.load(Ordering::Relaxed) != 0 {
-            VERIFY_POLL_NS
-        } else {
-            PATCH_POLL_NS
-        };
+        let period = if self.pf_va.load(Ordering::Relaxed) != 0 { VERIFY_POLL_NS } else { PATCH_POLL_NS };
         if now.saturating_sub(last) < period
-            || self
-                .last_poll
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
+            || self.last_poll.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
         {
             return;
         }
@@ -238,11 +228,7 @@ impl Pvm {
                 // still a NOP there.
                 let Ok(sregs) = vcpu.sregs() else { return };
                 match syscall::find_pf_handler(mem, &sregs) {
-                    Handler::Nop {
-                        va: v,
-                        gpa: g,
-                        nop_len,
-                    } if v == va && g == gpa => {
+                    Handler::Nop { va: v, gpa: g, nop_len } if v == va && g == gpa => {
                         self.pf_nop_len.store(nop_len as u8, Ordering::Relaxed);
                         *state = PatchState::Patched { va, gpa };
                         if syscall::patch(mem, gpa) {
@@ -251,9 +237,7 @@ impl Pvm {
                     }
                     Handler::NotYet => {}
                     other => {
-                        eprintln!(
-                            "xhyve: pvm: #PF handler changed ({other:?}): SYSCALL via #PF disabled"
-                        );
+                        eprintln!("xhyve: pvm: #PF handler changed ({other:?}): SYSCALL via #PF disabled");
                         self.pf_va.store(0, Ordering::Relaxed);
                         *state = PatchState::Refused;
                     }
@@ -294,29 +278,16 @@ impl Pvm {
 
     /// Handles `VcpuExit::EmulationFailure`: performs the instruction at RIP (or completes a
     /// SYSCALL at the patched #PF entry) and updates the vCPU. Err when the vCPU cannot go on.
-    pub fn handle_emulation_failure(
-        &self,
-        vcpu: &dyn Vcpu,
-        mem: &GuestMemoryMmap,
-        insn: &[u8],
-    ) -> Result<(), String> {
+    pub fn handle_emulation_failure(&self, vcpu: &dyn Vcpu, mem: &GuestMemoryMmap, insn: &[u8]) -> Result<(), String> {
         let regs = vcpu.regs().map_err(|e| e.to_string())?;
         let sregs = vcpu.sregs().map_err(|e| e.to_string())?;
         let mut extra = VcpuExtra { vcpu, mxcsr: None };
-        let mut cpu = CpuState {
-            regs,
-            sregs,
-            sregs_dirty: false,
-            extra: &mut extra,
-        };
+        let mut cpu = CpuState { regs, sregs, sregs_dirty: false, extra: &mut extra };
         let rip = regs.rip;
         let id = vcpu.id();
 
         let pf_va = self.pf_va.load(Ordering::Acquire);
-        if pf_va != 0
-            && fixup::linear_rip(&sregs, rip) == pf_va
-            && insn.first().is_none_or(|&b| b == syscall::INT3)
-        {
+        if pf_va != 0 && fixup::linear_rip(&sregs, rip) == pf_va && insn.first().is_none_or(|&b| b == syscall::INT3) {
             let at_rip = guest_mem::GuestView::new(mem, &sregs, regs.rflags).read_code(pf_va, 1);
             if at_rip.first() == Some(&syscall::INT3) {
                 let nop_len = usize::from(self.pf_nop_len.load(Ordering::Relaxed));
@@ -360,8 +331,7 @@ impl Pvm {
                     vcpu.set_sregs(&cpu.sregs).map_err(|e| e.to_string())?;
                 }
                 if let Some(Exception { vector, error_code }) = exception {
-                    vcpu.inject_exception(vector, error_code)
-                        .map_err(|e| e.to_string())?;
+                    vcpu.inject_exception(vector, error_code).map_err(|e| e.to_string())?;
                 }
                 self.count(kind, id, rip);
                 Ok(())

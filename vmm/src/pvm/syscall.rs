@@ -45,20 +45,11 @@ pub fn find_pf_handler(mem: &GuestMemoryMmap, sregs: &SpecialRegs) -> Handler {
     }
     let view = GuestView::new(mem, sregs, 2);
     let mut gate = [0u8; 16];
-    if view
-        .read(
-            sregs.idt.base + PF_VECTOR * 16,
-            &mut gate,
-            AccessKind::Inspect,
-        )
-        .is_err()
-    {
+    if view.read(sregs.idt.base + PF_VECTOR * 16, &mut gate, AccessKind::Inspect).is_err() {
         return Handler::NotYet;
     }
     let w16 = |i: usize| u64::from(u16::from_le_bytes([gate[i], gate[i + 1]]));
-    let va = w16(0)
-        | (w16(6) << 16)
-        | (u64::from(u32::from_le_bytes(gate[8..12].try_into().unwrap())) << 32);
+    let va = w16(0) | (w16(6) << 16) | (u64::from(u32::from_le_bytes(gate[8..12].try_into().unwrap())) << 32);
     let Ok(t) = view.translate(va, AccessKind::Inspect) else {
         return Handler::NotYet;
     };
@@ -67,15 +58,8 @@ pub fn find_pf_handler(mem: &GuestMemoryMmap, sregs: &SpecialRegs) -> Handler {
         return Handler::NotYet;
     }
     match NOPS.iter().find(|n| bytes.starts_with(n)) {
-        Some(n) => Handler::Nop {
-            va,
-            gpa: t.gpa,
-            nop_len: n.len(),
-        },
-        None => Handler::Other {
-            va,
-            bytes: bytes.to_vec(),
-        },
+        Some(n) => Handler::Nop { va, gpa: t.gpa, nop_len: n.len() },
+        None => Handler::Other { va, bytes: bytes.to_vec() },
     }
 }
 
@@ -100,11 +84,7 @@ pub enum PfEntry {
 /// The vCPU stopped on our int3 at the #PF handler entry (RIP == patched address). Reads the
 /// exception frame at RSP (error code, RIP, CS, RFLAGS, RSP, SS) and completes a SYSCALL or
 /// lets the fault through.
-pub fn pf_entry(
-    cpu: &mut CpuState,
-    mem: &GuestMemoryMmap,
-    nop_len: usize,
-) -> Result<PfEntry, String> {
+pub fn pf_entry(cpu: &mut CpuState, mem: &GuestMemoryMmap, nop_len: usize) -> Result<PfEntry, String> {
     let view = GuestView::new(mem, &cpu.sregs, cpu.regs.rflags);
     let rsp = cpu.regs.gpr[RSP];
     let mut frame = [0u64; 6];
@@ -143,27 +123,15 @@ mod tests {
         let mut s = long_mode_sregs();
         assert_eq!(find_pf_handler(&m, &s), Handler::NotYet);
         // IDT at K+0x20_0000 (gpa 0x20_0000); handler at K+0x20_1234 (gpa 0x20_1234).
-        s.idt = DescriptorTable {
-            base: K + 0x20_0000,
-            limit: 255,
-        };
+        s.idt = DescriptorTable { base: K + 0x20_0000, limit: 255 };
         let h = K + 0x20_1234;
         let mut gate = [0u8; 16];
         gate[0..2].copy_from_slice(&(h as u16).to_le_bytes());
         gate[6..8].copy_from_slice(&((h >> 16) as u16).to_le_bytes());
         gate[8..12].copy_from_slice(&((h >> 32) as u32).to_le_bytes());
-        m.write_slice(&gate, GuestAddress(0x20_0000 + 14 * 16))
-            .unwrap();
-        m.write_slice(&[0x0f, 0x1f, 0x00, 0x55], GuestAddress(0x20_1234))
-            .unwrap();
-        assert_eq!(
-            find_pf_handler(&m, &s),
-            Handler::Nop {
-                va: h,
-                gpa: 0x20_1234,
-                nop_len: 3
-            }
-        );
+        m.write_slice(&gate, GuestAddress(0x20_0000 + 14 * 16)).unwrap();
+        m.write_slice(&[0x0f, 0x1f, 0x00, 0x55], GuestAddress(0x20_1234)).unwrap();
+        assert_eq!(find_pf_handler(&m, &s), Handler::Nop { va: h, gpa: 0x20_1234, nop_len: 3 });
         assert!(patch(&m, 0x20_1234));
         assert_eq!(byte_at(&m, 0x20_1234), Some(INT3));
         assert!(matches!(find_pf_handler(&m, &s), Handler::Other { .. }));
@@ -172,30 +140,14 @@ mod tests {
         let lstar = K + 0x20_4000;
         let frame: [u64; 6] = [0x15, lstar, 0x33, 0x246, 0x7fff_0000, 0x2b];
         for (i, v) in frame.iter().enumerate() {
-            m.write_obj(*v, GuestAddress(0x20_8000 + 8 * i as u64))
-                .unwrap();
+            m.write_obj(*v, GuestAddress(0x20_8000 + 8 * i as u64)).unwrap();
         }
-        let mut x = FakeExtra {
-            lstar,
-            ..Default::default()
-        };
-        let mut regs = Regs {
-            rip: h,
-            rflags: 2,
-            ..Default::default()
-        };
+        let mut x = FakeExtra { lstar, ..Default::default() };
+        let mut regs = Regs { rip: h, rflags: 2, ..Default::default() };
         regs.gpr[RSP] = K + 0x20_8000;
-        let mut cpu = CpuState {
-            regs,
-            sregs: s,
-            sregs_dirty: false,
-            extra: &mut x,
-        };
+        let mut cpu = CpuState { regs, sregs: s, sregs_dirty: false, extra: &mut x };
         assert_eq!(pf_entry(&mut cpu, &m, 3), Ok(PfEntry::Syscall));
-        assert_eq!(
-            (cpu.regs.rip, cpu.regs.gpr[RSP], cpu.regs.rflags),
-            (lstar, 0x7fff_0000, 0x246)
-        );
+        assert_eq!((cpu.regs.rip, cpu.regs.gpr[RSP], cpu.regs.rflags), (lstar, 0x7fff_0000, 0x246));
         // A kernel-mode fault elsewhere passes through.
         m.write_obj(0x10u64, GuestAddress(0x20_8010)).unwrap();
         cpu.regs = regs;

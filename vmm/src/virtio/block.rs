@@ -19,7 +19,9 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::Address;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile,
+};
 
 use super::{drain_queue, QueueBroken, VirtioDevice, TYPE_BLOCK};
 
@@ -78,8 +80,7 @@ impl BlockConfig {
         let conf = conf.unwrap_or("");
         let mut parts = conf.split(',');
         let path = parts.next().filter(|p| !p.is_empty()).ok_or(format!("missing image path ({})", Self::USAGE))?;
-        let mut cfg =
-            BlockConfig { path: path.into(), readonly: false, sector_size: 512, physical_size: 512 };
+        let mut cfg = BlockConfig { path: path.into(), readonly: false, sector_size: 512, physical_size: 512 };
         for opt in parts {
             match opt.split_once('=') {
                 None if opt == "ro" => cfg.readonly = true,
@@ -87,7 +88,11 @@ impl BlockConfig {
                     let (l, p) = v.split_once('/').unwrap_or((v, v));
                     match (parse_sector_size(l), parse_sector_size(p)) {
                         (Some(l), Some(p)) if p >= l => (cfg.sector_size, cfg.physical_size) = (l, p),
-                        _ => return Err(format!("sectorsize={v}: a power of two from 512 to 65536 (logical[/physical])")),
+                        _ => {
+                            return Err(format!(
+                                "sectorsize={v}: a power of two from 512 to 65536 (logical[/physical])"
+                            ))
+                        }
                     }
                 }
                 _ => return Err(format!("unknown option '{opt}' (valid: ro, sectorsize=N[/PHYS])")),
@@ -133,10 +138,7 @@ pub struct Block {
 impl Block {
     pub fn open(cfg: &BlockConfig, cpus: u8) -> Result<Block, String> {
         let file = open_image(&cfg.path, cfg.readonly)?;
-        let len = file
-            .metadata()
-            .map_err(|e| format!("{}: {e}", cfg.path.display()))?
-            .len();
+        let len = file.metadata().map_err(|e| format!("{}: {e}", cfg.path.display()))?.len();
         // Block devices report 0 in metadata: ask for their end.
         let len = if len == 0 {
             // SAFETY: lseek on a descriptor we own.
@@ -359,8 +361,9 @@ impl Request {
                 break;
             }
         }
-        (at == h.len())
-            .then(|| (u32::from_le_bytes(h[0..4].try_into().unwrap()), u64::from_le_bytes(h[8..16].try_into().unwrap())))
+        (at == h.len()).then(|| {
+            (u32::from_le_bytes(h[0..4].try_into().unwrap()), u64::from_le_bytes(h[8..16].try_into().unwrap()))
+        })
     }
 
     /// The readable buffers after the header.
@@ -398,9 +401,8 @@ impl ReadVolatile for FileAt<'_> {
     fn read_volatile<B: BitmapSlice>(&mut self, buf: &mut VolatileSlice<B>) -> Result<usize, VolatileMemoryError> {
         let guard = buf.ptr_guard_mut();
         // SAFETY: the slice is valid for writes of buf.len() bytes (VolatileSlice invariant).
-        let r = unsafe {
-            libc::pread(self.file.as_raw_fd(), guard.as_ptr().cast(), buf.len(), self.offset as libc::off_t)
-        };
+        let r =
+            unsafe { libc::pread(self.file.as_raw_fd(), guard.as_ptr().cast(), buf.len(), self.offset as libc::off_t) };
         if r < 0 {
             return Err(VolatileMemoryError::IOError(std::io::Error::last_os_error()));
         }

@@ -156,7 +156,8 @@ pub mod testing {
                 let idx = self.next_desc % QUEUE_SIZE;
                 let last = i + 1 == descs.len();
                 let next = (idx + 1) % QUEUE_SIZE;
-                let flags = if last { flags } else { flags | virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16 };
+                let flags =
+                    if last { flags } else { flags | virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16 };
                 self.mock
                     .desc_table()
                     .store(idx, RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)))
@@ -169,7 +170,10 @@ pub mod testing {
 
         /// Puts a raw descriptor at `idx` (for loops and bad links).
         pub fn store(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-            self.mock.desc_table().store(idx, RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))).unwrap();
+            self.mock
+                .desc_table()
+                .store(idx, RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)))
+                .unwrap();
         }
 
         pub fn add_head(&mut self, head: u16) {

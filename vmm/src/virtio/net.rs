@@ -54,7 +54,10 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
         return Err(format!("mac={s}: expected six hex bytes (02:xx:xx:xx:xx:xx)"));
     }
     for (m, p) in mac.iter_mut().zip(&parts) {
-        *m = u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2).ok_or_else(|| format!("mac={s}: bad byte '{p}'"))?;
+        *m = u8::from_str_radix(p, 16)
+            .ok()
+            .filter(|_| p.len() == 2)
+            .ok_or_else(|| format!("mac={s}: bad byte '{p}'"))?;
     }
     if mac[0] & 1 != 0 {
         return Err(format!("mac={s}: a multicast address"));
@@ -288,7 +291,11 @@ fn write_frame(chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, mem: &Gue
 }
 
 /// The frame of a TX chain (its readable buffers minus the header); None drops it.
-fn read_frame(chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap, buf: &mut Vec<u8>) -> bool {
+fn read_frame(
+    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+    buf: &mut Vec<u8>,
+) -> bool {
     buf.clear();
     for desc in chain.readable() {
         let n = desc.len() as usize;
@@ -325,7 +332,12 @@ impl VirtioDevice for Net {
         cfg[..6].copy_from_slice(&self.mac);
         cfg[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
         for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset).ok().and_then(|o| o.checked_add(i)).and_then(|o| cfg.get(o)).copied().unwrap_or(0);
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| cfg.get(o))
+                .copied()
+                .unwrap_or(0);
         }
     }
     fn set_queue_kicks(&self, kicks: Vec<Arc<EventFd>>) {
@@ -497,7 +509,8 @@ mod tests {
         assert!(NetConfig::parse("virtio-net", Some("user,mac=02:00:00:00:00")).is_err());
         assert_eq!(parse_mac("02:AB:00:01:02:03").unwrap(), [2, 0xab, 0, 1, 2, 3]);
         if passt::find_passt().is_ok() {
-            let c = NetConfig::parse("virtio-net", Some("user,hostfwd=tcp:127.0.0.1:2222-:22,mac=02:00:00:00:00:01")).unwrap();
+            let c = NetConfig::parse("virtio-net", Some("user,hostfwd=tcp:127.0.0.1:2222-:22,mac=02:00:00:00:00:01"))
+                .unwrap();
             assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 1]));
             assert!(matches!(&c.backend, BackendConfig::User(f) if f.len() == 1));
             let e = NetConfig::parse("virtio-net", Some("user,hostfwd=tcp::22-:22,hostfwd=tcp:127.0.0.1:22-:23"));

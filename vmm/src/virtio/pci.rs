@@ -536,7 +536,11 @@ impl WorkerCtx {
                 Ok(true) => self.irq.queue(self.vector),
                 Ok(false) => {}
                 Err(QueueBroken(e)) => {
-                    log(format!("virtio type {} queue {}: {e}: device needs reset", self.dev.device_type(), self.index));
+                    log(format!(
+                        "virtio type {} queue {}: {e}: device needs reset",
+                        self.dev.device_type(),
+                        self.index
+                    ));
                     self.irq.needs_reset();
                     wait::readable(&[&self.stop]);
                     return;

@@ -635,7 +635,18 @@ mod tests {
 
     #[test]
     fn header_roundtrip() {
-        let h = Hdr { src_cid: 3, dst_cid: 2, src_port: 5, dst_port: 6, len: 7, kind: 1, op: 5, flags: 2, buf_alloc: 9, fwd_cnt: 10 };
+        let h = Hdr {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 5,
+            dst_port: 6,
+            len: 7,
+            kind: 1,
+            op: 5,
+            flags: 2,
+            buf_alloc: 9,
+            fwd_cnt: 10,
+        };
         assert_eq!(Hdr::parse(&h.bytes()), Some(h));
         assert_eq!(Hdr::parse(&[0u8; 43]), None);
     }
@@ -653,7 +664,11 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             let dev = Vsock::open(&VsockConfig { cid: CID, socket: dir.join("v.sock") }).unwrap();
             let rx_kick = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-            dev.set_queue_kicks(vec![rx_kick.clone(), Arc::new(EventFd::new(0).unwrap()), Arc::new(EventFd::new(0).unwrap())]);
+            dev.set_queue_kicks(vec![
+                rx_kick.clone(),
+                Arc::new(EventFd::new(0).unwrap()),
+                Arc::new(EventFd::new(0).unwrap()),
+            ]);
             Rig { dir, dev, rx_kick }
         }
     }
@@ -665,7 +680,18 @@ mod tests {
     }
 
     fn guest_hdr(op: u16, src_port: u32, dst_port: u32, len: u32) -> Hdr {
-        Hdr { src_cid: CID, dst_cid: HOST_CID, src_port, dst_port, len, kind: TYPE_STREAM, op, flags: 0, buf_alloc: 1 << 16, fwd_cnt: 0 }
+        Hdr {
+            src_cid: CID,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            len,
+            kind: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: 1 << 16,
+            fwd_cnt: 0,
+        }
     }
 
     /// Sends one packet on the transmit queue (header and payload in separate descriptors).
