@@ -1,6 +1,5 @@
 //! Errors the methods return, with their JSON-RPC codes (listed in API.md).
 
-use jsonrpc_core::{Error as RpcError, ErrorCode};
 use serde_json::Value;
 use std::fmt;
 
@@ -88,12 +87,6 @@ impl From<std::io::Error> for Error {
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> std::io::Error {
         std::io::Error::other(e)
-    }
-}
-
-impl From<Error> for RpcError {
-    fn from(e: Error) -> RpcError {
-        RpcError { code: ErrorCode::from(e.code), message: e.message, data: e.data }
     }
 }
 

@@ -4,6 +4,7 @@ mod boxes;
 mod client;
 mod error;
 mod home;
+mod jsonrpc;
 mod machines;
 mod network;
 mod rpc;

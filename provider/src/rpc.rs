@@ -3,7 +3,6 @@
 use crate::boxes::{self, Boxes, Reporter};
 use crate::error::{Error, Result};
 use crate::machines::{self, Machines};
-use jsonrpc_core::{Id, MetaIoHandler, Metadata, Params};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -24,10 +23,8 @@ pub struct Ctx {
 pub struct Session {
     pub ctx: Arc<Ctx>,
     out: Arc<Mutex<Box<dyn Write + Send>>>,
-    pub request_id: Option<Id>,
+    pub request_id: Option<Value>,
 }
-
-impl Metadata for Session {}
 
 impl Session {
     pub fn new(ctx: Arc<Ctx>, out: Box<dyn Write + Send>) -> Session {
@@ -63,13 +60,15 @@ impl Session {
             if due {
                 *l = Some((phase.to_string(), now));
                 drop(l);
-                let id = serde_json::to_value(&s.request_id).unwrap_or(Value::Null);
+                let id = s.request_id.clone().unwrap_or(Value::Null);
                 s.notify("progress", json!({"request_id": id, "phase": phase, "done": done, "total": total}));
             }
         })
     }
 }
 
+/// A method: its params (an object or an array, when given) and the caller's session.
+pub type Params = Option<Value>;
 type Handler = fn(Params, &Session) -> Result<Value>;
 
 pub struct Method {
@@ -99,24 +98,17 @@ pub fn method_names() -> Vec<&'static str> {
     METHODS.iter().map(|m| m.name).collect()
 }
 
-pub fn io_handler() -> MetaIoHandler<Session> {
-    let mut io = MetaIoHandler::default();
-    for m in METHODS {
-        let h = m.handler;
-        io.add_method_with_meta(m.name, move |params: Params, s: Session| {
-            jsonrpc_core::futures::future::ready(h(params, &s).map_err(Into::into))
-        });
-    }
-    io
+pub fn method(name: &str) -> Option<&'static Method> {
+    METHODS.iter().find(|m| m.name == name)
 }
 
 /// Typed params with errors that name the field: `-32602 invalid params: name: invalid type...`.
 pub fn parse<T: DeserializeOwned>(p: Params) -> Result<T> {
     let v = match p {
-        Params::None => Value::Object(Default::default()),
-        Params::Map(m) => Value::Object(m),
-        Params::Array(a) if a.is_empty() => Value::Object(Default::default()),
-        Params::Array(_) => {
+        None => Value::Object(Default::default()),
+        Some(Value::Array(a)) if a.is_empty() => Value::Object(Default::default()),
+        Some(m @ Value::Object(_)) => m,
+        Some(_) => {
             return Err(Error::invalid_params(
                 "invalid params: params must be an object of named fields, e.g. {\"name\": \"tiny\"}",
             ))
@@ -207,7 +199,7 @@ fn machine_wait_ssh(p: Params, s: &Session) -> Result<Value> {
 /// Streams the command's stdout and stderr as `output` notifications, then returns its status.
 fn machine_exec(p: Params, s: &Session) -> Result<Value> {
     let p: machines::ssh::ExecParams = parse(p)?;
-    let id = serde_json::to_value(&s.request_id).unwrap_or(Value::Null);
+    let id = s.request_id.clone().unwrap_or(Value::Null);
     s.ctx.machines.exec(p, |stream, data| s.notify("output", json!({"request_id": id, "stream": stream, "data": data})))
 }
 

@@ -3,9 +3,9 @@
 
 use crate::boxes::{unpack::Limits, Boxes};
 use crate::home::{self, Home};
+use crate::jsonrpc::{self, Response};
 use crate::machines::Machines;
 use crate::rpc::{self, Ctx, Session};
-use jsonrpc_core::{Call, Failure, Id, MetaIoHandler, Output, Request, Response, Version};
 use serde_json::Value;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
@@ -86,7 +86,6 @@ pub fn serve(home: &Home) -> Result<(), String> {
         machines,
         socket: socket.clone(),
     });
-    let io = Arc::new(rpc::io_handler());
     log(&format!(
         "xhyve-provider {} serving {} (pid {})",
         env!("CARGO_PKG_VERSION"),
@@ -96,9 +95,9 @@ pub fn serve(home: &Home) -> Result<(), String> {
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
-                let (ctx, io) = (ctx.clone(), io.clone());
+                let ctx = ctx.clone();
                 std::thread::spawn(move || {
-                    if let Err(e) = connection(stream, ctx, &io) {
+                    if let Err(e) = connection(stream, ctx) {
                         log(&format!("connection: {e}"));
                     }
                 });
@@ -109,7 +108,7 @@ pub fn serve(home: &Home) -> Result<(), String> {
     Ok(())
 }
 
-fn connection(stream: UnixStream, ctx: Arc<Ctx>, io: &MetaIoHandler<Session>) -> io::Result<()> {
+fn connection(stream: UnixStream, ctx: Arc<Ctx>) -> io::Result<()> {
     let session = Session::new(ctx, Box::new(stream.try_clone()?));
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
@@ -128,7 +127,10 @@ fn connection(stream: UnixStream, ctx: Arc<Ctx>, io: &MetaIoHandler<Session>) ->
                     break;
                 }
             }
-            session.send_line(&error_line(-32700, format!("Parse error: request longer than {MAX_LINE} bytes")));
+            session.send_line(&error_line(
+                jsonrpc::PARSE_ERROR,
+                format!("Parse error: request longer than {MAX_LINE} bytes"),
+            ));
             continue;
         }
         if line.iter().all(|b| b.is_ascii_whitespace()) {
@@ -137,95 +139,68 @@ fn connection(stream: UnixStream, ctx: Arc<Ctx>, io: &MetaIoHandler<Session>) ->
         while matches!(line.last(), Some(b'\n' | b'\r')) {
             line.pop();
         }
-        if let Some(out) = handle(io, &line, &session) {
+        if let Some(out) = handle(&line, &session) {
             session.send_line(&out);
         }
     }
 }
 
 fn error_line(code: i64, message: String) -> String {
-    let f = Failure {
-        jsonrpc: Some(Version::V2),
-        error: jsonrpc_core::Error { code: code.into(), message, data: None },
-        id: Id::Null,
-    };
-    serde_json::to_string(&Response::Single(Output::Failure(f))).unwrap_or_default()
+    to_line(&Response::error(Value::Null, code, message))
 }
 
-/// Handles one line; returns the response line (None for notifications only).
-pub fn handle(io: &MetaIoHandler<Session>, line: &[u8], session: &Session) -> Option<String> {
+fn to_line<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Handles one line: a request or a batch. Returns the response line (None when there is
+/// nothing to answer: notifications only).
+fn handle(line: &[u8], session: &Session) -> Option<String> {
     let v: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
         Err(e) => {
             return Some(error_line(
-                -32700,
+                jsonrpc::PARSE_ERROR,
                 format!("Parse error: {e} (send one JSON-RPC 2.0 request per line, e.g. {{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"box.list\"}})"),
             ))
         }
     };
-    let req: Request = match serde_json::from_value(v) {
-        Ok(r) => r,
-        Err(e) => {
-            return Some(error_line(
-                -32600,
-                format!("Invalid request: {e} (expected a JSON-RPC 2.0 request object or a batch array)"),
-            ))
+    match v {
+        Value::Array(a) if a.is_empty() => {
+            Some(error_line(jsonrpc::INVALID_REQUEST, "Invalid request: empty batch".into()))
         }
-    };
-    let resp = match req {
-        Request::Single(call) => Response::Single(call_one(io, call, session)?),
-        Request::Batch(calls) if calls.is_empty() => {
-            return Some(error_line(-32600, "Invalid request: empty batch".into()))
+        // Each element on its own: an invalid one gets its -32600, the others run.
+        Value::Array(a) => {
+            let outs: Vec<Response> = a.into_iter().filter_map(|v| handle_one(v, session)).collect();
+            (!outs.is_empty()).then(|| to_line(&outs))
         }
-        Request::Batch(calls) => {
-            let outs: Vec<Output> = calls.into_iter().filter_map(|c| call_one(io, c, session)).collect();
-            if outs.is_empty() {
-                return None;
-            }
-            Response::Batch(outs)
-        }
-    };
-    serde_json::to_string(&resp).ok()
+        v => handle_one(v, session).map(|r| to_line(&r)),
+    }
 }
 
-fn call_one(io: &MetaIoHandler<Session>, call: Call, base: &Session) -> Option<Output> {
+fn handle_one(v: Value, base: &Session) -> Option<Response> {
+    let req = match jsonrpc::parse_request(v) {
+        Ok(r) => r,
+        Err(invalid) => return Some(invalid),
+    };
+    let Some(m) = rpc::method(&req.method) else {
+        let msg = format!("Method not found: {:?} (methods: {})", req.method, rpc::method_names().join(", "));
+        return req.id.map(|id| Response::error(id, jsonrpc::METHOD_NOT_FOUND, msg));
+    };
     let mut s = base.clone();
-    let (method, id) = match &call {
-        Call::MethodCall(m) => (m.method.clone(), Some(m.id.clone())),
-        Call::Notification(n) => (n.method.clone(), None),
-        Call::Invalid { id } => {
-            return Some(Output::Failure(Failure {
-                jsonrpc: Some(Version::V2),
-                error: jsonrpc_core::Error {
-                    code: jsonrpc_core::ErrorCode::InvalidRequest,
-                    message: "Invalid request: a request needs \"jsonrpc\": \"2.0\", a string \"method\" and, for a call, an \"id\"".into(),
-                    data: None,
-                },
-                id: id.clone(),
-            }))
-        }
-    };
-    if !rpc::METHODS.iter().any(|m| m.name == method) {
-        let id = id?;
-        return Some(Output::Failure(Failure {
-            jsonrpc: Some(Version::V2),
-            error: jsonrpc_core::Error {
-                code: jsonrpc_core::ErrorCode::MethodNotFound,
-                message: format!("Method not found: {method:?} (methods: {})", rpc::method_names().join(", ")),
-                data: None,
-            },
-            id,
-        }));
-    }
-    s.request_id = id;
+    s.request_id = req.id.clone();
     let start = Instant::now();
-    let out = jsonrpc_core::futures::executor::block_on(io.handle_call(call, s));
+    let out = (m.handler)(req.params, &s);
     let status = match &out {
-        Some(Output::Failure(f)) => format!("error {}: {}", f.error.code.code(), f.error.message),
-        _ => "ok".into(),
+        Err(e) => format!("error {}: {}", e.code, e.message),
+        Ok(_) => "ok".into(),
     };
-    log(&format!("{method} {status} ({} ms)", start.elapsed().as_millis()));
-    out
+    log(&format!("{} {status} ({} ms)", m.name, start.elapsed().as_millis()));
+    let id = req.id?;
+    Some(match out {
+        Ok(v) => Response::result(id, v),
+        Err(e) => Response::failure(id, e),
+    })
 }
 
 #[cfg(test)]
