@@ -164,3 +164,53 @@ def test_call_starts_the_daemon(provider_bin, tmp_path):
                 time.sleep(0.05)
         except (OSError, ValueError):
             pass
+
+
+def test_requests_need_jsonrpc_2(daemon):
+    """A request without `"jsonrpc": "2.0"` (or with another version, or malformed members) is
+    answered -32600, and every reply carries `"jsonrpc": "2.0"`; the id is echoed when it is one."""
+    c = daemon.conn()
+    for bad, id in [({"id": 1, "method": "box.list"}, 1),
+                    ({"jsonrpc": "1.0", "id": "x", "method": "box.list"}, "x"),
+                    ({"jsonrpc": 2.0, "id": 2, "method": "box.list"}, 2),
+                    ({"jsonrpc": "2.0", "id": 3, "method": 5}, 3),
+                    ({"jsonrpc": "2.0", "id": 4, "method": "box.list", "params": 5}, 4),
+                    ({"jsonrpc": "2.0", "id": {"a": 1}, "method": "box.list"}, None),
+                    ({"jsonrpc": "2.0", "method": "box.list", "parms": {}}, None)]:
+        c.send_raw(json.dumps(bad).encode() + b"\n")
+        r = c.read()
+        assert r["jsonrpc"] == "2.0" and r["id"] == id and "result" not in r, (bad, r)
+        assert r["error"]["code"] == -32600 and "Invalid request" in r["error"]["message"], (bad, r)
+    resp, _ = c.request("box.list")
+    assert resp == {"jsonrpc": "2.0", "result": [], "id": resp["id"]}
+    # null params are no params (the Packer plugin sends them).
+    c.send_raw(b'{"jsonrpc": "2.0", "id": 9, "method": "box.list", "params": null}\n')
+    assert c.read() == {"jsonrpc": "2.0", "result": [], "id": 9}
+    c.close()
+
+
+def test_batch_elements_are_answered_one_by_one(daemon, make_box):
+    """Each element of a batch gets its own response: invalid ones -32600, the valid ones run."""
+    box = make_box()
+    c = daemon.conn()
+    c.send_raw(json.dumps([
+        1,
+        {"jsonrpc": "2.0", "id": "add", "method": "box.add", "params": {"source": str(box), "name": "b"}},
+        {"id": "old", "method": "box.list"},
+        "x",
+        {"jsonrpc": "2.0", "method": "box.list"},
+        [],
+        {"jsonrpc": "2.0", "id": "list", "method": "box.list"},
+    ]).encode() + b"\n")
+    while True:
+        r = c.read()
+        if isinstance(r, list):
+            break
+        assert r.get("method") == "progress", r  # box.add's notifications come first
+    assert all(x["jsonrpc"] == "2.0" for x in r)
+    assert [x["id"] for x in r] == [None, "add", "old", None, None, "list"]
+    assert [x.get("error", {}).get("code") for x in r] == [-32600, None, -32600, -32600, -32600, None]
+    assert r[1]["result"]["name"] == "b"
+    assert [b["name"] for b in r[5]["result"]] == ["b"]
+    assert [b["name"] for b in daemon.call("box.list")] == ["b"]
+    c.close()
