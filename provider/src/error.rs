@@ -45,6 +45,10 @@ impl Error {
     pub fn invalid_params(m: impl Into<String>) -> Error {
         Error::new(code::INVALID_PARAMS, m)
     }
+    /// -32602 for one wrong param, named in `data.field`.
+    pub fn bad_param(field: &str, m: impl Into<String>) -> Error {
+        Error::invalid_params(m).with_data(serde_json::json!({ "field": field }))
+    }
     pub fn not_found(m: impl Into<String>) -> Error {
         Error::new(code::NOT_FOUND, m)
     }

@@ -64,22 +64,28 @@ pub struct Checksum {
 
 impl Checksum {
     /// From a `checksum` and an optional `checksum_type` (required unless `checksum` is
-    /// `TYPE:HEX`).
-    pub fn parse(checksum: &str, checksum_type: Option<&str>) -> Result<Checksum, String> {
+    /// `TYPE:HEX`). An error names the field at fault: `checksum_type` or `checksum`.
+    pub fn parse(checksum: &str, checksum_type: Option<&str>) -> Result<Checksum, (&'static str, String)> {
         let c = checksum.trim();
         let (kind, hex) = match (checksum_type.map(str::trim).filter(|t| !t.is_empty()), c.split_once(':')) {
-            (Some(t), _) => (Kind::parse(t)?, c),
-            (None, Some((t, h))) => (Kind::parse(t)?, h.trim()),
+            (Some(t), _) => (Kind::parse(t).map_err(|e| ("checksum_type", e))?, c),
+            (None, Some((t, h))) => (Kind::parse(t).map_err(|e| ("checksum", e))?, h.trim()),
             (None, None) => {
-                return Err("checksum_type is required with checksum (md5, sha1, sha256, sha384 or sha512)".into())
+                return Err((
+                    "checksum_type",
+                    "checksum_type is required with checksum (md5, sha1, sha256, sha384 or sha512)".into(),
+                ))
             }
         };
         let hex = hex.to_ascii_lowercase();
         if hex.len() != kind.hex_len() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
-                "checksum {checksum:?} is not a {} digest ({} hex digits expected)",
-                kind.name(),
-                kind.hex_len()
+            return Err((
+                "checksum",
+                format!(
+                    "checksum {checksum:?} is not a {} digest ({} hex digits expected)",
+                    kind.name(),
+                    kind.hex_len()
+                ),
             ));
         }
         Ok(Checksum { kind, hex })
@@ -103,10 +109,14 @@ mod tests {
 
     #[test]
     fn refuses() {
-        assert!(Checksum::parse(SHA256_ABC, None).unwrap_err().contains("checksum_type is required"));
-        assert!(Checksum::parse(SHA256_ABC, Some("crc32")).unwrap_err().contains("unsupported"));
-        assert!(Checksum::parse(SHA256_ABC, Some("sha1")).unwrap_err().contains("40 hex digits"));
-        assert!(Checksum::parse(&SHA256_ABC.replace('b', "g"), Some("sha256")).is_err());
+        let (field, e) = Checksum::parse(SHA256_ABC, None).unwrap_err();
+        assert!(field == "checksum_type" && e.contains("checksum_type is required"), "{e}");
+        let (field, e) = Checksum::parse(SHA256_ABC, Some("crc32")).unwrap_err();
+        assert!(field == "checksum_type" && e.contains("unsupported"), "{e}");
+        let (field, e) = Checksum::parse(SHA256_ABC, Some("sha1")).unwrap_err();
+        assert!(field == "checksum" && e.contains("40 hex digits"), "{e}");
+        assert_eq!(Checksum::parse(&SHA256_ABC.replace('b', "g"), Some("sha256")).unwrap_err().0, "checksum");
+        assert_eq!(Checksum::parse("crc:00", None).unwrap_err().0, "checksum");
     }
 
     #[test]

@@ -72,10 +72,6 @@ impl Drop for TempDir {
     }
 }
 
-fn invalid(m: String) -> Error {
-    Error::invalid_params(m)
-}
-
 /// The box to fetch once a catalog (if any) has been resolved.
 struct Plan {
     name: String,
@@ -99,31 +95,36 @@ fn open_peeked(src: &Source) -> Result<OpenedHead> {
 }
 
 fn plan(p: &AddParams) -> Result<Plan> {
-    let src = Source::parse(&p.source).map_err(invalid)?;
+    let src = Source::parse(&p.source).map_err(|e| Error::bad_param("source", e))?;
     if let Some(n) = &p.name {
-        store::check_name(n).map_err(invalid)?;
+        store::check_name(n).map_err(|e| Error::bad_param("name", e))?;
     }
+    // A version or a constraint (which one it must be depends on the source, read below).
+    let req = p.version.as_deref().map(Requirement::parse).transpose().map_err(|e| Error::bad_param("version", e))?;
     if let Some(a) = &p.architecture {
-        store::check_arch(a).map_err(invalid)?;
+        store::check_arch(a).map_err(|e| Error::bad_param("architecture", e))?;
     }
     let explicit = match (p.checksum.as_deref().filter(|c| !c.trim().is_empty()), p.checksum_type.as_deref()) {
-        (Some(c), t) => Some(Checksum::parse(c, t).map_err(invalid)?),
-        (None, Some(t)) if !t.trim().is_empty() => return Err(invalid("checksum_type given without checksum".into())),
+        (Some(c), t) => Some(Checksum::parse(c, t).map_err(|(field, e)| Error::bad_param(field, e))?),
+        (None, Some(t)) if !t.trim().is_empty() => {
+            return Err(Error::bad_param("checksum", "checksum_type given without checksum"))
+        }
         _ => None,
     };
     let want_arch = p.architecture.clone().unwrap_or_else(|| catalog::host_arch().to_string());
     let (head, reader, total) = open_peeked(&src)?;
     if download::sniff(&head) != Format::Json {
         let name = p.name.clone().ok_or_else(|| {
-            invalid("name is required when the source is a box file (only a catalog names its box)".into())
+            Error::bad_param("name", "name is required when the source is a box file (only a catalog names its box)")
         })?;
         let version = p.version.clone().unwrap_or_else(|| "0".into());
-        if !Requirement::is_plain_version(&version) {
-            return Err(invalid(format!(
-                "version {version:?}: for a box file, version is the version to record (e.g. 1.0.0); constraints only apply to catalogs"
-            )));
-        }
-        let version = Version::parse(&version).map_err(invalid)?.to_string();
+        let version = Version::parse(&version).map_err(|_| {
+            Error::bad_param(
+                "version",
+                format!("version {version:?}: for a box file, version is the version to record (e.g. 1.0.0); constraints only apply to catalogs"),
+            )
+        })?;
+        let version = version.to_string();
         return Ok(Plan {
             name,
             version,
@@ -139,13 +140,12 @@ fn plan(p: &AddParams) -> Result<Plan> {
     // A catalog.
     let text = download::read_limited(reader, download::MAX_CATALOG).ctx(|| format!("reading catalog {src}"))?;
     let cat = catalog::parse(&text).map_err(|e| Error::bad_box(format!("{src}: {e}")))?;
-    let req = p.version.as_deref().map(Requirement::parse).transpose().map_err(|e| invalid(format!("version: {e}")))?;
     let sel = catalog::select(&cat, req.as_ref(), &want_arch).map_err(|m| Error::new(code::NO_MATCHING_BOX, m))?;
     let name = p
         .name
         .clone()
         .or(cat.name.clone())
-        .ok_or_else(|| invalid(format!("the catalog {src} has no name: pass name")))?;
+        .ok_or_else(|| Error::bad_param("name", format!("the catalog {src} has no name: pass name")))?;
     store::check_name(&name).map_err(|e| Error::bad_box(format!("catalog {src}: {e}")))?;
     let arch = sel.architecture.clone().unwrap_or(want_arch);
     store::check_arch(&arch).map_err(|e| Error::bad_box(format!("catalog {src}: {e}")))?;
@@ -154,7 +154,7 @@ fn plan(p: &AddParams) -> Result<Plan> {
         None => match &sel.checksum {
             Some(c) => Some(
                 Checksum::parse(c, sel.checksum_type.as_deref())
-                    .map_err(|e| Error::bad_box(format!("catalog {src}, version {}: {e}", sel.version)))?,
+                    .map_err(|(_, e)| Error::bad_box(format!("catalog {src}, version {}: {e}", sel.version)))?,
             ),
             None => None,
         },
@@ -393,9 +393,12 @@ pub fn list(b: &Boxes) -> Value {
 }
 
 pub fn remove(b: &Boxes, p: RemoveParams) -> Result<Value> {
-    store::check_name(&p.name).map_err(invalid)?;
+    store::check_name(&p.name).map_err(|e| Error::bad_param("name", e))?;
     if let Some(v) = &p.version {
-        Version::parse(v).map_err(|e| invalid(format!("version: {e}")))?;
+        Version::parse(v).map_err(|e| Error::bad_param("version", format!("version: {e}")))?;
+    }
+    if let Some(a) = &p.architecture {
+        store::check_arch(a).map_err(|e| Error::bad_param("architecture", e))?;
     }
     let _g = b.lock.lock().unwrap_or_else(|e| e.into_inner());
     let removed = store::remove(&b.home, &p.name, p.version.as_deref(), p.architecture.as_deref())?;

@@ -176,12 +176,6 @@ impl Requirement {
         Ok(Requirement { parts })
     }
 
-    /// True when `s` is a plain version (no operator, no comma): used where a constraint makes
-    /// no sense (the version to record for a box file).
-    pub fn is_plain_version(s: &str) -> bool {
-        Version::parse(s).is_ok()
-    }
-
     pub fn matches(&self, v: &Version) -> bool {
         self.parts.iter().all(|(op, r)| match op {
             Op::Eq => v == r,
