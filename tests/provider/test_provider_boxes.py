@@ -225,3 +225,31 @@ def test_concurrent_adds_of_one_box(daemon, home, make_box):
     assert all(r["error"]["code"] == -32003 for r in results if "error" in r)
     assert list((home / "tmp").iterdir()) == []
     assert len(daemon.call("box.list")) == 1
+
+
+def test_bad_params_carry_data_field(daemon, home, make_box, box_server, assert_clean):
+    """Every -32602 of box.add and box.remove names the wrong field in data.field too."""
+    box = str(make_box())
+    url = catalog(box_server, [{"version": "1.0.0", "providers": [provider("t.box")]}])
+    for params, field in [({"source": "relative/x.box", "name": "x"}, "source"),
+                          ({"source": "ftp://h/x.box", "name": "x"}, "source"),
+                          ({"source": box, "name": ".."}, "name"),
+                          ({"source": box}, "name"),
+                          ({"source": box, "name": "x", "version": "v1"}, "version"),
+                          ({"source": box, "name": "x", "version": ">= 1"}, "version"),
+                          ({"source": url, "version": "> v1"}, "version"),
+                          ({"source": box, "name": "x", "architecture": "../x"}, "architecture"),
+                          ({"source": box, "name": "x", "checksum": "ab" * 32}, "checksum_type"),
+                          ({"source": box, "name": "x", "checksum_type": "sha256"}, "checksum"),
+                          ({"source": box, "name": "x", "checksum": "abc", "checksum_type": "sha256"},
+                           "checksum"),
+                          ({"source": box, "name": "x", "checksum": "ab", "checksum_type": "crc"},
+                           "checksum_type")]:
+        e = daemon.error("box.add", params)
+        assert e.code == -32602 and e.data == {"field": field}, (params, e.message, e.data)
+    for params, field in [({"name": ".."}, "name"), ({"name": "x", "version": "v1"}, "version"),
+                          ({"name": "x", "architecture": "../x"}, "architecture")]:
+        e = daemon.error("box.remove", params)
+        assert e.code == -32602 and e.data == {"field": field}, (params, e.message, e.data)
+    assert_clean(home)
+
