@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod checksum;
 pub mod download;
 pub mod store;
+pub mod tar_stream;
 pub mod unpack;
 pub mod version;
 
@@ -179,8 +180,7 @@ fn plan(p: &AddParams) -> Result<Plan> {
 
 /// Reads the rest of a decoded stream after the tar end, refusing more than a little.
 fn drain_decoded(mut r: impl Read) -> Result<()> {
-    let n = io::copy(&mut (&mut r).take((1 << 20) + 1), &mut io::sink())
-        .map_err(|e| Error::from(e).context("reading the end of the archive"))?;
+    let n = io::copy(&mut (&mut r).take((1 << 20) + 1), &mut io::sink()).map_err(tar_stream::stream_error)?;
     if n > 1 << 20 {
         return Err(Error::bad_archive("more than 1 MiB of data after the end of the tar archive"));
     }

@@ -1,9 +1,11 @@
 //! Safe extraction of tar, tar.gz and zip boxes into an empty directory: every entry's path and
 //! type is checked, sizes and the compression ratio are capped, symlinks are created last and
-//! must resolve inside the box.
+//! must resolve inside the box (nothing is written through one), holes stay holes.
 
+use super::tar_stream::{self, Region, Sparse, TarStream};
 use crate::error::{Error, Result};
-use std::fs::{self, OpenOptions};
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -75,9 +77,14 @@ pub struct Extractor {
     limits: Limits,
     /// Archive bytes read so far (for the ratio check).
     compressed: Arc<AtomicU64>,
+    /// Bytes of data unpacked (the caps count these: holes of sparse files cost nothing).
     written: u64,
+    /// The files' sizes, holes included (the box's size).
+    logical: u64,
     entries: u64,
     symlinks: Vec<(PathBuf, PathBuf)>,
+    /// Where the symlinks will be: no entry may be written there or below.
+    symlink_paths: HashSet<PathBuf>,
     buf: Vec<u8>,
 }
 
@@ -88,8 +95,10 @@ impl Extractor {
             limits,
             compressed,
             written: 0,
+            logical: 0,
             entries: 0,
             symlinks: Vec::new(),
+            symlink_paths: HashSet::new(),
             buf: vec![0; 256 << 10],
         }
     }
@@ -112,7 +121,11 @@ impl Extractor {
         ))
     }
 
+    /// Creates the directories above `rel`, refusing to go through a file or a symlink to be.
     fn make_parent(&self, rel: &Path) -> Result<()> {
+        if let Some(link) = rel.ancestors().skip(1).find(|a| self.symlink_paths.contains(*a)) {
+            return Err(Error::bad_archive(format!("entry {rel:?} is inside {link:?}, a symlink: refused")));
+        }
         if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
             let mut cur = self.root.clone();
             for c in parent.components() {
@@ -132,8 +145,17 @@ impl Extractor {
         Ok(())
     }
 
+    /// Refuses an entry at the path of a symlink (created at the end, so not on disk yet).
+    fn check_free(&self, rel: &Path) -> Result<()> {
+        if self.symlink_paths.contains(rel) {
+            return Err(Error::bad_archive(format!("entry {rel:?} collides with the symlink {rel:?}: refused")));
+        }
+        Ok(())
+    }
+
     pub fn dir(&mut self, rel: &Path, mode: u32) -> Result<()> {
         self.count_entry()?;
+        self.check_free(rel)?;
         self.make_parent(rel)?;
         let p = self.root.join(rel);
         match fs::symlink_metadata(&p) {
@@ -145,26 +167,68 @@ impl Extractor {
         Ok(())
     }
 
-    /// Writes a regular file, skipping runs of zeros (the file stays sparse).
-    pub fn file(&mut self, rel: &Path, mode: u32, declared: u64, mut r: impl Read) -> Result<()> {
+    /// Creates (or replaces) the regular file `rel`, checking the data to come against the cap.
+    fn create(&mut self, rel: &Path, data: u64) -> Result<File> {
         self.count_entry()?;
-        if self.written.saturating_add(declared) > self.limits.max_size {
+        if self.written.saturating_add(data) > self.limits.max_size {
             return Err(self.too_big(rel));
         }
+        self.check_free(rel)?;
         self.make_parent(rel)?;
         let p = self.root.join(rel);
         if fs::symlink_metadata(&p).is_ok_and(|m| !m.is_file()) {
             return Err(Error::bad_archive(format!("file {rel:?} collides with a directory")));
         }
-        let mut f = OpenOptions::new()
+        Ok(OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
-            .open(&p)?;
+            .open(&p)?)
+    }
+
+    /// Ends a file: its size (a trailing hole included) and mode.
+    fn close(&mut self, f: File, len: u64, mode: u32) -> Result<()> {
+        f.set_len(len)?;
+        f.set_permissions(fs::Permissions::from_mode((mode & 0o777) | 0o600))?;
+        self.logical += len;
+        Ok(())
+    }
+
+    /// Writes a regular file, skipping runs of zeros (the file stays sparse).
+    pub fn file(&mut self, rel: &Path, mode: u32, declared: u64, r: impl Read) -> Result<()> {
+        let mut f = self.create(rel, declared)?;
+        let len = self.copy(&mut f, rel, r)?;
+        self.close(f, len, mode)
+    }
+
+    /// Writes a sparse file of `size` bytes: each region's bytes (read in turn from `r`) at its
+    /// offset, and holes between them, never written.
+    pub fn sparse_file(
+        &mut self,
+        rel: &Path,
+        mode: u32,
+        size: u64,
+        regions: &[Region],
+        mut r: impl Read,
+    ) -> Result<()> {
+        let data = regions.iter().map(|g| g.len).sum();
+        let mut f = self.create(rel, data)?;
+        for g in regions {
+            f.seek(SeekFrom::Start(g.offset))?;
+            if self.copy(&mut f, rel, (&mut r).take(g.len))? != g.len {
+                return Err(Error::bad_archive(format!(
+                    "broken or truncated archive: {rel:?} has less data than its sparse map"
+                )));
+            }
+        }
+        self.close(f, size, mode)
+    }
+
+    /// Copies `r` to `f` from its position, seeking over runs of zeros; returns the bytes read.
+    fn copy(&mut self, f: &mut File, rel: &Path, mut r: impl Read) -> Result<u64> {
         let mut len: u64 = 0;
-        let mut pending_hole = false;
         loop {
             let n = match r.read(&mut self.buf) {
                 Ok(0) => break,
@@ -189,17 +253,11 @@ impl Extractor {
             let chunk = &self.buf[..n];
             if chunk.iter().all(|&b| b == 0) {
                 f.seek(SeekFrom::Current(n as i64))?;
-                pending_hole = true;
             } else {
                 f.write_all(chunk)?;
-                pending_hole = false;
             }
         }
-        if pending_hole {
-            f.set_len(len)?;
-        }
-        f.set_permissions(fs::Permissions::from_mode((mode & 0o777) | 0o600))?;
-        Ok(())
+        Ok(len)
     }
 
     /// Records a symlink (created by `finish`, after every other entry).
@@ -208,6 +266,14 @@ impl Extractor {
         if target.as_os_str().is_empty() || !link_stays_inside(rel, target) {
             return Err(Error::bad_archive(format!("symlink {rel:?} -> {target:?} points outside the box: refused")));
         }
+        self.make_parent(rel)?;
+        if let Ok(m) = fs::symlink_metadata(self.root.join(rel)) {
+            let what = if m.is_dir() { "directory" } else { "file" };
+            return Err(Error::bad_archive(format!("symlink {rel:?} collides with the {what} {rel:?}: refused")));
+        }
+        if !self.symlink_paths.insert(rel.to_path_buf()) {
+            return Err(Error::bad_archive(format!("symlink {rel:?} comes twice: refused")));
+        }
         self.symlinks.push((rel.to_path_buf(), target.to_path_buf()));
         Ok(())
     }
@@ -215,6 +281,7 @@ impl Extractor {
     /// A hard link to a file extracted earlier (`target` relative to the box root).
     pub fn hardlink(&mut self, rel: &Path, target: &Path) -> Result<()> {
         self.count_entry()?;
+        self.check_free(rel)?;
         let t = match check_path(target) {
             Ok(Some(t)) => t,
             _ => {
@@ -241,7 +308,7 @@ impl Extractor {
         Ok(())
     }
 
-    /// Creates the symlinks and checks each resolves inside the box.
+    /// Creates the symlinks and checks each resolves inside the box. Returns the box's size.
     pub fn finish(self) -> Result<u64> {
         let root = fs::canonicalize(&self.root)?;
         for (rel, target) in &self.symlinks {
@@ -267,7 +334,7 @@ impl Extractor {
                 }
             }
         }
-        Ok(self.written)
+        Ok(self.logical)
     }
 }
 
@@ -280,39 +347,34 @@ fn entry_path(raw: &[u8]) -> Result<Option<PathBuf>> {
 pub fn untar<R: Read>(r: R, ex: &mut Extractor) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     use tar::EntryType as T;
-    let mut ar = tar::Archive::new(r);
-    let entries = ar.entries().map_err(|e| Error::bad_archive(format!("not a tar archive: {e}")))?;
+    let mut tar = TarStream::new(r);
     let mut seen = 0u64;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| bad_tar(e, seen))?;
+    while let Some(m) = tar.next_member()? {
         seen += 1;
-        let raw = entry.path_bytes().into_owned();
-        let name = String::from_utf8_lossy(&raw).into_owned();
-        let kind = entry.header().entry_type();
-        if matches!(kind, T::XGlobalHeader) {
-            continue;
-        }
-        let Some(rel) = entry_path(&raw)? else {
-            if kind.is_dir() {
+        let name = m.name();
+        let Some(rel) = entry_path(&m.path)? else {
+            if m.kind.is_dir() {
                 continue;
             }
             return Err(Error::bad_archive(format!("entry {name:?} has an empty name")));
         };
-        let mode = entry.header().mode().unwrap_or(0o644);
-        match kind {
-            T::Regular | T::Continuous | T::GNUSparse => {
-                let size = entry.size();
-                ex.file(&rel, mode, size, &mut entry)?;
-            }
-            T::Directory => ex.dir(&rel, mode)?,
-            T::Symlink => {
-                let target = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
-                ex.symlink(&rel, Path::new(std::ffi::OsStr::from_bytes(&target)))?;
-            }
-            T::Link => {
-                let target = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
-                ex.hardlink(&rel, Path::new(std::ffi::OsStr::from_bytes(&target)))?;
-            }
+        match m.kind {
+            T::Regular | T::Continuous | T::GNUSparse => match m.sparse {
+                None => ex.file(&rel, m.mode, m.size, tar.data())?,
+                Some(Sparse::Map { size, regions }) => {
+                    tar_stream::check_map(&name, size, &regions, m.size)?;
+                    ex.sparse_file(&rel, m.mode, size, &regions, tar.data())?;
+                }
+                Some(Sparse::MapInData { size }) => {
+                    let mut data = tar.data();
+                    let (regions, used) = tar_stream::read_map(&mut data, &name)?;
+                    tar_stream::check_map(&name, size, &regions, m.size - used)?;
+                    ex.sparse_file(&rel, m.mode, size, &regions, data)?;
+                }
+            },
+            T::Directory => ex.dir(&rel, m.mode)?,
+            T::Symlink => ex.symlink(&rel, Path::new(std::ffi::OsStr::from_bytes(&m.link)))?,
+            T::Link => ex.hardlink(&rel, Path::new(std::ffi::OsStr::from_bytes(&m.link)))?,
             T::Char | T::Block => return Err(Error::bad_archive(format!("entry {name:?} is a device node: refused"))),
             T::Fifo => return Err(Error::bad_archive(format!("entry {name:?} is a fifo: refused"))),
             other => {
@@ -337,18 +399,6 @@ fn read_error(e: io::Error, rel: &Path) -> Error {
         return e;
     }
     Error::bad_archive(format!("broken or truncated archive at {rel:?}: {}", e.message))
-}
-
-fn bad_tar(e: io::Error, seen: u64) -> Error {
-    let e: Error = e.into();
-    if e.code != crate::error::code::INTERNAL {
-        return e;
-    }
-    if seen == 0 {
-        Error::bad_archive(format!("not a box (tar, tar.gz or zip): {}", e.message))
-    } else {
-        Error::bad_archive(format!("broken or truncated archive: {}", e.message))
-    }
 }
 
 /// Unpacks a zip file.
