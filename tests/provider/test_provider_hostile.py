@@ -159,3 +159,49 @@ def test_broken_archives(daemon, home, make_box, tmp_path, assert_clean):
     e = daemon.error("box.add", {"source": str(xz), "name": "xz"})
     assert e.code == -32005 and "xz-compressed" in e.message
     assert_clean(home)
+
+
+def test_archives_that_end_early_are_refused(daemon, home, make_box, tmp_path, assert_clean):
+    """A tar.gz without its gzip trailer, a tar cut at an entry's boundary (`head -c 1024`), in an
+    entry's data, or without its end-of-archive blocks: -32005, nothing installed."""
+    files = {"metadata.json": META, "vmlinuz": os.urandom(3000)}
+    tgz = make_box("tar.gz", files=files).read_bytes()
+    tar = make_box("tar", files=files).read_bytes()
+    data_end = 512 + 512 + 512 + 3072  # metadata.json: header + 1 block; vmlinuz: header + 6 blocks
+    cases = {"no-gzip-trailer": tgz[:-8], "gzip-cut": tgz[:-30], "head-1024": tar[:1024],
+             "in-data": tar[:1024 + 512 + 1024], "no-end-blocks": tar[:data_end]}
+    for name, data in cases.items():
+        f = tmp_path / f"{name}.box"
+        f.write_bytes(data)
+        e = daemon.error("box.add", {"source": str(f), "name": "cut"})
+        assert e.code == -32005 and ("truncated" in e.message or "ends" in e.message), (name, e.message)
+        assert_clean(home)
+    # The whole archive, and one ending with a single zero block (as some writers do), install.
+    ok = tmp_path / "one-zero-block.tar"
+    ok.write_bytes(tar[:data_end] + bytes(512))
+    daemon.call("box.add", {"source": str(ok), "name": "ok"})
+    whole = tmp_path / "whole.box"
+    whole.write_bytes(tgz)
+    daemon.call("box.add", {"source": str(whole), "name": "whole"})
+
+
+@pytest.mark.parametrize("order", ["link-first", "file-first"])
+def test_write_through_a_symlink_is_named(daemon, home, make_box, assert_clean, order):
+    """`sub/`, `lnk -> sub`, `lnk/f`: refused, and the message says `lnk/f` goes through the
+    symlink `lnk` (or that `lnk` collides with the directory made for `lnk/f`)."""
+    def add(t):
+        tar_entry(t, "sub", tarfile.DIRTYPE)
+        if order == "link-first":
+            tar_entry(t, "lnk", tarfile.SYMTYPE, linkname="sub")
+            tar_entry(t, "lnk/f")
+        else:
+            tar_entry(t, "lnk/f")
+            tar_entry(t, "lnk", tarfile.SYMTYPE, linkname="sub")
+    box = make_box("tar", files={"metadata.json": META}, extra=add)
+    e = daemon.error("box.add", {"source": str(box), "name": "evil"})
+    assert e.code == -32005 and "refused" in e.message, e.message
+    if order == "link-first":
+        assert 'entry "lnk/f" is inside "lnk", a symlink' in e.message, e.message
+    else:
+        assert 'symlink "lnk" collides with the directory "lnk"' in e.message, e.message
+    assert_clean(home)
