@@ -6,6 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, IsTerminal, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -52,10 +53,13 @@ fn connect(home: &Home, autostart: bool) -> Result<UnixStream, String> {
 fn start_daemon(home: &Home) -> Result<(), String> {
     home.create().map_err(|e| format!("cannot create {}: {e}", home.root.display()))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
+    // Private: it records the daemon's errors, which name the user's files.
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(home.log_file())
+        .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)).map(|_| f))
         .map_err(|e| format!("cannot open {}: {e}", home.log_file().display()))?;
     let mut cmd = Command::new(exe);
     cmd.arg("serve").arg("--home").arg(&home.root).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);

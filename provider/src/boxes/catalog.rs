@@ -53,7 +53,16 @@ pub fn host_arch() -> &'static str {
 }
 
 pub fn parse(text: &[u8]) -> Result<Catalog, String> {
-    serde_json::from_slice(text).map_err(|e| format!("not a valid box catalog: {e}"))
+    serde_json::from_slice(text).map_err(|e| format!("not a valid box catalog: {}", unquoted(&e.to_string())))
+}
+
+/// serde's message without the text it quotes (`invalid type: string "..."`): an error never
+/// repeats what a file holds.
+fn unquoted(msg: &str) -> String {
+    match (msg.find('"'), msg.rfind('"')) {
+        (Some(a), Some(b)) if b > a => format!("{}\"...\"{}", &msg[..a], &msg[b + 1..]),
+        _ => msg.to_string(),
+    }
 }
 
 /// Newest version matching `constraint` with a provider `xhyve` for `arch`: an entry whose
@@ -169,5 +178,7 @@ mod tests {
     fn rejects_non_catalog() {
         assert!(parse(b"[1,2]").is_err());
         assert!(parse(br#"{"versions": [{"providers": []}]}"#).is_err());
+        let e = parse(br#"{"versions": "root:x:0:0"}"#).unwrap_err();
+        assert!(e.contains("invalid type: string \"...\", expected a sequence") && !e.contains("root"), "{e}");
     }
 }

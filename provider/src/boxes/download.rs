@@ -61,16 +61,23 @@ impl Source {
         Ok(Source::File(p))
     }
 
-    /// Resolves a URL found in a catalog read from `self` (relative URLs are relative to it).
+    /// Resolves a URL found in a catalog read from `self`. A catalog served over http(s) is
+    /// resolved as a browser would (a path-absolute URL is a path on its server) and may only
+    /// point to http(s) URLs: a remote catalog never reaches a local file. A local catalog's
+    /// relative paths are relative to it.
     pub fn join(&self, reference: &str) -> std::result::Result<Source, String> {
         let r = reference.trim();
-        if r.contains("://") || r.starts_with('/') {
-            return Source::parse(r);
-        }
         match self {
             Source::Http(base) => {
-                base.join(r).map(Source::Http).map_err(|e| format!("bad box URL {r:?} in catalog: {e}"))
+                let u = base.join(r).map_err(|e| format!("bad box URL {r:?}: {e}"))?;
+                match u.scheme() {
+                    "http" | "https" => Ok(Source::Http(u)),
+                    other => Err(format!(
+                        "box URL {r:?} is a {other}: URL; a catalog served over http(s) may only point to http(s) URLs"
+                    )),
+                }
             }
+            Source::File(_) if r.contains("://") || r.starts_with('/') => Source::parse(r),
             Source::File(p) => Ok(Source::File(p.parent().unwrap_or(Path::new("/")).join(r))),
         }
     }
@@ -354,9 +361,16 @@ mod tests {
         assert!(Source::parse("").is_err());
         let cat = Source::parse("http://h/boxes/cat.json").unwrap();
         assert_eq!(cat.join("tiny.box").unwrap().to_string(), "http://h/boxes/tiny.box");
-        assert_eq!(cat.join("/x/t.box").unwrap(), Source::File("/x/t.box".into()));
+        assert_eq!(cat.join("/x/t.box").unwrap().to_string(), "http://h/x/t.box");
+        assert_eq!(cat.join("//o/t.box").unwrap().to_string(), "http://o/t.box");
+        assert_eq!(cat.join("https://o/t.box").unwrap().to_string(), "https://o/t.box");
+        for bad in ["file:///etc/passwd", "FILE:///x.box", "ftp://o/t.box", "c:\\x.box", "data:,x"] {
+            assert!(cat.join(bad).unwrap_err().contains("may only point to http(s)"), "{bad}");
+        }
         let cat = Source::parse("/srv/cat.json").unwrap();
         assert_eq!(cat.join("t.box").unwrap(), Source::File("/srv/t.box".into()));
+        assert_eq!(cat.join("/x/t.box").unwrap(), Source::File("/x/t.box".into()));
+        assert_eq!(cat.join("file:///x/t.box").unwrap(), Source::File("/x/t.box".into()));
         assert_eq!(cat.join("http://o/t.box").unwrap().to_string(), "http://o/t.box");
     }
 
