@@ -253,3 +253,75 @@ def test_bad_params_carry_data_field(daemon, home, make_box, box_server, assert_
         assert e.code == -32602 and e.data == {"field": field}, (params, e.message, e.data)
     assert_clean(home)
 
+
+SECRET = b"SECRET-4f1c2b: root:x:0:0:root:/root:/bin/bash\n" * 20
+
+
+def test_remote_catalog_cannot_reach_local_files(daemon, home, tmp_path, box_server, assert_clean):
+    """An http(s) catalog points only to http(s) URLs: a file:// URL is refused, and a
+    path-absolute URL is a path on the catalog's server (as a browser resolves it), never a
+    local file. No error quotes the contents of a file."""
+    local_box = build_box(tmp_path / "local.box")
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    for url in (secret.as_uri(), local_box.as_uri(), "FILE://" + str(local_box), "ftp://127.0.0.1/x.box"):
+        e = daemon.error("box.add", {"source": catalog(box_server, [
+            {"version": "1.0.0", "providers": [provider(url)]}])})
+        assert e.code == -32008 and "http" in e.message, (url, e.message)
+        assert b"SECRET" not in e.message.encode(), e.message
+    # A path-absolute URL: the same path on the catalog's server.
+    box_server.requests.clear()
+    e = daemon.error("box.add", {"source": catalog(box_server, [
+        {"version": "1.0.0", "providers": [provider(str(local_box))]}])})
+    assert e.code == -32001 and box_server.url(str(local_box).lstrip("/")) in e.message, e.message
+    assert (str(local_box), None) in box_server.requests
+    (box_server.root / "sub").mkdir()
+    served = build_box(box_server.root / "sub" / "t.box")
+    r = daemon.call("box.add", {"source": catalog(box_server, [
+        {"version": "1.0.0", "providers": [provider("/sub/t.box", served)]}])})
+    assert r["source"] == box_server.url("sub/t.box")
+    daemon.call("box.remove", {"name": "acme/tiny"})
+    assert_clean(home)
+    # A local catalog may point to local files (relative, absolute, file://).
+    cat = tmp_path / "catalog.json"
+    cat.write_text(json.dumps({"name": "loc", "versions": [
+        {"version": "1", "providers": [provider(local_box.as_uri())]},
+        {"version": "2", "providers": [provider(str(local_box))]}]}))
+    assert daemon.call("box.add", {"source": str(cat), "version": "1"})["source"] == str(local_box)
+    assert daemon.call("box.add", {"source": str(cat), "version": "2"})["source"] == str(local_box)
+    serve_log = daemon.log.read_bytes()
+    assert b"SECRET" not in serve_log
+
+
+def test_errors_never_quote_file_contents(daemon, home, tmp_path, assert_clean):
+    """A file that is no box is refused without its bytes in the message or the log."""
+    for i, data in enumerate([SECRET, SECRET[:100] + bytes(412) + SECRET, b"{" + SECRET,
+                              json.dumps({"versions": SECRET.decode()}).encode()]):
+        f = tmp_path / f"notabox{i}"
+        f.write_bytes(data)
+        e = daemon.error("box.add", {"source": str(f), "name": "x"})
+        assert e.code in (-32005, -32008), e.message
+        assert b"SECRET" not in e.message.encode() and b"root:" not in e.message.encode(), e.message
+    assert b"SECRET" not in daemon.log.read_bytes()
+    assert_clean(home)
+
+
+def test_provider_log_is_private(provider_bin, tmp_path):
+    """`call` starting the daemon writes provider.log mode 0600 (and tightens an old 0644 one)."""
+    import signal
+    import stat
+    for old in (False, True):
+        home = tmp_path / f"h{int(old)}"
+        if old:
+            home.mkdir(mode=0o700)
+            (home / "provider.log").write_text("old\n")
+            os.chmod(home / "provider.log", 0o644)
+        env = dict(os.environ, XHYVE_HOME=str(home))
+        try:
+            p = subprocess.run([str(provider_bin), "call", "box.list"], env=env, capture_output=True,
+                               text=True, timeout=30)
+            assert p.returncode == 0, p.stderr
+            assert stat.S_IMODE(os.stat(home / "provider.log").st_mode) == 0o600
+        finally:
+            os.kill(int((home / "provider.lock").read_text()), signal.SIGTERM)
+
