@@ -19,6 +19,7 @@ pub mod code {
     pub const VMM_FAILED: i64 = -32010;
     pub const SSH_FAILED: i64 = -32011;
     pub const NETWORK_FAILED: i64 = -32012;
+    pub const CANCELLED: i64 = -32013;
     pub const INVALID_PARAMS: i64 = -32602;
 }
 

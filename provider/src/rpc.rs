@@ -1,12 +1,14 @@
 //! The method table and the per-connection session that handlers see.
 
-use crate::boxes::{self, Boxes, Reporter};
+use crate::boxes::{self, cancel::Cancel, Boxes, Reporter};
 use crate::error::{Error, Result};
 use crate::machines::{self, Machines};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,24 +19,40 @@ pub struct Ctx {
     pub socket: std::path::PathBuf,
 }
 
-/// One connection's view: the shared state, the connection's writer (responses and
-/// notifications go through it, one line each) and the id of the request being handled.
+/// One connection's view: the shared state, the connection (responses and notifications are
+/// written to it, one line each) and the id of the request being handled.
 #[derive(Clone)]
 pub struct Session {
     pub ctx: Arc<Ctx>,
-    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    conn: Arc<Mutex<UnixStream>>,
     pub request_id: Option<Value>,
 }
 
 impl Session {
-    pub fn new(ctx: Arc<Ctx>, out: Box<dyn Write + Send>) -> Session {
-        Session { ctx, out: Arc::new(Mutex::new(out)), request_id: None }
+    pub fn new(ctx: Arc<Ctx>, conn: UnixStream) -> Session {
+        Session { ctx, conn: Arc::new(Mutex::new(conn)), request_id: None }
     }
 
     /// Writes one line to the client; a client that went away is not an error of the request.
     pub fn send_line(&self, line: &str) {
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let _ = out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush());
+    }
+
+    /// Whether the client has hung up. A unix socket polls POLLHUP once the peer closed both
+    /// ways: a client that only shut down its writing side still reads its answer.
+    pub fn client_gone(&self) -> bool {
+        let fd = self.conn.lock().unwrap_or_else(|e| e.into_inner()).as_raw_fd();
+        let mut p = libc::pollfd { fd, events: 0, revents: 0 };
+        // SAFETY: one pollfd for a descriptor this session keeps open; no waiting.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
+    }
+
+    /// Cancels a job once its client has gone.
+    pub fn cancel(&self) -> Cancel {
+        let s = self.clone();
+        Cancel::when(move || s.client_gone())
     }
 
     /// Sends a JSON-RPC notification (no id).
@@ -143,7 +161,7 @@ fn provider_info(p: Params, s: &Session) -> Result<Value> {
 
 fn box_add(p: Params, s: &Session) -> Result<Value> {
     let p: boxes::AddParams = parse(p)?;
-    boxes::add(&s.ctx.boxes, p, s.reporter())
+    boxes::add(&s.ctx.boxes, p, s.reporter(), s.cancel())
 }
 
 fn box_list(p: Params, s: &Session) -> Result<Value> {

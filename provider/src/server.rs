@@ -12,7 +12,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Longest request line accepted.
 const MAX_LINE: u64 = 4 << 20;
@@ -33,6 +33,21 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (t, 1),
     };
     num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// XHYVE_HTTP_TIMEOUT: seconds a server may send nothing (connecting, answering, within a body)
+/// before the download is resumed or given up.
+pub fn http_timeout_from_env() -> Result<Duration, String> {
+    match std::env::var("XHYVE_HTTP_TIMEOUT") {
+        Err(_) => Ok(crate::boxes::download::TIMEOUT),
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+            .map(Duration::from_secs_f64)
+            .ok_or(format!("XHYVE_HTTP_TIMEOUT={v:?} is not a number of seconds")),
+    }
 }
 
 /// Limits from the environment: XHYVE_MAX_BOX_SIZE (bytes, K/M/G/T suffixes) and
@@ -63,6 +78,7 @@ pub fn serve(home: &Home) -> Result<(), String> {
     home.create().map_err(|e| format!("cannot create {}: {e}", home.root.display()))?;
     let _lock = home.lock().map_err(|e| e.to_string())?;
     let limits = limits_from_env()?;
+    let http_timeout = http_timeout_from_env()?;
     crate::network::Config::from_env()?;
     // Scratch space of a daemon that died mid-job; the lock says none is running now.
     let _ = home::clear_dir(&home.tmp());
@@ -82,7 +98,7 @@ pub fn serve(home: &Home) -> Result<(), String> {
     let machines = Machines::new(home.clone());
     machines.recover();
     let ctx = Arc::new(Ctx {
-        boxes: Boxes { home: home.clone(), limits, lock: Mutex::new(()) },
+        boxes: Boxes { home: home.clone(), limits, http_timeout, lock: Mutex::new(()) },
         machines,
         socket: socket.clone(),
     });
@@ -109,7 +125,7 @@ pub fn serve(home: &Home) -> Result<(), String> {
 }
 
 fn connection(stream: UnixStream, ctx: Arc<Ctx>) -> io::Result<()> {
-    let session = Session::new(ctx, Box::new(stream.try_clone()?));
+    let session = Session::new(ctx, stream.try_clone()?);
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {

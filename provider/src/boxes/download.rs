@@ -2,6 +2,7 @@
 //! `ureq`, resumed with HTTP Range when the connection breaks; and the reader that hashes and
 //! counts those bytes on the way through.
 
+use super::cancel::Cancel;
 use crate::error::{Error, Result};
 use digest::DynDigest;
 use std::fs::File;
@@ -83,21 +84,36 @@ impl Source {
     }
 }
 
+/// How a job reads its sources: how long a server may send nothing, and when to stop.
+#[derive(Clone)]
+pub struct Fetch {
+    pub timeout: Duration,
+    pub cancel: Cancel,
+}
+
 /// A progress callback: bytes done and total if known.
 pub type Progress = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
 
-/// Hashes and counts every byte read through it and reports progress.
+/// Hashes and counts every byte read through it, reports progress and stops the job once it is
+/// cancelled.
 pub struct Hashing<R> {
     inner: R,
     hasher: Box<dyn DynDigest + Send>,
     count: Arc<AtomicU64>,
     total: Option<u64>,
-    progress: Option<Progress>,
+    progress: Progress,
+    cancel: Cancel,
 }
 
 impl<R: Read> Hashing<R> {
-    pub fn new(inner: R, hasher: Box<dyn DynDigest + Send>, total: Option<u64>, progress: Option<Progress>) -> Self {
-        Hashing { inner, hasher, count: Arc::new(AtomicU64::new(0)), total, progress }
+    pub fn new(
+        inner: R,
+        hasher: Box<dyn DynDigest + Send>,
+        total: Option<u64>,
+        progress: Progress,
+        cancel: Cancel,
+    ) -> Self {
+        Hashing { inner, hasher, count: Arc::new(AtomicU64::new(0)), total, progress, cancel }
     }
     /// Shared counter of bytes read so far (the unpacker's compression-ratio check reads it).
     pub fn counter(&self) -> Arc<AtomicU64> {
@@ -116,13 +132,12 @@ impl<R: Read> Hashing<R> {
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.cancel.check()?;
         let n = self.inner.read(buf)?;
         if n > 0 {
             self.hasher.update(&buf[..n]);
             let done = self.count.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-            if let Some(p) = &self.progress {
-                p(done, self.total);
-            }
+            (self.progress)(done, self.total);
         }
         Ok(n)
     }
@@ -134,7 +149,7 @@ pub struct Opened {
     pub total: Option<u64>,
 }
 
-pub fn open(src: &Source) -> Result<Opened> {
+pub fn open(src: &Source, fetch: &Fetch) -> Result<Opened> {
     match src {
         Source::File(p) => {
             let f = File::open(p).map_err(|e| Error::not_found(format!("cannot open {}: {e}", p.display())))?;
@@ -145,7 +160,7 @@ pub fn open(src: &Source) -> Result<Opened> {
             Ok(Opened { reader: Box::new(f), total: Some(md.len()) })
         }
         Source::Http(u) => {
-            let r = HttpReader::open(u)?;
+            let r = HttpReader::open(u, fetch)?;
             let total = r.total;
             Ok(Opened { reader: Box::new(r), total })
         }
@@ -203,18 +218,24 @@ pub fn sniff(head: &[u8]) -> Format {
     }
 }
 
-fn agent() -> ureq::Agent {
+/// Default for how long a server may send nothing (connecting, answering, within a body).
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `timeout` bounds each wait for the server: the connection, the response's headers and each
+/// read of the body (a body that stalls is resumed, not waited for forever).
+fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_connect(Some(timeout))
+        .timeout_recv_response(Some(timeout))
+        .timeout_per_read(Some(timeout))
         .user_agent(concat!("xhyve-provider/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
 }
 
 /// An HTTP(S) body that resumes with `Range: bytes=N-` (and `If-Range`) when the connection
-/// breaks or closes before `Content-Length` bytes arrived.
+/// breaks, stalls or closes before `Content-Length` bytes arrived.
 pub struct HttpReader {
     agent: ureq::Agent,
     url: String,
@@ -223,7 +244,7 @@ pub struct HttpReader {
     pub total: Option<u64>,
     validator: Option<String>,
     resumes_left: u32,
-    pub resumed: u32,
+    fetch: Fetch,
 }
 
 fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
@@ -231,8 +252,8 @@ fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String>
 }
 
 impl HttpReader {
-    pub fn open(url: &Url) -> Result<HttpReader> {
-        let agent = agent();
+    pub fn open(url: &Url, fetch: &Fetch) -> Result<HttpReader> {
+        let agent = agent(fetch.timeout);
         let resp = agent.get(url.as_str()).call().map_err(|e| Error::download(format!("cannot fetch {url}: {e}")))?;
         let status = resp.status();
         if status.as_u16() == 404 {
@@ -252,7 +273,7 @@ impl HttpReader {
             total,
             validator,
             resumes_left: RESUMES,
-            resumed: 0,
+            fetch: fetch.clone(),
         })
     }
 
@@ -266,6 +287,7 @@ impl HttpReader {
         self.body = None;
         let mut why = why;
         loop {
+            self.fetch.cancel.check()?;
             if self.resumes_left == 0 {
                 return Err(self.truncated(&format!("{why} (gave up after {RESUMES} resumes)")));
             }
@@ -290,7 +312,6 @@ impl HttpReader {
                     if start != Some(self.offset) {
                         return Err(self.truncated("the server answered the resume with the wrong range"));
                     }
-                    self.resumed += 1;
                     self.body = Some(Box::new(resp.into_body().into_reader()));
                     return Ok(());
                 }
@@ -331,10 +352,19 @@ impl Read for HttpReader {
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => {
+                    self.resume(format!("the server sent nothing for {} s", self.fetch.timeout.as_secs_f64()))?
+                }
                 Err(e) => self.resume(e.to_string())?,
             }
         }
     }
+}
+
+/// A read that waited the whole timeout (ureq wraps its own timeout in an `other` error).
+fn is_timeout(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut
+        || matches!(e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()), Some(ureq::Error::Timeout(_)))
 }
 
 /// Reads a whole (small) source, e.g. a catalog, refusing more than `limit` bytes.

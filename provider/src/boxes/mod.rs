@@ -1,5 +1,6 @@
 //! `box.add`, `box.list`, `box.remove`.
 
+pub mod cancel;
 pub mod catalog;
 pub mod checksum;
 pub mod download;
@@ -11,8 +12,9 @@ pub mod version;
 use crate::error::{code, Context, Error, Result};
 use crate::home::Home;
 use crate::state;
+use cancel::Cancel;
 use checksum::{Checksum, Kind};
-use download::{Format, Hashing, Source};
+use download::{Fetch, Format, Hashing, Source};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::fs;
@@ -24,11 +26,12 @@ use unpack::{Extractor, Limits};
 use version::{Requirement, Version};
 use xhyve_contract::hex::hex;
 
-/// What the box methods share: the home, the limits and the lock that serialises changes to the
-/// store (installs, removals; later machine creation).
+/// What the box methods share: the home, the limits, how long a server may send nothing, and
+/// the lock that serialises changes to the store (installs, removals; machine creation).
 pub struct Boxes {
     pub home: Home,
     pub limits: Limits,
+    pub http_timeout: std::time::Duration,
     pub lock: Mutex<()>,
 }
 
@@ -89,13 +92,13 @@ struct Plan {
 /// A source opened with its first bytes read: (first bytes, whole stream, length if known).
 type OpenedHead = (Vec<u8>, Box<dyn Read + Send>, Option<u64>);
 
-fn open_peeked(src: &Source) -> Result<OpenedHead> {
-    let opened = download::open(src)?;
+fn open_peeked(src: &Source, fetch: &Fetch) -> Result<OpenedHead> {
+    let opened = download::open(src, fetch)?;
     let (head, r) = download::peek(opened.reader, 512).ctx(|| format!("reading {src}"))?;
     Ok((head, Box::new(r), opened.total))
 }
 
-fn plan(p: &AddParams) -> Result<Plan> {
+fn plan(p: &AddParams, fetch: &Fetch) -> Result<Plan> {
     let src = Source::parse(&p.source).map_err(|e| Error::bad_param("source", e))?;
     if let Some(n) = &p.name {
         store::check_name(n).map_err(|e| Error::bad_param("name", e))?;
@@ -113,7 +116,7 @@ fn plan(p: &AddParams) -> Result<Plan> {
         _ => None,
     };
     let want_arch = p.architecture.clone().unwrap_or_else(|| catalog::host_arch().to_string());
-    let (head, reader, total) = open_peeked(&src)?;
+    let (head, reader, total) = open_peeked(&src, fetch)?;
     if download::sniff(&head) != Format::Json {
         let name = p.name.clone().ok_or_else(|| {
             Error::bad_param("name", "name is required when the source is a box file (only a catalog names its box)")
@@ -161,7 +164,7 @@ fn plan(p: &AddParams) -> Result<Plan> {
         },
     };
     let box_src = src.join(&sel.url).map_err(|e| Error::bad_box(format!("catalog {src}: {e}")))?;
-    let (head, reader, total) = open_peeked(&box_src)?;
+    let (head, reader, total) = open_peeked(&box_src, fetch)?;
     if download::sniff(&head) == Format::Json {
         return Err(Error::bad_box(format!("{box_src} (from catalog {src}) is another catalog, not a box")));
     }
@@ -187,8 +190,10 @@ fn drain_decoded(mut r: impl Read) -> Result<()> {
     Ok(())
 }
 
-pub fn add(b: &Boxes, p: AddParams, report: Reporter) -> Result<Value> {
-    let mut plan = plan(&p)?;
+/// Installs a box; stops when `cancel` says so (its client has gone), leaving nothing behind.
+pub fn add(b: &Boxes, p: AddParams, report: Reporter, cancel: Cancel) -> Result<Value> {
+    let fetch = Fetch { timeout: b.http_timeout, cancel: cancel.clone() };
+    let mut plan = plan(&p, &fetch)?;
     let home = &b.home;
     let target = store::box_dir(home, &plan.name, &plan.version, &plan.arch);
     if target.exists() && !p.force {
@@ -209,9 +214,10 @@ pub fn add(b: &Boxes, p: AddParams, report: Reporter) -> Result<Value> {
         std::mem::replace(&mut plan.reader, Box::new(io::empty())),
         kind.hasher(),
         plan.total,
-        Some(progress),
+        progress,
+        cancel.clone(),
     );
-    let mut ex = Extractor::new(&root, b.limits, h.counter());
+    let mut ex = Extractor::new(&root, b.limits, h.counter(), cancel.clone());
     match format {
         Format::Gzip => {
             let mut gz = flate2::read::GzDecoder::new(&mut h);
@@ -237,9 +243,10 @@ pub fn add(b: &Boxes, p: AddParams, report: Reporter) -> Result<Value> {
             let (digest, _) = h.finish().ctx(|| format!("reading {}", plan.source))?;
             verify(&plan, kind, &digest)?;
             let f = fs::File::open(&file)?;
-            let mut ex = Extractor::new(&root, b.limits, Arc::new(Default::default()));
+            let mut ex = Extractor::new(&root, b.limits, Arc::new(Default::default()), cancel.clone());
             report("unpack", 0, None);
             unpack::unzip(f, &mut ex)?;
+            cancel.check()?;
             return finish(b, &p, plan, ex, hex(&digest), kind, &root, &target, &report);
         }
         Format::Empty => return Err(Error::bad_archive(format!("{} is empty", plan.source))),
@@ -260,6 +267,7 @@ pub fn add(b: &Boxes, p: AddParams, report: Reporter) -> Result<Value> {
         )));
     }
     verify(&plan, kind, &digest)?;
+    cancel.check()?;
     finish(b, &p, plan, ex, hex(&digest), kind, &root, &target, &report)
 }
 

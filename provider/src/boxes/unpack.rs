@@ -2,6 +2,7 @@
 //! type is checked, sizes and the compression ratio are capped, symlinks are created last and
 //! must resolve inside the box (nothing is written through one), holes stay holes.
 
+use super::cancel::Cancel;
 use super::tar_stream::{self, Region, Sparse, TarStream};
 use crate::error::{Error, Result};
 use std::collections::HashSet;
@@ -86,10 +87,11 @@ pub struct Extractor {
     /// Where the symlinks will be: no entry may be written there or below.
     symlink_paths: HashSet<PathBuf>,
     buf: Vec<u8>,
+    cancel: Cancel,
 }
 
 impl Extractor {
-    pub fn new(root: &Path, limits: Limits, compressed: Arc<AtomicU64>) -> Extractor {
+    pub fn new(root: &Path, limits: Limits, compressed: Arc<AtomicU64>, cancel: Cancel) -> Extractor {
         Extractor {
             root: root.to_path_buf(),
             limits,
@@ -100,6 +102,7 @@ impl Extractor {
             symlinks: Vec::new(),
             symlink_paths: HashSet::new(),
             buf: vec![0; 256 << 10],
+            cancel,
         }
     }
 
@@ -230,6 +233,7 @@ impl Extractor {
     fn copy(&mut self, f: &mut File, rel: &Path, mut r: impl Read) -> Result<u64> {
         let mut len: u64 = 0;
         loop {
+            self.cancel.check()?;
             let n = match r.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -470,7 +474,7 @@ mod tests {
     fn symlink_chain_escape_is_caught() {
         // `s -> .` then `d1/d2/t -> ../../s/..`: fine by text, outside in reality.
         let d = tmp("chain");
-        let mut ex = Extractor::new(&d, Limits::default(), Arc::new(AtomicU64::new(1)));
+        let mut ex = Extractor::new(&d, Limits::default(), Arc::new(AtomicU64::new(1)), Cancel::never());
         ex.dir(Path::new("d1/d2"), 0o755).unwrap();
         ex.symlink(Path::new("s"), Path::new(".")).unwrap();
         ex.symlink(Path::new("d1/d2/t"), Path::new("../../s/..")).unwrap();
@@ -484,12 +488,12 @@ mod tests {
         let d = tmp("caps");
         let limits = Limits { max_size: 1 << 20, max_ratio: 10, ratio_after: 1 << 16, max_entries: 3 };
         let packed = Arc::new(AtomicU64::new(1 << 10));
-        let mut ex = Extractor::new(&d, limits, packed.clone());
+        let mut ex = Extractor::new(&d, limits, packed.clone(), Cancel::never());
         ex.file(Path::new("a"), 0o644, 4, &b"abcd"[..]).unwrap();
         // 1 MiB + 1 of zeros: over max_size.
         let e = ex.file(Path::new("z"), 0o644, 0, io::repeat(0).take((1 << 20) + 1)).unwrap_err();
         assert!(e.message.contains("archive bomb"), "{}", e.message);
-        let mut ex = Extractor::new(&d, limits, packed);
+        let mut ex = Extractor::new(&d, limits, packed, Cancel::never());
         // 100 KiB from 1 KiB is over 10:1 once past 64 KiB.
         let e = ex.file(Path::new("r"), 0o644, 0, io::repeat(0).take(100 << 10)).unwrap_err();
         assert!(e.message.contains("compression ratio"), "{}", e.message);
