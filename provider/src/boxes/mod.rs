@@ -195,10 +195,10 @@ pub fn add(b: &Boxes, p: AddParams, report: Reporter, cancel: Cancel) -> Result<
     let fetch = Fetch { timeout: b.http_timeout, cancel: cancel.clone() };
     let mut plan = plan(&p, &fetch)?;
     let home = &b.home;
-    let target = store::box_dir(home, &plan.name, &plan.version, &plan.arch);
-    if target.exists() && !p.force {
-        return Err(already(&plan.name, &plan.version, &plan.arch));
-    }
+    let version = Version::parse(&plan.version).map_err(Error::bad_box)?;
+    let target = store::box_dir(home, &plan.name, &version, &plan.arch);
+    // Before the download, so that a box that cannot be installed fails at once.
+    replaced(b, &plan, p.force)?;
     let job = TempDir::new(home, "add")?;
     let root = job.0.join("box");
     fs::create_dir(&root)?;
@@ -271,11 +271,25 @@ pub fn add(b: &Boxes, p: AddParams, report: Reporter, cancel: Cancel) -> Result<
     finish(b, &p, plan, ex, hex(&digest), kind, &root, &target, &report)
 }
 
-fn already(name: &str, version: &str, arch: &str) -> Error {
-    Error::new(
-        code::ALREADY_EXISTS,
-        format!("box {name:?} version {version} ({arch}) is already installed (pass force to replace it)"),
-    )
+/// The installed boxes the new one replaces: those of its name and architecture at an equal
+/// version (one, or several in a store written before versions had one spelling). Refused
+/// without `force`, and while a machine uses one.
+fn replaced(b: &Boxes, plan: &Plan, force: bool) -> Result<Vec<(PathBuf, store::BoxRecord)>> {
+    let old = store::find(&b.home, &plan.name, &plan.version, &plan.arch);
+    if let Some((_, r)) = old.first() {
+        if !force {
+            let as_ = if r.version == plan.version { String::new() } else { format!(" as version {}", r.version) };
+            return Err(Error::new(
+                code::ALREADY_EXISTS,
+                format!(
+                    "box {:?} version {} ({}) is already installed{as_} (pass force to replace it)",
+                    plan.name, plan.version, plan.arch
+                ),
+            ));
+        }
+        store::check_unused(&b.home, &old)?;
+    }
+    Ok(old)
 }
 
 fn verify(plan: &Plan, kind: Kind, digest: &[u8]) -> Result<()> {
@@ -366,32 +380,37 @@ fn finish(
     Ok(v)
 }
 
-/// Renames the verified box into place (replacing the old one with `force`).
+/// Renames the verified box into place (replacing the boxes it replaces with `force`).
 fn install(b: &Boxes, root: &Path, target: &Path, force: bool, plan: &Plan) -> Result<()> {
     let _g = b.lock.lock().unwrap_or_else(|e| e.into_inner());
-    let mut trash = None;
-    if target.exists() {
-        if !force {
-            return Err(already(&plan.name, &plan.version, &plan.arch));
+    // Moved aside (to be put back if the new box cannot be renamed in).
+    let mut trash: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let put_back = |trash: &[(PathBuf, PathBuf)]| {
+        for (dir, t) in trash.iter().rev() {
+            let _ = fs::rename(t, dir);
         }
+    };
+    for (dir, _) in replaced(b, plan, force)? {
         let t = store::tempdir_path(&b.home, "replaced");
-        fs::rename(target, &t).ctx(|| format!("moving the old {} aside", target.display()))?;
-        trash = Some(t);
+        if let Err(e) = fs::rename(&dir, &t) {
+            put_back(&trash);
+            return Err(Error::from(e).context(format!("moving the old {} aside", dir.display())));
+        }
+        trash.push((dir, t));
     }
     let parent = target.parent().expect("box dir has a parent");
     let r = fs::create_dir_all(parent).and_then(|_| fs::rename(root, target));
     if let Err(e) = r {
-        if let Some(t) = &trash {
-            let _ = fs::rename(t, target);
-        }
+        put_back(&trash);
         store::prune_empty(&b.home, target);
         return Err(Error::from(e).context(format!("installing into {}", target.display())));
     }
     if let Ok(p) = fs::File::open(parent) {
         let _ = p.sync_all();
     }
-    if let Some(t) = trash {
+    for (dir, t) in trash {
         let _ = fs::remove_dir_all(t);
+        store::prune_empty(&b.home, &dir);
     }
     Ok(())
 }

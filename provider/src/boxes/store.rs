@@ -1,5 +1,9 @@
 //! The box store: `$XHYVE_HOME/boxes/NAME/VERSION/ARCH/` (NAME with `/` as `-VAGRANTSLASH-`,
-//! as Vagrant stores it), each with the box's files and our `box.json` record.
+//! as Vagrant stores it; VERSION in its one spelling, `Version::canonical_text`), each with the
+//! box's files and our `box.json` record. One box is one directory: a name with
+//! `-VAGRANTSLASH-` in it is refused, equal versions are one. Stores written before that keep
+//! working: their records are read by what they say (a name spelt with `-VAGRANTSLASH-` is the
+//! name with `/`), wherever their directories are.
 
 use super::version::Version;
 use crate::error::{code, Context, Error, Result};
@@ -43,10 +47,23 @@ pub fn escape_name(name: &str) -> String {
     name.replace('/', SLASH)
 }
 
-/// Box names as Vagrant accepts them (`acme/tiny`), nothing that could leave the store.
+/// A name as a store written before names were checked may record it: `a-VAGRANTSLASH-b` is
+/// `a/b`, as Vagrant reads its own store.
+fn unescape_name(name: &str) -> String {
+    name.replace(SLASH, "/")
+}
+
+/// Box names as Vagrant accepts them (`acme/tiny`), nothing that could leave the store, and
+/// nothing that names another box's directory.
 pub fn check_name(name: &str) -> std::result::Result<(), String> {
     if name.is_empty() || name.len() > 200 {
         return Err("box name must be 1 to 200 characters".into());
+    }
+    if name.contains(SLASH) {
+        return Err(format!(
+            "box name {name:?}: {SLASH} is how the store writes \"/\"; name the box {:?}",
+            unescape_name(name)
+        ));
     }
     if name.chars().any(|c| c.is_control() || c == '\\' || c == ':') {
         return Err(format!("box name {name:?} has a forbidden character"));
@@ -64,8 +81,8 @@ pub fn check_arch(arch: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-pub fn box_dir(home: &Home, name: &str, version: &str, arch: &str) -> PathBuf {
-    home.boxes().join(escape_name(name)).join(version).join(arch)
+pub fn box_dir(home: &Home, name: &str, version: &Version, arch: &str) -> PathBuf {
+    home.boxes().join(escape_name(name)).join(version.canonical_text()).join(arch)
 }
 
 fn subdirs(p: &Path) -> Vec<PathBuf> {
@@ -85,7 +102,8 @@ pub fn installed(home: &Home) -> Vec<(PathBuf, BoxRecord)> {
         for v in subdirs(&n) {
             for a in subdirs(&v) {
                 if let Ok(text) = fs::read(a.join(RECORD)) {
-                    if let Ok(rec) = serde_json::from_slice::<BoxRecord>(&text) {
+                    if let Ok(mut rec) = serde_json::from_slice::<BoxRecord>(&text) {
+                        rec.name = unescape_name(&rec.name);
                         out.push((a, rec));
                     }
                 }
@@ -117,6 +135,15 @@ pub fn info(path: &Path, r: &BoxRecord) -> BoxInfo {
 
 pub fn list(home: &Home) -> Vec<BoxInfo> {
     installed(home).iter().map(|(p, r)| info(p, r)).collect()
+}
+
+/// The installed boxes that are box `name` at a version equal to `version` for `arch`: one, or
+/// several in a store written before versions had one spelling (`1.0` and `1.0.0`).
+pub fn find(home: &Home, name: &str, version: &str, arch: &str) -> Vec<(PathBuf, BoxRecord)> {
+    installed(home)
+        .into_iter()
+        .filter(|(_, r)| r.name == name && same_version(version, &r.version) && r.architecture == arch)
+        .collect()
 }
 
 fn same_version(a: &str, b: &str) -> bool {
@@ -154,7 +181,7 @@ pub fn machines_using(home: &Home, name: &str, version: Option<&str>, arch: Opti
         let m: MachineBoxRef = serde_json::from_slice(&text)
             .map_err(|e| Error::internal(format!("cannot parse {}: {e}", path.display())))?;
         let Some(b) = m.bx else { continue };
-        let uses = b.name == name
+        let uses = unescape_name(&b.name) == name
             && match (version, b.version.as_deref()) {
                 (Some(v), Some(bv)) => same_version(v, bv),
                 _ => true,
@@ -194,7 +221,21 @@ pub fn remove(home: &Home, name: &str, version: Option<&str>, arch: Option<&str>
         };
         return Err(Error::not_found(format!("{what} is not installed")));
     }
-    for (_, r) in &victims {
+    check_unused(home, &victims)?;
+    let mut removed = Vec::new();
+    for (path, r) in victims {
+        let trash = tempdir_path(home, "remove");
+        fs::rename(&path, &trash).ctx(|| format!("removing {}", path.display()))?;
+        fs::remove_dir_all(&trash).ctx(|| format!("deleting {}", trash.display()))?;
+        prune_empty(home, &path);
+        removed.push(info(&path, &r));
+    }
+    Ok(removed)
+}
+
+/// Refuses (-32002) when a machine uses one of `boxes`.
+pub fn check_unused(home: &Home, boxes: &[(PathBuf, BoxRecord)]) -> Result<()> {
+    for (_, r) in boxes {
         let users = machines_using(home, &r.name, Some(&r.version), Some(&r.architecture))?;
         if !users.is_empty() {
             return Err(Error::new(
@@ -212,15 +253,7 @@ pub fn remove(home: &Home, name: &str, version: Option<&str>, arch: Option<&str>
             .with_data(serde_json::json!({ "machines": users })));
         }
     }
-    let mut removed = Vec::new();
-    for (path, r) in victims {
-        let trash = tempdir_path(home, "remove");
-        fs::rename(&path, &trash).ctx(|| format!("removing {}", path.display()))?;
-        fs::remove_dir_all(&trash).ctx(|| format!("deleting {}", trash.display()))?;
-        prune_empty(home, &path);
-        removed.push(info(&path, &r));
-    }
-    Ok(removed)
+    Ok(())
 }
 
 /// Removes empty VERSION and NAME directories above a removed box.
@@ -253,7 +286,7 @@ mod tests {
         assert_eq!(escape_name("acme/tiny"), "acme-VAGRANTSLASH-tiny");
         assert!(check_name("acme/tiny").is_ok());
         assert!(check_name("tiny-1.0_x").is_ok());
-        for bad in ["", "..", "a/../b", "/abs", "a//b", ".hidden", "a\\b", "a\nb", "a/"] {
+        for bad in ["", "..", "a/../b", "/abs", "a//b", ".hidden", "a\\b", "a\nb", "a/", "a-VAGRANTSLASH-b"] {
             assert!(check_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_arch("amd64").is_ok());
@@ -279,6 +312,11 @@ mod tests {
         assert!(machines_using(&home, "acme/tiny", Some("2.0"), None).unwrap().is_empty());
         assert!(machines_using(&home, "acme/tiny", Some("1.0.0"), Some("arm64")).unwrap().is_empty());
         assert!(machines_using(&home, "other", None, None).unwrap().is_empty());
+        // A machine recorded before names were checked, with the store's spelling of `/`.
+        let old = home.machines().join("m3");
+        fs::create_dir_all(&old).unwrap();
+        fs::write(old.join("machine.json"), r#"{"box":{"name":"acme-VAGRANTSLASH-tiny","version":"3"}}"#).unwrap();
+        assert_eq!(machines_using(&home, "acme/tiny", Some("3.0"), None).unwrap(), vec!["m3"]);
         fs::write(m.join("machine.json"), "{broken").unwrap();
         assert!(machines_using(&home, "x", None, None).is_err());
         fs::remove_dir_all(&root).unwrap();

@@ -1,5 +1,5 @@
 //! Box versions and Vagrant's version constraints (RubyGems semantics: `>= 1.0, < 2`, `~> 1.2`,
-//! `= 1.0`, `!= 1.1`, plain `1.0`).
+//! `= 1.0`, `!= 1.1`, plain `1.0`), and the one spelling of each version the store uses.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -10,13 +10,21 @@ enum Segment {
     Str(String),
 }
 
-/// A version such as `1.2.3` or `2.0.0.beta1`: segments compared numerically; a segment with
-/// letters marks a pre-release and sorts before any number; trailing zeros do not count.
+/// A version such as `1.2.3` or `2.0.0.beta1`, compared as `Gem::Version` compares them:
+/// segments numerically (`01` is `1`); a segment with letters marks a pre-release and sorts
+/// before any number; trailing zeros of the release and of the pre-release part do not count
+/// (`1.0` is `1.0.0`).
 #[derive(Clone, Debug)]
 pub struct Version {
     text: String,
+    /// As written (what `~>` bumps).
     segs: Vec<Segment>,
+    /// Without the zeros that do not count (what comparisons see).
+    canonical: Vec<Segment>,
 }
+
+/// Longest store spelling of a version (a directory name).
+const MAX_CANONICAL: usize = 128;
 
 impl Version {
     pub fn parse(s: &str) -> Result<Version, String> {
@@ -53,14 +61,36 @@ impl Version {
                 segs.push(seg(&cur)?);
             }
         }
-        Ok(Version { text: t.to_string(), segs })
+        let canonical = canonical(&segs);
+        let v = Version { text: t.to_string(), segs, canonical };
+        if v.canonical_text().len() > MAX_CANONICAL {
+            return Err(format!("version {s:?} is too long"));
+        }
+        Ok(v)
+    }
+
+    /// The one spelling of all equal versions, the name of their directory in the store: the
+    /// release's segments (at least three: `1` is `1.0.0`), then the pre-release's, without
+    /// leading or trailing zeros that do not count (`01.0`, `1.0.0` and `1` are `1.0.0`,
+    /// `2.0.0.beta1` is `2.0.0.beta.1`).
+    pub fn canonical_text(&self) -> String {
+        let release = self.canonical.iter().take_while(|s| matches!(s, Segment::Num(_))).count();
+        let mut parts: Vec<String> = self.canonical.iter().map(ToString::to_string).collect();
+        for i in release..3 {
+            parts.insert(i, "0".into());
+        }
+        parts.join(".")
     }
 
     /// The version without its pre-release part (`2.0.0.beta` -> `2.0.0`).
     fn release_version(&self) -> Version {
-        let r = self.release();
+        Version::numeric(self.release())
+    }
+
+    fn numeric(r: Vec<u64>) -> Version {
         let text = r.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".");
-        Version { text, segs: r.into_iter().map(Segment::Num).collect() }
+        let segs: Vec<Segment> = r.into_iter().map(Segment::Num).collect();
+        Version { text, canonical: canonical(&segs), segs }
     }
 
     /// The numeric release segments before any pre-release part.
@@ -83,8 +113,29 @@ impl Version {
         if let Some(last) = r.last_mut() {
             *last += 1;
         }
-        let text = r.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".");
-        Version { text, segs: r.into_iter().map(Segment::Num).collect() }
+        Version::numeric(r)
+    }
+}
+
+/// `Gem::Version#canonical_segments`: the release part and the pre-release part each without
+/// trailing zeros.
+fn canonical(segs: &[Segment]) -> Vec<Segment> {
+    let split = segs.iter().position(|s| matches!(s, Segment::Str(_))).unwrap_or(segs.len());
+    let trim = |part: &[Segment]| {
+        let keep = part.iter().rposition(|s| *s != Segment::Num(0)).map_or(0, |i| i + 1);
+        part[..keep].to_vec()
+    };
+    let mut out = trim(&segs[..split]);
+    out.extend(trim(&segs[split..]));
+    out
+}
+
+impl fmt::Display for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Segment::Num(n) => write!(f, "{n}"),
+            Segment::Str(s) => f.write_str(s),
+        }
     }
 }
 
@@ -104,10 +155,10 @@ impl fmt::Display for Version {
 
 impl Ord for Version {
     fn cmp(&self, other: &Self) -> Ordering {
-        let n = self.segs.len().max(other.segs.len());
+        let n = self.canonical.len().max(other.canonical.len());
         for i in 0..n {
-            let a = self.segs.get(i).unwrap_or(&Segment::Num(0));
-            let b = other.segs.get(i).unwrap_or(&Segment::Num(0));
+            let a = self.canonical.get(i).unwrap_or(&Segment::Num(0));
+            let b = other.canonical.get(i).unwrap_or(&Segment::Num(0));
             let o = match (a, b) {
                 (Segment::Num(x), Segment::Num(y)) => x.cmp(y),
                 (Segment::Str(x), Segment::Str(y)) => x.cmp(y),
@@ -209,6 +260,28 @@ mod tests {
         assert!(v("20240101.0.0") > v("3.1.4"));
         assert!(v("1.0-rc1") < v("1.0"));
         assert_eq!(v(" 1.2 ").to_string(), "1.2");
+        assert!(v("01.0") == v("1.0.0") && v("1") == v("1.0.0.0"));
+        assert!(v("1.0.a") == v("1.a")); // Gem::Version: the release part's zeros do not count
+        assert!(v("1.0.0.beta1") < v("1") && v("1.0.0.beta1") > v("0.9"));
+    }
+
+    #[test]
+    fn canonical_text() {
+        for (given, store) in [
+            ("1.0", "1.0.0"),
+            ("01.0", "1.0.0"),
+            ("1", "1.0.0"),
+            ("1.0.0.0", "1.0.0"),
+            ("0", "0.0.0"),
+            ("1.2.3.4", "1.2.3.4"),
+            ("20240101", "20240101.0.0"),
+            ("2.0.0.beta1", "2.0.0.beta.1"),
+            ("2.beta.1.0", "2.0.0.beta.1"),
+            ("1.0-rc1", "1.0.0.pre.rc.1"),
+        ] {
+            assert_eq!(v(given).canonical_text(), store, "{given}");
+        }
+        assert!(Version::parse(&format!("{}1", "1.".repeat(100))).unwrap_err().contains("too long"));
     }
 
     #[test]
