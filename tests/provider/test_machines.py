@@ -260,8 +260,9 @@ def test_fake_vmm_lifecycle(fake_home, tmp_path):
     assert r == {"id": mid, "name": "web", "uuid": uuid.lower(), "state": "stopped",
                  "path": str(h.machine_dir(mid))}
     rec = h.record(mid)
+    # The box keeps its version as given; its directory is the version's one spelling.
     assert rec["box"] == {"name": "acme/fake", "version": "1.0", "architecture": ARCH,
-                          "path": str(h.path / "boxes/acme-VAGRANTSLASH-fake/1.0" / ARCH)}
+                          "path": str(h.path / "boxes/acme-VAGRANTSLASH-fake/1.0.0" / ARCH)}
     assert (rec["cpus"], rec["memory"], rec["state"]) == (2, "300M", "stopped")
     disk0, disk1 = (h.machine_dir(mid) / "disk0.img"), (h.machine_dir(mid) / "disk1.img")
     data = disk0.read_bytes()

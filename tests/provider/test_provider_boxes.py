@@ -325,3 +325,97 @@ def test_provider_log_is_private(provider_bin, tmp_path):
         finally:
             os.kill(int((home / "provider.lock").read_text()), signal.SIGTERM)
 
+
+def uses(home, mid, name, version):
+    m = home / "machines" / mid
+    m.mkdir(parents=True)
+    (m / "machine.json").write_text(json.dumps(
+        {"name": "web", "box": {"name": name, "version": version, "architecture": ARCH}}))
+
+
+def test_name_aliases_cannot_reach_a_box_in_use(daemon, home, make_box):
+    """`a-VAGRANTSLASH-b` is how the store writes `a/b`: as a name it is refused (-32602), so it
+    can neither replace nor remove `a/b`; and force does not replace a box a machine uses."""
+    box = make_box()
+    daemon.call("box.add", {"source": str(box), "name": "a/b", "version": "1.0"})
+    uses(home, "m1", "a/b", "1.0")
+    for name in ("a-VAGRANTSLASH-b", "a-VAGRANTSLASH-b/c"):
+        e = daemon.error("box.add", {"source": str(box), "name": name, "version": "1.0", "force": True})
+        assert e.code == -32602 and e.data == {"field": "name"} and "a/b" in e.message, e.message
+        e = daemon.error("box.remove", {"name": name})
+        assert e.code == -32602 and e.data == {"field": "name"}, e.message
+    e = daemon.error("box.add", {"source": str(box), "name": "a/b", "version": "1.0.0", "force": True})
+    assert e.code == -32002 and e.data == {"machines": ["m1 (web)"]}, e.message
+    [b] = daemon.call("box.list")
+    assert (b["name"], b["version"]) == ("a/b", "1.0")
+    assert (pathlib.Path(b["path"]) / "vmlinuz").is_file()
+
+
+def test_legacy_alias_names_are_the_slash_name(daemon, home, make_box):
+    """A store written before names were checked: a box recorded as `a-VAGRANTSLASH-b` is the box
+    `a/b`, and a machine recorded with that name uses it."""
+    box = make_box()
+    r = daemon.call("box.add", {"source": str(box), "name": "a/b", "version": "2"})
+    rec_path = pathlib.Path(r["path"]) / "box.json"
+    rec = json.loads(rec_path.read_text())
+    rec["name"] = "a-VAGRANTSLASH-b"
+    rec_path.write_text(json.dumps(rec))
+    assert [b["name"] for b in daemon.call("box.list")] == ["a/b"]
+    uses(home, "m1", "a-VAGRANTSLASH-b", "2")
+    e = daemon.error("box.remove", {"name": "a/b"})
+    assert e.code == -32002, e.message
+    (home / "machines" / "m1" / "machine.json").unlink()
+    assert [b["name"] for b in daemon.call("box.remove", {"name": "a/b"})["removed"]] == ["a/b"]
+
+
+def test_equal_versions_are_one_box(daemon, home, make_box):
+    """1.0, 1.0.0 and 01.0 are one version (as Vagrant compares them): one box, in one directory."""
+    box = make_box()
+    r = daemon.call("box.add", {"source": str(box), "name": "t", "version": "1.0"})
+    assert r["version"] == "1.0" and r["path"] == str(home / "boxes" / "t" / "1.0.0" / ARCH)
+    for v in ("1.0.0", "01.0", "1", "1.0.0.0", "001.00.0"):
+        e = daemon.error("box.add", {"source": str(box), "name": "t", "version": v})
+        assert e.code == -32003 and "already installed" in e.message, (v, e.message)
+    daemon.call("box.add", {"source": str(box), "name": "t", "version": "1.0.1"})
+    daemon.call("box.add", {"source": str(box), "name": "t", "version": "1.0.0.beta1"})
+    assert [b["version"] for b in daemon.call("box.list")] == ["1.0.0.beta1", "1.0", "1.0.1"]
+    r = daemon.call("box.add", {"source": str(box), "name": "t", "version": "01.0", "force": True})
+    assert r["version"] == "01.0" and r["path"] == str(home / "boxes" / "t" / "1.0.0" / ARCH)
+    assert len(daemon.call("box.list")) == 3
+    removed = daemon.call("box.remove", {"name": "t", "version": "1.0.0"})["removed"]
+    assert [b["version"] for b in removed] == ["01.0"]
+    assert [b["version"] for b in daemon.call("box.list")] == ["1.0.0.beta1", "1.0.1"]
+    assert sorted(os.listdir(home / "boxes" / "t")) == ["1.0.0.beta.1", "1.0.1"]
+
+
+def test_store_with_old_version_paths_keeps_working(daemon, home, make_box, tmp_path):
+    """Boxes installed before versions were normalised sit in directories named as given
+    (`1.0`, `01.0`): they are listed, used, found equal, replaced and removed as before."""
+    import shutil
+    box = make_box()
+    r = daemon.call("box.add", {"source": str(box), "name": "t", "version": "7"})
+    new = pathlib.Path(r["path"])
+    for v in ("1.0", "01.0"):
+        old = home / "boxes" / "t" / v / ARCH
+        old.parent.mkdir(parents=True)
+        shutil.copytree(new, old)
+        rec = json.loads((old / "box.json").read_text())
+        rec["version"] = v
+        (old / "box.json").write_text(json.dumps(rec))
+    daemon.call("box.remove", {"name": "t", "version": "7"})
+    assert sorted(b["path"] for b in daemon.call("box.list")) == [
+        str(home / "boxes" / "t" / v / ARCH) for v in ("01.0", "1.0")]
+    e = daemon.error("box.add", {"source": str(box), "name": "t", "version": "1.0.0"})
+    assert e.code == -32003, e.message
+    uses(home, "m1", "t", "1.0")
+    e = daemon.error("box.remove", {"name": "t", "version": "1"})
+    assert e.code == -32002, e.message
+    e = daemon.error("box.add", {"source": str(box), "name": "t", "version": "1", "force": True})
+    assert e.code == -32002, e.message
+    (home / "machines" / "m1" / "machine.json").unlink()
+    r = daemon.call("box.add", {"source": str(box), "name": "t", "version": "1", "force": True})
+    assert r["path"] == str(home / "boxes" / "t" / "1.0.0" / ARCH)
+    assert [b["path"] for b in daemon.call("box.list")] == [r["path"]]
+    assert sorted(os.listdir(home / "boxes" / "t")) == ["1.0.0"]
+    daemon.call("box.remove", {"name": "t"})
+    assert os.listdir(home / "boxes") == []
