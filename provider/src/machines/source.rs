@@ -110,6 +110,9 @@ fn read_meta(dir: &Path, box_name: &str) -> Result<Source> {
     };
     let cmdline = match v.get("cmdline") {
         None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.contains(['\n', '\0']) => {
+            return Err(bad("\"cmdline\" has a newline or NUL, which xhyve's command line cannot carry"))
+        }
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(bad("\"cmdline\" is not a string")),
     };
