@@ -183,6 +183,22 @@ def test_create_refuses_bad_params(fake_home, tmp_path):
     assert e.code == -32001 and "(sparc)" in e.message
 
 
+def test_bad_box_cmdline_blames_the_box(fake_home, tmp_path):
+    """A box whose metadata.json has a cmdline xhyve cannot carry is the box's fault (-32008),
+    not the caller's, who passed none; a bad cmdline the caller passes stays -32602."""
+    h = fake_home()
+    meta = {"provider": "xhyve", "kernel": "vmlinux", "cmdline": "console=ttyS0\ninit=/bin/sh"}
+    h.call("box.add", {"source": str(build_box(tmp_path / "bad.box", files={
+        "metadata.json": json.dumps(meta).encode(), "vmlinux": b"kernel"})), "name": "badcmd"})
+    e = h.error("machine.create", {"box": "badcmd", "name": "m"})
+    assert e.code == -32008 and '"badcmd"' in e.message and "cmdline" in e.message, e.message
+    assert "invalid params" not in e.message
+    h.call("box.add", {"source": str(fake_box(tmp_path)), "name": "good"})
+    e = h.error("machine.create", {"box": "good", "name": "m", "cmdline": "a\0b"})
+    assert e.code == -32602 and e.data == {"field": "cmdline"}, e.message
+    assert h.call("machine.list") == [] and os.listdir(h.path / "machines") == []
+
+
 def test_create_without_a_box_copies_and_grows(fake_home, tmp_path):
     """A kernel, initrd and disk image given directly (Packer's build from files), a disk copied
     in and grown by disk_size; the sources are never changed and the machine owns its copies."""
