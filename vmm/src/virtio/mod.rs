@@ -25,7 +25,7 @@
 pub mod block;
 pub mod console;
 pub mod net;
-pub mod pci;
+pub mod transport;
 pub mod rng;
 pub mod vsock;
 
@@ -93,7 +93,7 @@ pub fn pci_device(
         "virtio-net" | "virtio-tap" => Arc::new(net::Net::new(&net::NetConfig::parse(emul, conf)?, ctx.uuid.as_ref())?),
         other => return Err(format!("PCI device '{other}' is not implemented")),
     };
-    Ok(Arc::new(Mutex::new(pci::VirtioPci::new(dev, slot, ctx, bars)?)))
+    Ok(Arc::new(Mutex::new(transport::VirtioPci::new(dev, slot, ctx, bars)?)))
 }
 
 /// Processes everything available on `queue` with `handle(chain) -> bytes written`, re-enabling

@@ -1,16 +1,3 @@
-//! `virtio-blk,PATH[,ro][,sectorsize=N[/P]]`: a raw image file as a virtio block device (type 2).
-//!
-//! One queue per vCPU (VIRTIO_BLK_F_MQ), each served by its own worker thread with positioned
-//! I/O (`pread`/`pwrite` on one shared file descriptor): requests on different queues never wait
-//! for each other, unlike xhyve's single block lock. Data moves between the file and guest memory
-//! through vm-memory's checked volatile accessors, so a descriptor pointing outside guest RAM
-//! fails that request (VIRTIO_BLK_S_IOERR) and nothing else.
-//!
-//! Discard punches holes (`fallocate(PUNCH_HOLE|KEEP_SIZE)`), so a sparse image gets smaller on
-//! disk; write-zeroes uses `ZERO_RANGE` (or punches holes when the driver allows unmapping), with
-//! a plain write of zeroes where the file system has neither. Flush is `fdatasync`. The device ID
-//! (GET_ID) is the image's file name, cut to 20 bytes.
-
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -23,7 +10,7 @@ use vm_memory::{
     Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile,
 };
 
-use super::{drain_queue, QueueBroken, VirtioDevice, TYPE_BLOCK};
+use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_BLOCK};
 
 // Feature bits.
 const F_SEG_MAX: u64 = 1 << 2;

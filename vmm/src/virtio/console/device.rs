@@ -1,16 +1,3 @@
-//! `virtio-console[,stdio|autopty|log=PATH|socket=PATH]`: one console port (virtio type 3, no
-//! multiport), `hvc0` in the guest.
-//!
-//! Output (transmitq) goes to the target; input (receiveq) comes from stdio, the pty, or the
-//! client of a unix socket the VMM listens on (one client at a time: the next is accepted when
-//! the current one hangs up; output with no client connected is dropped). Input waits in a
-//! bounded buffer until the guest posts receive buffers; a reader thread fills it and kicks the
-//! receive queue's worker.
-//!
-//! Input is handed to the guest as soon as it posts receive buffers. Linux (6.1) posts them
-//! before it registers the port and drops data that completes in that window, so input sent
-//! while the guest's driver is still probing can be lost (as with other VMMs' consoles).
-
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -21,7 +8,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{drain_queue, QueueBroken, VirtioDevice, TYPE_CONSOLE};
+use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_CONSOLE};
 use crate::cli::ConsoleTarget;
 use crate::devices::serial;
 
@@ -205,7 +192,7 @@ impl Console {
 }
 
 /// Removes a unix socket left behind by an earlier run (never any other kind of file).
-pub(super) fn remove_stale_socket(path: &std::path::Path) {
+pub(crate) fn remove_stale_socket(path: &std::path::Path) {
     use std::os::unix::fs::FileTypeExt;
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(path);

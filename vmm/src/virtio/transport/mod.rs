@@ -24,7 +24,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{QueueBroken, VirtioDevice, F_RING_INDIRECT_DESC, F_VERSION_1};
+use crate::virtio::{QueueBroken, VirtioDevice, F_RING_INDIRECT_DESC, F_VERSION_1};
 use crate::devices::mmio::MmioDevice;
 use crate::hypervisor::Vm;
 use crate::pci::header::{ConfigSpace, COMMAND_INTX_DISABLE, COMMAND_REG, STATUS_INTX};
