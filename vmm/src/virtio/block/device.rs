@@ -4,12 +4,13 @@ use std::path::{Path, PathBuf};
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue};
-use vm_memory::bitmap::BitmapSlice;
-use vm_memory::Address;
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile,
-};
+use vm_memory::{Bytes, GuestMemoryMmap};
 
+use super::io::FileAt;
+use super::request::{
+    Request, Segment, MAX_DISCARD_SEGS, S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT,
+    T_WRITE_ZEROES, WZ_FLAG_UNMAP,
+};
 use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_BLOCK};
 
 // Feature bits.
@@ -22,26 +23,12 @@ const F_MQ: u64 = 1 << 12;
 const F_DISCARD: u64 = 1 << 13;
 const F_WRITE_ZEROES: u64 = 1 << 14;
 
-// Request types and status values.
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_GET_ID: u32 = 8;
-const T_DISCARD: u32 = 11;
-const T_WRITE_ZEROES: u32 = 13;
-pub const S_OK: u8 = 0;
-pub const S_IOERR: u8 = 1;
-pub const S_UNSUPP: u8 = 2;
-
 const SECTOR: u64 = 512;
-const HEADER_LEN: u64 = 16;
 const QUEUE_SIZE: u16 = 256;
 const MAX_QUEUES: usize = 16;
 const ID_LEN: usize = 20;
 /// Discard / write-zeroes limits the config space announces (and requests are held to).
 const MAX_DISCARD_SECTORS: u32 = 1 << 22; // 2 GiB per segment
-const MAX_DISCARD_SEGS: u32 = 32;
-const WZ_FLAG_UNMAP: u32 = 1;
 /// Most bytes one read/write request may move.
 const MAX_REQUEST: u64 = 64 << 20;
 
@@ -241,23 +228,8 @@ impl Block {
     }
 
     fn discard_or_zero(&self, req: &Request, kind: u32, mem: &GuestMemoryMmap) -> u8 {
-        let data = req.data_out();
-        let total: u64 = data.iter().map(|d| u64::from(d.1)).sum();
-        if total == 0 || !total.is_multiple_of(16) || total / 16 > u64::from(MAX_DISCARD_SEGS) {
-            return S_IOERR;
-        }
-        let mut bytes = vec![0u8; total as usize];
-        let mut at = 0;
-        for &(addr, len) in &data {
-            if mem.read_slice(&mut bytes[at..at + len as usize], addr).is_err() {
-                return S_IOERR;
-            }
-            at += len as usize;
-        }
-        for seg in bytes.chunks(16) {
-            let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap());
-            let n = u32::from_le_bytes(seg[8..12].try_into().unwrap());
-            let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap());
+        let Some(segments) = req.segments(mem) else { return S_IOERR };
+        for Segment { sector, sectors: n, flags } in segments {
             let allowed = if kind == T_DISCARD { 0 } else { WZ_FLAG_UNMAP };
             if flags & !allowed != 0 {
                 return S_UNSUPP;
@@ -303,117 +275,6 @@ impl Block {
     }
 }
 
-/// A request chain split into its parts: device-readable (header, then data for OUT/DISCARD/
-/// WRITE_ZEROES) and device-writable (data for IN/GET_ID, then the status byte).
-struct Request {
-    readable: Vec<(GuestAddress, u32)>,
-    data_in: Vec<(GuestAddress, u32)>,
-    status: GuestAddress,
-}
-
-impl Request {
-    /// None when there is no writable byte for the status, or a readable buffer follows a
-    /// writable one (the spec's order).
-    fn parse(descs: &[Descriptor]) -> Option<Request> {
-        let mut readable = Vec::new();
-        let mut writable = Vec::new();
-        for d in descs {
-            if d.is_write_only() {
-                writable.push((d.addr(), d.len()));
-            } else if writable.is_empty() {
-                readable.push((d.addr(), d.len()));
-            } else {
-                return None;
-            }
-        }
-        // The status is the last writable byte; zero-length buffers carry nothing.
-        writable.retain(|w| w.1 > 0);
-        let (addr, len) = writable.pop()?;
-        let status = addr.checked_add(u64::from(len) - 1)?;
-        if len > 1 {
-            writable.push((addr, len - 1));
-        }
-        Some(Request { readable, data_in: writable, status })
-    }
-
-    /// (type, sector) from the 16-byte header at the start of the readable part.
-    fn header(&self, mem: &GuestMemoryMmap) -> Option<(u32, u64)> {
-        let mut h = [0u8; HEADER_LEN as usize];
-        let mut at = 0usize;
-        for &(addr, len) in &self.readable {
-            let n = (h.len() - at).min(len as usize);
-            mem.read_slice(&mut h[at..at + n], addr).ok()?;
-            at += n;
-            if at == h.len() {
-                break;
-            }
-        }
-        (at == h.len()).then(|| {
-            (u32::from_le_bytes(h[0..4].try_into().unwrap()), u64::from_le_bytes(h[8..16].try_into().unwrap()))
-        })
-    }
-
-    /// The readable buffers after the header.
-    fn data_out(&self) -> Vec<(GuestAddress, u32)> {
-        let mut skip = HEADER_LEN;
-        let mut out = Vec::new();
-        for &(addr, len) in &self.readable {
-            let l = u64::from(len);
-            if skip >= l {
-                skip -= l;
-                continue;
-            }
-            match addr.checked_add(skip) {
-                Some(a) => out.push((a, (l - skip) as u32)),
-                None => break,
-            }
-            skip = 0;
-        }
-        out
-    }
-
-    fn data_in_len(&self) -> u64 {
-        self.data_in.iter().map(|d| u64::from(d.1)).sum()
-    }
-}
-
-/// Positioned I/O on the image as a vm-memory volatile source/sink: each call is one
-/// pread/pwrite at `offset`, which then advances. No shared file position, no lock.
-struct FileAt<'a> {
-    file: &'a File,
-    offset: u64,
-}
-
-impl ReadVolatile for FileAt<'_> {
-    fn read_volatile<B: BitmapSlice>(&mut self, buf: &mut VolatileSlice<B>) -> Result<usize, VolatileMemoryError> {
-        let guard = buf.ptr_guard_mut();
-        // SAFETY: the slice is valid for writes of buf.len() bytes (VolatileSlice invariant).
-        let r =
-            unsafe { libc::pread(self.file.as_raw_fd(), guard.as_ptr().cast(), buf.len(), self.offset as libc::off_t) };
-        if r < 0 {
-            return Err(VolatileMemoryError::IOError(std::io::Error::last_os_error()));
-        }
-        buf.bitmap().mark_dirty(0, r as usize);
-        self.offset += r as u64;
-        Ok(r as usize)
-    }
-}
-
-impl WriteVolatile for FileAt<'_> {
-    fn write_volatile<B: BitmapSlice>(&mut self, buf: &VolatileSlice<B>) -> Result<usize, VolatileMemoryError> {
-        let guard = buf.ptr_guard();
-        // SAFETY: the slice is valid for reads of buf.len() bytes (VolatileSlice invariant).
-        let r = unsafe {
-            libc::pwrite(self.file.as_raw_fd(), guard.as_ptr().cast(), buf.len(), self.offset as libc::off_t)
-        };
-        if r < 0 {
-            return Err(VolatileMemoryError::IOError(std::io::Error::last_os_error()));
-        }
-        self.offset += r as u64;
-        Ok(r as usize)
-    }
-}
-
 impl VirtioDevice for Block {
     fn device_type(&self) -> u16 {
         TYPE_BLOCK
@@ -456,6 +317,7 @@ mod tests {
     use crate::virtio::testing::*;
     use std::os::unix::fs::{FileExt, MetadataExt};
     use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use vm_memory::GuestAddress;
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
     const HDR: u64 = 0x10_0000;

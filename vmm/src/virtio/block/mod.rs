@@ -12,5 +12,7 @@
 //! (GET_ID) is the image's file name, cut to 20 bytes.
 
 mod device;
+mod io;
+mod request;
 
 pub use device::*;

@@ -1,6 +1,5 @@
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::Write;
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -8,15 +7,14 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_CONSOLE};
+use super::input::{Inner, SocketOut};
 use crate::cli::ConsoleTarget;
 use crate::devices::serial;
+use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_CONSOLE};
 
 const RX: usize = 0;
 const TX: usize = 1;
 const QUEUE_SIZE: u16 = 128;
-/// Input held for the guest before the reader threads wait.
-const INPUT_BUFFER: usize = 16 << 10;
 /// Most output bytes taken from one descriptor.
 const MAX_OUT_DESC: u32 = 64 << 10;
 
@@ -44,55 +42,6 @@ impl ConsoleConfig {
     }
 }
 
-struct Inner {
-    input: Mutex<VecDeque<u8>>,
-    space: Condvar,
-    kicks: Mutex<Vec<Arc<EventFd>>>,
-}
-
-impl Inner {
-    fn kick_rx(&self) {
-        if let Some(k) = self.kicks.lock().unwrap().get(RX) {
-            let _ = k.write(1);
-        }
-    }
-
-    /// Copies `reader` into the input buffer until EOF or an error.
-    fn pump(&self, mut reader: impl Read) {
-        let mut buf = [0u8; 512];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let mut q = self.input.lock().unwrap();
-            while q.len() >= INPUT_BUFFER {
-                q = self.space.wait(q).unwrap();
-            }
-            q.extend(&buf[..n]);
-            drop(q);
-            self.kick_rx();
-        }
-    }
-}
-
-/// Output to the current socket client, if any.
-struct SocketOut(Arc<Mutex<Option<UnixStream>>>);
-
-impl Write for SocketOut {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut c = self.0.lock().unwrap();
-        if let Some(s) = c.as_mut() {
-            if s.write_all(buf).is_err() {
-                *c = None; // the client went away: drop output until the next one
-            }
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 pub struct Console {
     out: Mutex<Box<dyn Write + Send>>,
     inner: Arc<Inner>,
@@ -104,7 +53,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
 
 impl Console {
     pub fn open(cfg: &ConsoleConfig) -> Result<Console, String> {
-        let inner = Arc::new(Inner { input: Mutex::default(), space: Condvar::new(), kicks: Mutex::default() });
+        let inner = Arc::new(Inner { input: Mutex::default(), space: Condvar::new(), rx_kick: Mutex::default() });
         let out: Box<dyn Write + Send> = match cfg {
             ConsoleConfig::Target(t) => {
                 let what = match t {
@@ -226,7 +175,7 @@ impl VirtioDevice for Console {
         }
     }
     fn set_queue_kicks(&self, kicks: Vec<Arc<EventFd>>) {
-        *self.inner.kicks.lock().unwrap() = kicks;
+        *self.inner.rx_kick.lock().unwrap() = kicks.into_iter().nth(RX);
     }
 }
 
@@ -234,6 +183,8 @@ impl VirtioDevice for Console {
 mod tests {
     use super::*;
     use crate::virtio::testing::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
     use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
     use vm_memory::GuestAddress;
 

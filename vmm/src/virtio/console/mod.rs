@@ -12,5 +12,6 @@
 //! while the guest's driver is still probing can be lost (as with other VMMs' consoles).
 
 mod device;
+mod input;
 
 pub use device::*;

@@ -1,20 +1,19 @@
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
+use super::frame::{read_frame, write_frame, HDR_LEN};
+use super::poller::RxWake;
+use crate::net::{passt, tap, Backend};
 use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_NET};
-use crate::net::{passt, tap, Backend, MAX_FRAME};
 
 const F_MAC: u64 = 1 << 5;
 const F_STATUS: u64 = 1 << 16;
 const STATUS_LINK_UP: u16 = 1;
-/// virtio_net_hdr_v1: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers.
-pub const HDR_LEN: usize = 12;
 const RX: usize = 0;
 const TX: usize = 1;
 
@@ -102,45 +101,6 @@ struct RxState {
     /// A frame read from the backend that found no guest buffer yet.
     pending: Option<Vec<u8>>,
     spare: Vec<u8>,
-}
-
-/// Shared by the RX worker and the poller thread.
-struct RxWake {
-    /// The poller waits for the backend's fd only while armed.
-    armed: AtomicBool,
-    /// Written when `armed` is set, so the poller includes the backend's fd again.
-    arm: EventFd,
-    /// The RX queue's kick (from the transport).
-    kick: Mutex<Option<Arc<EventFd>>>,
-}
-
-impl RxWake {
-    fn run(&self, backend_fd: RawFd) {
-        loop {
-            let armed = self.armed.load(Ordering::SeqCst);
-            let mut p = [
-                libc::pollfd { fd: self.arm.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: backend_fd, events: libc::POLLIN, revents: 0 },
-            ];
-            let n = if armed { 2 } else { 1 };
-            // SAFETY: `p` holds `n` valid pollfds for the call's duration.
-            let r = unsafe { libc::poll(p.as_mut_ptr(), n, -1) };
-            if r < 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return;
-            }
-            if p[0].revents != 0 {
-                let _ = self.arm.read();
-            }
-            if armed && p[1].revents != 0 && self.armed.swap(false, Ordering::SeqCst) {
-                if let Some(k) = &*self.kick.lock().unwrap() {
-                    let _ = k.write(1);
-                }
-            }
-        }
-    }
 }
 
 pub struct Net {
@@ -232,68 +192,6 @@ impl Net {
     }
 }
 
-/// Header + frame into the chain's writable buffers; the bytes written, or 0 (frame dropped)
-/// when the chain is too small or leaves guest memory.
-fn write_frame(chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap, frame: &[u8]) -> u32 {
-    let mut hdr = [0u8; HDR_LEN];
-    hdr[10] = 1; // num_buffers
-    let total = HDR_LEN + frame.len();
-    let mut done = 0usize;
-    for desc in chain.writable() {
-        if done == total {
-            break;
-        }
-        let n = (desc.len() as usize).min(total - done);
-        let mut at = desc.addr();
-        let mut left = n;
-        // The part of the header, then of the frame, this buffer takes.
-        if done < HDR_LEN {
-            let h = (HDR_LEN - done).min(left);
-            if mem.write_slice(&hdr[done..done + h], at).is_err() {
-                return 0;
-            }
-            at = match at.checked_add(h as u64) {
-                Some(a) => a,
-                None => return 0,
-            };
-            done += h;
-            left -= h;
-        }
-        if left > 0 {
-            let f = done - HDR_LEN;
-            if mem.write_slice(&frame[f..f + left], at).is_err() {
-                return 0;
-            }
-            done += left;
-        }
-    }
-    if done < total {
-        return 0;
-    }
-    total as u32
-}
-
-/// The frame of a TX chain (its readable buffers minus the header); None drops it.
-fn read_frame(
-    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
-    buf: &mut Vec<u8>,
-) -> bool {
-    buf.clear();
-    for desc in chain.readable() {
-        let n = desc.len() as usize;
-        if buf.len() + n > HDR_LEN + MAX_FRAME {
-            return false;
-        }
-        let at = buf.len();
-        buf.resize(at + n, 0);
-        if mem.read_slice(&mut buf[at..], desc.addr()).is_err() {
-            return false;
-        }
-    }
-    buf.len() > HDR_LEN
-}
-
 impl VirtioDevice for Net {
     fn device_type(&self) -> u16 {
         TYPE_NET
@@ -349,8 +247,9 @@ mod tests {
     use super::*;
     use crate::virtio::testing::*;
     use std::collections::VecDeque;
+    use std::os::fd::{AsRawFd, RawFd};
     use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use vm_memory::GuestAddress;
+    use vm_memory::{Bytes, GuestAddress};
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
 

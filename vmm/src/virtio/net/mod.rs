@@ -16,5 +16,7 @@
 //! (used length 0); a broken ring sets DEVICE_NEEDS_RESET.
 
 mod device;
+mod frame;
+mod poller;
 
 pub use device::*;

@@ -17,6 +17,8 @@
 //! Malformed packets from the guest are dropped (or answered with RST when they name a
 //! connection); nothing a guest writes can panic the VMM.
 
+mod connections;
 mod device;
+mod packet;
 
 pub use device::*;
