@@ -12,6 +12,7 @@ mod devices;
 mod exit;
 mod hypervisor;
 mod layout;
+mod logger;
 mod memory;
 mod net;
 mod pci;
@@ -34,7 +35,7 @@ pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
     let cmd = cli::parse(args, || hypervisor::max_vcpus().map_err(|e| format!("cannot ask the hypervisor: {e}")));
     match cmd {
         Err(e) => {
-            vm::log(e.to_string());
+            logger::log(e.to_string());
             ExitReason::Error(String::new()).status()
         }
         Ok(Command::Help) => {
@@ -63,7 +64,7 @@ pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
             let reason = vm::run(&cfg);
             net::passt::kill_all();
             let _ = std::io::stdout().flush();
-            vm::log(format!("{reason} (exit status {})", reason.status()));
+            logger::log(format!("{reason} (exit status {})", reason.status()));
             reason.status()
         }
     }

@@ -98,7 +98,7 @@ fn run_loop(vcpu: &mut dyn Vcpu, shared: &Shared) -> Result<(), ExitReason> {
                 shared.ignored_msrs.fetch_add(1, Ordering::Relaxed);
                 if shared.verbose {
                     let what = if write { "write to" } else { "read of" };
-                    crate::vm::log(format!("vcpu{id}: ignored {what} unknown MSR {index:#x}"));
+                    crate::logger::log(format!("vcpu{id}: ignored {what} unknown MSR {index:#x}"));
                 }
             }
             VcpuExit::Interrupted => check_halted(vcpu, shared, id).map_err(fail)?,

@@ -19,6 +19,7 @@ use crate::devices::PioBus;
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::{self, StatsReader, Vm};
 use crate::layout::*;
+use crate::logger::log;
 use crate::memory;
 use crate::pci;
 use crate::pvm::Pvm;
@@ -27,10 +28,6 @@ use xhyve_contract::signals::TermSignals;
 
 /// Seconds the guest gets to power off after the ACPI power button, unless overridden.
 const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 120;
-
-pub fn log(msg: impl AsRef<str>) {
-    eprintln!("xhyve: {}", msg.as_ref());
-}
 
 /// Whether the PVM work-arounds apply: detected, or forced with XHYVE_PVM=on|off.
 fn want_pvm() -> bool {

@@ -63,7 +63,7 @@ impl Console {
                 };
                 let c = serial::open_target("virtio-console", t, &what)?;
                 if let Some(n) = c.notice {
-                    crate::vm::log(n);
+                    crate::logger::log(n);
                 }
                 if let Some(input) = c.input {
                     let i = inner.clone();

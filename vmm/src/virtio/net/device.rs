@@ -139,7 +139,7 @@ impl Net {
 
     fn backend_failed(&self, e: std::io::Error) {
         if !self.dead.swap(true, Ordering::SeqCst) {
-            crate::vm::log(format!("virtio-net: backend: {e}; the link carries no more frames"));
+            crate::logger::log(format!("virtio-net: backend: {e}; the link carries no more frames"));
         }
     }
 

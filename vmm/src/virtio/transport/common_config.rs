@@ -8,8 +8,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::bar::Transport;
 use super::worker::{Worker, WorkerCtx};
 use super::NO_VECTOR;
+use crate::logger::log;
 use crate::virtio::F_VERSION_1;
-use crate::vm::log;
 
 /// Device status bits.
 pub(super) const STATUS_DRIVER_OK: u8 = 4;

@@ -14,12 +14,12 @@ use super::{
 };
 use crate::devices::mmio::MmioDevice;
 use crate::hypervisor::Vm;
+use crate::logger::log;
 use crate::pci::header::{ConfigSpace, COMMAND_INTX_DISABLE, COMMAND_REG, STATUS_INTX};
 use crate::pci::intx::{IntxLine, INTA};
 use crate::pci::msix::{self, IrqfdSink, Msix};
 use crate::pci::{BarAllocator, DeviceContext, MmioRange, PciDevice};
 use crate::virtio::{VirtioDevice, F_RING_INDIRECT_DESC, F_VERSION_1};
-use crate::vm::log;
 
 const VENDOR: u16 = 0x1af4;
 const DEVICE_BASE: u16 = 0x1040;

@@ -8,8 +8,8 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::interrupt::Interrupt;
+use crate::logger::log;
 use crate::virtio::{QueueBroken, VirtioDevice};
-use crate::vm::log;
 use crate::wait;
 
 pub(super) struct Worker {
