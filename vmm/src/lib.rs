@@ -7,6 +7,7 @@
 mod acpi;
 mod boot;
 mod cli;
+pub mod config;
 mod cpuid;
 mod devices;
 mod exit;
@@ -45,7 +46,7 @@ pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
         Ok(Command::Features) => {
             let features = xhyve_contract::features::Features {
                 version: env!("CARGO_PKG_VERSION").into(),
-                pci: cli::PCI_EMULATIONS.iter().map(|e| e.to_string()).collect(),
+                pci: config::PCI_EMULATIONS.iter().map(|e| e.to_string()).collect(),
                 net_backends: vec!["user".into()],
                 boot: vec!["kexec".into()],
             };

@@ -8,7 +8,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot;
-use crate::cli::{Config, ConsoleTarget};
+use crate::config::{Config, ConsoleTarget, DeviceConfig};
 use crate::cpuid;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::cmos::Cmos;
@@ -24,6 +24,7 @@ use crate::memory;
 use crate::pci;
 use crate::pvm::Pvm;
 use crate::vcpu::{self, Shared};
+use crate::virtio::{self, transport::VirtioPci, VirtioDevice};
 use xhyve_contract::signals::TermSignals;
 
 /// Seconds the guest gets to power off after the ACPI power button, unless overridden.
@@ -92,14 +93,12 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
     let (below_4g, above_4g) = split_ram(cfg.mem_bytes);
     pio.insert(PORT_RTC, 2, Arc::new(Mutex::new(Cmos::new(below_4g, above_4g, !cfg.rtc_utc))));
     let mmio = Arc::new(MmioBus::default());
-    let pci_ctx = pci::DeviceContext {
-        mem: mem.clone(),
-        mmio: mmio.clone(),
-        routing: pci::msix::GsiRouting::new(vm.clone()),
-        cpus: cfg.cpus,
-        uuid: cfg.uuid,
-    };
-    let pci_bus = pci::build_bus(&cfg.slots, Some(&pci_ctx))?;
+    let pci_ctx = pci::DeviceContext { mem: mem.clone(), routing: pci::msix::GsiRouting::new(vm.clone()) };
+    let mut bars = pci::BarAllocator::default();
+    let pci_bus = pci::build_bus(&cfg.slots, Some(mmio.clone()), |s| {
+        let dev = virtio_device(&s.device, cfg)?;
+        Ok(Arc::new(Mutex::new(VirtioPci::new(dev, s.slot, &pci_ctx, &mut bars)?)))
+    })?;
     let intx_routes = pci_bus.intx_routes();
     pio.insert(PORT_PCI_CONFIG, 8, Arc::new(Mutex::new(pci_bus)));
     let power_button = if cfg.acpi {
@@ -175,6 +174,18 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
         report(&*vm, &vcpu_stats, &shared, started);
     }
     Ok(reason)
+}
+
+/// The virtio device a PCI slot asks for.
+fn virtio_device(device: &DeviceConfig, cfg: &Config) -> Result<Arc<dyn VirtioDevice>, String> {
+    Ok(match device {
+        DeviceConfig::Block(c) => Arc::new(virtio::block::Block::open(c, cfg.cpus)?),
+        DeviceConfig::Rng => Arc::new(virtio::rng::Rng),
+        DeviceConfig::Console(c) => Arc::new(virtio::console::Console::open(c)?),
+        DeviceConfig::Vsock(c) => Arc::new(virtio::vsock::Vsock::open(c)?),
+        DeviceConfig::Net(c) => Arc::new(virtio::net::Net::new(c, cfg.uuid.as_ref())?),
+        other => return Err(format!("PCI device '{}' is not a virtio device", other.emulation())),
+    })
 }
 
 /// Adds kernel parameters before any ` -- ` (after it, words are arguments for init).

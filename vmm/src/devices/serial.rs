@@ -11,7 +11,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::PioDevice;
-use crate::cli::ConsoleTarget;
+use crate::config::ConsoleTarget;
 
 /// Raises the UART's interrupt through an irqfd.
 pub struct IrqTrigger(pub EventFd);

@@ -31,13 +31,11 @@ pub mod testing;
 pub mod transport;
 pub mod vsock;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
-
-use crate::pci::{BarAllocator, DeviceContext, PciDevice};
 
 /// Device types (virtio 1.x section 5).
 pub const TYPE_NET: u16 = 1;
@@ -76,26 +74,14 @@ pub trait VirtioDevice: Send + Sync {
     fn set_queue_kicks(&self, _kicks: Vec<Arc<EventFd>>) {}
 }
 
-/// Builds the PCI function for `-s SLOT,EMUL[,CONF]`.
-pub fn pci_device(
-    emul: &str,
-    conf: Option<&str>,
-    slot: u8,
-    ctx: &DeviceContext,
-    bars: &mut BarAllocator,
-) -> Result<Arc<Mutex<dyn PciDevice>>, String> {
-    let dev: Arc<dyn VirtioDevice> = match emul {
-        "virtio-blk" => Arc::new(block::Block::open(&block::BlockConfig::parse(conf)?, ctx.cpus)?),
-        "virtio-rnd" => {
-            rng::check_conf(conf)?;
-            Arc::new(rng::Rng)
-        }
-        "virtio-console" => Arc::new(console::Console::open(&console::ConsoleConfig::parse(conf)?)?),
-        "virtio-vsock" => Arc::new(vsock::Vsock::open(&vsock::VsockConfig::parse(conf)?)?),
-        "virtio-net" | "virtio-tap" => Arc::new(net::Net::new(&net::NetConfig::parse(emul, conf)?, ctx.uuid.as_ref())?),
-        other => return Err(format!("PCI device '{other}' is not implemented")),
-    };
-    Ok(Arc::new(Mutex::new(transport::VirtioPci::new(dev, slot, ctx, bars)?)))
+/// Listens on the unix socket `path`, replacing a socket an earlier run left there (never any
+/// other kind of file). For the devices whose host side is a socket (console, vsock).
+pub fn listen(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+    std::os::unix::net::UnixListener::bind(path)
 }
 
 /// Processes everything available on `queue` with `handle(chain) -> bytes written`, re-enabling

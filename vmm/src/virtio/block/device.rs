@@ -1,6 +1,6 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue};
@@ -11,6 +11,7 @@ use super::request::{
     Request, Segment, MAX_DISCARD_SEGS, S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT,
     T_WRITE_ZEROES, WZ_FLAG_UNMAP,
 };
+use crate::config::BlockConfig;
 use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_BLOCK};
 
 // Feature bits.
@@ -31,64 +32,6 @@ const ID_LEN: usize = 20;
 const MAX_DISCARD_SECTORS: u32 = 1 << 22; // 2 GiB per segment
 /// Most bytes one read/write request may move.
 const MAX_REQUEST: u64 = 64 << 20;
-
-/// What `-s SLOT,virtio-blk,CONF` asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockConfig {
-    pub path: PathBuf,
-    pub readonly: bool,
-    /// Logical and physical block size in bytes.
-    pub sector_size: u32,
-    pub physical_size: u32,
-}
-
-fn parse_sector_size(s: &str) -> Option<u32> {
-    s.parse().ok().filter(|n: &u32| n.is_power_of_two() && (512..=65536).contains(n))
-}
-
-impl BlockConfig {
-    pub const USAGE: &'static str = "virtio-blk,PATH[,ro][,sectorsize=N[/PHYS]]";
-
-    /// Parses `PATH[,ro][,sectorsize=N[/P]]` and checks the image can be opened as asked.
-    pub fn parse(conf: Option<&str>) -> Result<BlockConfig, String> {
-        let conf = conf.unwrap_or("");
-        let mut parts = conf.split(',');
-        let path = parts.next().filter(|p| !p.is_empty()).ok_or(format!("missing image path ({})", Self::USAGE))?;
-        let mut cfg = BlockConfig { path: path.into(), readonly: false, sector_size: 512, physical_size: 512 };
-        for opt in parts {
-            match opt.split_once('=') {
-                None if opt == "ro" => cfg.readonly = true,
-                Some(("sectorsize", v)) => {
-                    let (l, p) = v.split_once('/').unwrap_or((v, v));
-                    match (parse_sector_size(l), parse_sector_size(p)) {
-                        (Some(l), Some(p)) if p >= l => (cfg.sector_size, cfg.physical_size) = (l, p),
-                        _ => {
-                            return Err(format!(
-                                "sectorsize={v}: a power of two from 512 to 65536 (logical[/physical])"
-                            ))
-                        }
-                    }
-                }
-                _ => return Err(format!("unknown option '{opt}' (valid: ro, sectorsize=N[/PHYS])")),
-            }
-        }
-        open_image(&cfg.path, cfg.readonly)?;
-        Ok(cfg)
-    }
-}
-
-fn open_image(path: &Path, readonly: bool) -> Result<File, String> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(!readonly)
-        .open(path)
-        .map_err(|e| format!("image {}: {}", path.display(), crate::cli::strip_os_error(&e)))?;
-    let meta = f.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.is_dir() {
-        return Err(format!("{}: is a directory", path.display()));
-    }
-    Ok(f)
-}
 
 /// The device's ID: the image's file name, cut or zero-padded to 20 bytes.
 fn device_id(path: &Path) -> [u8; ID_LEN] {
@@ -111,7 +54,7 @@ pub struct Block {
 
 impl Block {
     pub fn open(cfg: &BlockConfig, cpus: u8) -> Result<Block, String> {
-        let file = open_image(&cfg.path, cfg.readonly)?;
+        let file = cfg.open()?;
         let len = file.metadata().map_err(|e| format!("{}: {e}", cfg.path.display()))?.len();
         // Block devices report 0 in metadata: ask for their end.
         let len = if len == 0 {
@@ -316,6 +259,7 @@ mod tests {
     use super::*;
     use crate::virtio::testing::*;
     use std::os::unix::fs::{FileExt, MetadataExt};
+    use std::path::PathBuf;
     use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
     use vm_memory::GuestAddress;
 
@@ -342,22 +286,6 @@ mod tests {
 
     fn status(mem: &GuestMemoryMmap) -> u8 {
         mem.read_obj(GuestAddress(STATUS)).unwrap()
-    }
-
-    #[test]
-    fn parse_conf() {
-        let (path, cfg) = image("disk.img", 1 << 20);
-        assert!(!cfg.readonly && cfg.sector_size == 512);
-        let p = path.to_str().unwrap();
-        let c = BlockConfig::parse(Some(&format!("{p},ro,sectorsize=4096"))).unwrap();
-        assert!(c.readonly && c.sector_size == 4096 && c.physical_size == 4096);
-        let c = BlockConfig::parse(Some(&format!("{p},sectorsize=512/4096"))).unwrap();
-        assert_eq!((c.sector_size, c.physical_size), (512, 4096));
-        assert!(BlockConfig::parse(Some(&format!("{p},sectorsize=1000"))).unwrap_err().contains("power of two"));
-        assert!(BlockConfig::parse(Some(&format!("{p},nocache"))).unwrap_err().contains("valid: ro"));
-        assert!(BlockConfig::parse(None).unwrap_err().contains("missing image path"));
-        let e = BlockConfig::parse(Some("/nope")).unwrap_err();
-        assert_eq!(e, "image /nope: No such file or directory");
     }
 
     #[test]

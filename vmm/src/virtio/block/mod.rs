@@ -15,4 +15,4 @@ mod device;
 mod io;
 mod request;
 
-pub use device::*;
+pub use device::Block;

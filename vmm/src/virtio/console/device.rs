@@ -1,6 +1,4 @@
 use std::io::Write;
-use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -8,39 +6,15 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::input::{Inner, SocketOut};
-use crate::cli::ConsoleTarget;
+use crate::config::{ConsoleConfig, ConsoleTarget};
 use crate::devices::serial;
-use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_CONSOLE};
+use crate::virtio::{drain_queue, listen, QueueBroken, VirtioDevice, TYPE_CONSOLE};
 
 const RX: usize = 0;
 const TX: usize = 1;
 const QUEUE_SIZE: u16 = 128;
 /// Most output bytes taken from one descriptor.
 const MAX_OUT_DESC: u32 = 64 << 10;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConsoleConfig {
-    Target(ConsoleTarget),
-    Socket(PathBuf),
-}
-
-impl ConsoleConfig {
-    pub const USAGE: &'static str = "virtio-console[,stdio|autopty|log=PATH|socket=PATH]";
-
-    /// Parses the CONF of `-s SLOT,virtio-console[,CONF]` (stdio when absent).
-    pub fn parse(conf: Option<&str>) -> Result<ConsoleConfig, String> {
-        let bad = |c: &str| format!("unknown target '{c}' ({})", Self::USAGE);
-        Ok(match conf.unwrap_or("stdio") {
-            "" | "stdio" => ConsoleConfig::Target(ConsoleTarget::Stdio),
-            "autopty" => ConsoleConfig::Target(ConsoleTarget::AutoPty),
-            c => match c.split_once('=') {
-                Some(("log", p)) if !p.is_empty() => ConsoleConfig::Target(ConsoleTarget::Log(p.into())),
-                Some(("socket", p)) if !p.is_empty() => ConsoleConfig::Socket(p.into()),
-                _ => return Err(bad(c)),
-            },
-        })
-    }
-}
 
 pub struct Console {
     out: Mutex<Box<dyn Write + Send>>,
@@ -73,8 +47,7 @@ impl Console {
             }
             ConsoleConfig::Socket(path) => {
                 let what = format!("virtio-console,socket={}", path.display());
-                remove_stale_socket(path);
-                let listener = UnixListener::bind(path).map_err(|e| format!("{what}: {e}"))?;
+                let listener = listen(path).map_err(|e| format!("{what}: {e}"))?;
                 let client = Arc::new(Mutex::new(None));
                 let (c, i) = (client.clone(), inner.clone());
                 spawn("vcon-sock", move || {
@@ -140,14 +113,6 @@ impl Console {
     }
 }
 
-/// Removes a unix socket left behind by an earlier run (never any other kind of file).
-pub(crate) fn remove_stale_socket(path: &std::path::Path) {
-    use std::os::unix::fs::FileTypeExt;
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
 impl VirtioDevice for Console {
     fn device_type(&self) -> u16 {
         TYPE_CONSOLE
@@ -189,16 +154,6 @@ mod tests {
     use vm_memory::GuestAddress;
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
-
-    #[test]
-    fn parse_conf() {
-        assert_eq!(ConsoleConfig::parse(None), Ok(ConsoleConfig::Target(ConsoleTarget::Stdio)));
-        assert_eq!(ConsoleConfig::parse(Some("autopty")), Ok(ConsoleConfig::Target(ConsoleTarget::AutoPty)));
-        assert_eq!(ConsoleConfig::parse(Some("log=/x")), Ok(ConsoleConfig::Target(ConsoleTarget::Log("/x".into()))));
-        assert_eq!(ConsoleConfig::parse(Some("socket=/s")), Ok(ConsoleConfig::Socket("/s".into())));
-        assert!(ConsoleConfig::parse(Some("log=")).is_err());
-        assert!(ConsoleConfig::parse(Some("tcp=1")).unwrap_err().contains("unknown target 'tcp=1'"));
-    }
 
     #[test]
     fn output_to_log_and_hostile_chains() {

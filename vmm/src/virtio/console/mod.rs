@@ -14,4 +14,4 @@
 mod device;
 mod input;
 
-pub use device::*;
+pub use device::Console;

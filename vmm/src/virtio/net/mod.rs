@@ -19,4 +19,4 @@ mod device;
 mod frame;
 mod poller;
 
-pub use device::*;
+pub use device::Net;

@@ -6,13 +6,6 @@ use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_RNG};
 /// Most bytes one request gets (the driver asks again for more).
 const MAX_PER_REQUEST: usize = 64 << 10;
 
-pub fn check_conf(conf: Option<&str>) -> Result<(), String> {
-    match conf {
-        None | Some("") => Ok(()),
-        Some(c) => Err(format!("unknown option '{c}' (virtio-rnd takes none)")),
-    }
-}
-
 pub struct Rng;
 
 /// Fills the chain's device-writable buffers; returns the bytes written.

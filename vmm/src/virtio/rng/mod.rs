@@ -3,4 +3,4 @@
 
 mod device;
 
-pub use device::*;
+pub use device::Rng;

@@ -12,7 +12,7 @@ use super::common_config::{STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RE
 use super::interrupt::ISR_QUEUE;
 use super::pci_function::{CAP_COMMON, CAP_DEVICE, CAP_ISR, CAP_NOTIFY};
 use super::*;
-use crate::devices::mmio::{MmioBus, MmioDevice};
+use crate::devices::mmio::MmioDevice;
 use crate::hypervisor::fake::FakeVm;
 use crate::hypervisor::IrqRoute;
 use crate::pci::header::INTERRUPT_REG;
@@ -58,13 +58,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 /// A virtio-rnd function in `slot` of a fake VM.
 fn rng_device(vm: &Arc<FakeVm>, mem: &GuestMemoryMmap, slot: u8) -> VirtioPci {
-    let ctx = DeviceContext {
-        mem: mem.clone(),
-        mmio: Arc::new(MmioBus::default()),
-        routing: GsiRouting::new(vm.clone()),
-        cpus: 1,
-        uuid: None,
-    };
+    let ctx = DeviceContext { mem: mem.clone(), routing: GsiRouting::new(vm.clone()) };
     VirtioPci::new(Arc::new(Rng), slot, &ctx, &mut BarAllocator::default()).unwrap()
 }
 

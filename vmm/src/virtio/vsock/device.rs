@@ -1,5 +1,3 @@
-use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -8,42 +6,12 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::connections::{spawn, Inner, State, FIRST_HOST_PORT};
 use super::packet::{read_packet, write_packet, HDR_LEN, MAX_TX_PAYLOAD};
-use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_VSOCK};
+use crate::config::VsockConfig;
+use crate::virtio::{drain_queue, listen, QueueBroken, VirtioDevice, TYPE_VSOCK};
 
 const RX: usize = 0;
 const TX: usize = 1;
 const QUEUE_SIZE: u16 = 128;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VsockConfig {
-    pub cid: u64,
-    pub socket: PathBuf,
-}
-
-impl VsockConfig {
-    pub const USAGE: &'static str = "virtio-vsock,cid=N,socket=PATH";
-
-    pub fn parse(conf: Option<&str>) -> Result<VsockConfig, String> {
-        let (mut cid, mut socket) = (None, None);
-        for opt in conf.unwrap_or("").split(',').filter(|o| !o.is_empty()) {
-            match opt.split_once('=') {
-                Some(("cid", v)) => {
-                    let n: u64 = v.parse().map_err(|_| format!("cid={v}: not a number"))?;
-                    if !(3..u64::from(u32::MAX)).contains(&n) {
-                        return Err(format!("cid={v}: guest CIDs are 3 to 4294967294"));
-                    }
-                    cid = Some(n);
-                }
-                Some(("socket", p)) if !p.is_empty() => socket = Some(PathBuf::from(p)),
-                _ => return Err(format!("unknown option '{opt}' ({})", Self::USAGE)),
-            }
-        }
-        match (cid, socket) {
-            (Some(cid), Some(socket)) => Ok(VsockConfig { cid, socket }),
-            _ => Err(format!("needs cid= and socket= ({})", Self::USAGE)),
-        }
-    }
-}
 
 pub struct Vsock {
     inner: Arc<Inner>,
@@ -52,8 +20,7 @@ pub struct Vsock {
 impl Vsock {
     pub fn open(cfg: &VsockConfig) -> Result<Vsock, String> {
         let what = format!("virtio-vsock,socket={}", cfg.socket.display());
-        crate::virtio::console::remove_stale_socket(&cfg.socket);
-        let listener = UnixListener::bind(&cfg.socket).map_err(|e| format!("{what}: {e}"))?;
+        let listener = listen(&cfg.socket).map_err(|e| format!("{what}: {e}"))?;
         let inner = Arc::new(Inner {
             cid: cfg.cid,
             socket: cfg.socket.clone(),
@@ -165,22 +132,14 @@ mod tests {
     };
     use std::io::{Read, Write};
     use std::net::Shutdown;
+    use std::os::unix::net::UnixListener;
     use std::os::unix::net::UnixStream;
+    use std::path::PathBuf;
     use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
     use vm_memory::{Bytes, GuestAddress};
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
     const CID: u64 = 3;
-
-    #[test]
-    fn parse_conf() {
-        let c = VsockConfig::parse(Some("cid=3,socket=/tmp/v")).unwrap();
-        assert_eq!((c.cid, c.socket), (3, PathBuf::from("/tmp/v")));
-        assert!(VsockConfig::parse(Some("cid=2,socket=/x")).unwrap_err().contains("3 to"));
-        assert!(VsockConfig::parse(Some("cid=3")).unwrap_err().contains("needs cid= and socket="));
-        assert!(VsockConfig::parse(None).is_err());
-        assert!(VsockConfig::parse(Some("cid=3,socket=/x,fast")).unwrap_err().contains("unknown option 'fast'"));
-    }
 
     struct Rig {
         dir: PathBuf,

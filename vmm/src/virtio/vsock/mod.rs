@@ -21,4 +21,4 @@ mod connections;
 mod device;
 mod packet;
 
-pub use device::*;
+pub use device::Vsock;
