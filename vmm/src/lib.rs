@@ -6,6 +6,7 @@
 
 mod acpi;
 mod boot;
+mod bus;
 mod cli;
 pub mod config;
 mod cpuid;

@@ -8,14 +8,13 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot;
+use crate::bus::Bus;
 use crate::config::{Config, ConsoleTarget, DeviceConfig};
 use crate::cpuid;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::cmos::Cmos;
 use crate::devices::i8042::{ResetToReboot, I8042};
-use crate::devices::mmio::MmioBus;
 use crate::devices::serial::{self, RawTerminal};
-use crate::devices::PioBus;
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::{self, StatsReader, Vm};
 use crate::layout::*;
@@ -67,7 +66,7 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
     });
 
     // Devices.
-    let mut pio = PioBus::default();
+    let pio = Arc::new(Bus::default());
     let mut raw_terminal = None;
     for (name, target, port, irq) in
         [("com1", &cfg.com1, PORT_COM1, IRQ_COM1), ("com2", &cfg.com2, PORT_COM2, IRQ_COM2)]
@@ -77,7 +76,7 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
         let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("{name}: eventfd: {e}"))?;
         vm.register_irqfd(&irq_evt, irq).map_err(|e| format!("{name}: {e}"))?;
         let port_dev = Arc::new(Mutex::new(serial::new_port(irq_evt, console.output)));
-        pio.insert(port, 8, port_dev.clone());
+        pio.insert(port.into(), 8, port_dev.clone())?;
         if let Some(notice) = console.notice {
             log(notice);
         }
@@ -89,10 +88,10 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
         }
     }
     let i8042 = vm_superio::I8042Device::new(ResetToReboot(exit.clone()));
-    pio.insert(PORT_I8042, 5, Arc::new(Mutex::new(I8042(i8042))));
+    pio.insert(PORT_I8042.into(), 5, Arc::new(Mutex::new(I8042(i8042))))?;
     let (below_4g, above_4g) = split_ram(cfg.mem_bytes);
-    pio.insert(PORT_RTC, 2, Arc::new(Mutex::new(Cmos::new(below_4g, above_4g, !cfg.rtc_utc))));
-    let mmio = Arc::new(MmioBus::default());
+    pio.insert(PORT_RTC.into(), 2, Arc::new(Mutex::new(Cmos::new(below_4g, above_4g, !cfg.rtc_utc))))?;
+    let mmio = Arc::new(Bus::default());
     let pci_ctx = pci::DeviceContext { mem: mem.clone(), routing: pci::msix::GsiRouting::new(vm.clone()) };
     let mut bars = pci::BarAllocator::default();
     let pci_bus = pci::build_bus(&cfg.slots, Some(mmio.clone()), |s| {
@@ -100,10 +99,10 @@ fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
         Ok(Arc::new(Mutex::new(VirtioPci::new(dev, s.slot, &pci_ctx, &mut bars)?)))
     })?;
     let intx_routes = pci_bus.intx_routes();
-    pio.insert(PORT_PCI_CONFIG, 8, Arc::new(Mutex::new(pci_bus)));
+    pio.insert(PORT_PCI_CONFIG.into(), 8, Arc::new(Mutex::new(pci_bus)))?;
     let power_button = if cfg.acpi {
         let pm = Arc::new(Mutex::new(AcpiPm::new(vm.clone(), exit.clone())));
-        pio.insert(PORT_PM1A_EVT, 12, pm.clone());
+        pio.insert(PORT_PM1A_EVT.into(), 12, pm.clone())?;
         Some(pm)
     } else {
         None

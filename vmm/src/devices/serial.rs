@@ -10,7 +10,7 @@ use std::time::Duration;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::PioDevice;
+use crate::bus::PioDevice;
 use crate::config::ConsoleTarget;
 
 /// Raises the UART's interrupt through an irqfd.

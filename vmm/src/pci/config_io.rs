@@ -2,7 +2,7 @@
 
 use super::intx::IntxRoute;
 use super::PciBus;
-use crate::devices::PioDevice;
+use crate::bus::PioDevice;
 
 /// Address register: enable, bus (23:16), device (15:11), function (10:8), register (7:2). Other
 /// bits read as zero.

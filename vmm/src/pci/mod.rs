@@ -1,7 +1,7 @@
 //! PCI bus 0 behind configuration mechanism #1, with bhyve's host bridges and LPC bridge, and
 //! the virtio devices (`crate::virtio`). The VMM places every BAR in the 32-bit window
 //! (`layout::PCI_MMIO_START..PCI_MMIO_END`); the guest may move them, and the bus then moves the
-//! function's ranges on the [`MmioBus`].
+//! function's ranges on the MMIO [`Bus`].
 //! Interrupts: MSI-X (`msix.rs`) or, while a driver leaves it off, INTx# on IOAPIC inputs
 //! (`intx.rs`); the bus reports the INTx wiring for the MP table and the DSDT.
 
@@ -17,14 +17,14 @@ use vm_memory::GuestMemoryMmap;
 
 pub use config_io::PciConfigIo;
 
+use crate::bus::{Bus, BusDevice};
 use crate::config::{DeviceConfig, PciSlot};
-use crate::devices::mmio::{MmioBus, MmioDevice};
 use crate::layout::{PCI_MMIO_END, PCI_MMIO_START};
 use header::{COMMAND_REG, INTERRUPT_REG};
 use intx::IntxRoute;
 
 /// An MMIO range a function decodes: (guest address, length, handler).
-pub type MmioRange = (u64, u64, Arc<dyn MmioDevice>);
+pub type MmioRange = (u64, u64, Arc<dyn BusDevice>);
 
 /// A PCI function's configuration space, accessed by dword index `reg` (0..64).
 pub trait PciDevice: Send {
@@ -77,7 +77,7 @@ const MULTI_FUNCTION: u32 = 0x80 << 16;
 #[derive(Default)]
 pub struct PciBus {
     devices: BTreeMap<(u8, u8), Arc<Mutex<dyn PciDevice>>>,
-    mmio: Option<Arc<MmioBus>>,
+    mmio: Option<Arc<Bus>>,
 }
 
 impl PciBus {
@@ -136,7 +136,7 @@ impl PciBus {
 /// Functions that place BARs there need `mmio`.
 pub fn build_bus(
     slots: &[PciSlot],
-    mmio: Option<Arc<MmioBus>>,
+    mmio: Option<Arc<Bus>>,
     mut make: impl FnMut(&PciSlot) -> Result<Arc<Mutex<dyn PciDevice>>, String>,
 ) -> Result<PciConfigIo, String> {
     if slots.iter().filter(|s| s.device == DeviceConfig::Lpc).count() > 1 {

@@ -9,7 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::common_config::Common;
 use super::interrupt::Interrupt;
 use super::{COMMON, DEVICE_CFG, ISR, MSIX_PBA, MSIX_TABLE, NOTIFY, NOTIFY_MULTIPLIER, REGION};
-use crate::devices::mmio::MmioDevice;
+use crate::bus::BusDevice;
 use crate::virtio::VirtioDevice;
 
 /// BAR 0 of a virtio PCI function.
@@ -21,7 +21,7 @@ pub(super) struct Transport {
     pub(super) notify: Vec<Arc<EventFd>>,
     pub(super) offered: u64,
 }
-impl MmioDevice for Transport {
+impl BusDevice for Transport {
     fn read(&self, offset: u64, data: &mut [u8]) {
         let region = offset / REGION * REGION;
         let at = offset - region;

@@ -12,7 +12,7 @@ use super::interrupt::Interrupt;
 use super::{
     BAR_SIZE, COMMON, COMMON_LEN, DEVICE_CFG, ISR, MSIX_PBA, MSIX_TABLE, NOTIFY, NOTIFY_MULTIPLIER, NO_VECTOR, REGION,
 };
-use crate::devices::mmio::MmioDevice;
+use crate::bus::BusDevice;
 use crate::hypervisor::Vm;
 use crate::logger::log;
 use crate::pci::header::{ConfigSpace, COMMAND_INTX_DISABLE, COMMAND_REG, STATUS_INTX};
@@ -194,6 +194,6 @@ impl PciDevice for VirtioPci {
             }
             self.mapped = now;
         }
-        now.map(|base| vec![(base, BAR_SIZE, self.transport.clone() as Arc<dyn MmioDevice>)]).unwrap_or_default()
+        now.map(|base| vec![(base, BAR_SIZE, self.transport.clone() as Arc<dyn BusDevice>)]).unwrap_or_default()
     }
 }

@@ -12,7 +12,7 @@ use super::common_config::{STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RE
 use super::interrupt::ISR_QUEUE;
 use super::pci_function::{CAP_COMMON, CAP_DEVICE, CAP_ISR, CAP_NOTIFY};
 use super::*;
-use crate::devices::mmio::MmioDevice;
+use crate::bus::BusDevice;
 use crate::hypervisor::fake::FakeVm;
 use crate::hypervisor::IrqRoute;
 use crate::pci::header::INTERRUPT_REG;
