@@ -6,9 +6,11 @@
 
 mod acpi;
 mod boot;
+mod builder;
 mod bus;
 mod cli;
 pub mod config;
+mod console_io;
 mod cpuid;
 mod devices;
 mod exit;
@@ -63,7 +65,8 @@ pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
             0
         }
         Ok(Command::Run(cfg)) => {
-            let reason = vm::run(&cfg);
+            // Every failure before the guest starts is an `Error` ending.
+            let reason = builder::build(&cfg).map_or_else(ExitReason::Error, vm::Vmm::run);
             net::passt::kill_all();
             let _ = std::io::stdout().flush();
             logger::log(format!("{reason} (exit status {})", reason.status()));

@@ -53,6 +53,17 @@ pub enum ConsoleTarget {
     Log(std::path::PathBuf),
 }
 
+impl std::fmt::Display for ConsoleTarget {
+    /// As on the command line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConsoleTarget::Stdio => write!(f, "stdio"),
+            ConsoleTarget::AutoPty => write!(f, "autopty"),
+            ConsoleTarget::Log(path) => write!(f, "log={}", path.display()),
+        }
+    }
+}
+
 impl ConsoleTarget {
     /// `stdio`, `autopty` or `log=PATH`; None for anything else.
     pub fn parse(s: &str) -> Option<ConsoleTarget> {

@@ -6,8 +6,8 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::input::{Inner, SocketOut};
-use crate::config::{ConsoleConfig, ConsoleTarget};
-use crate::devices::serial;
+use crate::config::ConsoleConfig;
+use crate::console_io;
 use crate::virtio::{drain_queue, listen, QueueBroken, VirtioDevice, TYPE_CONSOLE};
 
 const RX: usize = 0;
@@ -30,12 +30,7 @@ impl Console {
         let inner = Arc::new(Inner { input: Mutex::default(), space: Condvar::new(), rx_kick: Mutex::default() });
         let out: Box<dyn Write + Send> = match cfg {
             ConsoleConfig::Target(t) => {
-                let what = match t {
-                    ConsoleTarget::Stdio => "virtio-console,stdio".to_string(),
-                    ConsoleTarget::AutoPty => "virtio-console,autopty".to_string(),
-                    ConsoleTarget::Log(p) => format!("virtio-console,log={}", p.display()),
-                };
-                let c = serial::open_target("virtio-console", t, &what)?;
+                let c = console_io::open("virtio-console", t, &format!("virtio-console,{t}"))?;
                 if let Some(n) = c.notice {
                     crate::logger::log(n);
                 }
@@ -147,6 +142,7 @@ impl VirtioDevice for Console {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConsoleTarget;
     use crate::virtio::testing::*;
     use std::io::Read;
     use std::os::unix::net::UnixStream;
