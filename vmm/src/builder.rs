@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use xhyve_contract::signals::TermSignals;
 
 use crate::boot;
-use crate::config::{Config, ConsoleTarget, DeviceConfig};
+use crate::config::{Config, ConsoleTarget, DeviceConfig, PciSlot};
 use crate::console_io::{self, RawTerminal};
 use crate::cpuid;
 use crate::devices::acpi_pm::AcpiPm;
@@ -140,7 +140,7 @@ fn attach_pci_devices(
     let ctx = DeviceContext { mem: mem.clone(), routing: pci::msix::GsiRouting::new(vm.clone()) };
     let mut bars = BarAllocator::default();
     let mut virtio = Vec::new();
-    let bus = pci::build_bus(&cfg.slots, Some(devices.mmio.clone()), |s| {
+    let bus = pci::build_bus(&machine_slots(&cfg.slots), Some(devices.mmio.clone()), |s| {
         let dev = Arc::new(Mutex::new(VirtioPci::new(virtio_device(&s.device, cfg)?, s.slot, &ctx, &mut bars)?));
         virtio.push(dev.clone());
         Ok(dev)
@@ -150,6 +150,17 @@ fn attach_pci_devices(
     devices.pci = Some(bus);
     devices.virtio = virtio;
     Ok(())
+}
+
+/// The `-s` functions, plus a host bridge at 0:0 when there are any and slot 0 is free: Linux
+/// uses configuration mechanism #1 only when bus 0 shows a host bridge (or an Intel device), so
+/// without one a guest sees none of the devices. An explicit `-s 0,...` wins.
+fn machine_slots(slots: &[PciSlot]) -> Vec<PciSlot> {
+    let mut all = slots.to_vec();
+    if !slots.is_empty() && slots.iter().all(|s| s.slot != 0) {
+        all.insert(0, PciSlot { slot: 0, func: 0, device: DeviceConfig::HostBridge });
+    }
+    all
 }
 
 /// The virtio device a PCI slot asks for.
@@ -252,5 +263,28 @@ mod tests {
         assert_eq!(with_kernel_params("console=ttyS0", &p), "console=ttyS0 a=1 b");
         assert_eq!(with_kernel_params("console=ttyS0 -- -s x", &p), "console=ttyS0 a=1 b -- -s x");
         assert_eq!(with_kernel_params("", &p), "a=1 b");
+    }
+
+    fn slot(slot: u8, func: u8, device: DeviceConfig) -> PciSlot {
+        PciSlot { slot, func, device }
+    }
+
+    #[test]
+    fn host_bridge_when_pci_devices_and_slot_0_is_free() {
+        let with_bridge = machine_slots(&[slot(2, 0, DeviceConfig::Rng)]);
+        assert_eq!(with_bridge, vec![slot(0, 0, DeviceConfig::HostBridge), slot(2, 0, DeviceConfig::Rng)]);
+        // No PCI device: no bus to announce.
+        assert_eq!(machine_slots(&[]), vec![]);
+        // An explicit slot 0 wins, whatever it holds and whichever function.
+        for explicit in [
+            vec![slot(0, 0, DeviceConfig::AmdHostBridge), slot(2, 0, DeviceConfig::Rng)],
+            vec![slot(0, 0, DeviceConfig::Rng)],
+            vec![slot(0, 1, DeviceConfig::Lpc)],
+        ] {
+            assert_eq!(machine_slots(&explicit), explicit);
+        }
+        // The bridge adds no interrupt route: the MP table and DSDT stay as they were.
+        let bus = pci::build_bus(&machine_slots(&[slot(31, 0, DeviceConfig::Lpc)]), None, |_| unreachable!()).unwrap();
+        assert!(bus.intx_routes().is_empty());
     }
 }

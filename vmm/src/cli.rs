@@ -26,7 +26,7 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <
            virtio-blk,PATH[,ro][,sectorsize=N[/PHYS]] (raw image), virtio-rnd,
            virtio-console[,stdio|autopty|log=PATH|socket=PATH], virtio-vsock,cid=N,socket=PATH,
            virtio-net,user[,hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT]...[,mac=MAC] (passt),
-           virtio-tap,TAPNAME[,mac=MAC]
+           virtio-tap,TAPNAME[,mac=MAC]; with PCI devices and slot 0 free, a hostbridge is at 0:0
        -u: RTC keeps UTC (default: local time)
        -U: UUID (pins the MAC address)
        -v: alone: print the version; with a VM: verbose (platform fix-up and KVM counters at exit)
