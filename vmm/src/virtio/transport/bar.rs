@@ -1,26 +1,10 @@
 //! BAR 0: the virtio regions and the MSI-X table and PBA, dispatched by offset.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
-use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
-
-use super::common_config::Common;
-use super::interrupt::Interrupt;
-use super::{COMMON, DEVICE_CFG, ISR, MSIX_PBA, MSIX_TABLE, NOTIFY, NOTIFY_MULTIPLIER, REGION};
+use super::{Transport, COMMON, DEVICE_CFG, ISR, MSIX_PBA, MSIX_TABLE, NOTIFY, NOTIFY_MULTIPLIER, REGION};
 use crate::bus::BusDevice;
-use crate::virtio::VirtioDevice;
 
-/// BAR 0 of a virtio PCI function.
-pub(super) struct Transport {
-    pub(super) dev: Arc<dyn VirtioDevice>,
-    pub(super) mem: GuestMemoryMmap,
-    pub(super) common: Mutex<Common>,
-    pub(super) irq: Arc<Interrupt>,
-    pub(super) notify: Vec<Arc<EventFd>>,
-    pub(super) offered: u64,
-}
 impl BusDevice for Transport {
     fn read(&self, offset: u64, data: &mut [u8]) {
         let region = offset / REGION * REGION;

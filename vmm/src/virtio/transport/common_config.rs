@@ -5,9 +5,8 @@ use std::sync::atomic::Ordering;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::bar::Transport;
 use super::worker::{Worker, WorkerCtx};
-use super::NO_VECTOR;
+use super::{Transport, NO_VECTOR};
 use crate::logger::log;
 use crate::virtio::F_VERSION_1;
 

@@ -24,6 +24,15 @@ mod pci_function;
 mod tests;
 mod worker;
 
+use std::sync::{Arc, Mutex};
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::virtio::VirtioDevice;
+use common_config::Common;
+use interrupt::Interrupt;
+
 pub use pci_function::VirtioPci;
 
 /// BAR 0's layout.
@@ -39,3 +48,14 @@ const MSIX_PBA: u64 = 0x5000;
 const REGION: u64 = 0x1000;
 /// An MSI-X vector the driver has not assigned.
 const NO_VECTOR: u16 = 0xffff;
+
+/// The transport's state behind BAR 0 (`bar.rs` dispatches accesses to it), shared with the
+/// queue workers through `irq`.
+struct Transport {
+    dev: Arc<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    common: Mutex<Common>,
+    irq: Arc<Interrupt>,
+    notify: Vec<Arc<EventFd>>,
+    offered: u64,
+}

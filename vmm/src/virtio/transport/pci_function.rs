@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::bar::Transport;
 use super::common_config::Common;
 use super::interrupt::Interrupt;
 use super::{
-    BAR_SIZE, COMMON, COMMON_LEN, DEVICE_CFG, ISR, MSIX_PBA, MSIX_TABLE, NOTIFY, NOTIFY_MULTIPLIER, NO_VECTOR, REGION,
+    Transport, BAR_SIZE, COMMON, COMMON_LEN, DEVICE_CFG, ISR, MSIX_PBA, MSIX_TABLE, NOTIFY, NOTIFY_MULTIPLIER,
+    NO_VECTOR, REGION,
 };
 use crate::bus::BusDevice;
 use crate::hypervisor::Vm;

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
 use vm_memory::GuestMemoryMmap;
 
-use super::bar::Transport;
 use super::common_config::{STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET};
 use super::interrupt::ISR_QUEUE;
 use super::pci_function::{CAP_COMMON, CAP_DEVICE, CAP_ISR, CAP_NOTIFY};
