@@ -33,7 +33,7 @@ pub mod vsock;
 
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -84,26 +84,39 @@ pub fn listen(path: &std::path::Path) -> std::io::Result<std::os::unix::net::Uni
     std::os::unix::net::UnixListener::bind(path)
 }
 
-/// Processes everything available on `queue` with `handle(chain) -> bytes written`, re-enabling
-/// notifications at the end without missing a late addition. Shared by the devices.
+/// Processes everything available on `queue` with `handle(chain) -> bytes written`. Shared by
+/// the devices.
 pub fn drain_queue<F>(queue: &mut Queue, mem: &GuestMemoryMmap, mut handle: F) -> Result<bool, QueueBroken>
 where
-    F: FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
 {
-    use virtio_queue::QueueOwnedT;
-    use virtio_queue::QueueT;
+    fill_queue(queue, mem, |chain| Some(handle(chain)))
+}
+
+/// Offers the chains available on `queue` to `fill` until it returns None (nothing more to
+/// give now: that chain stays available for the next round), re-enabling notifications at the
+/// end without missing a late addition. `fill(chain)` returns the bytes it wrote. Returns
+/// whether the used ring changed (the driver wants an interrupt).
+pub fn fill_queue<F>(queue: &mut Queue, mem: &GuestMemoryMmap, mut fill: F) -> Result<bool, QueueBroken>
+where
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> Option<u32>,
+{
     let broken = |e: virtio_queue::Error| QueueBroken(e.to_string());
     let mut used = false;
     loop {
         queue.disable_notification(mem).map_err(broken)?;
-        let chains: Vec<_> = queue.iter(mem).map_err(broken)?.collect();
-        for chain in chains {
+        let mut exhausted = false;
+        while let Some(chain) = queue.iter(mem).map_err(broken)?.next() {
             let head = chain.head_index();
-            let len = handle(chain);
+            let Some(len) = fill(chain) else {
+                queue.go_to_previous_position();
+                exhausted = true;
+                break;
+            };
             queue.add_used(mem, head, len).map_err(broken)?;
             used = true;
         }
-        if !queue.enable_notification(mem).map_err(broken)? {
+        if !queue.enable_notification(mem).map_err(broken)? || exhausted {
             break;
         }
     }

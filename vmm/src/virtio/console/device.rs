@@ -1,14 +1,14 @@
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::input::{Inner, SocketOut};
 use crate::config::ConsoleConfig;
 use crate::console_io;
-use crate::virtio::{drain_queue, listen, QueueBroken, VirtioDevice, TYPE_CONSOLE};
+use crate::virtio::{drain_queue, fill_queue, listen, QueueBroken, VirtioDevice, TYPE_CONSOLE};
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -61,33 +61,25 @@ impl Console {
 
     /// Fills receive buffers from the pending input.
     fn fill_rx(&self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueBroken> {
-        let broken = |e: virtio_queue::Error| QueueBroken(e.to_string());
         let mut input = self.inner.input.lock().unwrap();
-        let mut used = false;
-        loop {
-            queue.disable_notification(mem).map_err(broken)?;
-            while !input.is_empty() {
-                let Some(chain) = queue.iter(mem).map_err(broken)?.next() else { break };
-                let head = chain.head_index();
-                let mut written = 0u32;
-                for desc in chain.writable() {
-                    let n = (desc.len() as usize).min(input.len());
-                    let bytes: Vec<u8> = input.iter().take(n).copied().collect();
-                    if n == 0 || mem.write_slice(&bytes, desc.addr()).is_err() {
-                        break;
-                    }
-                    input.drain(..n);
-                    written += n as u32;
+        let used = fill_queue(queue, mem, |chain| {
+            if input.is_empty() {
+                return None;
+            }
+            let mut written = 0u32;
+            for desc in chain.writable() {
+                let n = (desc.len() as usize).min(input.len());
+                let bytes: Vec<u8> = input.iter().take(n).copied().collect();
+                if n == 0 || mem.write_slice(&bytes, desc.addr()).is_err() {
+                    break;
                 }
-                queue.add_used(mem, head, written).map_err(broken)?;
-                used = true;
+                input.drain(..n);
+                written += n as u32;
             }
-            if !queue.enable_notification(mem).map_err(broken)? || input.is_empty() {
-                break;
-            }
-        }
+            Some(written)
+        });
         self.inner.space.notify_all();
-        Ok(used)
+        used
     }
 
     /// Sends a transmit chain's readable bytes to the target.

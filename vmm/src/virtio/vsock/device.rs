@@ -1,13 +1,13 @@
 use std::sync::{Arc, Condvar, Mutex};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::connections::{spawn, Inner, State, FIRST_HOST_PORT};
 use super::packet::{read_packet, write_packet, HDR_LEN, MAX_TX_PAYLOAD};
 use crate::config::VsockConfig;
-use crate::virtio::{drain_queue, listen, QueueBroken, VirtioDevice, TYPE_VSOCK};
+use crate::virtio::{drain_queue, fill_queue, listen, QueueBroken, VirtioDevice, TYPE_VSOCK};
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -43,36 +43,17 @@ impl Vsock {
 
     /// Fills receive buffers with packets while there are both.
     fn fill_rx(&self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueBroken> {
-        let broken = |e: virtio_queue::Error| QueueBroken(e.to_string());
         let mut st = self.inner.state.lock().unwrap();
-        let mut used = false;
-        loop {
-            queue.disable_notification(mem).map_err(broken)?;
-            let mut out_of_packets = false;
-            while let Some(chain) = queue.iter(mem).map_err(broken)?.next() {
-                let head = chain.head_index();
-                let descs: Vec<_> = chain.writable().collect();
-                let room: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
-                if room < HDR_LEN as u64 {
-                    queue.add_used(mem, head, 0).map_err(broken)?; // useless buffer: give it back
-                    used = true;
-                    continue;
-                }
-                let room = (room - HDR_LEN as u64).min(u64::from(MAX_TX_PAYLOAD)) as usize;
-                let Some((hdr, data)) = self.inner.next_packet(&mut st, room) else {
-                    queue.go_to_previous_position();
-                    out_of_packets = true;
-                    break;
-                };
-                let written = write_packet(&descs, mem, &hdr, &data);
-                queue.add_used(mem, head, written).map_err(broken)?;
-                used = true;
+        fill_queue(queue, mem, |chain| {
+            let descs: Vec<_> = chain.writable().collect();
+            let room: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
+            if room < HDR_LEN as u64 {
+                return Some(0); // useless buffer: give it back
             }
-            if !queue.enable_notification(mem).map_err(broken)? || out_of_packets {
-                break;
-            }
-        }
-        Ok(used)
+            let room = (room - HDR_LEN as u64).min(u64::from(MAX_TX_PAYLOAD)) as usize;
+            let (hdr, data) = self.inner.next_packet(&mut st, room)?;
+            Some(write_packet(&descs, mem, &hdr, &data))
+        })
     }
 }
 
