@@ -1,8 +1,9 @@
 //! `xhyve`: a bhyve/xhyve-compatible VMM. One process runs one VM.
 //!
 //! The library is the whole VMM: the `xhyve` binary only hands its command line to
-//! [`run_command_line`]. `virtio` is public for the fuzz targets (vmm/fuzz), which drive the
-//! devices' queue handling with hostile guest memory.
+//! [`run_command_line`], which parses it (`cli`, into a `config::Config`), builds the VM
+//! (`builder`) and runs it until it ends (`vm`). `config` and `virtio` are public for the fuzz
+//! targets (vmm/fuzz), which drive the devices' queue handling with hostile guest memory.
 
 mod acpi;
 mod boot;

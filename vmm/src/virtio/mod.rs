@@ -1,15 +1,23 @@
-//! virtio 1.x devices on the modern PCI transport (`pci.rs`), with queues from the
-//! `virtio-queue` crate.
+//! virtio 1.x devices on the modern PCI transport, with queues from the `virtio-queue` crate.
+//! Each device has a folder (Firecracker's `devices/virtio/<dev>/`): `device.rs` implements
+//! [`VirtioDevice`], and what the guest writes into the queues is parsed apart from it.
 //!
-//! - `pci.rs`: the transport: capabilities, common/notify/ISR/device configuration in BAR 0,
-//!   MSI-X table and PBA in the same BAR, INTA# (`crate::pci::intx`) while MSI-X is off, feature
-//!   negotiation, status and reset, one worker thread per enabled queue (woken through an eventfd: a KVM ioeventfd on the queue's notify
-//!   address where the host has them, else the vCPU's MMIO write signals it).
-//! - `block.rs`: `virtio-blk` on a raw image (pread/pwrite: queues never share a lock).
-//! - `rng.rs`: `virtio-rnd` from the host's getrandom.
-//! - `net.rs`: `virtio-net` (`virtio-tap,TAP` and `virtio-net,user`; backends in `crate::net`).
-//! - `console.rs`: `virtio-console` (hvc0) on a `-l`-style target or a unix socket.
-//! - `vsock.rs`: `virtio-vsock` with the host side as unix sockets (Firecracker's scheme).
+//! - `transport/`: capabilities, common/notify/ISR/device configuration in BAR 0, MSI-X table
+//!   and PBA in the same BAR, INTA# (`crate::pci::intx`) while MSI-X is off, feature
+//!   negotiation, status and reset, one worker thread per enabled queue (woken through an
+//!   eventfd: a KVM ioeventfd on the queue's notify address where the host has them, else the
+//!   vCPU's MMIO write signals it).
+//! - `block/`: `virtio-blk` on a raw image (pread/pwrite: queues never share a lock);
+//!   `request.rs` parses the request chains.
+//! - `rng/`: `virtio-rnd` from the host's getrandom.
+//! - `net/`: `virtio-net` (`virtio-tap,TAP` and `virtio-net,user`; backends in `crate::net`);
+//!   `frame.rs` moves frames in and out of chains.
+//! - `console/`: `virtio-console` (hvc0) on a `-l`-style target or a unix socket.
+//! - `vsock/`: `virtio-vsock` with the host side as unix sockets (Firecracker's scheme);
+//!   `packet.rs` parses packets, `connections.rs` keeps the connections.
+//!
+//! A device's configuration (`-s SLOT,EMUL,CONF`) lives in `crate::config`; `crate::builder`
+//! turns it into the device and its PCI function.
 //!
 //! Measured on the nested `kvm_pvm` host (2026-11, tiny box, Linux 6.1): KVM_SET_GSI_ROUTING
 //! with MSI routes, irqfds on those GSIs and MMIO ioeventfds are all accepted; the guest binds
