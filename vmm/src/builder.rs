@@ -213,6 +213,7 @@ fn load_kernel(
     boot::mptable::write(mem, cfg.cpus, intx_routes)?;
     let rsdp = if cfg.acpi { Some(crate::acpi::write_tables(mem, cfg.cpus, intx_routes)?) } else { None };
     let entry = boot::load_linux(mem, &cfg.kexec.kernel, cfg.kexec.initrd.as_deref(), &cmdline, rsdp)?;
+    entry.notes.iter().for_each(log);
     boot::cpu::write_tables(mem)?;
     boot::cpu::setup_boot_vcpu(vcpus[0].as_ref(), entry.rip)?;
     if cfg.verbose {

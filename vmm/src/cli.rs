@@ -14,7 +14,9 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <
        -A: create ACPI tables (and an ACPI power button: SIGTERM presses it)
        -c: number of vCPUs (default 1)
        -f: kexec,KERNEL,INITRD,\"CMDLINE\"   boot a Linux bzImage or vmlinux directly
-           (INITRD may be empty)
+           (INITRD may be empty); a bzImage's payload and compressed initrd members (gzip,
+           zstd, xz, lzma, bzip2, lz4) are decompressed on the host; XHYVE_HOST_DECOMPRESS=off
+           leaves that to the guest kernel
        -h: help
        --features: what this build supports, as one JSON line (read by xhyve-provider)
        -H: vCPUs sleep in the host on HLT (always so with KVM)
