@@ -14,6 +14,7 @@ use super::decompress::{self, Format};
 
 const SETUP_HEADER_OFFSET: usize = 0x1f1;
 const HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
+const XLF_KERNEL_64: u16 = 0x01;
 /// The boot protocol version that added `payload_offset` and `payload_length`.
 const PAYLOAD_FIELDS_VERSION: u16 = 0x0208;
 
@@ -38,6 +39,9 @@ pub fn decompress(image: &[u8], limit: usize) -> Result<Vmlinux, String> {
     let (version, offset, length) = (header.version, header.payload_offset, header.payload_length);
     if version < PAYLOAD_FIELDS_VERSION {
         return Err(format!("boot protocol {version:#x} has no payload_offset (2.08+)"));
+    }
+    if header.xloadflags & XLF_KERNEL_64 == 0 {
+        return Err("not a 64-bit kernel".into());
     }
     let setup_sects = match header.setup_sects {
         0 => 4,

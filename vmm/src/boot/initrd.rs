@@ -187,7 +187,7 @@ fn cpio_end(data: &[u8], mut pos: usize) -> Result<usize, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::decompress::tests::{compress, sample, DECODED};
+    use super::super::decompress::tests::{compress, rng, sample, DECODED};
     use super::*;
 
     /// A newc archive of the given (name, contents) files, as gen_init_cpio and cpio write it.
@@ -284,6 +284,22 @@ mod tests {
         let bomb = compress(Format::Zstd, &cpio(&[("zeros", &vec![0u8; 32 << 20])]));
         let err = unpack_members(&bomb, 1 << 20).err().unwrap();
         assert!(err.contains("more than 1048576 bytes"), "{err}");
+    }
+
+    #[test]
+    fn mutated_initrds_end_in_bounded_output_or_an_error() {
+        let initrd = [early(), compress(Format::Gzip, &cpio(&[("a", &sample(30_000))])), early()].concat();
+        let mut next = rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..300 {
+            let mut s = initrd.clone();
+            for _ in 0..1 + next() % 4 {
+                let i = next() as usize % s.len();
+                s[i] = next() as u8;
+            }
+            if let Ok(Some(u)) = unpack_members(&s, 50_000) {
+                assert!(u.data.len() <= 50_000);
+            }
+        }
     }
 
     #[test]
