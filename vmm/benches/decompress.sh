@@ -71,9 +71,17 @@ bench() {
   echo "${out[*]}"
 }
 
-# ratio SLOW FAST: SLOW/FAST, or how far SLOW got.
-ratio() {
-  case "$1$2" in *-*) echo "n/a";; *) echo "scale=2; $1 / $2" | bc;; esac
+# ratios NAME SLOW FAST: per marker, SLOW/FAST or which one SLOW missed (its run was bounded).
+ratios() {
+  local name=$1 i; local -a a b
+  read -ra a <<<"$2"; read -ra b <<<"$3"
+  for i in "${!NAMES[@]}"; do
+    if [ "${a[i]}" = - ]; then
+      echo "  ${NAMES[i]}: ${name%%/*} did not reach it within ${4:-$LIMIT} s (${name##*/}: ${b[i]} s)"
+    elif [ "${b[i]}" != - ]; then
+      echo "  ratio to ${NAMES[i]}, $name: $(echo "scale=2; ${a[i]} / ${b[i]}" | bc)"
+    fi
+  done
 }
 
 report() {  # report LABEL "T1 T2 T3"
@@ -95,8 +103,8 @@ echo "tiny box, median seconds from exec:"
 report "vmlinux + initrd.img (uncompressed forms)" "$plain"
 report "vmlinuz + initrd.gz, host decompression" "$host"
 report "vmlinuz + initrd.img, in-guest (kernel only)" "$guest"
-echo "  ratio to ready, in-guest/host: $(ratio "${guest##* }" "${host##* }")"
-echo "  ratio to ready, host/uncompressed: $(ratio "${host##* }" "${plain##* }")"
+ratios in-guest/host "$guest" "$host"
+ratios host/uncompressed "$host" "$plain"
 
 [ "${XHYVE_BENCH_DEBIAN:-1}" = 0 ] && exit 0
 # Debian's kernel package, extracted once (the metapackage names the current one).
@@ -115,11 +123,4 @@ dguest=$(bench "Debian, in-guest decompression" "$BASELINE_LIMIT" XHYVE_HOST_DEC
 echo "Debian stock kernel, median seconds from exec (-: not within ${BASELINE_LIMIT} s):"
 report "vmlinuz + initrd.gz, host decompression" "$dhost"
 report "vmlinuz + initrd.gz, in-guest decompression" "$dguest"
-read -ra h <<<"$dhost"; read -ra g <<<"$dguest"
-for i in "${!NAMES[@]}"; do
-  if [ "${g[i]}" = - ]; then
-    echo "  ${NAMES[i]}: in-guest path did not reach it within ${BASELINE_LIMIT} s (host path: ${h[i]} s)"
-  else
-    echo "  ratio to ${NAMES[i]}, in-guest/host: $(ratio "${g[i]}" "${h[i]}")"
-  fi
-done
+ratios in-guest/host "$dguest" "$dhost" "$BASELINE_LIMIT"
