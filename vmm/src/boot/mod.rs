@@ -101,6 +101,8 @@ pub fn load_linux(
     Ok(BootEntry { rip: k.rip, kind: k.kind, notes })
 }
 
+/// Puts the kernel into guest memory: a vmlinux as it is; a bzImage as the vmlinux its payload
+/// decodes to (with `unpack`), or else as it is, to decompress itself in the guest.
 fn load_kernel(
     mem: &GuestMemoryMmap,
     path: &Path,
