@@ -4,12 +4,14 @@ mod boxes;
 mod client;
 mod error;
 mod home;
+mod logger;
 mod machines;
 mod network;
 mod rpc;
 #[cfg(test)]
 mod schema_tests;
 mod server;
+mod size;
 mod state;
 
 use client::CallError;

@@ -3,8 +3,10 @@
 
 use crate::boxes::{unpack::Limits, Boxes};
 use crate::home::{self, Home};
+use crate::logger::log;
 use crate::machines::Machines;
 use crate::rpc::{self, Ctx, Session};
+use crate::size::parse_size;
 use jsonrpc_core::{Call, Failure, Id, MetaIoHandler, Output, Request, Response, Version};
 use serde_json::Value;
 use std::fs;
@@ -16,24 +18,6 @@ use std::time::Instant;
 
 /// Longest request line accepted.
 const MAX_LINE: u64 = 4 << 20;
-
-pub(crate) fn log(msg: &str) {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    eprintln!("[{}.{:03}] {msg}", t.as_secs(), t.subsec_millis());
-}
-
-/// A size such as `64G`, `512M`, `1048576`.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last()? {
-        (i, 'K' | 'k') => (&t[..i], 1u64 << 10),
-        (i, 'M' | 'm') => (&t[..i], 1 << 20),
-        (i, 'G' | 'g') => (&t[..i], 1 << 30),
-        (i, 'T' | 't') => (&t[..i], 1 << 40),
-        _ => (t, 1),
-    };
-    num.trim().parse::<u64>().ok()?.checked_mul(mult)
-}
 
 /// Limits from the environment: XHYVE_MAX_BOX_SIZE (bytes, K/M/G/T suffixes) and
 /// XHYVE_MAX_BOX_RATIO (unpacked:archive bytes).
@@ -226,18 +210,4 @@ fn call_one(io: &MetaIoHandler<Session>, call: Call, base: &Session) -> Option<O
     };
     log(&format!("{method} {status} ({} ms)", start.elapsed().as_millis()));
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("64G"), Some(64 << 30));
-        assert_eq!(parse_size("1m"), Some(1 << 20));
-        assert_eq!(parse_size("123"), Some(123));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size(""), None);
-    }
 }

@@ -21,7 +21,9 @@ pub mod ssh;
 use crate::boxes::{store, Boxes};
 use crate::error::{code, Error, Result};
 use crate::home::Home;
-use crate::server::{log, parse_size};
+use crate::logger::log;
+use crate::size::parse_size;
+use crate::state;
 use process::ExitRecord;
 use record::{BoxRef, Disk, MachineRecord, Process, State};
 use serde::Deserialize;
@@ -408,7 +410,7 @@ impl Machines {
                 initrd: initrd.map(|p| p.display().to_string()),
                 disks,
                 network,
-                created_at: process::now(),
+                created_at: state::now(),
                 state: State::NotCreated,
                 exit_status: None,
                 exit_signal: None,
@@ -543,7 +545,7 @@ impl Machines {
         {
             use std::io::Write;
             let mut l = &vmm_log;
-            let _ = writeln!(l, "--- {} start: {}", process::now(), argv.join(" "));
+            let _ = writeln!(l, "--- {} start: {}", state::now(), argv.join(" "));
             for n in &notes {
                 let _ = writeln!(l, "note: {n}");
             }
@@ -555,7 +557,7 @@ impl Machines {
             start_time: st,
             runner_pid,
             runner_start_time: process::start_time(runner_pid).unwrap_or(0),
-            started_at: process::now(),
+            started_at: state::now(),
             argv,
         };
         let rec = {

@@ -6,6 +6,8 @@ use super::record::{MachineRecord, State};
 use super::{lock, wrong_state, Machines};
 use crate::boxes::Reporter;
 use crate::error::{Error, Result};
+use crate::logger::log;
+use crate::state::now;
 use flate2::write::GzEncoder;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -142,10 +144,6 @@ fn write_box(tmp: &Path, meta: &Value, files: &[(String, PathBuf)], report: &Rep
     Ok((hashing.len, hex(&hashing.hash.finalize())))
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 impl Machines {
     pub fn package(&self, p: PackageParams, report: Reporter) -> Result<Value> {
         let output = absolute("output", &p.output)?;
@@ -200,7 +198,7 @@ impl Machines {
                 return Err(Error::internal(format!("writing {}: {e}", output.display())));
             }
         };
-        super::log(&format!("machine {} packaged as {} ({size} bytes)", rec.id, output.display()));
+        log(&format!("machine {} packaged as {} ({size} bytes)", rec.id, output.display()));
         Ok(json!({
             "path": output.display().to_string(),
             "size": size,

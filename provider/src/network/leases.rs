@@ -8,6 +8,7 @@
 //! free one. The file is rewritten atomically (`state::write_json_atomic`) on every change.
 
 use super::Config;
+use crate::logger::log;
 use crate::state;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -97,7 +98,7 @@ impl Leases {
         for lease in f.leases {
             let mac = parse_mac(&lease.mac).ok_or_else(|| bad(format!("{:?} is not a MAC address", lease.mac)))?;
             if !cfg.in_pool(lease.ip) {
-                crate::server::log(&format!(
+                log(&format!(
                     "lease {} of {} is outside the shared network {}: dropped",
                     lease.ip,
                     lease.mac,

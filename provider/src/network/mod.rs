@@ -18,9 +18,9 @@ pub mod leases;
 
 use crate::error::{code, Error, Result};
 use crate::home::Home;
+use crate::logger::log;
 use crate::machines::record::{MachineRecord, State};
 use crate::machines::ssh;
-use crate::server::log;
 use leases::Leases;
 use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddr};
