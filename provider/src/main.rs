@@ -7,6 +7,7 @@ mod home;
 mod logger;
 mod machines;
 mod network;
+mod nic;
 mod rpc;
 #[cfg(test)]
 mod schema_tests;

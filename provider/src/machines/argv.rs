@@ -56,7 +56,7 @@ pub(super) fn launch(
             if rec.ssh_port.is_some_and(|p| p != port) {
                 notes.push(format!("SSH host port {} is taken: now {port}", rec.ssh_port.unwrap_or(0)));
             }
-            let mut dev = format!("{NET_SLOT},virtio-net,user,hostfwd=tcp:{}:{port}-:22", ssh::HOST);
+            let mut dev = format!("{NET_SLOT},virtio-net,user,hostfwd=tcp:{}:{port}-:{}", ssh::HOST, ssh::GUEST_PORT);
             for f in rec.network["forwarded_ports"].as_array().into_iter().flatten() {
                 let guest = f["guest"].as_u64().unwrap_or(0);
                 let host = f["host"].as_u64().unwrap_or(guest);

@@ -22,6 +22,7 @@ use crate::boxes::{store, Boxes};
 use crate::error::{code, Error, Result};
 use crate::home::Home;
 use crate::logger::log;
+use crate::nic;
 use crate::size::parse_size;
 use crate::state;
 use process::ExitRecord;
@@ -31,11 +32,13 @@ use serde_json::{json, Value};
 use source::Source;
 use std::collections::HashMap;
 use std::fs;
+use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use xhyve_contract::mac::format_mac;
 use xhyve_contract::{hex::hex, random};
 
 /// Default seconds `machine.stop` waits for the guest to power off before SIGKILL.
@@ -706,7 +709,10 @@ impl Machines {
         if !dir.is_dir() {
             return Err(self.existing(&p.id).err().unwrap_or_else(|| Error::not_found("gone")));
         }
-        let shared_uuid = MachineRecord::load(&dir).ok().filter(|r| r.network["mode"] == "shared").map(|r| r.uuid);
+        let shared_mac = MachineRecord::load(&dir)
+            .ok()
+            .filter(|r| r.network["mode"] == "shared")
+            .and_then(|r| nic::mac_of_uuid(&r.uuid));
         // A directory without a readable record (a creation cut short) can always go.
         if let Ok(rec) = MachineRecord::load(&dir) {
             if let (State::Running, Some(proc)) = (rec.state, rec.process.clone()) {
@@ -728,8 +734,8 @@ impl Machines {
             self.remove_dir(&dir);
         }
         self.net.remove_tap(&p.id);
-        if let Some(u) = shared_uuid {
-            self.net.forget(&u);
+        if let Some(mac) = shared_mac {
+            self.net.forget(&mac);
         }
         lock(&self.slots).remove(&p.id);
         log(&format!("machine {} destroyed", p.id));
@@ -744,10 +750,37 @@ impl Machines {
         if rec.state != State::Running {
             return Ok(Value::Null);
         }
-        Ok(match self.net.ssh_addr(&rec) {
+        Ok(match self.ssh_addr(&rec) {
             Ok(addr) => ssh::info(addr, &self.key_path()),
             Err(_) => Value::Null,
         })
+    }
+
+    /// The address to SSH to: user mode's forward on 127.0.0.1, shared mode's leased address
+    /// and port 22; Err says why there is none (yet).
+    fn ssh_addr(&self, rec: &MachineRecord) -> std::result::Result<SocketAddr, String> {
+        match rec.network["mode"].as_str().unwrap_or("user") {
+            "user" => rec
+                .ssh_port
+                .map(|p| SocketAddr::from((ssh::HOST, p)))
+                .ok_or_else(|| "the machine has no forwarded SSH port (no user-mode network device)".into()),
+            "shared" => {
+                let has_tap = rec.process.as_ref().is_none_or(|p| p.argv.iter().any(|a| a.contains(",virtio-tap,")));
+                if !has_tap {
+                    return Err("the machine runs without a network device (its xhyve has no virtio-tap)".into());
+                }
+                let mac = nic::mac_of_uuid(&rec.uuid).ok_or_else(|| format!("uuid {:?} is not a UUID", rec.uuid))?;
+                match self.net.bound(&mac) {
+                    Ok(Some(ip)) => Ok(SocketAddr::from((ip, ssh::GUEST_PORT))),
+                    Ok(None) => Err(format!(
+                        "no DHCP lease for the machine's MAC address {} yet (the guest has not asked for an address)",
+                        format_mac(&mac)
+                    )),
+                    Err(e) => Err(e.message),
+                }
+            }
+            _ => Err("the machine has no network (network none)".into()),
+        }
     }
 
     pub fn key_path(&self) -> PathBuf {
@@ -756,10 +789,10 @@ impl Machines {
 
     /// Logs in until `deadline`; errors when the machine is not (or no longer) running, or
     /// with the step that failed last.
-    fn ssh_login(&self, id: &str, deadline: Instant) -> Result<(ssh::Conn, u32, std::net::SocketAddr)> {
+    fn ssh_login(&self, id: &str, deadline: Instant) -> Result<(ssh::Conn, u32, SocketAddr)> {
         let dir = self.existing(id)?;
-        let mut last_addr = std::net::SocketAddr::from((ssh::HOST, 0));
-        let target = || -> Result<std::result::Result<std::net::SocketAddr, String>> {
+        let mut last_addr = SocketAddr::from((ssh::HOST, 0));
+        let target = || -> Result<std::result::Result<SocketAddr, String>> {
             let rec = MachineRecord::load(&dir)?;
             if rec.state != State::Running {
                 return Err(wrong_state(
@@ -772,7 +805,7 @@ impl Machines {
                     rec.state,
                 ));
             }
-            Ok(self.net.ssh_addr(&rec))
+            Ok(self.ssh_addr(&rec))
         };
         let key = self.key_path();
         if !key.is_file() {
@@ -849,7 +882,15 @@ impl Machines {
                 self.finalize(&id, &p);
             }
         }
-        self.net.recover(&self.records());
+        // Then the shared network: its TAP devices of machines that no longer run go, its
+        // bridge and DHCP server come back while a shared machine runs.
+        let records = self.records();
+        for (_, r) in records.iter().filter(|(_, r)| r.state != State::Running) {
+            self.net.remove_tap(&r.id);
+        }
+        if records.iter().any(|(_, r)| r.state == State::Running && r.network["mode"] == "shared") {
+            self.net.resume();
+        }
     }
 }
 

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 pub const USERNAME: &str = "vagrant";
 /// The host address the SSH port is forwarded on.
 pub const HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// The guest's SSH port (forwarded to in network user, connected to in network shared).
+pub const GUEST_PORT: u16 = 22;
 /// Vagrant's well-known insecure private key (its public half is in the tiny box's
 /// `authorized_keys`); written to `$XHYVE_HOME/insecure_private_key` when the daemon starts.
 pub const INSECURE_PRIVATE_KEY: &str = include_str!("../../../boxes/tiny/vagrant.key");

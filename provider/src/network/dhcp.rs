@@ -5,9 +5,10 @@
 //! address when it renews. Options: subnet mask, router and broadcast address (the bridge), lease
 //! time with T1/T2; no DNS server (the daemon runs none).
 
-use super::leases::{Leases, Mac};
-use super::Config;
+use super::config::Config;
+use super::leases::Leases;
 use crate::logger::log;
+use crate::nic::Mac;
 use dhcproto::v4::{self, DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
 use std::io;

@@ -7,7 +7,7 @@
 //! lost leases file most likely gives the same addresses again; taken slots move to the next
 //! free one. The file is rewritten atomically (`state::write_json_atomic`) on every change.
 
-use super::Config;
+use super::config::Config;
 use crate::logger::log;
 use crate::state;
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use xhyve_contract::mac::format_mac;
 
-pub type Mac = [u8; 6];
+use crate::nic::Mac;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
