@@ -2,12 +2,18 @@
 //! slot 2, disks after it), the user-mode port forwards and the kexec boot.
 
 use super::record::MachineRecord;
-use super::{ssh, NET_SLOT};
+use super::ssh;
 use crate::error::{code, Error, Result};
 use crate::network::{Shared, Tap};
 use std::collections::HashSet;
 use std::path::Path;
 use xhyve_contract::features::Features;
+
+/// The network device's PCI slot; disks follow it.
+pub(super) const NET_SLOT: usize = 2;
+/// The most PCI slots disks may take (3..=30; 0 is the host bridge, 2 the network device, 31
+/// the LPC bridge).
+pub(super) const MAX_DISKS: usize = 28;
 
 /// What `machine.start` runs, and what it notes in vmm.log.
 pub(super) struct Launch {

@@ -148,3 +148,18 @@ impl MachineRecord {
         v
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn rec() -> MachineRecord {
+        serde_json::from_value(json!({
+            "id": "m", "name": "n", "uuid": "u",
+            "box": {"name": "b", "version": "0", "architecture": "amd64", "path": "/b"},
+            "cpus": 1, "memory": "256M", "cmdline": "", "kernel": "/k",
+            "network": {"mode": "user"}, "created_at": 0, "state": "running"
+        }))
+        .unwrap()
+    }
+}
