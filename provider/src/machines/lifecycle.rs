@@ -4,7 +4,7 @@
 
 use super::params::{DestroyParams, StopParams};
 use super::process::{self, ExitRecord};
-use super::record::{MachineRecord, Process, State};
+use super::record::{MachineRecord, NetworkMode, Process, State};
 use super::{argv, invalid_field, lock, wrong_state, Machines};
 use crate::error::{code, Error, Result};
 use crate::logger::log;
@@ -233,7 +233,7 @@ impl Machines {
         }
         let shared_mac = MachineRecord::load(&dir)
             .ok()
-            .filter(|r| r.network["mode"] == "shared")
+            .filter(|r| r.network.mode == NetworkMode::Shared)
             .and_then(|r| nic::mac_of_uuid(&r.uuid));
         // A directory without a readable record (a creation cut short) can always go.
         if let Ok(rec) = MachineRecord::load(&dir) {
@@ -288,7 +288,7 @@ impl Machines {
         for (_, r) in records.iter().filter(|(_, r)| r.state != State::Running) {
             self.net.remove_tap(&r.id);
         }
-        if records.iter().any(|(_, r)| r.state == State::Running && r.network["mode"] == "shared") {
+        if records.iter().any(|(_, r)| r.state == State::Running && r.network.mode == NetworkMode::Shared) {
             self.net.resume();
         }
     }

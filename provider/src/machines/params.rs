@@ -2,10 +2,11 @@
 //! typed ones (sizes given as numbers or strings, the network as a string or an object) into
 //! values the record keeps. Errors are the text after `invalid params: FIELD: `.
 
+use super::record::{ForwardedPort, Network, NetworkMode, Protocol};
 use crate::error::{Error, Result};
-use crate::size::parse_size;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
+use std::net::Ipv4Addr;
 use xhyve_contract::random;
 
 #[derive(Debug, Deserialize)]
@@ -104,92 +105,72 @@ pub fn check_uuid(u: &str) -> std::result::Result<String, String> {
     }
 }
 
-/// Memory as xhyve's `-m` takes it, normalised to whole MiB: an integer (MiB) or a size string
-/// (`512M`, `1G`, a bare number is MiB as for xhyve).
-pub fn parse_memory(v: &Value) -> std::result::Result<String, String> {
-    let bytes = match v {
-        Value::Number(n) => {
-            n.as_u64().and_then(|m| m.checked_mul(1 << 20)).ok_or(format!("{n} is not a whole number of MiB"))?
-        }
-        Value::String(s) if s.trim().bytes().all(|b| b.is_ascii_digit()) && !s.trim().is_empty() => {
-            s.trim().parse::<u64>().ok().and_then(|m| m.checked_mul(1 << 20)).ok_or(format!("{s:?} is not a size"))?
-        }
-        Value::String(s) => {
-            parse_size(s).ok_or(format!("{s:?} is not a size (e.g. \"512M\", \"2G\", or an integer of MiB)"))?
-        }
-        other => return Err(format!("{other} is not a size (e.g. \"512M\")")),
-    };
-    if bytes % (1 << 20) != 0 {
-        return Err("memory must be a whole number of MiB".into());
-    }
-    let mib = bytes >> 20;
-    if !(16..=1 << 20).contains(&mib) {
-        return Err(format!("{mib} MiB is out of range (16M to 1T)"));
-    }
-    Ok(format!("{mib}M"))
-}
-
-pub fn parse_disk_size(v: &Value) -> std::result::Result<u64, String> {
-    let n = match v {
-        Value::Number(n) => n.as_u64().ok_or(format!("{n} is not a size in bytes"))?,
-        Value::String(s) => parse_size(s).ok_or(format!("{s:?} is not a size (e.g. \"10G\")"))?,
-        other => return Err(format!("{other} is not a size")),
-    };
-    if n == 0 || n % 512 != 0 {
-        return Err(format!("{n} bytes: a disk is a positive multiple of 512 bytes"));
-    }
-    Ok(n)
-}
-
 /// `network`: `"user"` (default), `"shared"`, `"none"`, or `{mode, forwarded_ports}`; `start`
 /// turns mode `user` into xhyve's user-mode network device with the SSH and forwarded ports.
-pub fn parse_network(v: Option<&Value>) -> std::result::Result<Value, String> {
-    let modes = ["user", "shared", "none"];
+pub fn parse_network(v: Option<&Value>) -> std::result::Result<Network, String> {
     let (mode, ports) = match v {
-        None | Some(Value::Null) => ("user".to_string(), Vec::new()),
-        Some(Value::String(m)) => (m.clone(), Vec::new()),
+        None | Some(Value::Null) => (None, Vec::new()),
+        Some(Value::String(m)) => (Some(m.as_str()), Vec::new()),
         Some(Value::Object(o)) => {
             if let Some(k) = o.keys().find(|k| !["mode", "forwarded_ports"].contains(&k.as_str())) {
                 return Err(format!("unknown field {k:?} (mode, forwarded_ports)"));
             }
             let mode = match o.get("mode") {
-                None => "user".to_string(),
-                Some(Value::String(m)) => m.clone(),
+                None => None,
+                Some(Value::String(m)) => Some(m.as_str()),
                 Some(other) => return Err(format!("mode: {other} is not a string")),
             };
             let ports = match o.get("forwarded_ports") {
                 None => Vec::new(),
-                Some(Value::Array(a)) => a.clone(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|p| forwarded_port(p).ok_or_else(|| format!(
+                        "forwarded_ports: {p} is not {{guest: PORT, host?: PORT, protocol?: \"tcp\"|\"udp\", host_ip?: IPV4}}"
+                    )))
+                    .collect::<std::result::Result<_, _>>()?,
                 Some(other) => return Err(format!("forwarded_ports: {other} is not an array")),
             };
-            for p in &ports {
-                let ok = p.as_object().is_some_and(|o| {
-                    o.keys().all(|k| ["guest", "host", "protocol", "host_ip"].contains(&k.as_str()))
-                        && o.get("guest").and_then(Value::as_u64).is_some_and(|g| (1..=65535).contains(&g))
-                        && o.get("host").is_none_or(|h| h.as_u64().is_some_and(|h| h <= 65535))
-                        && o.get("protocol").is_none_or(|p| p == "tcp" || p == "udp")
-                        && o.get("host_ip")
-                            .is_none_or(|ip| ip.as_str().is_some_and(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok()))
-                });
-                if !ok {
-                    return Err(format!(
-                        "forwarded_ports: {p} is not {{guest: PORT, host?: PORT, protocol?: \"tcp\"|\"udp\", host_ip?: IPV4}}"
-                    ));
-                }
-            }
             (mode, ports)
         }
         Some(other) => return Err(format!("{other} is not a network mode (user, shared, none)")),
     };
-    if !modes.contains(&mode.as_str()) {
-        return Err(format!("mode {mode:?} is not one of user, shared, none"));
+    let mode = match mode {
+        None => NetworkMode::default(),
+        Some(m) => NetworkMode::parse(m).ok_or_else(|| format!("mode {m:?} is not one of user, shared, none"))?,
+    };
+    Ok(Network { mode, forwarded_ports: ports })
+}
+
+/// `{guest, host?, protocol?, host_ip?}` with the defaults filled in (the guest's port, tcp,
+/// 127.0.0.1); None when it is not that.
+fn forwarded_port(p: &Value) -> Option<ForwardedPort> {
+    let o = p.as_object()?;
+    if !o.keys().all(|k| ["guest", "host", "protocol", "host_ip"].contains(&k.as_str())) {
+        return None;
     }
-    Ok(json!({"mode": mode, "forwarded_ports": ports}))
+    let port = |v: &Value| v.as_u64().and_then(|n| u16::try_from(n).ok());
+    let guest = o.get("guest").and_then(port).filter(|g| *g != 0)?;
+    let host = match o.get("host") {
+        None => guest,
+        Some(h) => port(h)?,
+    };
+    let protocol = match o.get("protocol").map(Value::as_str) {
+        None => Protocol::Tcp,
+        Some(Some("tcp")) => Protocol::Tcp,
+        Some(Some("udp")) => Protocol::Udp,
+        Some(_) => return None,
+    };
+    let host_ip = match o.get("host_ip") {
+        None => Ipv4Addr::LOCALHOST,
+        Some(ip) => ip.as_str()?.parse().ok()?,
+    };
+    Some(ForwardedPort { guest, host, protocol, host_ip })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn uuids() {
@@ -204,18 +185,32 @@ mod tests {
     }
 
     #[test]
-    fn memory_and_network() {
-        assert_eq!(parse_memory(&json!("512M")).unwrap(), "512M");
-        assert_eq!(parse_memory(&json!("1G")).unwrap(), "1024M");
-        assert_eq!(parse_memory(&json!(300)).unwrap(), "300M");
-        assert_eq!(parse_memory(&json!("300")).unwrap(), "300M");
-        assert!(parse_memory(&json!("1K")).is_err());
-        assert!(parse_memory(&json!("lots")).is_err());
-        assert_eq!(parse_network(None).unwrap()["mode"], "user");
-        assert_eq!(parse_network(Some(&json!("shared"))).unwrap()["mode"], "shared");
+    fn network() {
+        assert_eq!(parse_network(None).unwrap().mode, NetworkMode::User);
+        assert_eq!(parse_network(Some(&json!("shared"))).unwrap().mode, NetworkMode::Shared);
         assert!(parse_network(Some(&json!("bridged"))).is_err());
         let n = json!({"mode": "user", "forwarded_ports": [{"guest": 80, "host": 8080}]});
-        assert_eq!(parse_network(Some(&n)).unwrap()["forwarded_ports"][0]["host"], 8080);
+        assert_eq!(parse_network(Some(&n)).unwrap().forwarded_ports[0].host, 8080);
         assert!(parse_network(Some(&json!({"forwarded_ports": [{"guest": 0}]}))).is_err());
+        // Defaults filled in: the guest's port on 127.0.0.1, tcp.
+        let n = json!({"forwarded_ports": [{"guest": 53, "protocol": "udp"}, {"guest": 80, "host_ip": "0.0.0.0"}]});
+        let ports = parse_network(Some(&n)).unwrap().forwarded_ports;
+        assert_eq!(
+            ports[0],
+            ForwardedPort { guest: 53, host: 53, protocol: Protocol::Udp, host_ip: Ipv4Addr::LOCALHOST }
+        );
+        assert_eq!((ports[1].host, ports[1].protocol, ports[1].host_ip), (80, Protocol::Tcp, Ipv4Addr::UNSPECIFIED));
+        for bad in [
+            json!({"guest": 70000}),
+            json!({"guest": 80, "host": -1}),
+            json!({"guest": 80, "host": null}),
+            json!({"guest": 80, "protocol": "sctp"}),
+            json!({"guest": 80, "host_ip": "localhost"}),
+            json!({"guest": 80, "port": 1}),
+            json!(80),
+        ] {
+            let e = parse_network(Some(&json!({"forwarded_ports": [bad]}))).unwrap_err();
+            assert!(e.starts_with(&format!("forwarded_ports: {bad} is not {{guest: PORT")), "{e}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! with its output streamed as notifications).
 
 use super::params::{ExecParams, WaitParams};
-use super::record::{MachineRecord, State};
+use super::record::{MachineRecord, NetworkMode, State};
 use super::{invalid_field, wrong_state, Machines};
 use crate::error::{code, Error, Result};
 use crate::home::Home;
@@ -53,12 +53,12 @@ impl Machines {
     /// The address to SSH to: user mode's forward on 127.0.0.1, shared mode's leased address
     /// and port 22; Err says why there is none (yet).
     fn ssh_addr(&self, rec: &MachineRecord) -> std::result::Result<SocketAddr, String> {
-        match rec.network["mode"].as_str().unwrap_or("user") {
-            "user" => rec
+        match rec.network.mode {
+            NetworkMode::User => rec
                 .ssh_port
                 .map(|p| SocketAddr::from((HOST, p)))
                 .ok_or_else(|| "the machine has no forwarded SSH port (no user-mode network device)".into()),
-            "shared" => {
+            NetworkMode::Shared => {
                 let has_tap = rec.process.as_ref().is_none_or(|p| p.argv.iter().any(|a| a.contains(",virtio-tap,")));
                 if !has_tap {
                     return Err("the machine runs without a network device (its xhyve has no virtio-tap)".into());
@@ -73,7 +73,7 @@ impl Machines {
                     Err(e) => Err(e.message),
                 }
             }
-            _ => Err("the machine has no network (network none)".into()),
+            NetworkMode::None => Err("the machine has no network (network none)".into()),
         }
     }
 
