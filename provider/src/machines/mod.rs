@@ -13,7 +13,7 @@
 //! This file holds what every method shares (the registry of machine directories and the
 //! locks); the methods live in the modules below, each an `impl Machines` block of its own.
 //! Dependencies point one way: the method modules use this file and the leaf modules (`record`,
-//! `params`, `process`, ...), and this file uses only `record`.
+//! `params`, `process`, ...); of its own submodules this file uses only `record`.
 
 mod argv;
 mod create;

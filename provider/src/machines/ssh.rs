@@ -1,7 +1,8 @@
-//! SSH to machines: the per-machine host port forwarded to the guest's port 22 (user-mode
-//! networking) or the guest's own address (shared network), `machine.ssh_info`, `machine.wait_ssh` (a real handshake and publickey
-//! authentication with libssh2, retried until a deadline) and `machine.exec` (a command over SSH
-//! with its output streamed as notifications).
+//! SSH to machines: where to reach a guest's port 22 (the host port forwarded to it in network
+//! user, its leased address in network shared), and the methods that use it: `machine.ssh_info`,
+//! `machine.wait_ssh` (a real handshake and publickey authentication with libssh2, retried until
+//! a deadline) and `machine.exec` (a command over SSH with its output streamed as notifications).
+//! Below the methods, the libssh2 session code they share.
 
 use super::params::{ExecParams, WaitParams};
 use super::record::{MachineRecord, NetworkMode, State};
