@@ -14,12 +14,13 @@ PANIC = "Kernel panic - not syncing"
 
 class Guest:
     def __init__(self, xhyve_bin, box, tmp_path, *flags, cmdline="console=ttyS0",
-                 kernel="vmlinux", initrd=True, console="log"):
+                 kernel="vmlinux", initrd=True, console="log", env=None):
         """console="log" uses `-l com1,log=FILE`; "stdio" uses `-l com1,stdio` with a pipe on
-        stdin (see `type`) and stdout captured to the same file."""
+        stdin (see `type`) and stdout captured to the same file. `initrd`: True for the box's,
+        False for none, or a path; `env`: variables added to xhyve's environment."""
         self.console = tmp_path / f"console-{time.monotonic_ns()}.log"
         self.stderr_path = self.console.with_suffix(".stderr")
-        initrd_path = str(box / "initrd.img") if initrd else ""
+        initrd_path = str(box / "initrd.img") if initrd is True else str(initrd or "")
         target = "stdio" if console == "stdio" else f"log={self.console}"
         self.argv = [str(xhyve_bin), *flags, "-l", f"com1,{target}",
                      "-f", f"kexec,{box / kernel},{initrd_path},{cmdline}"]
@@ -27,7 +28,8 @@ class Guest:
         self.proc = subprocess.Popen(self.argv,
                                      stdin=subprocess.PIPE if stdio else subprocess.DEVNULL,
                                      stdout=open(self.console, "wb") if stdio else subprocess.DEVNULL,
-                                     stderr=open(self.stderr_path, "w"))
+                                     stderr=open(self.stderr_path, "w"),
+                                     env={**os.environ, **(env or {})})
 
     def type(self, text):
         """Sends keystrokes to the guest console (stdio mode)."""

@@ -5,12 +5,15 @@ mod client;
 mod error;
 mod home;
 mod jsonrpc;
+mod logger;
 mod machines;
 mod network;
+mod nic;
 mod rpc;
 #[cfg(test)]
 mod schema_tests;
 mod server;
+mod size;
 mod state;
 
 use client::CallError;

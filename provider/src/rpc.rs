@@ -175,7 +175,7 @@ fn box_remove(p: Params, s: &Session) -> Result<Value> {
 }
 
 fn machine_create(p: Params, s: &Session) -> Result<Value> {
-    let p: machines::CreateParams = parse(p)?;
+    let p: machines::params::CreateParams = parse(p)?;
     s.ctx.machines.create(&s.ctx.boxes, p)
 }
 
@@ -185,43 +185,43 @@ fn machine_list(p: Params, s: &Session) -> Result<Value> {
 }
 
 fn machine_state(p: Params, s: &Session) -> Result<Value> {
-    let p: machines::IdParams = parse(p)?;
+    let p: machines::params::IdParams = parse(p)?;
     s.ctx.machines.state(&p.id)
 }
 
 fn machine_start(p: Params, s: &Session) -> Result<Value> {
-    let p: machines::IdParams = parse(p)?;
+    let p: machines::params::IdParams = parse(p)?;
     s.ctx.machines.start(&p.id)
 }
 
 fn machine_stop(p: Params, s: &Session) -> Result<Value> {
-    let p: machines::StopParams = parse(p)?;
+    let p: machines::params::StopParams = parse(p)?;
     s.ctx.machines.stop(p)
 }
 
 fn machine_destroy(p: Params, s: &Session) -> Result<Value> {
-    let p: machines::DestroyParams = parse(p)?;
+    let p: machines::params::DestroyParams = parse(p)?;
     s.ctx.machines.destroy(p)
 }
 
 fn machine_ssh_info(p: Params, s: &Session) -> Result<Value> {
-    let p: machines::IdParams = parse(p)?;
+    let p: machines::params::IdParams = parse(p)?;
     s.ctx.machines.ssh_info(&p.id)
 }
 
 fn machine_wait_ssh(p: Params, s: &Session) -> Result<Value> {
-    let p: machines::ssh::WaitParams = parse(p)?;
+    let p: machines::params::WaitParams = parse(p)?;
     s.ctx.machines.wait_ssh(p)
 }
 
 /// Streams the command's stdout and stderr as `output` notifications, then returns its status.
 fn machine_exec(p: Params, s: &Session) -> Result<Value> {
-    let p: machines::ssh::ExecParams = parse(p)?;
+    let p: machines::params::ExecParams = parse(p)?;
     let id = s.request_id.clone().unwrap_or(Value::Null);
     s.ctx.machines.exec(p, |stream, data| s.notify("output", json!({"request_id": id, "stream": stream, "data": data})))
 }
 
 fn machine_package(p: Params, s: &Session) -> Result<Value> {
-    let p: machines::package::PackageParams = parse(p)?;
+    let p: machines::params::PackageParams = parse(p)?;
     s.ctx.machines.package(p, s.reporter())
 }

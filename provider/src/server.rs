@@ -4,8 +4,10 @@
 use crate::boxes::{unpack::Limits, Boxes};
 use crate::home::{self, Home};
 use crate::jsonrpc::{self, Response};
+use crate::logger::log;
 use crate::machines::Machines;
 use crate::rpc::{self, Ctx, Session};
+use crate::size::parse_size;
 use serde_json::Value;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
@@ -16,24 +18,6 @@ use std::time::{Duration, Instant};
 
 /// Longest request line accepted.
 const MAX_LINE: u64 = 4 << 20;
-
-pub(crate) fn log(msg: &str) {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    eprintln!("[{}.{:03}] {msg}", t.as_secs(), t.subsec_millis());
-}
-
-/// A size such as `64G`, `512M`, `1048576`.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last()? {
-        (i, 'K' | 'k') => (&t[..i], 1u64 << 10),
-        (i, 'M' | 'm') => (&t[..i], 1 << 20),
-        (i, 'G' | 'g') => (&t[..i], 1 << 30),
-        (i, 'T' | 't') => (&t[..i], 1 << 40),
-        _ => (t, 1),
-    };
-    num.trim().parse::<u64>().ok()?.checked_mul(mult)
-}
 
 /// XHYVE_HTTP_TIMEOUT: seconds a server may send nothing (connecting, answering, within a body)
 /// before the download is resumed or given up.
@@ -217,18 +201,4 @@ fn handle_one(v: Value, base: &Session) -> Option<Response> {
         Ok(v) => Response::result(id, v),
         Err(e) => Response::failure(id, e),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("64G"), Some(64 << 30));
-        assert_eq!(parse_size("1m"), Some(1 << 20));
-        assert_eq!(parse_size("123"), Some(123));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size(""), None);
-    }
 }

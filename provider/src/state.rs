@@ -1,4 +1,5 @@
-//! State files written atomically: temp file in the same directory, fsync, rename, fsync dir.
+//! State files written atomically: temp file in the same directory, fsync, rename, fsync dir;
+//! and the Unix time their time stamps carry.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -39,6 +40,11 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> io::Res
     let mut data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     data.push(b'\n');
     write_atomic(path, &data)
+}
+
+/// Seconds since the Unix epoch (records' `created_at`, `exited_at`, lease times).
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

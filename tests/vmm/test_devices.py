@@ -37,10 +37,13 @@ blkdiscard -o 1048576 -l 4194304 /dev/vda&&echo DISCARD ok
 echo RNG $(head -c 32 /dev/hwrng|od -An -tx1)
 echo RNGDEV $(cat /sys/class/misc/hw_random/rng_current)
 grep -c PCI-MSI /proc/interrupts|sed 's/^/MSI /'
+echo BRIDGE $(cat /sys/bus/pci/devices/0000:00:00.0/class)
 """
 
 
 def test_blk_rw_ro_discard_sectorsize_and_rng_in_one_boot(guest, tmp_path):
+    """No `-s 0,hostbridge` (nor an Intel LPC bridge): the VMM adds the host bridge without which
+    Linux finds no PCI device at all."""
     rw, ro, big = tmp_path / "rw.img", tmp_path / "ro.img", tmp_path / "4k.img"
     with open(rw, "wb") as f:
         f.truncate(8 * MIB)
@@ -53,9 +56,9 @@ def test_blk_rw_ro_discard_sectorsize_and_rng_in_one_boot(guest, tmp_path):
     blocks_before = os.stat(rw).st_blocks
     ro_before = ro.read_bytes()
 
-    g = guest("-A", "-c", "2", "-m", "256M", "-s", "0,hostbridge", "-s", "31,lpc",
-              "-s", f"2,virtio-blk,{rw}", "-s", f"3,virtio-blk,{ro},ro",
-              "-s", f"4,virtio-blk,{big},sectorsize=4096", "-s", "5,virtio-rnd",
+    g = guest("-A", "-c", "2", "-m", "256M", "-s", f"2,virtio-blk,{rw}",
+              "-s", f"3,virtio-blk,{ro},ro", "-s", f"4,virtio-blk,{big},sectorsize=4096",
+              "-s", "5,virtio-rnd",
               cmdline=cmdline(BLK_RNG_SCRIPT))
     assert g.wait_for(rf"{MARK} cmd-exit=(\d+)").group(1) is not None
     g.wait_for(rf"{MARK} poweroff")
@@ -95,6 +98,9 @@ def test_blk_rw_ro_discard_sectorsize_and_rng_in_one_boot(guest, tmp_path):
 
     # Interrupts are MSI-X: a config and a queue vector per device at least.
     assert int(lines(g, "MSI")[0]) >= 8, out
+
+    # The implicit host bridge at 00:00.0 (class 06 00 00).
+    assert lines(g, "BRIDGE") == ["0x060000"], out
 
 
 def test_blk_command_line_errors(xhyve_bin, tiny_box, tmp_path):

@@ -4,16 +4,19 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::path::PathBuf;
 
 use uuid::Uuid;
+
+use crate::config::{Config, ConsoleTarget, DeviceConfig, Kexec, PciSlot};
 
 pub const USAGE: &str = "\
 usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <fw>
        -A: create ACPI tables (and an ACPI power button: SIGTERM presses it)
        -c: number of vCPUs (default 1)
        -f: kexec,KERNEL,INITRD,\"CMDLINE\"   boot a Linux bzImage or vmlinux directly
-           (INITRD may be empty)
+           (INITRD may be empty); a bzImage's payload and compressed initrd members (gzip,
+           zstd, xz, lzma, bzip2, lz4) are decompressed on the host; XHYVE_HOST_DECOMPRESS=off
+           leaves that to the guest kernel
        -h: help
        --features: what this build supports, as one JSON line (read by xhyve-provider)
        -H: vCPUs sleep in the host on HLT (always so with KVM)
@@ -25,7 +28,7 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <
            virtio-blk,PATH[,ro][,sectorsize=N[/PHYS]] (raw image), virtio-rnd,
            virtio-console[,stdio|autopty|log=PATH|socket=PATH], virtio-vsock,cid=N,socket=PATH,
            virtio-net,user[,hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT]...[,mac=MAC] (passt),
-           virtio-tap,TAPNAME[,mac=MAC]
+           virtio-tap,TAPNAME[,mac=MAC]; with PCI devices and slot 0 free, a hostbridge is at 0:0
        -u: RTC keeps UTC (default: local time)
        -U: UUID (pins the MAC address)
        -v: alone: print the version; with a VM: verbose (platform fix-up and KVM counters at exit)
@@ -38,55 +41,6 @@ signals: SIGTERM presses the ACPI power button (with -A); a second SIGTERM, or n
 pub const DEFAULT_MEM: u64 = 256 << 20;
 /// The largest vCPU count our MP table and APIC IDs can express.
 const MAX_CPUS_LAYOUT: usize = 254;
-/// PCI emulations this build knows; `-s` with anything else is an error naming these.
-pub const PCI_EMULATIONS: &[&str] = &[
-    "hostbridge",
-    "amd_hostbridge",
-    "lpc",
-    "virtio-blk",
-    "virtio-rnd",
-    "virtio-console",
-    "virtio-vsock",
-    "virtio-net",
-    "virtio-tap",
-];
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConsoleTarget {
-    Stdio,
-    AutoPty,
-    Log(PathBuf),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PciSlot {
-    pub slot: u8,
-    pub func: u8,
-    pub emul: String,
-    pub conf: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Kexec {
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    pub mem_bytes: u64,
-    pub cpus: u8,
-    pub acpi: bool,
-    pub uuid: Option<Uuid>,
-    pub com1: Option<ConsoleTarget>,
-    pub com2: Option<ConsoleTarget>,
-    pub slots: Vec<PciSlot>,
-    pub kexec: Kexec,
-    pub rtc_utc: bool,
-    pub ignore_msrs: bool,
-    pub verbose: bool,
-}
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -180,13 +134,14 @@ pub fn parse(
                 let v = value()?;
                 let s = parse_slot(&v).map_err(|e| bad(format!("-s {v}"), e))?;
                 if let Some(o) = slots.iter().find(|o| o.slot == s.slot && o.func == s.func) {
-                    return Err(bad(format!("-s {v}"), format!("slot {}:{} already holds {}", s.slot, s.func, o.emul)));
+                    let held = o.device.emulation();
+                    return Err(bad(format!("-s {v}"), format!("slot {}:{} already holds {held}", s.slot, s.func)));
                 }
                 slots.push(s);
             }
             Some('f') => {
                 let v = value()?;
-                kexec = Some(parse_firmware(&v).map_err(|e| bad(format!("-f {}", first_field(&v)), e))?);
+                kexec = Some(Kexec::parse(&v).map_err(|e| bad(format!("-f {}", first_field(&v)), e))?);
             }
             _ => return Err(bad(flag, "unknown flag (see xhyve -h)")),
         }
@@ -262,14 +217,8 @@ fn parse_lpc(s: &str) -> Result<(u8, ConsoleTarget), String> {
         "com2" => 2,
         _ => return Err(format!("unknown LPC device '{dev}' (com1, com2)")),
     };
-    let target = match target {
-        "stdio" => ConsoleTarget::Stdio,
-        "autopty" => ConsoleTarget::AutoPty,
-        t => match t.strip_prefix("log=") {
-            Some("") | None => return Err(format!("unknown target '{t}' (stdio, autopty, log=PATH)")),
-            Some(path) => ConsoleTarget::Log(path.into()),
-        },
-    };
+    let target =
+        ConsoleTarget::parse(target).ok_or_else(|| format!("unknown target '{target}' (stdio, autopty, log=PATH)"))?;
     Ok((port, target))
 }
 
@@ -284,65 +233,11 @@ fn parse_slot(s: &str) -> Result<PciSlot, String> {
     };
     let slot: u8 = slot.parse().ok().filter(|s| *s < 32).ok_or("slot must be 0-31")?;
     let func: u8 = func.parse().ok().filter(|f| *f < 8).ok_or("function must be 0-7")?;
-    if !PCI_EMULATIONS.contains(&emul) {
-        return Err(format!("unknown device '{emul}' (valid: {})", PCI_EMULATIONS.join(", ")));
-    }
-    match emul {
-        "virtio-blk" => drop(crate::virtio::block::BlockConfig::parse(conf.as_deref())?),
-        "virtio-rnd" => crate::virtio::rng::check_conf(conf.as_deref())?,
-        "virtio-console" => drop(crate::virtio::console::ConsoleConfig::parse(conf.as_deref())?),
-        "virtio-vsock" => drop(crate::virtio::vsock::VsockConfig::parse(conf.as_deref())?),
-        "virtio-net" | "virtio-tap" => drop(crate::virtio::net::NetConfig::parse(emul, conf.as_deref())?),
-        _ => {}
-    }
-    Ok(PciSlot { slot, func, emul: emul.to_string(), conf })
+    Ok(PciSlot { slot, func, device: DeviceConfig::parse(emul, conf.as_deref())? })
 }
 
 fn first_field(s: &str) -> &str {
     s.split(',').next().unwrap_or(s)
-}
-
-/// `kexec,KERNEL,INITRD,CMDLINE`; the kernel (and a non-empty initrd) must be readable files.
-fn parse_firmware(s: &str) -> Result<Kexec, String> {
-    let mut parts = s.splitn(4, ',');
-    match parts.next() {
-        Some("kexec") => {}
-        Some("bootrom") => return Err("UEFI firmware boot is not supported yet; use -f kexec".into()),
-        Some(other) => return Err(format!("unknown boot method '{other}' (kexec)")),
-        None => unreachable!(),
-    }
-    let kernel = parts.next().filter(|k| !k.is_empty()).ok_or("missing KERNEL")?;
-    check_readable(kernel).map_err(|e| format!("kernel {kernel}: {e}"))?;
-    let initrd = match parts.next() {
-        None | Some("") => None,
-        Some(i) => {
-            check_readable(i).map_err(|e| format!("initrd {i}: {e}"))?;
-            Some(PathBuf::from(i))
-        }
-    };
-    let cmdline = parts.next().unwrap_or("").trim_matches('"').to_string();
-    Ok(Kexec { kernel: kernel.into(), initrd, cmdline })
-}
-
-fn check_readable(path: &str) -> Result<(), String> {
-    let f = std::fs::File::open(path).map_err(|e| strip_os_error(&e))?;
-    let meta = f.metadata().map_err(|e| strip_os_error(&e))?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.len() == 0 {
-        return Err("empty file".into());
-    }
-    Ok(())
-}
-
-/// "No such file or directory (os error 2)" -> "No such file or directory".
-pub fn strip_os_error(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,23 @@
 //! `xhyve`: a bhyve/xhyve-compatible VMM. One process runs one VM.
 //!
 //! The library is the whole VMM: the `xhyve` binary only hands its command line to
-//! [`run_command_line`]. `virtio` is public for the fuzz targets (vmm/fuzz), which drive the
-//! devices' queue handling with hostile guest memory.
+//! [`run_command_line`], which parses it (`cli`, into a `config::Config`), builds the VM
+//! (`builder`) and runs it until it ends (`vm`). `config` and `virtio` are public for the fuzz
+//! targets (vmm/fuzz), which drive the devices' queue handling with hostile guest memory.
 
 mod acpi;
 mod boot;
+mod builder;
+mod bus;
 mod cli;
+pub mod config;
+mod console_io;
 mod cpuid;
 mod devices;
 mod exit;
 mod hypervisor;
 mod layout;
+mod logger;
 mod memory;
 mod net;
 mod pci;
@@ -34,7 +40,7 @@ pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
     let cmd = cli::parse(args, || hypervisor::max_vcpus().map_err(|e| format!("cannot ask the hypervisor: {e}")));
     match cmd {
         Err(e) => {
-            vm::log(e.to_string());
+            logger::log(e.to_string());
             ExitReason::Error(String::new()).status()
         }
         Ok(Command::Help) => {
@@ -44,7 +50,7 @@ pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
         Ok(Command::Features) => {
             let features = xhyve_contract::features::Features {
                 version: env!("CARGO_PKG_VERSION").into(),
-                pci: cli::PCI_EMULATIONS.iter().map(|e| e.to_string()).collect(),
+                pci: config::PCI_EMULATIONS.iter().map(|e| e.to_string()).collect(),
                 net_backends: vec!["user".into()],
                 boot: vec!["kexec".into()],
             };
@@ -60,10 +66,11 @@ pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
             0
         }
         Ok(Command::Run(cfg)) => {
-            let reason = vm::run(&cfg);
+            // Every failure before the guest starts is an `Error` ending.
+            let reason = builder::build(&cfg).map_or_else(ExitReason::Error, vm::Vmm::run);
             net::passt::kill_all();
             let _ = std::io::stdout().flush();
-            vm::log(format!("{reason} (exit status {})", reason.status()));
+            logger::log(format!("{reason} (exit status {})", reason.status()));
             reason.status()
         }
     }

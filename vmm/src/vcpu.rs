@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 
-use crate::devices::mmio::MmioBus;
-use crate::devices::PioBus;
+use crate::bus::Bus;
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::{Vcpu, VcpuExit};
 use crate::pvm::Pvm;
@@ -33,8 +32,8 @@ pub fn install_kick_handler() {
 /// What all vCPU threads share.
 pub struct Shared {
     pub mem: GuestMemoryMmap,
-    pub pio: PioBus,
-    pub mmio: Arc<MmioBus>,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
     pub exit: Arc<ExitLatch>,
     pub pvm: Option<Arc<Pvm>>,
     /// One flag per vCPU: halted with interrupts off (only a reset could wake it).
@@ -42,6 +41,15 @@ pub struct Shared {
     pub unclaimed_io: AtomicU64,
     pub ignored_msrs: AtomicU64,
     pub verbose: bool,
+}
+
+impl Shared {
+    /// Counts an access no device claimed.
+    fn claimed(&self, claimed: bool) {
+        if !claimed {
+            self.unclaimed_io.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Starts the vCPU's thread (never joined: the process exits when the VM ends) and returns its
@@ -65,27 +73,11 @@ fn run_loop(vcpu: &mut dyn Vcpu, shared: &Shared) -> Result<(), ExitReason> {
     while !shared.exit.is_set() {
         let exit = vcpu.run().map_err(|e| fail(e.to_string()))?;
         match exit {
-            VcpuExit::IoIn(port, data) => {
-                if !shared.pio.read(port, data) {
-                    shared.unclaimed_io.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            VcpuExit::IoOut(port, data) => {
-                if !shared.pio.write(port, data) {
-                    shared.unclaimed_io.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            // Unclaimed MMIO: reads float high, writes are dropped, as on an empty bus.
-            VcpuExit::MmioRead(addr, data) => {
-                if !shared.mmio.read(addr, data) {
-                    shared.unclaimed_io.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            VcpuExit::MmioWrite(addr, data) => {
-                if !shared.mmio.write(addr, data) {
-                    shared.unclaimed_io.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            // Unclaimed port I/O and MMIO: reads float high, writes are dropped, as on an empty bus.
+            VcpuExit::IoIn(port, data) => shared.claimed(shared.pio.read(port.into(), data)),
+            VcpuExit::IoOut(port, data) => shared.claimed(shared.pio.write(port.into(), data)),
+            VcpuExit::MmioRead(addr, data) => shared.claimed(shared.mmio.read(addr, data)),
+            VcpuExit::MmioWrite(addr, data) => shared.claimed(shared.mmio.write(addr, data)),
             VcpuExit::Hlt => return Err(ExitReason::Halt),
             VcpuExit::Shutdown => return Err(ExitReason::TripleFault),
             VcpuExit::SystemReset => return Err(ExitReason::Reboot),
@@ -98,7 +90,7 @@ fn run_loop(vcpu: &mut dyn Vcpu, shared: &Shared) -> Result<(), ExitReason> {
                 shared.ignored_msrs.fetch_add(1, Ordering::Relaxed);
                 if shared.verbose {
                     let what = if write { "write to" } else { "read of" };
-                    crate::vm::log(format!("vcpu{id}: ignored {what} unknown MSR {index:#x}"));
+                    crate::logger::log(format!("vcpu{id}: ignored {what} unknown MSR {index:#x}"));
                 }
             }
             VcpuExit::Interrupted => check_halted(vcpu, shared, id).map_err(fail)?,

@@ -1,196 +1,79 @@
-//! Builds a VM from a `Config`, runs it, and turns signals and device events into its ending.
+//! The running VM: its vCPUs (started by `crate::builder`), every device, and how it ends:
+//! signals become ACPI power-button presses, device events and vCPU exits become its ending.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use xhyve_contract::signals::TermSignals;
 
-use crate::boot;
-use crate::cli::{Config, ConsoleTarget};
-use crate::cpuid;
+use crate::bus::Bus;
+use crate::console_io::RawTerminal;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::cmos::Cmos;
-use crate::devices::i8042::{ResetToReboot, I8042};
-use crate::devices::mmio::MmioBus;
-use crate::devices::serial::{self, RawTerminal};
-use crate::devices::PioBus;
+use crate::devices::i8042::I8042;
+use crate::devices::serial::SerialPort;
 use crate::exit::{ExitLatch, ExitReason};
-use crate::hypervisor::{self, StatsReader, Vm};
-use crate::layout::*;
-use crate::memory;
-use crate::pci;
-use crate::pvm::Pvm;
-use crate::vcpu::{self, Shared};
-use xhyve_contract::signals::TermSignals;
+use crate::hypervisor::{StatsReader, Vm};
+use crate::logger::log;
+use crate::pci::intx::IntxRoute;
+use crate::pci::PciConfigIo;
+use crate::vcpu::Shared;
+use crate::virtio::transport::VirtioPci;
 
 /// Seconds the guest gets to power off after the ACPI power button, unless overridden.
 const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 120;
 
-pub fn log(msg: impl AsRef<str>) {
-    eprintln!("xhyve: {}", msg.as_ref());
+/// Every device of the machine, reachable from one place, and the buses they sit on.
+#[derive(Default)]
+pub struct Devices {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    /// com1, com2 as configured.
+    pub serial: Vec<Arc<Mutex<SerialPort>>>,
+    pub i8042: Option<Arc<Mutex<I8042>>>,
+    pub cmos: Option<Arc<Mutex<Cmos>>>,
+    /// With `-A`: the ACPI power button.
+    pub acpi_pm: Option<Arc<Mutex<AcpiPm>>>,
+    /// PCI bus 0 (every function, bridges included) behind its configuration ports.
+    pub pci: Option<Arc<Mutex<PciConfigIo>>>,
+    /// The virtio functions on that bus.
+    pub virtio: Vec<Arc<Mutex<VirtioPci>>>,
 }
 
-/// Whether the PVM work-arounds apply: detected, or forced with XHYVE_PVM=on|off.
-fn want_pvm() -> bool {
-    match std::env::var("XHYVE_PVM").as_deref() {
-        Ok("on") | Ok("1") => true,
-        Ok("off") | Ok("0") => false,
-        _ => Pvm::detect(),
+impl Devices {
+    /// Where the PCI functions' interrupt pins are wired, for the MP table and the DSDT.
+    pub fn pci_intx_routes(&self) -> Vec<IntxRoute> {
+        self.pci.as_ref().map(|p| p.lock().unwrap().intx_routes()).unwrap_or_default()
     }
 }
 
-/// Builds and runs the VM; every failure before the guest starts is an `Error` ending.
-pub fn run(cfg: &Config) -> ExitReason {
-    match build_and_run(cfg) {
-        Ok(reason) => reason,
-        Err(e) => ExitReason::Error(e),
-    }
+/// A VM whose vCPUs run.
+pub struct Vmm {
+    pub vm: Arc<dyn Vm>,
+    /// What the vCPU threads share: guest memory, the buses, the exit latch.
+    pub shared: Arc<Shared>,
+    pub devices: Devices,
+    /// SIGTERM, SIGINT and SIGHUP, blocked in every thread and taken here.
+    pub signals: TermSignals,
+    pub vcpu_stats: Vec<StatsReader>,
+    /// Restored when the VM ends.
+    pub raw_terminal: Option<RawTerminal>,
+    pub started: Instant,
+    pub verbose: bool,
 }
 
-fn build_and_run(cfg: &Config) -> Result<ExitReason, String> {
-    let started = Instant::now();
-    let mem = memory::create(cfg.mem_bytes)?;
-    let vm: Arc<dyn Vm> = Arc::from(hypervisor::create_vm().map_err(|e| e.to_string())?);
-    for (slot, region) in mem.iter().enumerate() {
-        // SAFETY: `mem` is moved into `Shared` below and lives until the process exits.
-        unsafe { vm.map_memory(slot as u32, region.start_addr().0, region.len(), region.as_ptr() as u64) }
-            .map_err(|e| e.to_string())?;
-    }
-    if cfg.ignore_msrs {
-        vm.ignore_unknown_msrs().map_err(|e| format!("-w: not supported by this host: {e}"))?;
-    }
-    let exit = Arc::new(ExitLatch::default());
-    let pvm = want_pvm().then(|| {
-        let p = Pvm::new();
-        p.set_verbose(u8::from(cfg.verbose));
-        Arc::new(p)
-    });
-
-    // Devices.
-    let mut pio = PioBus::default();
-    let mut raw_terminal = None;
-    for (name, target, port, irq) in
-        [("com1", &cfg.com1, PORT_COM1, IRQ_COM1), ("com2", &cfg.com2, PORT_COM2, IRQ_COM2)]
-    {
-        let Some(target) = target else { continue };
-        let console = serial::open_console(name, target)?;
-        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("{name}: eventfd: {e}"))?;
-        vm.register_irqfd(&irq_evt, irq).map_err(|e| format!("{name}: {e}"))?;
-        let port_dev = Arc::new(Mutex::new(serial::new_port(irq_evt, console.output)));
-        pio.insert(port, 8, port_dev.clone());
-        if let Some(notice) = console.notice {
-            log(notice);
+impl Vmm {
+    /// Waits for the VM's ending; with `-v`, reports its counters.
+    pub fn run(self) -> ExitReason {
+        let reason = wait_for_end(&self.shared.exit, &self.signals, self.devices.acpi_pm.as_ref());
+        drop(self.raw_terminal);
+        if self.verbose {
+            report(&*self.vm, &self.vcpu_stats, &self.shared, self.started);
         }
-        if let Some(input) = console.input {
-            if *target == ConsoleTarget::Stdio {
-                raw_terminal = Some(RawTerminal::enter());
-            }
-            serial::spawn_input(port_dev, input);
-        }
+        reason
     }
-    let i8042 = vm_superio::I8042Device::new(ResetToReboot(exit.clone()));
-    pio.insert(PORT_I8042, 5, Arc::new(Mutex::new(I8042(i8042))));
-    let (below_4g, above_4g) = split_ram(cfg.mem_bytes);
-    pio.insert(PORT_RTC, 2, Arc::new(Mutex::new(Cmos::new(below_4g, above_4g, !cfg.rtc_utc))));
-    let mmio = Arc::new(MmioBus::default());
-    let pci_ctx = pci::DeviceContext {
-        mem: mem.clone(),
-        mmio: mmio.clone(),
-        routing: pci::msix::GsiRouting::new(vm.clone()),
-        cpus: cfg.cpus,
-        uuid: cfg.uuid,
-    };
-    let pci_bus = pci::build_bus(&cfg.slots, Some(&pci_ctx))?;
-    let intx_routes = pci_bus.intx_routes();
-    pio.insert(PORT_PCI_CONFIG, 8, Arc::new(Mutex::new(pci_bus)));
-    let power_button = if cfg.acpi {
-        let pm = Arc::new(Mutex::new(AcpiPm::new(vm.clone(), exit.clone())));
-        pio.insert(PORT_PM1A_EVT, 12, pm.clone());
-        Some(pm)
-    } else {
-        None
-    };
-
-    // vCPUs first: the PVM command-line additions need the TSC rate.
-    let base_cpuid = vm.supported_cpuid().map_err(|e| e.to_string())?;
-    let mut vcpus = Vec::new();
-    for id in 0..cfg.cpus {
-        let vcpu = vm.create_vcpu(id).map_err(|e| format!("vcpu{id}: {e}"))?;
-        let mut leaves = cpuid::for_vcpu(&base_cpuid, id, cfg.cpus);
-        if let Some(p) = &pvm {
-            p.adjust_cpuid(&mut leaves);
-        }
-        vcpu.set_cpuid(&leaves).map_err(|e| format!("vcpu{id}: {e}"))?;
-        vcpu.init_lapic_lints().map_err(|e| format!("vcpu{id}: {e}"))?;
-        vcpus.push(vcpu);
-    }
-
-    // Guest memory contents.
-    let mut cmdline = cfg.kexec.cmdline.clone();
-    if let Some(p) = &pvm {
-        let added = p.cmdline_additions(&cmdline, vcpus[0].tsc_khz());
-        if !added.is_empty() {
-            log(format!("nested PVM host: adding to the kernel command line: {}", added.join(" ")));
-            cmdline = with_kernel_params(&cmdline, &added);
-        }
-    }
-    boot::mptable::write(&mem, cfg.cpus, &intx_routes)?;
-    let rsdp = if cfg.acpi { Some(crate::acpi::write_tables(&mem, cfg.cpus, &intx_routes)?) } else { None };
-    let entry = boot::load_linux(&mem, &cfg.kexec.kernel, cfg.kexec.initrd.as_deref(), &cmdline, rsdp)?;
-    boot::cpu::write_tables(&mem)?;
-    boot::cpu::setup_boot_vcpu(vcpus[0].as_ref(), entry.rip)?;
-    if cfg.verbose {
-        log(format!(
-            "{} vCPU(s), {} MiB, {} entry {:#x}, cmdline: {cmdline}",
-            cfg.cpus,
-            cfg.mem_bytes >> 20,
-            entry.kind,
-            entry.rip
-        ));
-    }
-
-    // Run.
-    let shared = Arc::new(Shared {
-        mem,
-        pio,
-        mmio,
-        exit: exit.clone(),
-        pvm: pvm.clone(),
-        halted: (0..cfg.cpus).map(|_| AtomicBool::new(false)).collect(),
-        unclaimed_io: AtomicU64::new(0),
-        ignored_msrs: AtomicU64::new(0),
-        verbose: cfg.verbose,
-    });
-    let signals = TermSignals::block();
-    vcpu::install_kick_handler();
-    let vcpu_stats: Vec<_> = vcpus.iter().map(|v| v.stats_reader()).collect();
-    let mut threads = Vec::new();
-    for v in vcpus {
-        threads.push(vcpu::spawn(v, shared.clone()).map_err(|e| format!("vCPU thread: {e}"))?);
-    }
-    vcpu::spawn_halt_watch(threads, exit.clone());
-
-    let reason = wait_for_end(&exit, &signals, power_button.as_ref());
-    drop(raw_terminal);
-    if cfg.verbose {
-        report(&*vm, &vcpu_stats, &shared, started);
-    }
-    Ok(reason)
-}
-
-/// Adds kernel parameters before any ` -- ` (after it, words are arguments for init).
-fn with_kernel_params(cmdline: &str, params: &[String]) -> String {
-    let (kernel, init) = match cmdline.find(" -- ") {
-        Some(i) => (&cmdline[..i], &cmdline[i..]),
-        None => (cmdline, ""),
-    };
-    format!("{} {}{init}", kernel.trim(), params.join(" ")).trim().to_string()
-}
-
-fn split_ram(size: u64) -> (u64, u64) {
-    (size.min(MMIO_HOLE), size.saturating_sub(MMIO_HOLE))
 }
 
 /// Waits for the VM's ending while turning SIGTERM/SIGINT/SIGHUP into power-button presses.
@@ -275,17 +158,4 @@ fn peak_rss_bytes() -> u64 {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     ru.ru_maxrss as u64 * 1024
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_params_go_before_init_args() {
-        let p = vec!["a=1".to_string(), "b".to_string()];
-        assert_eq!(with_kernel_params("console=ttyS0", &p), "console=ttyS0 a=1 b");
-        assert_eq!(with_kernel_params("console=ttyS0 -- -s x", &p), "console=ttyS0 a=1 b -- -s x");
-        assert_eq!(with_kernel_params("", &p), "a=1 b");
-    }
 }

@@ -247,7 +247,18 @@ pub fn add(b: &Boxes, p: AddParams, report: Reporter, cancel: Cancel) -> Result<
             report("unpack", 0, None);
             unpack::unzip(f, &mut ex)?;
             cancel.check()?;
-            return finish(b, &p, plan, ex, hex(&digest), kind, &root, &target, &report);
+            let digest = hex(&digest);
+            return finish(Unpacked {
+                b,
+                force: p.force,
+                plan,
+                ex,
+                digest,
+                kind,
+                root: &root,
+                target: &target,
+                report: &report,
+            });
         }
         Format::Empty => return Err(Error::bad_archive(format!("{} is empty", plan.source))),
         Format::Unsupported(what) => {
@@ -268,7 +279,8 @@ pub fn add(b: &Boxes, p: AddParams, report: Reporter, cancel: Cancel) -> Result<
     }
     verify(&plan, kind, &digest)?;
     cancel.check()?;
-    finish(b, &p, plan, ex, hex(&digest), kind, &root, &target, &report)
+    let digest = hex(&digest);
+    finish(Unpacked { b, force: p.force, plan, ex, digest, kind, root: &root, target: &target, report: &report })
 }
 
 /// The installed boxes the new one replaces: those of its name and architecture at an equal
@@ -306,18 +318,24 @@ fn verify(plan: &Plan, kind: Kind, digest: &[u8]) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    b: &Boxes,
-    p: &AddParams,
+/// A box unpacked into `root` (by `ex`) whose checksum matched.
+struct Unpacked<'a> {
+    b: &'a Boxes,
+    /// Replace an installed box of the same name, version and architecture.
+    force: bool,
     plan: Plan,
     ex: Extractor,
+    /// The archive's checksum of `kind`, in hex.
     digest: String,
     kind: Kind,
-    root: &Path,
-    target: &Path,
-    report: &Reporter,
-) -> Result<Value> {
+    root: &'a Path,
+    target: &'a Path,
+    report: &'a Reporter,
+}
+
+/// Checks the unpacked box's metadata.json, writes its record and renames it into the store.
+fn finish(u: Unpacked) -> Result<Value> {
+    let Unpacked { b, force, plan, ex, digest, kind, root, target, report } = u;
     let size = ex.finish()?;
     let meta_path = root.join("metadata.json");
     let meta = match fs::read(&meta_path) {
@@ -359,7 +377,7 @@ fn finish(
         catalog: plan.catalog.clone(),
         checksum_type: kind.name().into(),
         checksum: digest,
-        added_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        added_at: state::now(),
     };
     state::write_json_atomic(&root.join(store::RECORD), &rec)?;
     // Every unpacked file reaches the disk before the box appears in the store.
@@ -369,7 +387,7 @@ fn finish(
         return Err(io::Error::last_os_error().into());
     }
     report("install", size, Some(size));
-    install(b, root, target, p.force, &plan)?;
+    install(b, root, target, force, &plan)?;
     let mut v = serde_json::to_value(store::info(target, &rec)).map_err(|e| Error::internal(e.to_string()))?;
     v["checksum_type"] = json!(rec.checksum_type);
     v["checksum"] = json!(rec.checksum);

@@ -1,13 +1,19 @@
 //! The `xhyve` command line that starts a machine: its devices in xhyve's slots (network in
 //! slot 2, disks after it), the user-mode port forwards and the kexec boot.
 
-use super::record::MachineRecord;
-use super::{ssh, NET_SLOT};
+use super::record::{MachineRecord, NetworkMode};
+use super::ssh;
 use crate::error::{code, Error, Result};
 use crate::network::{Shared, Tap};
 use std::collections::HashSet;
 use std::path::Path;
 use xhyve_contract::features::Features;
+
+/// The network device's PCI slot; disks follow it.
+pub(super) const NET_SLOT: usize = 2;
+/// The most PCI slots disks may take (3..=30; 0 is the host bridge, 2 the network device, 31
+/// the LPC bridge).
+pub(super) const MAX_DISKS: usize = 28;
 
 /// What `machine.start` runs, and what it notes in vmm.log.
 pub(super) struct Launch {
@@ -37,7 +43,7 @@ pub(super) fn launch(
         "-c".into(),
         rec.cpus.to_string(),
         "-m".into(),
-        rec.memory.clone(),
+        rec.memory.to_string(),
     ];
     if feat.has_pci("hostbridge") {
         argv.extend(["-s".into(), "0,hostbridge".into()]);
@@ -46,40 +52,37 @@ pub(super) fn launch(
         argv.extend(["-s".into(), "31,lpc".into()]);
     }
     let mut notes = Vec::new();
-    let mode = rec.network["mode"].as_str().unwrap_or("user");
     let mut ssh_port = None;
     let mut tap = None;
-    match mode {
-        "user" if feat.has_pci("virtio-net") => {
+    match rec.network.mode {
+        NetworkMode::User if feat.has_pci("virtio-net") => {
             let port =
                 ssh::pick_port(rec.ssh_port, taken).map_err(|e| vmm_err(format!("choosing the SSH host port: {e}")))?;
             if rec.ssh_port.is_some_and(|p| p != port) {
                 notes.push(format!("SSH host port {} is taken: now {port}", rec.ssh_port.unwrap_or(0)));
             }
-            let mut dev = format!("{NET_SLOT},virtio-net,user,hostfwd=tcp:{}:{port}-:22", ssh::HOST);
-            for f in rec.network["forwarded_ports"].as_array().into_iter().flatten() {
-                let guest = f["guest"].as_u64().unwrap_or(0);
-                let host = f["host"].as_u64().unwrap_or(guest);
-                let ip = f["host_ip"].as_str().unwrap_or("127.0.0.1");
-                let proto = f["protocol"].as_str().unwrap_or("tcp");
-                dev.push_str(&format!(",hostfwd={proto}:{ip}:{host}-:{guest}"));
+            let mut dev = format!("{NET_SLOT},virtio-net,user,hostfwd=tcp:{}:{port}-:{}", ssh::HOST, ssh::GUEST_PORT);
+            for f in &rec.network.forwarded_ports {
+                dev.push_str(&format!(",hostfwd={}:{}:{}-:{}", f.protocol.as_str(), f.host_ip, f.host, f.guest));
             }
             argv.extend(["-s".into(), dev]);
             ssh_port = Some(port);
         }
-        "user" => notes.push(format!("{} has no virtio-net: the machine has no network (and no SSH)", xhyve.display())),
-        "shared" if feat.has_pci("virtio-tap") => {
+        NetworkMode::User => {
+            notes.push(format!("{} has no virtio-net: the machine has no network (and no SSH)", xhyve.display()))
+        }
+        NetworkMode::Shared if feat.has_pci("virtio-tap") => {
             let t = net.prepare(&rec.id)?;
             argv.extend(["-s".into(), format!("{NET_SLOT},virtio-tap,{}", t.name())]);
-            if rec.network["forwarded_ports"].as_array().is_some_and(|a| !a.is_empty()) {
+            if !rec.network.forwarded_ports.is_empty() {
                 notes.push("forwarded_ports apply to network user only: in network shared the guest's own address is reachable".into());
             }
             tap = Some(t);
         }
-        "shared" => {
+        NetworkMode::Shared => {
             notes.push(format!("{} has no virtio-tap: the machine has no network (and no SSH)", xhyve.display()))
         }
-        _ => {}
+        NetworkMode::None => {}
     }
     if feat.has_pci("virtio-blk") {
         for (i, d) in rec.disks.iter().enumerate() {

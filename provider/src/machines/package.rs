@@ -2,12 +2,14 @@
 //! `boxes/README.md`): its kernel, initrd and command line, its current disks, its cpus and
 //! memory as defaults, and a Vagrantfile. `vagrant package` and Packer's export step call it.
 
+use super::params::PackageParams;
 use super::record::{MachineRecord, State};
-use super::{lock, wrong_state, Machines};
+use super::{invalid_field, lock, wrong_state, Machines};
 use crate::boxes::Reporter;
 use crate::error::{Error, Result};
+use crate::logger::log;
+use crate::state::now;
 use flate2::write::GzEncoder;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
@@ -15,19 +17,6 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use xhyve_contract::hex::hex;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PackageParams {
-    pub id: String,
-    /// Absolute path of the `.box` to write.
-    pub output: String,
-    /// Replace `output` if it exists.
-    #[serde(default)]
-    pub force: bool,
-    /// Absolute path of a Vagrantfile to ship instead of the box's own.
-    pub vagrantfile: Option<String>,
-}
 
 /// Counts and hashes what goes to the file, reporting progress by input bytes elsewhere.
 struct HashingWriter<W> {
@@ -68,7 +57,7 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 fn absolute(field: &str, p: &str) -> Result<PathBuf> {
     let path = PathBuf::from(p);
     if !path.is_absolute() {
-        return Err(super::invalid_field(field, format!("{field} {p:?} is not an absolute path")));
+        return Err(invalid_field(field, format!("{field} {p:?} is not an absolute path")));
     }
     Ok(path)
 }
@@ -142,10 +131,6 @@ fn write_box(tmp: &Path, meta: &Value, files: &[(String, PathBuf)], report: &Rep
     Ok((hashing.len, hex(&hashing.hash.finalize())))
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 impl Machines {
     pub fn package(&self, p: PackageParams, report: Reporter) -> Result<Value> {
         let output = absolute("output", &p.output)?;
@@ -200,7 +185,7 @@ impl Machines {
                 return Err(Error::internal(format!("writing {}: {e}", output.display())));
             }
         };
-        super::log(&format!("machine {} packaged as {} ({size} bytes)", rec.id, output.display()));
+        log(&format!("machine {} packaged as {} ({size} bytes)", rec.id, output.display()));
         Ok(json!({
             "path": output.display().to_string(),
             "size": size,
@@ -217,7 +202,7 @@ mod tests {
     use crate::machines::record::{BoxRef, Disk};
 
     fn rec(dir: &Path) -> MachineRecord {
-        let mut r = crate::machines::tests::rec();
+        let mut r = crate::machines::record::tests::rec();
         r.kernel = dir.join("vmlinux").display().to_string();
         r.initrd = Some(dir.join("initrd.img").display().to_string());
         r.disks = vec![Disk { path: dir.join("disk-0.img").display().to_string(), source: None, owned: true }];

@@ -26,10 +26,6 @@ pub struct ExitRecord {
     pub exited_at: u64,
 }
 
-pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 /// (start time in clock ticks since boot, state letter) of `pid`, from `/proc/PID/stat`.
 pub fn stat(pid: i32) -> Option<(u64, char)> {
     if pid <= 0 {
@@ -222,7 +218,7 @@ pub fn run_vmm(dir: &Path, argv: &[String]) -> ExitCode {
         pid,
         status: status.and_then(|s| s.code()),
         signal: status.and_then(|s| s.signal()),
-        exited_at: now(),
+        exited_at: state::now(),
     };
     eprintln!(
         "xhyve-provider run-vmm: xhyve (pid {pid}) ended: {}",

@@ -1,10 +1,12 @@
 //! `machine.json`: everything the provider knows about one machine, written atomically.
 
 use crate::error::{Error, Result};
+use crate::size::MemSize;
 use crate::state;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::fs;
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 pub const RECORD: &str = "machine.json";
@@ -49,6 +51,94 @@ pub struct Disk {
     pub owned: bool,
 }
 
+/// The machine's network: today one network device (slot 2) of kind `mode`, and the ports
+/// forwarded to it in mode user. Named networks will give a machine more devices: they join
+/// this struct (a list of NICs that records without one read as this first device), so the
+/// record keeps one place for a machine's network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub mode: NetworkMode,
+    #[serde(default)]
+    pub forwarded_ports: Vec<ForwardedPort>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// xhyve's user-mode network device (passt): outbound connections through the host's, and
+    /// host ports forwarded to the guest (its SSH port among them).
+    #[default]
+    User,
+    /// A TAP device on the daemon's bridge and an address from its DHCP server (`crate::network`).
+    Shared,
+    /// No network device.
+    None,
+}
+
+impl NetworkMode {
+    pub const ALL: [NetworkMode; 3] = [NetworkMode::User, NetworkMode::Shared, NetworkMode::None];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::User => "user",
+            NetworkMode::Shared => "shared",
+            NetworkMode::None => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NetworkMode> {
+        NetworkMode::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A port forwarded from the host to the guest in network user (xhyve's `hostfwd=`). Records
+/// written before the defaults were filled in may lack `host`, `protocol` and `host_ip`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "PortOnDisk")]
+pub struct ForwardedPort {
+    pub guest: u16,
+    pub host: u16,
+    pub protocol: Protocol,
+    pub host_ip: Ipv4Addr,
+}
+
+#[derive(Deserialize)]
+struct PortOnDisk {
+    guest: u16,
+    host: Option<u16>,
+    #[serde(default)]
+    protocol: Protocol,
+    host_ip: Option<Ipv4Addr>,
+}
+
+impl From<PortOnDisk> for ForwardedPort {
+    fn from(p: PortOnDisk) -> ForwardedPort {
+        ForwardedPort {
+            guest: p.guest,
+            host: p.host.unwrap_or(p.guest),
+            protocol: p.protocol,
+            host_ip: p.host_ip.unwrap_or(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
 /// The running VMM: `pid`/`start_time` are xhyve's, `runner_*` the `run-vmm` parent's.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Process {
@@ -69,14 +159,14 @@ pub struct MachineRecord {
     #[serde(rename = "box")]
     pub bx: Option<BoxRef>,
     pub cpus: u32,
-    pub memory: String,
+    pub memory: MemSize,
     pub cmdline: String,
     pub kernel: String,
     #[serde(default)]
     pub initrd: Option<String>,
     #[serde(default)]
     pub disks: Vec<Disk>,
-    pub network: Value,
+    pub network: Network,
     pub created_at: u64,
     pub state: State,
     #[serde(default)]
@@ -146,5 +236,90 @@ impl MachineRecord {
         v["memory"] = json!(self.memory);
         v["path"] = json!(dir.display().to_string());
         v
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn rec() -> MachineRecord {
+        serde_json::from_value(json!({
+            "id": "m", "name": "n", "uuid": "u",
+            "box": {"name": "b", "version": "0", "architecture": "amd64", "path": "/b"},
+            "cpus": 1, "memory": "256M", "cmdline": "", "kernel": "/k",
+            "network": {"mode": "user"}, "created_at": 0, "state": "running"
+        }))
+        .unwrap()
+    }
+
+    /// A record as the daemon wrote it before the record was typed (network and ports were
+    /// stored as given, memory as a string): it must still load, and mean the same.
+    const OLD_RECORD: &str = r#"{
+  "id": "3f9a1c07b2e4",
+  "name": "web",
+  "uuid": "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01",
+  "box": {"name": "acme/tiny", "version": "1.0.0", "architecture": "amd64", "path": "/h/boxes/acme-VAGRANTSLASH-tiny/1.0.0/amd64"},
+  "cpus": 2,
+  "memory": "300M",
+  "cmdline": "console=ttyS0",
+  "kernel": "/h/boxes/acme-VAGRANTSLASH-tiny/1.0.0/amd64/vmlinux",
+  "initrd": null,
+  "disks": [{"path": "/h/machines/3f9a1c07b2e4/disk0.img", "source": "/b/disk0.img", "owned": true}],
+  "network": {"mode": "user", "forwarded_ports": [{"guest": 80, "host": 8080}, {"guest": 53, "protocol": "udp", "host_ip": "0.0.0.0"}]},
+  "created_at": 1700000000,
+  "state": "stopped",
+  "exit_status": 1,
+  "exit_signal": null,
+  "exit_reason": "guest powered off (exit status 1)",
+  "process": null,
+  "ssh_port": 40123,
+  "stop_requested": false
+}"#;
+
+    #[test]
+    fn old_records_load() {
+        let r: MachineRecord = serde_json::from_str(OLD_RECORD).unwrap();
+        assert_eq!(r.memory.to_string(), "300M");
+        assert_eq!(r.network.mode, NetworkMode::User);
+        assert_eq!(
+            r.network.forwarded_ports,
+            vec![
+                ForwardedPort { guest: 80, host: 8080, protocol: Protocol::Tcp, host_ip: Ipv4Addr::LOCALHOST },
+                ForwardedPort { guest: 53, host: 53, protocol: Protocol::Udp, host_ip: Ipv4Addr::UNSPECIFIED },
+            ]
+        );
+        assert_eq!((r.state, r.ssh_port, r.cpus), (State::Stopped, Some(40123), 2));
+        // Every mode, and a network without forwarded_ports.
+        for m in ["user", "shared", "none"] {
+            let mut v: Value = serde_json::from_str(OLD_RECORD).unwrap();
+            v["network"] = json!({"mode": m});
+            let r: MachineRecord = serde_json::from_value(v).unwrap();
+            assert_eq!((r.network.mode.as_str(), r.network.forwarded_ports.len()), (m, 0));
+        }
+    }
+
+    /// What the daemon writes now reads as before: the same keys and the same kinds of values
+    /// (a daemon of the previous version can load it), with the ports' defaults spelled out.
+    #[test]
+    fn records_keep_their_shape() {
+        let r: MachineRecord = serde_json::from_str(OLD_RECORD).unwrap();
+        let old: Value = serde_json::from_str(OLD_RECORD).unwrap();
+        let new = serde_json::to_value(&r).unwrap();
+        assert_eq!(new["memory"], "300M");
+        assert_eq!(new["network"]["mode"], "user");
+        assert_eq!(
+            new["network"]["forwarded_ports"],
+            json!([
+                {"guest": 80, "host": 8080, "protocol": "tcp", "host_ip": "127.0.0.1"},
+                {"guest": 53, "host": 53, "protocol": "udp", "host_ip": "0.0.0.0"},
+            ])
+        );
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&new), keys(&old));
+        let mut again = new.clone();
+        again["network"] = old["network"].clone();
+        assert_eq!(again, old);
+        assert_eq!(serde_json::from_value::<MachineRecord>(new).unwrap().network, r.network);
     }
 }

@@ -1,11 +1,16 @@
-//! SSH to machines: the per-machine host port forwarded to the guest's port 22 (user-mode
-//! networking) or the guest's own address (shared network), `machine.ssh_info`, `machine.wait_ssh` (a real handshake and publickey
-//! authentication with libssh2, retried until a deadline) and `machine.exec` (a command over SSH
-//! with its output streamed as notifications).
+//! SSH to machines: where to reach a guest's port 22 (the host port forwarded to it in network
+//! user, its leased address in network shared), and the methods that use it: `machine.ssh_info`,
+//! `machine.wait_ssh` (a real handshake and publickey authentication with libssh2, retried until
+//! a deadline) and `machine.exec` (a command over SSH with its output streamed as notifications).
+//! Below the methods, the libssh2 session code they share.
 
-use crate::error::Result;
+use super::params::{ExecParams, WaitParams};
+use super::record::{MachineRecord, NetworkMode, State};
+use super::{invalid_field, wrong_state, Machines};
+use crate::error::{code, Error, Result};
 use crate::home::Home;
-use serde::Deserialize;
+use crate::logger::log;
+use crate::nic;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::io::{self, Read};
@@ -13,11 +18,14 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use xhyve_contract::mac::format_mac;
 
 /// The guest user of Vagrant boxes.
 pub const USERNAME: &str = "vagrant";
 /// The host address the SSH port is forwarded on.
 pub const HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// The guest's SSH port (forwarded to in network user, connected to in network shared).
+pub const GUEST_PORT: u16 = 22;
 /// Vagrant's well-known insecure private key (its public half is in the tiny box's
 /// `authorized_keys`); written to `$XHYVE_HOME/insecure_private_key` when the daemon starts.
 pub const INSECURE_PRIVATE_KEY: &str = include_str!("../../../boxes/tiny/vagrant.key");
@@ -28,18 +36,128 @@ pub const DEFAULT_WAIT: f64 = 300.0;
 /// exchange alone can take over 10 s.
 pub const EXEC_LOGIN: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WaitParams {
-    pub id: String,
-    pub timeout: Option<f64>,
-}
+impl Machines {
+    /// `machine.ssh_info`: where to SSH to, or null when the machine does not run (or has no
+    /// forwarded SSH port, or in network shared no address yet).
+    pub fn ssh_info(&self, id: &str) -> Result<Value> {
+        let dir = self.existing(id)?;
+        let rec = MachineRecord::load(&dir)?;
+        if rec.state != State::Running {
+            return Ok(Value::Null);
+        }
+        Ok(match self.ssh_addr(&rec) {
+            Ok(addr) => info(addr, &self.key_path()),
+            Err(_) => Value::Null,
+        })
+    }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecParams {
-    pub id: String,
-    pub command: String,
+    /// The address to SSH to: user mode's forward on 127.0.0.1, shared mode's leased address
+    /// and port 22; Err says why there is none (yet).
+    fn ssh_addr(&self, rec: &MachineRecord) -> std::result::Result<SocketAddr, String> {
+        match rec.network.mode {
+            NetworkMode::User => rec
+                .ssh_port
+                .map(|p| SocketAddr::from((HOST, p)))
+                .ok_or_else(|| "the machine has no forwarded SSH port (no user-mode network device)".into()),
+            NetworkMode::Shared => {
+                let has_tap = rec.process.as_ref().is_none_or(|p| p.argv.iter().any(|a| a.contains(",virtio-tap,")));
+                if !has_tap {
+                    return Err("the machine runs without a network device (its xhyve has no virtio-tap)".into());
+                }
+                let mac = nic::mac_of_uuid(&rec.uuid).ok_or_else(|| format!("uuid {:?} is not a UUID", rec.uuid))?;
+                match self.net.bound(&mac) {
+                    Ok(Some(ip)) => Ok(SocketAddr::from((ip, GUEST_PORT))),
+                    Ok(None) => Err(format!(
+                        "no DHCP lease for the machine's MAC address {} yet (the guest has not asked for an address)",
+                        format_mac(&mac)
+                    )),
+                    Err(e) => Err(e.message),
+                }
+            }
+            NetworkMode::None => Err("the machine has no network (network none)".into()),
+        }
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.home.root.join(KEY_FILE)
+    }
+
+    /// Logs in until `deadline`; errors when the machine is not (or no longer) running, or
+    /// with the step that failed last.
+    fn ssh_login(&self, id: &str, deadline: Instant) -> Result<(Conn, u32, SocketAddr)> {
+        let dir = self.existing(id)?;
+        let mut last_addr = SocketAddr::from((HOST, 0));
+        let target = || -> Result<std::result::Result<SocketAddr, String>> {
+            let rec = MachineRecord::load(&dir)?;
+            if rec.state != State::Running {
+                return Err(wrong_state(
+                    format!(
+                        "machine {id} ({}) is {}: start it first{}",
+                        rec.name,
+                        rec.state.as_str(),
+                        rec.exit_reason.as_deref().map(|r| format!(" (last run: {r})")).unwrap_or_default()
+                    ),
+                    rec.state,
+                ));
+            }
+            Ok(self.ssh_addr(&rec))
+        };
+        let key = self.key_path();
+        if !key.is_file() {
+            install_key(&self.home).map_err(|e| Error::internal(format!("writing {}: {e}", key.display())))?;
+        }
+        let r = wait_login(
+            || {
+                let a = target()?;
+                if let Ok(a) = a {
+                    last_addr = a;
+                }
+                Ok(a)
+            },
+            &key,
+            deadline,
+        )?;
+        match r {
+            Ok((c, n)) => Ok((c, n, last_addr)),
+            Err(f) => Err(Error::new(
+                code::SSH_FAILED,
+                format!("SSH to machine {id} failed: {}: {}", f.step.as_str(), f.detail),
+            )
+            .with_data(json!({"step": f.step.as_str(), "detail": f.detail}))),
+        }
+    }
+
+    /// `machine.wait_ssh`: a real SSH login (handshake and the key), retried until `timeout`.
+    pub fn wait_ssh(&self, p: WaitParams) -> Result<Value> {
+        let timeout = p.timeout.unwrap_or(DEFAULT_WAIT);
+        if !(0.0..=86400.0).contains(&timeout) {
+            return Err(invalid_field("timeout", "seconds from 0 to 86400"));
+        }
+        let began = Instant::now();
+        let (_c, attempts, addr) = self.ssh_login(&p.id, began + Duration::from_secs_f64(timeout))?;
+        let secs = began.elapsed().as_secs_f64();
+        log(&format!("machine {}: SSH login after {secs:.1} s ({attempts} attempts)", p.id));
+        let mut v = info(addr, &self.key_path());
+        v["id"] = json!(p.id);
+        v["attempts"] = json!(attempts);
+        v["seconds"] = json!((secs * 1000.0).round() / 1000.0);
+        Ok(v)
+    }
+
+    /// `machine.exec`: runs `command` over SSH; `out(stream, text)` gets its output.
+    pub fn exec(&self, p: ExecParams, out: impl FnMut(&str, &str)) -> Result<Value> {
+        if p.command.contains('\0') {
+            return Err(invalid_field("command", "has a NUL"));
+        }
+        let (c, _, _) = self.ssh_login(&p.id, Instant::now() + EXEC_LOGIN)?;
+        let (status, signal) = exec(&c, &p.command, out)
+            .map_err(|e| Error::new(code::SSH_FAILED, format!("machine {}: exec over SSH: {e}", p.id)))?;
+        let mut v = json!({"exit_status": status});
+        if let Some(sig) = signal {
+            v["exit_signal"] = json!(sig);
+        }
+        Ok(v)
+    }
 }
 
 /// Writes the insecure key (mode 0600, atomically) so ssh clients can use its path.

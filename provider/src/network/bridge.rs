@@ -6,7 +6,7 @@
 //! administrator can rerun, and its error messages are the ones people know. A few runs per
 //! `machine.start` cost nothing next to booting a guest.
 
-use super::{check_ifname, Config};
+use super::config::{check_ifname, Config};
 use std::path::Path;
 use std::process::{Command, Stdio};
 

@@ -5,9 +5,10 @@
 //! address when it renews. Options: subnet mask, router and broadcast address (the bridge), lease
 //! time with T1/T2; no DNS server (the daemon runs none).
 
-use super::leases::{Leases, Mac};
-use super::Config;
-use crate::server::log;
+use super::config::Config;
+use super::leases::Leases;
+use crate::logger::log;
+use crate::nic::Mac;
 use dhcproto::v4::{self, DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
 use std::io;
@@ -299,7 +300,7 @@ fn serve(sock: UdpSocket, cfg: Config, leases: Arc<Mutex<Option<Leases>>>, stop:
         let out = {
             let mut g = leases.lock().unwrap_or_else(|e| e.into_inner());
             let Some(l) = g.as_mut() else { continue };
-            let out = handle(&buf[..n], &cfg, l, crate::machines::process::now());
+            let out = handle(&buf[..n], &cfg, l, crate::state::now());
             if let Err(e) = l.flush() {
                 log(&format!("DHCP: cannot write the leases: {e}"));
             }

@@ -7,7 +7,8 @@
 //! lost leases file most likely gives the same addresses again; taken slots move to the next
 //! free one. The file is rewritten atomically (`state::write_json_atomic`) on every change.
 
-use super::Config;
+use super::config::Config;
+use crate::logger::log;
 use crate::state;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -17,7 +18,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use xhyve_contract::mac::format_mac;
 
-pub type Mac = [u8; 6];
+use crate::nic::Mac;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +98,7 @@ impl Leases {
         for lease in f.leases {
             let mac = parse_mac(&lease.mac).ok_or_else(|| bad(format!("{:?} is not a MAC address", lease.mac)))?;
             if !cfg.in_pool(lease.ip) {
-                crate::server::log(&format!(
+                log(&format!(
                     "lease {} of {} is outside the shared network {}: dropped",
                     lease.ip,
                     lease.mac,

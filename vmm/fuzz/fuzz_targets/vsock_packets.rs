@@ -7,6 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use xhyve::config::VsockConfig;
 use xhyve::virtio::vsock;
 use xhyve::virtio::VirtioDevice;
 
@@ -18,7 +19,7 @@ fn device() -> &'static vsock::Vsock {
     DEV.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("xhyve-fuzz-vsock-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let dev = vsock::Vsock::open(&vsock::VsockConfig { cid: 3, socket: dir.join("v.sock") }).unwrap();
+        let dev = vsock::Vsock::open(&VsockConfig { cid: 3, socket: dir.join("v.sock") }).unwrap();
         let _ = std::fs::remove_dir_all(&dir); // the listener lives on
         dev
     })

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::bus::PioDevice;
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::Vm;
 use crate::layout;
@@ -107,7 +108,7 @@ fn overlay(reg: u16, offset: u16, data: &[u8], old: u16) -> Option<u16> {
     hit.then(|| u16::from_le_bytes(bytes))
 }
 
-impl super::PioDevice for AcpiPm {
+impl PioDevice for AcpiPm {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         let mut regs = [0u8; LEN];
         regs[usize::from(PM1_STS)..][..2].copy_from_slice(&self.sts.to_le_bytes());
@@ -138,8 +139,8 @@ impl super::PioDevice for AcpiPm {
 mod tests {
     use std::sync::Mutex;
 
-    use super::super::PioDevice;
     use super::*;
+    use crate::bus::PioDevice;
 
     /// Records every change of the SCI line.
     #[derive(Clone, Default)]

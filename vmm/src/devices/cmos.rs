@@ -190,7 +190,7 @@ impl Cmos {
     }
 }
 
-impl super::PioDevice for Cmos {
+impl crate::bus::PioDevice for Cmos {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         for (port, b) in (offset..).zip(data.iter_mut()) {
             // The index register is write-only.
@@ -249,8 +249,8 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::PioDevice;
     use super::*;
+    use crate::bus::PioDevice;
 
     fn read(c: &mut Cmos, reg: u8) -> u8 {
         c.write(0, &[reg]);

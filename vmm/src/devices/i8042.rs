@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use vm_superio::{I8042Device, Trigger};
 
-use super::PioDevice;
+use crate::bus::PioDevice;
 use crate::exit::{ExitLatch, ExitReason};
 
 /// A reset request from the guest ends the VM with "rebooted", as bhyve does.

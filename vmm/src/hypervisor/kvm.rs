@@ -3,9 +3,9 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use kvm_bindings::{
-    kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region,
-    CpuId, Msrs, KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_RESET,
-    KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
+    kvm_userspace_memory_region, CpuId, Msrs, KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuExit as KvmExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -13,6 +13,23 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{
     CpuidEntry, DescriptorTable, Error, IrqRoute, Regs, Result, Segment, SpecialRegs, StatsReader, Vcpu, VcpuExit, Vm,
 };
+
+/// One CPUID leaf as `$ty` from `$e`: `CpuidEntry` and KVM's `kvm_cpuid_entry2` share these
+/// fields (KVM's adds padding, given by `$rest`).
+macro_rules! cpuid_entry {
+    ($ty:ident, $e:expr $(, ..$rest:expr)?) => {
+        $ty {
+            function: $e.function,
+            index: $e.index,
+            flags: $e.flags,
+            eax: $e.eax,
+            ebx: $e.ebx,
+            ecx: $e.ecx,
+            edx: $e.edx,
+            $(..$rest)?
+        }
+    };
+}
 
 fn err(op: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
     move |e| Error { op, errno: e.errno() }
@@ -114,19 +131,7 @@ impl Vm for KvmVm {
 
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
         let cpuid = self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
-        Ok(cpuid
-            .as_slice()
-            .iter()
-            .map(|e| CpuidEntry {
-                function: e.function,
-                index: e.index,
-                flags: e.flags,
-                eax: e.eax,
-                ebx: e.ebx,
-                ecx: e.ecx,
-                edx: e.edx,
-            })
-            .collect())
+        Ok(cpuid.as_slice().iter().map(|e| cpuid_entry!(CpuidEntry, e)).collect())
     }
 
     fn stats(&self) -> Vec<(String, u64)> {
@@ -273,19 +278,8 @@ impl Vcpu for KvmVcpu {
     }
 
     fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<()> {
-        let list: Vec<kvm_bindings::kvm_cpuid_entry2> = entries
-            .iter()
-            .map(|e| kvm_bindings::kvm_cpuid_entry2 {
-                function: e.function,
-                index: e.index,
-                flags: e.flags,
-                eax: e.eax,
-                ebx: e.ebx,
-                ecx: e.ecx,
-                edx: e.edx,
-                ..Default::default()
-            })
-            .collect();
+        let list: Vec<kvm_cpuid_entry2> =
+            entries.iter().map(|e| cpuid_entry!(kvm_cpuid_entry2, e, ..Default::default())).collect();
         let cpuid = CpuId::from_entries(&list).map_err(|_| Error { op: "KVM_SET_CPUID2", errno: libc::E2BIG })?;
         self.fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))
     }

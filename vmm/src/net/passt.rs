@@ -164,7 +164,7 @@ impl Passt {
                     if line.starts_with("Failed to send") || line.starts_with("Don't run as root") || line.is_empty() {
                         continue;
                     }
-                    crate::vm::log(format!("passt: {line}"));
+                    crate::logger::log(format!("passt: {line}"));
                     errors.lock().unwrap().push(line);
                 }
             });

@@ -2,7 +2,7 @@
 
 use super::intx::IntxRoute;
 use super::PciBus;
-use crate::devices::PioDevice;
+use crate::bus::PioDevice;
 
 /// Address register: enable, bus (23:16), device (15:11), function (10:8), register (7:2). Other
 /// bits read as zero.
@@ -72,7 +72,7 @@ impl PioDevice for PciConfigIo {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{build_bus, tests::slot};
+    use super::super::tests::{bridges, slot};
     use super::*;
 
     fn select(io: &mut PciConfigIo, dev: u32, func: u32, reg: u32) {
@@ -86,7 +86,7 @@ mod tests {
     }
 
     fn bus() -> PciConfigIo {
-        build_bus(&[slot(0, 0, "hostbridge"), slot(31, 0, "lpc")], None).unwrap()
+        bridges(&[slot(0, 0, "hostbridge"), slot(31, 0, "lpc")]).unwrap()
     }
 
     #[test]

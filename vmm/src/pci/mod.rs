@@ -1,7 +1,7 @@
 //! PCI bus 0 behind configuration mechanism #1, with bhyve's host bridges and LPC bridge, and
 //! the virtio devices (`crate::virtio`). The VMM places every BAR in the 32-bit window
 //! (`layout::PCI_MMIO_START..PCI_MMIO_END`); the guest may move them, and the bus then moves the
-//! function's ranges on the [`MmioBus`].
+//! function's ranges on the MMIO [`Bus`].
 //! Interrupts: MSI-X (`msix.rs`) or, while a driver leaves it off, INTx# on IOAPIC inputs
 //! (`intx.rs`); the bus reports the INTx wiring for the MP table and the DSDT.
 
@@ -17,14 +17,14 @@ use vm_memory::GuestMemoryMmap;
 
 pub use config_io::PciConfigIo;
 
-use crate::cli::PciSlot;
-use crate::devices::mmio::{MmioBus, MmioDevice};
+use crate::bus::{Bus, BusDevice};
+use crate::config::{DeviceConfig, PciSlot};
 use crate::layout::{PCI_MMIO_END, PCI_MMIO_START};
 use header::{COMMAND_REG, INTERRUPT_REG};
 use intx::IntxRoute;
 
 /// An MMIO range a function decodes: (guest address, length, handler).
-pub type MmioRange = (u64, u64, Arc<dyn MmioDevice>);
+pub type MmioRange = (u64, u64, Arc<dyn BusDevice>);
 
 /// A PCI function's configuration space, accessed by dword index `reg` (0..64).
 pub trait PciDevice: Send {
@@ -44,11 +44,7 @@ const BAR_REGS: std::ops::RangeInclusive<usize> = 4..=9;
 /// What devices with BARs and interrupts need from the VM.
 pub struct DeviceContext {
     pub mem: GuestMemoryMmap,
-    pub mmio: Arc<MmioBus>,
     pub routing: Arc<msix::GsiRouting>,
-    pub cpus: u8,
-    /// `-U`: pins the NICs' MAC.
-    pub uuid: Option<uuid::Uuid>,
 }
 
 /// Hands out BAR addresses in the 32-bit window, each aligned to its size.
@@ -81,7 +77,7 @@ const MULTI_FUNCTION: u32 = 0x80 << 16;
 #[derive(Default)]
 pub struct PciBus {
     devices: BTreeMap<(u8, u8), Arc<Mutex<dyn PciDevice>>>,
-    mmio: Option<Arc<MmioBus>>,
+    mmio: Option<Arc<Bus>>,
 }
 
 impl PciBus {
@@ -136,24 +132,23 @@ impl PciBus {
     }
 }
 
-/// Builds bus 0 from the `-s` options; devices with BARs need `ctx`.
-pub fn build_bus(slots: &[PciSlot], ctx: Option<&DeviceContext>) -> Result<PciConfigIo, String> {
-    if slots.iter().filter(|s| s.emul == "lpc").count() > 1 {
+/// Builds bus 0 from the `-s` options: the bridges here, every other function by `make`.
+/// Functions that place BARs there need `mmio`.
+pub fn build_bus(
+    slots: &[PciSlot],
+    mmio: Option<Arc<Bus>>,
+    mut make: impl FnMut(&PciSlot) -> Result<Arc<Mutex<dyn PciDevice>>, String>,
+) -> Result<PciConfigIo, String> {
+    if slots.iter().filter(|s| s.device == DeviceConfig::Lpc).count() > 1 {
         return Err("only one LPC bridge is allowed".into());
     }
-    let mut bus = PciBus { mmio: ctx.map(|c| c.mmio.clone()), ..Default::default() };
-    let mut bars = BarAllocator::default();
+    let mut bus = PciBus { mmio, ..Default::default() };
     for s in slots {
-        let dev: Arc<Mutex<dyn PciDevice>> = match s.emul.as_str() {
-            "hostbridge" => Arc::new(Mutex::new(header::host_bridge())),
-            "amd_hostbridge" => Arc::new(Mutex::new(header::amd_host_bridge())),
-            "lpc" => Arc::new(Mutex::new(header::lpc())),
-            emul => {
-                let ctx = ctx.ok_or_else(|| format!("PCI device '{emul}' needs a VM"))?;
-                let at = format!("-s {},{emul}", s.slot);
-                crate::virtio::pci_device(emul, s.conf.as_deref(), s.slot, ctx, &mut bars)
-                    .map_err(|e| format!("{at}: {e}"))?
-            }
+        let dev: Arc<Mutex<dyn PciDevice>> = match s.device {
+            DeviceConfig::HostBridge => Arc::new(Mutex::new(header::host_bridge())),
+            DeviceConfig::AmdHostBridge => Arc::new(Mutex::new(header::amd_host_bridge())),
+            DeviceConfig::Lpc => Arc::new(Mutex::new(header::lpc())),
+            _ => make(s).map_err(|e| format!("-s {},{}: {e}", s.slot, s.device.emulation()))?,
         };
         bus.add(s.slot, s.func, dev)?;
     }
@@ -165,15 +160,20 @@ mod tests {
     use super::*;
 
     pub(super) fn slot(slot: u8, func: u8, emul: &str) -> PciSlot {
-        PciSlot { slot, func, emul: emul.into(), conf: None }
+        PciSlot { slot, func, device: DeviceConfig::parse(emul, None).unwrap() }
+    }
+
+    /// Only bridges: no other function can be made without a VM.
+    pub(super) fn bridges(slots: &[PciSlot]) -> Result<PciConfigIo, String> {
+        build_bus(slots, None, |_| Err("needs a VM".into()))
     }
 
     #[test]
     fn duplicate_slot_is_an_error() {
-        let err = build_bus(&[slot(0, 0, "hostbridge"), slot(0, 0, "lpc")], None).err().unwrap();
+        let err = bridges(&[slot(0, 0, "hostbridge"), slot(0, 0, "lpc")]).err().unwrap();
         assert!(err.contains("0:0 is already occupied"), "{err}");
-        assert!(build_bus(&[slot(1, 0, "lpc"), slot(2, 0, "lpc")], None).is_err());
-        assert!(build_bus(&[slot(0, 0, "hostbridge"), slot(0, 1, "lpc")], None).is_ok());
+        assert!(bridges(&[slot(1, 0, "lpc"), slot(2, 0, "lpc")]).is_err());
+        assert!(bridges(&[slot(0, 0, "hostbridge"), slot(0, 1, "lpc")]).is_ok());
     }
 
     #[test]

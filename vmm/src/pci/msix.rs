@@ -195,7 +195,7 @@ impl Msix {
             if let Err(e) = self.sink.send(v, e.address, e.data) {
                 self.failures += 1;
                 if self.failures == 1 {
-                    crate::vm::log(format!("MSI-X delivery failed: {e}"));
+                    crate::logger::log(format!("MSI-X delivery failed: {e}"));
                 }
             }
         }

@@ -1,15 +1,23 @@
-//! virtio 1.x devices on the modern PCI transport (`pci.rs`), with queues from the
-//! `virtio-queue` crate.
+//! virtio 1.x devices on the modern PCI transport, with queues from the `virtio-queue` crate.
+//! Each device has a folder (Firecracker's `devices/virtio/<dev>/`): `device.rs` implements
+//! [`VirtioDevice`], and what the guest writes into the queues is parsed apart from it.
 //!
-//! - `pci.rs`: the transport: capabilities, common/notify/ISR/device configuration in BAR 0,
-//!   MSI-X table and PBA in the same BAR, INTA# (`crate::pci::intx`) while MSI-X is off, feature
-//!   negotiation, status and reset, one worker thread per enabled queue (woken through an eventfd: a KVM ioeventfd on the queue's notify
-//!   address where the host has them, else the vCPU's MMIO write signals it).
-//! - `block.rs`: `virtio-blk` on a raw image (pread/pwrite: queues never share a lock).
-//! - `rng.rs`: `virtio-rnd` from the host's getrandom.
-//! - `net.rs`: `virtio-net` (`virtio-tap,TAP` and `virtio-net,user`; backends in `crate::net`).
-//! - `console.rs`: `virtio-console` (hvc0) on a `-l`-style target or a unix socket.
-//! - `vsock.rs`: `virtio-vsock` with the host side as unix sockets (Firecracker's scheme).
+//! - `transport/`: capabilities, common/notify/ISR/device configuration in BAR 0, MSI-X table
+//!   and PBA in the same BAR, INTA# (`crate::pci::intx`) while MSI-X is off, feature
+//!   negotiation, status and reset, one worker thread per enabled queue (woken through an
+//!   eventfd: a KVM ioeventfd on the queue's notify address where the host has them, else the
+//!   vCPU's MMIO write signals it).
+//! - `block/`: `virtio-blk` on a raw image (pread/pwrite: queues never share a lock);
+//!   `request.rs` parses the request chains.
+//! - `rng/`: `virtio-rnd` from the host's getrandom.
+//! - `net/`: `virtio-net` (`virtio-tap,TAP` and `virtio-net,user`; backends in `crate::net`);
+//!   `frame.rs` moves frames in and out of chains.
+//! - `console/`: `virtio-console` (hvc0) on a `-l`-style target or a unix socket.
+//! - `vsock/`: `virtio-vsock` with the host side as unix sockets (Firecracker's scheme);
+//!   `packet.rs` parses packets, `connections.rs` keeps the connections.
+//!
+//! A device's configuration (`-s SLOT,EMUL,CONF`) lives in `crate::config`; `crate::builder`
+//! turns it into the device and its PCI function.
 //!
 //! Measured on the nested `kvm_pvm` host (2026-11, tiny box, Linux 6.1): KVM_SET_GSI_ROUTING
 //! with MSI routes, irqfds on those GSIs and MMIO ioeventfds are all accepted; the guest binds
@@ -25,17 +33,17 @@
 pub mod block;
 pub mod console;
 pub mod net;
-pub mod pci;
 pub mod rng;
+#[cfg(test)]
+pub mod testing;
+pub mod transport;
 pub mod vsock;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
-
-use crate::pci::{BarAllocator, DeviceContext, PciDevice};
 
 /// Device types (virtio 1.x section 5).
 pub const TYPE_NET: u16 = 1;
@@ -74,134 +82,51 @@ pub trait VirtioDevice: Send + Sync {
     fn set_queue_kicks(&self, _kicks: Vec<Arc<EventFd>>) {}
 }
 
-/// Builds the PCI function for `-s SLOT,EMUL[,CONF]`.
-pub fn pci_device(
-    emul: &str,
-    conf: Option<&str>,
-    slot: u8,
-    ctx: &DeviceContext,
-    bars: &mut BarAllocator,
-) -> Result<Arc<Mutex<dyn PciDevice>>, String> {
-    let dev: Arc<dyn VirtioDevice> = match emul {
-        "virtio-blk" => Arc::new(block::Block::open(&block::BlockConfig::parse(conf)?, ctx.cpus)?),
-        "virtio-rnd" => {
-            rng::check_conf(conf)?;
-            Arc::new(rng::Rng)
-        }
-        "virtio-console" => Arc::new(console::Console::open(&console::ConsoleConfig::parse(conf)?)?),
-        "virtio-vsock" => Arc::new(vsock::Vsock::open(&vsock::VsockConfig::parse(conf)?)?),
-        "virtio-net" | "virtio-tap" => Arc::new(net::Net::new(&net::NetConfig::parse(emul, conf)?, ctx.uuid.as_ref())?),
-        other => return Err(format!("PCI device '{other}' is not implemented")),
-    };
-    Ok(Arc::new(Mutex::new(pci::VirtioPci::new(dev, slot, ctx, bars)?)))
+/// Listens on the unix socket `path`, replacing a socket an earlier run left there (never any
+/// other kind of file). For the devices whose host side is a socket (console, vsock).
+pub fn listen(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+    std::os::unix::net::UnixListener::bind(path)
 }
 
-/// Processes everything available on `queue` with `handle(chain) -> bytes written`, re-enabling
-/// notifications at the end without missing a late addition. Shared by the devices.
+/// Processes everything available on `queue` with `handle(chain) -> bytes written`. Shared by
+/// the devices.
 pub fn drain_queue<F>(queue: &mut Queue, mem: &GuestMemoryMmap, mut handle: F) -> Result<bool, QueueBroken>
 where
-    F: FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
 {
-    use virtio_queue::QueueOwnedT;
-    use virtio_queue::QueueT;
+    fill_queue(queue, mem, |chain| Some(handle(chain)))
+}
+
+/// Offers the chains available on `queue` to `fill` until it returns None (nothing more to
+/// give now: that chain stays available for the next round), re-enabling notifications at the
+/// end without missing a late addition. `fill(chain)` returns the bytes it wrote. Returns
+/// whether the used ring changed (the driver wants an interrupt).
+pub fn fill_queue<F>(queue: &mut Queue, mem: &GuestMemoryMmap, mut fill: F) -> Result<bool, QueueBroken>
+where
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> Option<u32>,
+{
     let broken = |e: virtio_queue::Error| QueueBroken(e.to_string());
     let mut used = false;
     loop {
         queue.disable_notification(mem).map_err(broken)?;
-        let chains: Vec<_> = queue.iter(mem).map_err(broken)?.collect();
-        for chain in chains {
+        let mut exhausted = false;
+        while let Some(chain) = queue.iter(mem).map_err(broken)?.next() {
             let head = chain.head_index();
-            let len = handle(chain);
+            let Some(len) = fill(chain) else {
+                queue.go_to_previous_position();
+                exhausted = true;
+                break;
+            };
             queue.add_used(mem, head, len).map_err(broken)?;
             used = true;
         }
-        if !queue.enable_notification(mem).map_err(broken)? {
+        if !queue.enable_notification(mem).map_err(broken)? || exhausted {
             break;
         }
     }
     Ok(used)
-}
-
-/// Crafted queues for the devices' unit tests, built with virtio-queue's driver-side mock.
-#[cfg(test)]
-pub mod testing {
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::Queue;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-
-    pub const QUEUE_SIZE: u16 = 16;
-
-    /// 2 MiB of guest RAM: the rings at 0, buffers from 1 MiB.
-    pub fn guest_mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
-    }
-
-    pub struct TestQueue<'a> {
-        mock: MockSplitQueue<'a, GuestMemoryMmap>,
-        mem: &'a GuestMemoryMmap,
-        next_desc: u16,
-        avail: u16,
-    }
-
-    impl<'a> TestQueue<'a> {
-        pub fn new(mem: &'a GuestMemoryMmap) -> Self {
-            TestQueue { mock: MockSplitQueue::create(mem, GuestAddress(0), QUEUE_SIZE), mem, next_desc: 0, avail: 0 }
-        }
-
-        /// Makes a chain of (address, length, flags) available; NEXT links are added.
-        pub fn add(&mut self, descs: &[(u64, u32, u16)]) -> u16 {
-            let head = self.next_desc;
-            for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-                let idx = self.next_desc % QUEUE_SIZE;
-                let last = i + 1 == descs.len();
-                let next = (idx + 1) % QUEUE_SIZE;
-                let flags =
-                    if last { flags } else { flags | virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16 };
-                self.mock
-                    .desc_table()
-                    .store(idx, RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)))
-                    .unwrap();
-                self.next_desc += 1;
-            }
-            self.add_head(head % QUEUE_SIZE);
-            head
-        }
-
-        /// Puts a raw descriptor at `idx` (for loops and bad links).
-        pub fn store(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-            self.mock
-                .desc_table()
-                .store(idx, RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)))
-                .unwrap();
-        }
-
-        pub fn add_head(&mut self, head: u16) {
-            self.mock.avail().ring().ref_at(usize::from(self.avail % QUEUE_SIZE)).unwrap().store(head);
-            self.avail = self.avail.wrapping_add(1);
-            self.mock.avail().idx().store(self.avail);
-        }
-
-        pub fn set_avail_idx(&mut self, idx: u16) {
-            self.avail = idx;
-            self.mock.avail().idx().store(idx);
-        }
-
-        /// (descriptor table, avail ring, used ring) guest addresses.
-        pub fn addrs(&self) -> (u64, u64, u64) {
-            (self.mock.desc_table_addr().0, self.mock.avail_addr().0, self.mock.used_addr().0)
-        }
-
-        pub fn queue(&self) -> Queue {
-            self.mock.create_queue().unwrap()
-        }
-
-        /// Used element `i`: (descriptor head, bytes written).
-        pub fn used(&self, i: u16) -> (u32, u32) {
-            let at = self.mock.used_addr().0 + 4 + 8 * u64::from(i % QUEUE_SIZE);
-            let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-            (id, len)
-        }
-    }
 }

@@ -1,20 +1,10 @@
-//! `virtio-rnd`: an entropy device (virtio type 4) that fills the guest's buffers from the host's
-//! `getrandom`.
-
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{drain_queue, QueueBroken, VirtioDevice, TYPE_RNG};
+use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_RNG};
 
 /// Most bytes one request gets (the driver asks again for more).
 const MAX_PER_REQUEST: usize = 64 << 10;
-
-pub fn check_conf(conf: Option<&str>) -> Result<(), String> {
-    match conf {
-        None | Some("") => Ok(()),
-        Some(c) => Err(format!("unknown option '{c}' (virtio-rnd takes none)")),
-    }
-}
 
 pub struct Rng;
 

@@ -1,29 +1,18 @@
-//! `virtio-blk,PATH[,ro][,sectorsize=N[/P]]`: a raw image file as a virtio block device (type 2).
-//!
-//! One queue per vCPU (VIRTIO_BLK_F_MQ), each served by its own worker thread with positioned
-//! I/O (`pread`/`pwrite` on one shared file descriptor): requests on different queues never wait
-//! for each other, unlike xhyve's single block lock. Data moves between the file and guest memory
-//! through vm-memory's checked volatile accessors, so a descriptor pointing outside guest RAM
-//! fails that request (VIRTIO_BLK_S_IOERR) and nothing else.
-//!
-//! Discard punches holes (`fallocate(PUNCH_HOLE|KEEP_SIZE)`), so a sparse image gets smaller on
-//! disk; write-zeroes uses `ZERO_RANGE` (or punches holes when the driver allows unmapping), with
-//! a plain write of zeroes where the file system has neither. Flush is `fdatasync`. The device ID
-//! (GET_ID) is the image's file name, cut to 20 bytes.
-
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue};
-use vm_memory::bitmap::BitmapSlice;
-use vm_memory::Address;
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile,
-};
+use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{drain_queue, QueueBroken, VirtioDevice, TYPE_BLOCK};
+use super::io::FileAt;
+use super::request::{
+    Request, Segment, MAX_DISCARD_SEGS, S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT,
+    T_WRITE_ZEROES, WZ_FLAG_UNMAP,
+};
+use crate::config::BlockConfig;
+use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_BLOCK};
 
 // Feature bits.
 const F_SEG_MAX: u64 = 1 << 2;
@@ -35,86 +24,14 @@ const F_MQ: u64 = 1 << 12;
 const F_DISCARD: u64 = 1 << 13;
 const F_WRITE_ZEROES: u64 = 1 << 14;
 
-// Request types and status values.
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_GET_ID: u32 = 8;
-const T_DISCARD: u32 = 11;
-const T_WRITE_ZEROES: u32 = 13;
-pub const S_OK: u8 = 0;
-pub const S_IOERR: u8 = 1;
-pub const S_UNSUPP: u8 = 2;
-
 const SECTOR: u64 = 512;
-const HEADER_LEN: u64 = 16;
 const QUEUE_SIZE: u16 = 256;
 const MAX_QUEUES: usize = 16;
 const ID_LEN: usize = 20;
 /// Discard / write-zeroes limits the config space announces (and requests are held to).
 const MAX_DISCARD_SECTORS: u32 = 1 << 22; // 2 GiB per segment
-const MAX_DISCARD_SEGS: u32 = 32;
-const WZ_FLAG_UNMAP: u32 = 1;
 /// Most bytes one read/write request may move.
 const MAX_REQUEST: u64 = 64 << 20;
-
-/// What `-s SLOT,virtio-blk,CONF` asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockConfig {
-    pub path: PathBuf,
-    pub readonly: bool,
-    /// Logical and physical block size in bytes.
-    pub sector_size: u32,
-    pub physical_size: u32,
-}
-
-fn parse_sector_size(s: &str) -> Option<u32> {
-    s.parse().ok().filter(|n: &u32| n.is_power_of_two() && (512..=65536).contains(n))
-}
-
-impl BlockConfig {
-    pub const USAGE: &'static str = "virtio-blk,PATH[,ro][,sectorsize=N[/PHYS]]";
-
-    /// Parses `PATH[,ro][,sectorsize=N[/P]]` and checks the image can be opened as asked.
-    pub fn parse(conf: Option<&str>) -> Result<BlockConfig, String> {
-        let conf = conf.unwrap_or("");
-        let mut parts = conf.split(',');
-        let path = parts.next().filter(|p| !p.is_empty()).ok_or(format!("missing image path ({})", Self::USAGE))?;
-        let mut cfg = BlockConfig { path: path.into(), readonly: false, sector_size: 512, physical_size: 512 };
-        for opt in parts {
-            match opt.split_once('=') {
-                None if opt == "ro" => cfg.readonly = true,
-                Some(("sectorsize", v)) => {
-                    let (l, p) = v.split_once('/').unwrap_or((v, v));
-                    match (parse_sector_size(l), parse_sector_size(p)) {
-                        (Some(l), Some(p)) if p >= l => (cfg.sector_size, cfg.physical_size) = (l, p),
-                        _ => {
-                            return Err(format!(
-                                "sectorsize={v}: a power of two from 512 to 65536 (logical[/physical])"
-                            ))
-                        }
-                    }
-                }
-                _ => return Err(format!("unknown option '{opt}' (valid: ro, sectorsize=N[/PHYS])")),
-            }
-        }
-        open_image(&cfg.path, cfg.readonly)?;
-        Ok(cfg)
-    }
-}
-
-fn open_image(path: &Path, readonly: bool) -> Result<File, String> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(!readonly)
-        .open(path)
-        .map_err(|e| format!("image {}: {}", path.display(), crate::cli::strip_os_error(&e)))?;
-    let meta = f.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.is_dir() {
-        return Err(format!("{}: is a directory", path.display()));
-    }
-    Ok(f)
-}
 
 /// The device's ID: the image's file name, cut or zero-padded to 20 bytes.
 fn device_id(path: &Path) -> [u8; ID_LEN] {
@@ -137,7 +54,7 @@ pub struct Block {
 
 impl Block {
     pub fn open(cfg: &BlockConfig, cpus: u8) -> Result<Block, String> {
-        let file = open_image(&cfg.path, cfg.readonly)?;
+        let file = cfg.open()?;
         let len = file.metadata().map_err(|e| format!("{}: {e}", cfg.path.display()))?.len();
         // Block devices report 0 in metadata: ask for their end.
         let len = if len == 0 {
@@ -254,23 +171,8 @@ impl Block {
     }
 
     fn discard_or_zero(&self, req: &Request, kind: u32, mem: &GuestMemoryMmap) -> u8 {
-        let data = req.data_out();
-        let total: u64 = data.iter().map(|d| u64::from(d.1)).sum();
-        if total == 0 || !total.is_multiple_of(16) || total / 16 > u64::from(MAX_DISCARD_SEGS) {
-            return S_IOERR;
-        }
-        let mut bytes = vec![0u8; total as usize];
-        let mut at = 0;
-        for &(addr, len) in &data {
-            if mem.read_slice(&mut bytes[at..at + len as usize], addr).is_err() {
-                return S_IOERR;
-            }
-            at += len as usize;
-        }
-        for seg in bytes.chunks(16) {
-            let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap());
-            let n = u32::from_le_bytes(seg[8..12].try_into().unwrap());
-            let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap());
+        let Some(segments) = req.segments(mem) else { return S_IOERR };
+        for Segment { sector, sectors: n, flags } in segments {
             let allowed = if kind == T_DISCARD { 0 } else { WZ_FLAG_UNMAP };
             if flags & !allowed != 0 {
                 return S_UNSUPP;
@@ -316,117 +218,6 @@ impl Block {
     }
 }
 
-/// A request chain split into its parts: device-readable (header, then data for OUT/DISCARD/
-/// WRITE_ZEROES) and device-writable (data for IN/GET_ID, then the status byte).
-struct Request {
-    readable: Vec<(GuestAddress, u32)>,
-    data_in: Vec<(GuestAddress, u32)>,
-    status: GuestAddress,
-}
-
-impl Request {
-    /// None when there is no writable byte for the status, or a readable buffer follows a
-    /// writable one (the spec's order).
-    fn parse(descs: &[Descriptor]) -> Option<Request> {
-        let mut readable = Vec::new();
-        let mut writable = Vec::new();
-        for d in descs {
-            if d.is_write_only() {
-                writable.push((d.addr(), d.len()));
-            } else if writable.is_empty() {
-                readable.push((d.addr(), d.len()));
-            } else {
-                return None;
-            }
-        }
-        // The status is the last writable byte; zero-length buffers carry nothing.
-        writable.retain(|w| w.1 > 0);
-        let (addr, len) = writable.pop()?;
-        let status = addr.checked_add(u64::from(len) - 1)?;
-        if len > 1 {
-            writable.push((addr, len - 1));
-        }
-        Some(Request { readable, data_in: writable, status })
-    }
-
-    /// (type, sector) from the 16-byte header at the start of the readable part.
-    fn header(&self, mem: &GuestMemoryMmap) -> Option<(u32, u64)> {
-        let mut h = [0u8; HEADER_LEN as usize];
-        let mut at = 0usize;
-        for &(addr, len) in &self.readable {
-            let n = (h.len() - at).min(len as usize);
-            mem.read_slice(&mut h[at..at + n], addr).ok()?;
-            at += n;
-            if at == h.len() {
-                break;
-            }
-        }
-        (at == h.len()).then(|| {
-            (u32::from_le_bytes(h[0..4].try_into().unwrap()), u64::from_le_bytes(h[8..16].try_into().unwrap()))
-        })
-    }
-
-    /// The readable buffers after the header.
-    fn data_out(&self) -> Vec<(GuestAddress, u32)> {
-        let mut skip = HEADER_LEN;
-        let mut out = Vec::new();
-        for &(addr, len) in &self.readable {
-            let l = u64::from(len);
-            if skip >= l {
-                skip -= l;
-                continue;
-            }
-            match addr.checked_add(skip) {
-                Some(a) => out.push((a, (l - skip) as u32)),
-                None => break,
-            }
-            skip = 0;
-        }
-        out
-    }
-
-    fn data_in_len(&self) -> u64 {
-        self.data_in.iter().map(|d| u64::from(d.1)).sum()
-    }
-}
-
-/// Positioned I/O on the image as a vm-memory volatile source/sink: each call is one
-/// pread/pwrite at `offset`, which then advances. No shared file position, no lock.
-struct FileAt<'a> {
-    file: &'a File,
-    offset: u64,
-}
-
-impl ReadVolatile for FileAt<'_> {
-    fn read_volatile<B: BitmapSlice>(&mut self, buf: &mut VolatileSlice<B>) -> Result<usize, VolatileMemoryError> {
-        let guard = buf.ptr_guard_mut();
-        // SAFETY: the slice is valid for writes of buf.len() bytes (VolatileSlice invariant).
-        let r =
-            unsafe { libc::pread(self.file.as_raw_fd(), guard.as_ptr().cast(), buf.len(), self.offset as libc::off_t) };
-        if r < 0 {
-            return Err(VolatileMemoryError::IOError(std::io::Error::last_os_error()));
-        }
-        buf.bitmap().mark_dirty(0, r as usize);
-        self.offset += r as u64;
-        Ok(r as usize)
-    }
-}
-
-impl WriteVolatile for FileAt<'_> {
-    fn write_volatile<B: BitmapSlice>(&mut self, buf: &VolatileSlice<B>) -> Result<usize, VolatileMemoryError> {
-        let guard = buf.ptr_guard();
-        // SAFETY: the slice is valid for reads of buf.len() bytes (VolatileSlice invariant).
-        let r = unsafe {
-            libc::pwrite(self.file.as_raw_fd(), guard.as_ptr().cast(), buf.len(), self.offset as libc::off_t)
-        };
-        if r < 0 {
-            return Err(VolatileMemoryError::IOError(std::io::Error::last_os_error()));
-        }
-        self.offset += r as u64;
-        Ok(r as usize)
-    }
-}
-
 impl VirtioDevice for Block {
     fn device_type(&self) -> u16 {
         TYPE_BLOCK
@@ -468,7 +259,9 @@ mod tests {
     use super::*;
     use crate::virtio::testing::*;
     use std::os::unix::fs::{FileExt, MetadataExt};
+    use std::path::PathBuf;
     use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use vm_memory::GuestAddress;
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
     const HDR: u64 = 0x10_0000;
@@ -493,22 +286,6 @@ mod tests {
 
     fn status(mem: &GuestMemoryMmap) -> u8 {
         mem.read_obj(GuestAddress(STATUS)).unwrap()
-    }
-
-    #[test]
-    fn parse_conf() {
-        let (path, cfg) = image("disk.img", 1 << 20);
-        assert!(!cfg.readonly && cfg.sector_size == 512);
-        let p = path.to_str().unwrap();
-        let c = BlockConfig::parse(Some(&format!("{p},ro,sectorsize=4096"))).unwrap();
-        assert!(c.readonly && c.sector_size == 4096 && c.physical_size == 4096);
-        let c = BlockConfig::parse(Some(&format!("{p},sectorsize=512/4096"))).unwrap();
-        assert_eq!((c.sector_size, c.physical_size), (512, 4096));
-        assert!(BlockConfig::parse(Some(&format!("{p},sectorsize=1000"))).unwrap_err().contains("power of two"));
-        assert!(BlockConfig::parse(Some(&format!("{p},nocache"))).unwrap_err().contains("valid: ro"));
-        assert!(BlockConfig::parse(None).unwrap_err().contains("missing image path"));
-        let e = BlockConfig::parse(Some("/nope")).unwrap_err();
-        assert_eq!(e, "image /nope: No such file or directory");
     }
 
     #[test]

@@ -1,112 +1,22 @@
-//! `virtio-net` (virtio type 1): one RX and one TX queue, a MAC from the VM's UUID, the link
-//! always up, no offloads (every frame is complete and checksummed; the 12-byte virtio-net header
-//! is all zeros on RX and ignored on TX). Backends in `crate::net`:
-//!
-//! - `-s SLOT,virtio-tap,TAPNAME[,mac=MAC]`: an existing TAP interface.
-//! - `-s SLOT,virtio-net,user[,hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT]...[,mac=MAC]`: user-mode
-//!   networking through `passt` (guest 10.0.2.15/24 by DHCP, gateway 10.0.2.2, DNS 10.0.2.3).
-//!
-//! Without `-U` the MAC is random (locally administered) per run; `mac=` overrides both.
-//!
-//! RX wake-ups: a poller thread waits for the backend's fd while the RX worker is "armed" and
-//! then kicks the RX queue (`set_queue_kicks`); the worker re-arms it once it has taken every
-//! frame. When the guest has no buffers the frame waits (`pending`), the poller stays disarmed and
-//! the guest's next notification resumes the worker. Guest data is untrusted: a TX chain that is too long, too short
-//! or outside guest memory is dropped; an RX chain too small for the frame gets the frame dropped
-//! (used length 0); a broken ring sets DEVICE_NEEDS_RESET.
-
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
-use super::{drain_queue, QueueBroken, VirtioDevice, TYPE_NET};
-use crate::net::{passt, tap, Backend, MAX_FRAME};
+use super::frame::{read_frame, write_frame, HDR_LEN};
+use super::poller::RxWake;
+use crate::config::{BackendConfig, NetConfig};
+use crate::net::{passt, tap, Backend};
+use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_NET};
 
 const F_MAC: u64 = 1 << 5;
 const F_STATUS: u64 = 1 << 16;
 const STATUS_LINK_UP: u16 = 1;
-/// virtio_net_hdr_v1: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers.
-pub const HDR_LEN: usize = 12;
 const RX: usize = 0;
 const TX: usize = 1;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackendConfig {
-    Tap(String),
-    User(Vec<passt::HostFwd>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetConfig {
-    pub backend: BackendConfig,
-    pub mac: Option<[u8; 6]>,
-}
-
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<_> = s.split([':', '-']).collect();
-    let mut mac = [0u8; 6];
-    if parts.len() != 6 {
-        return Err(format!("mac={s}: expected six hex bytes (02:xx:xx:xx:xx:xx)"));
-    }
-    for (m, p) in mac.iter_mut().zip(&parts) {
-        *m = u8::from_str_radix(p, 16)
-            .ok()
-            .filter(|_| p.len() == 2)
-            .ok_or_else(|| format!("mac={s}: bad byte '{p}'"))?;
-    }
-    if mac[0] & 1 != 0 {
-        return Err(format!("mac={s}: a multicast address"));
-    }
-    Ok(mac)
-}
-
-impl NetConfig {
-    /// `-s` CONF of `virtio-tap` and `virtio-net`. Checks what can fail before the VM exists:
-    /// the TAP exists, passt is installed.
-    pub fn parse(emul: &str, conf: Option<&str>) -> Result<NetConfig, String> {
-        let mut fields = conf.unwrap_or("").split(',');
-        let first = fields.next().unwrap_or("");
-        let backend = match emul {
-            "virtio-tap" => {
-                if first.is_empty() {
-                    return Err("missing TAP device name".into());
-                }
-                tap::check_name(first)?;
-                BackendConfig::Tap(first.to_string())
-            }
-            _ => match first {
-                "user" => BackendConfig::User(Vec::new()),
-                "" => return Err("missing backend (user; for a TAP use virtio-tap,TAPNAME)".into()),
-                other => return Err(format!("unknown backend '{other}' (user; for a TAP use virtio-tap,TAPNAME)")),
-            },
-        };
-        let mut cfg = NetConfig { backend, mac: None };
-        for f in fields {
-            match (f.split_once('='), &mut cfg.backend) {
-                (Some(("mac", m)), _) => cfg.mac = Some(parse_mac(m)?),
-                (Some(("hostfwd", h)), BackendConfig::User(fwds)) => fwds.push(passt::parse_hostfwd(h)?),
-                _ => {
-                    let valid = if emul == "virtio-tap" { "mac" } else { "hostfwd, mac" };
-                    return Err(format!("unknown option '{f}' (valid: {valid})"));
-                }
-            }
-        }
-        if let BackendConfig::User(fwds) = &cfg.backend {
-            passt::find_passt()?;
-            for (i, a) in fwds.iter().enumerate() {
-                if fwds[..i].iter().any(|b| b.udp == a.udp && b.host_port == a.host_port) {
-                    return Err(format!("host port {} forwarded twice", a.host_port));
-                }
-            }
-        }
-        Ok(cfg)
-    }
-}
 
 /// A random locally administered unicast MAC (no `-U`).
 fn random_mac() -> [u8; 6] {
@@ -119,45 +29,6 @@ struct RxState {
     /// A frame read from the backend that found no guest buffer yet.
     pending: Option<Vec<u8>>,
     spare: Vec<u8>,
-}
-
-/// Shared by the RX worker and the poller thread.
-struct RxWake {
-    /// The poller waits for the backend's fd only while armed.
-    armed: AtomicBool,
-    /// Written when `armed` is set, so the poller includes the backend's fd again.
-    arm: EventFd,
-    /// The RX queue's kick (from the transport).
-    kick: Mutex<Option<Arc<EventFd>>>,
-}
-
-impl RxWake {
-    fn run(&self, backend_fd: RawFd) {
-        loop {
-            let armed = self.armed.load(Ordering::SeqCst);
-            let mut p = [
-                libc::pollfd { fd: self.arm.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: backend_fd, events: libc::POLLIN, revents: 0 },
-            ];
-            let n = if armed { 2 } else { 1 };
-            // SAFETY: `p` holds `n` valid pollfds for the call's duration.
-            let r = unsafe { libc::poll(p.as_mut_ptr(), n, -1) };
-            if r < 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return;
-            }
-            if p[0].revents != 0 {
-                let _ = self.arm.read();
-            }
-            if armed && p[1].revents != 0 && self.armed.swap(false, Ordering::SeqCst) {
-                if let Some(k) = &*self.kick.lock().unwrap() {
-                    let _ = k.write(1);
-                }
-            }
-        }
-    }
 }
 
 pub struct Net {
@@ -196,7 +67,7 @@ impl Net {
 
     fn backend_failed(&self, e: std::io::Error) {
         if !self.dead.swap(true, Ordering::SeqCst) {
-            crate::vm::log(format!("virtio-net: backend: {e}; the link carries no more frames"));
+            crate::logger::log(format!("virtio-net: backend: {e}; the link carries no more frames"));
         }
     }
 
@@ -247,68 +118,6 @@ impl Net {
         }
         Ok(used)
     }
-}
-
-/// Header + frame into the chain's writable buffers; the bytes written, or 0 (frame dropped)
-/// when the chain is too small or leaves guest memory.
-fn write_frame(chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap, frame: &[u8]) -> u32 {
-    let mut hdr = [0u8; HDR_LEN];
-    hdr[10] = 1; // num_buffers
-    let total = HDR_LEN + frame.len();
-    let mut done = 0usize;
-    for desc in chain.writable() {
-        if done == total {
-            break;
-        }
-        let n = (desc.len() as usize).min(total - done);
-        let mut at = desc.addr();
-        let mut left = n;
-        // The part of the header, then of the frame, this buffer takes.
-        if done < HDR_LEN {
-            let h = (HDR_LEN - done).min(left);
-            if mem.write_slice(&hdr[done..done + h], at).is_err() {
-                return 0;
-            }
-            at = match at.checked_add(h as u64) {
-                Some(a) => a,
-                None => return 0,
-            };
-            done += h;
-            left -= h;
-        }
-        if left > 0 {
-            let f = done - HDR_LEN;
-            if mem.write_slice(&frame[f..f + left], at).is_err() {
-                return 0;
-            }
-            done += left;
-        }
-    }
-    if done < total {
-        return 0;
-    }
-    total as u32
-}
-
-/// The frame of a TX chain (its readable buffers minus the header); None drops it.
-fn read_frame(
-    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
-    buf: &mut Vec<u8>,
-) -> bool {
-    buf.clear();
-    for desc in chain.readable() {
-        let n = desc.len() as usize;
-        if buf.len() + n > HDR_LEN + MAX_FRAME {
-            return false;
-        }
-        let at = buf.len();
-        buf.resize(at + n, 0);
-        if mem.read_slice(&mut buf[at..], desc.addr()).is_err() {
-            return false;
-        }
-    }
-    buf.len() > HDR_LEN
 }
 
 impl VirtioDevice for Net {
@@ -366,8 +175,9 @@ mod tests {
     use super::*;
     use crate::virtio::testing::*;
     use std::collections::VecDeque;
+    use std::os::fd::{AsRawFd, RawFd};
     use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use vm_memory::GuestAddress;
+    use vm_memory::{Bytes, GuestAddress};
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
 
@@ -495,26 +305,6 @@ mod tests {
         assert!(sent.iter().all(|f| f == &vec![0xaa; 60]));
         for i in 0..5 {
             assert_eq!(t.used(i).1, 0);
-        }
-    }
-
-    #[test]
-    fn conf_parsing() {
-        assert!(NetConfig::parse("virtio-tap", None).is_err());
-        assert!(NetConfig::parse("virtio-tap", Some("no-such-tap0")).unwrap_err().contains("does not exist"));
-        assert!(NetConfig::parse("virtio-net", None).unwrap_err().contains("missing backend"));
-        assert!(NetConfig::parse("virtio-net", Some("vmnet")).unwrap_err().contains("unknown backend"));
-        assert!(NetConfig::parse("virtio-net", Some("user,fast")).unwrap_err().contains("unknown option 'fast'"));
-        assert!(NetConfig::parse("virtio-net", Some("user,mac=01:00:00:00:00:00")).unwrap_err().contains("multicast"));
-        assert!(NetConfig::parse("virtio-net", Some("user,mac=02:00:00:00:00")).is_err());
-        assert_eq!(parse_mac("02:AB:00:01:02:03").unwrap(), [2, 0xab, 0, 1, 2, 3]);
-        if passt::find_passt().is_ok() {
-            let c = NetConfig::parse("virtio-net", Some("user,hostfwd=tcp:127.0.0.1:2222-:22,mac=02:00:00:00:00:01"))
-                .unwrap();
-            assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 1]));
-            assert!(matches!(&c.backend, BackendConfig::User(f) if f.len() == 1));
-            let e = NetConfig::parse("virtio-net", Some("user,hostfwd=tcp::22-:22,hostfwd=tcp:127.0.0.1:22-:23"));
-            assert!(e.unwrap_err().contains("twice"));
         }
     }
 }

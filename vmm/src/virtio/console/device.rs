@@ -1,110 +1,20 @@
-//! `virtio-console[,stdio|autopty|log=PATH|socket=PATH]`: one console port (virtio type 3, no
-//! multiport), `hvc0` in the guest.
-//!
-//! Output (transmitq) goes to the target; input (receiveq) comes from stdio, the pty, or the
-//! client of a unix socket the VMM listens on (one client at a time: the next is accepted when
-//! the current one hangs up; output with no client connected is dropped). Input waits in a
-//! bounded buffer until the guest posts receive buffers; a reader thread fills it and kicks the
-//! receive queue's worker.
-//!
-//! Input is handed to the guest as soon as it posts receive buffers. Linux (6.1) posts them
-//! before it registers the port and drops data that completes in that window, so input sent
-//! while the guest's driver is still probing can be lost (as with other VMMs' consoles).
-
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{drain_queue, QueueBroken, VirtioDevice, TYPE_CONSOLE};
-use crate::cli::ConsoleTarget;
-use crate::devices::serial;
+use super::input::{Inner, SocketOut};
+use crate::config::ConsoleConfig;
+use crate::console_io;
+use crate::virtio::{drain_queue, fill_queue, listen, QueueBroken, VirtioDevice, TYPE_CONSOLE};
 
 const RX: usize = 0;
 const TX: usize = 1;
 const QUEUE_SIZE: u16 = 128;
-/// Input held for the guest before the reader threads wait.
-const INPUT_BUFFER: usize = 16 << 10;
 /// Most output bytes taken from one descriptor.
 const MAX_OUT_DESC: u32 = 64 << 10;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConsoleConfig {
-    Target(ConsoleTarget),
-    Socket(PathBuf),
-}
-
-impl ConsoleConfig {
-    pub const USAGE: &'static str = "virtio-console[,stdio|autopty|log=PATH|socket=PATH]";
-
-    /// Parses the CONF of `-s SLOT,virtio-console[,CONF]` (stdio when absent).
-    pub fn parse(conf: Option<&str>) -> Result<ConsoleConfig, String> {
-        let bad = |c: &str| format!("unknown target '{c}' ({})", Self::USAGE);
-        Ok(match conf.unwrap_or("stdio") {
-            "" | "stdio" => ConsoleConfig::Target(ConsoleTarget::Stdio),
-            "autopty" => ConsoleConfig::Target(ConsoleTarget::AutoPty),
-            c => match c.split_once('=') {
-                Some(("log", p)) if !p.is_empty() => ConsoleConfig::Target(ConsoleTarget::Log(p.into())),
-                Some(("socket", p)) if !p.is_empty() => ConsoleConfig::Socket(p.into()),
-                _ => return Err(bad(c)),
-            },
-        })
-    }
-}
-
-struct Inner {
-    input: Mutex<VecDeque<u8>>,
-    space: Condvar,
-    kicks: Mutex<Vec<Arc<EventFd>>>,
-}
-
-impl Inner {
-    fn kick_rx(&self) {
-        if let Some(k) = self.kicks.lock().unwrap().get(RX) {
-            let _ = k.write(1);
-        }
-    }
-
-    /// Copies `reader` into the input buffer until EOF or an error.
-    fn pump(&self, mut reader: impl Read) {
-        let mut buf = [0u8; 512];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let mut q = self.input.lock().unwrap();
-            while q.len() >= INPUT_BUFFER {
-                q = self.space.wait(q).unwrap();
-            }
-            q.extend(&buf[..n]);
-            drop(q);
-            self.kick_rx();
-        }
-    }
-}
-
-/// Output to the current socket client, if any.
-struct SocketOut(Arc<Mutex<Option<UnixStream>>>);
-
-impl Write for SocketOut {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut c = self.0.lock().unwrap();
-        if let Some(s) = c.as_mut() {
-            if s.write_all(buf).is_err() {
-                *c = None; // the client went away: drop output until the next one
-            }
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 pub struct Console {
     out: Mutex<Box<dyn Write + Send>>,
@@ -117,17 +27,12 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
 
 impl Console {
     pub fn open(cfg: &ConsoleConfig) -> Result<Console, String> {
-        let inner = Arc::new(Inner { input: Mutex::default(), space: Condvar::new(), kicks: Mutex::default() });
+        let inner = Arc::new(Inner { input: Mutex::default(), space: Condvar::new(), rx_kick: Mutex::default() });
         let out: Box<dyn Write + Send> = match cfg {
             ConsoleConfig::Target(t) => {
-                let what = match t {
-                    ConsoleTarget::Stdio => "virtio-console,stdio".to_string(),
-                    ConsoleTarget::AutoPty => "virtio-console,autopty".to_string(),
-                    ConsoleTarget::Log(p) => format!("virtio-console,log={}", p.display()),
-                };
-                let c = serial::open_target("virtio-console", t, &what)?;
+                let c = console_io::open("virtio-console", t, &format!("virtio-console,{t}"))?;
                 if let Some(n) = c.notice {
-                    crate::vm::log(n);
+                    crate::logger::log(n);
                 }
                 if let Some(input) = c.input {
                     let i = inner.clone();
@@ -137,8 +42,7 @@ impl Console {
             }
             ConsoleConfig::Socket(path) => {
                 let what = format!("virtio-console,socket={}", path.display());
-                remove_stale_socket(path);
-                let listener = UnixListener::bind(path).map_err(|e| format!("{what}: {e}"))?;
+                let listener = listen(path).map_err(|e| format!("{what}: {e}"))?;
                 let client = Arc::new(Mutex::new(None));
                 let (c, i) = (client.clone(), inner.clone());
                 spawn("vcon-sock", move || {
@@ -157,33 +61,25 @@ impl Console {
 
     /// Fills receive buffers from the pending input.
     fn fill_rx(&self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueBroken> {
-        let broken = |e: virtio_queue::Error| QueueBroken(e.to_string());
         let mut input = self.inner.input.lock().unwrap();
-        let mut used = false;
-        loop {
-            queue.disable_notification(mem).map_err(broken)?;
-            while !input.is_empty() {
-                let Some(chain) = queue.iter(mem).map_err(broken)?.next() else { break };
-                let head = chain.head_index();
-                let mut written = 0u32;
-                for desc in chain.writable() {
-                    let n = (desc.len() as usize).min(input.len());
-                    let bytes: Vec<u8> = input.iter().take(n).copied().collect();
-                    if n == 0 || mem.write_slice(&bytes, desc.addr()).is_err() {
-                        break;
-                    }
-                    input.drain(..n);
-                    written += n as u32;
+        let used = fill_queue(queue, mem, |chain| {
+            if input.is_empty() {
+                return None;
+            }
+            let mut written = 0u32;
+            for desc in chain.writable() {
+                let n = (desc.len() as usize).min(input.len());
+                let bytes: Vec<u8> = input.iter().take(n).copied().collect();
+                if n == 0 || mem.write_slice(&bytes, desc.addr()).is_err() {
+                    break;
                 }
-                queue.add_used(mem, head, written).map_err(broken)?;
-                used = true;
+                input.drain(..n);
+                written += n as u32;
             }
-            if !queue.enable_notification(mem).map_err(broken)? || input.is_empty() {
-                break;
-            }
-        }
+            Some(written)
+        });
         self.inner.space.notify_all();
-        Ok(used)
+        used
     }
 
     /// Sends a transmit chain's readable bytes to the target.
@@ -201,14 +97,6 @@ impl Console {
         let mut out = self.out.lock().unwrap();
         let _ = out.write_all(&bytes).and_then(|()| out.flush());
         0
-    }
-}
-
-/// Removes a unix socket left behind by an earlier run (never any other kind of file).
-pub(super) fn remove_stale_socket(path: &std::path::Path) {
-    use std::os::unix::fs::FileTypeExt;
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -239,28 +127,21 @@ impl VirtioDevice for Console {
         }
     }
     fn set_queue_kicks(&self, kicks: Vec<Arc<EventFd>>) {
-        *self.inner.kicks.lock().unwrap() = kicks;
+        *self.inner.rx_kick.lock().unwrap() = kicks.into_iter().nth(RX);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConsoleTarget;
     use crate::virtio::testing::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
     use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
     use vm_memory::GuestAddress;
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
-
-    #[test]
-    fn parse_conf() {
-        assert_eq!(ConsoleConfig::parse(None), Ok(ConsoleConfig::Target(ConsoleTarget::Stdio)));
-        assert_eq!(ConsoleConfig::parse(Some("autopty")), Ok(ConsoleConfig::Target(ConsoleTarget::AutoPty)));
-        assert_eq!(ConsoleConfig::parse(Some("log=/x")), Ok(ConsoleConfig::Target(ConsoleTarget::Log("/x".into()))));
-        assert_eq!(ConsoleConfig::parse(Some("socket=/s")), Ok(ConsoleConfig::Socket("/s".into())));
-        assert!(ConsoleConfig::parse(Some("log=")).is_err());
-        assert!(ConsoleConfig::parse(Some("tcp=1")).unwrap_err().contains("unknown target 'tcp=1'"));
-    }
 
     #[test]
     fn output_to_log_and_hostile_chains() {

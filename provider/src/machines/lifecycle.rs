@@ -1,0 +1,370 @@
+//! A machine's life once created: `machine.start` (the command line, the runner, the TAP device),
+//! the supervisor thread that records how the VMM ended, `state`, `stop`, `destroy`, and the
+//! daemon's recovery of the machines that ran while it was away.
+
+use super::params::{DestroyParams, StopParams};
+use super::process::{self, ExitRecord};
+use super::record::{MachineRecord, NetworkMode, Process, State};
+use super::{argv, invalid_field, lock, wrong_state, Machines};
+use crate::error::{code, Error, Result};
+use crate::logger::log;
+use crate::nic;
+use crate::state;
+use serde_json::{json, Value};
+use std::fs;
+use std::path::Path;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Default seconds `machine.stop` waits for the guest to power off before SIGKILL.
+pub const DEFAULT_STOP_TIMEOUT: f64 = 60.0;
+
+impl Machines {
+    /// Cheap: reads machine.json, spawns nothing.
+    pub fn state(&self, id: &str) -> Result<Value> {
+        let dir = self.existing(id)?;
+        Ok(MachineRecord::load(&dir)?.state_value())
+    }
+
+    pub fn start(self: &Arc<Self>, id: &str) -> Result<Value> {
+        let dir = self.existing(id)?;
+        let slot = self.slot(id);
+        let _op = lock(&slot.op);
+        let dir = if dir.is_dir() { dir } else { self.existing(id)? };
+        let rec = MachineRecord::load(&dir)?;
+        match rec.state {
+            State::Running => return Ok(rec.state_value()),
+            State::NotCreated => {
+                return Err(wrong_state(
+                    format!("machine {id} was not fully created (its creation was interrupted): destroy it"),
+                    rec.state,
+                ))
+            }
+            State::Stopped | State::Aborted => {}
+        }
+        let vmm_err = |m: String| Error::new(code::VMM_FAILED, m);
+        let xhyve = process::find_xhyve().map_err(vmm_err)?;
+        let feat = process::features(&xhyve).map_err(vmm_err)?;
+        for f in std::iter::once(&rec.kernel).chain(rec.initrd.iter()) {
+            if !Path::new(f).is_file() {
+                return Err(vmm_err(format!("{f} is missing (was the box changed?)")));
+            }
+        }
+        let console = dir.join("console.log");
+        let taken: std::collections::HashSet<u16> =
+            self.records().into_iter().filter(|(_, r)| r.id != rec.id).filter_map(|(_, r)| r.ssh_port).collect();
+        let argv::Launch { argv, notes, ssh_port, tap } =
+            argv::launch(&xhyve, &feat, &rec, &console, &taken, &self.net)?;
+        // A fresh console log per boot (the previous one is kept as console.log.1).
+        if console.exists() {
+            let _ = fs::rename(&console, dir.join("console.log.1"));
+        }
+        let _ = fs::remove_file(dir.join(process::EXIT_FILE));
+        let vmm_log_path = dir.join("vmm.log");
+        let vmm_log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&vmm_log_path)
+            .map_err(|e| Error::internal(format!("opening {}: {e}", vmm_log_path.display())))?;
+        {
+            use std::io::Write;
+            let mut l = &vmm_log;
+            let _ = writeln!(l, "--- {} start: {}", state::now(), argv.join(" "));
+            for n in &notes {
+                let _ = writeln!(l, "note: {n}");
+            }
+        }
+        let (child, pid, st) = process::spawn_runner(&dir, &argv, vmm_log).map_err(vmm_err)?;
+        let runner_pid = child.id() as i32;
+        let proc = Process {
+            pid,
+            start_time: st,
+            runner_pid,
+            runner_start_time: process::start_time(runner_pid).unwrap_or(0),
+            started_at: state::now(),
+            argv,
+        };
+        let rec = {
+            let _g = lock(&slot.rec);
+            let mut rec = MachineRecord::load(&dir)?;
+            rec.state = State::Running;
+            rec.process = Some(proc.clone());
+            rec.exit_status = None;
+            rec.exit_signal = None;
+            rec.exit_reason = None;
+            rec.stop_requested = false;
+            if ssh_port.is_some() {
+                rec.ssh_port = ssh_port;
+            }
+            rec.save(&dir)?;
+            rec
+        };
+        if let Some(t) = tap {
+            t.keep();
+        }
+        for n in notes {
+            log(&format!("machine {id}: {n}"));
+        }
+        log(&format!("machine {id}: xhyve started (pid {pid})"));
+        self.supervise(id.to_string(), Some(child), proc);
+        Ok(rec.state_value())
+    }
+
+    /// Watches a running VMM until it ends, then records how. `child` is the runner when this
+    /// daemon started it; after a daemon restart the runner is watched through a pidfd.
+    fn supervise(self: &Arc<Self>, id: String, child: Option<Child>, p: Process) {
+        let me = self.clone();
+        let pid = p.pid;
+        let r = std::thread::Builder::new().name(format!("vmm-{id}")).spawn(move || {
+            match child {
+                Some(mut c) => {
+                    let _ = c.wait();
+                }
+                None => process::wait_exit(p.runner_pid, p.runner_start_time),
+            }
+            // The runner may have been killed while the VMM runs on: wait for the VMM too.
+            process::wait_exit(p.pid, p.start_time);
+            me.finalize(&id, &p);
+        });
+        if let Err(e) = r {
+            log(&format!("xhyve pid {pid}: cannot start its supervisor: {e}"));
+        }
+    }
+
+    /// Records the end of the VMM `p` of machine `id` (from the runner's exit.json).
+    fn finalize(&self, id: &str, p: &Process) {
+        let slot = self.slot(id);
+        let _g = lock(&slot.rec);
+        let dir = self.dir(id);
+        let Ok(mut rec) = MachineRecord::load(&dir) else {
+            slot.cv.notify_all();
+            return;
+        };
+        if rec.state != State::Running || rec.process.as_ref().map(|q| q.pid) != Some(p.pid) {
+            slot.cv.notify_all();
+            return;
+        }
+        let exit = process::read_exit(&dir).filter(|e| e.pid == p.pid);
+        // Before the record says "not running": a start that follows makes a new TAP device.
+        self.net.remove_tap(id);
+        classify(&mut rec, exit.as_ref(), &dir);
+        rec.process = None;
+        if let Err(e) = rec.save(&dir) {
+            log(&format!("machine {id}: {e}"));
+        }
+        log(&format!("machine {id}: {} ({})", rec.state.as_str(), rec.exit_reason.as_deref().unwrap_or("")));
+        slot.cv.notify_all();
+    }
+
+    /// Waits (up to `timeout`) until the machine is no longer running; None on timeout.
+    fn wait_not_running(&self, id: &str, timeout: Duration) -> Result<Option<MachineRecord>> {
+        let slot = self.slot(id);
+        let dir = self.dir(id);
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&slot.rec);
+        loop {
+            let rec = MachineRecord::load(&dir)?;
+            if rec.state != State::Running {
+                return Ok(Some(rec));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wait = (deadline - now).min(Duration::from_millis(500));
+            g = slot.cv.wait_timeout(g, wait).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    fn mark_stop_requested(&self, id: &str) -> Result<()> {
+        let slot = self.slot(id);
+        let _g = lock(&slot.rec);
+        let dir = self.dir(id);
+        let mut rec = MachineRecord::load(&dir)?;
+        if rec.state == State::Running && !rec.stop_requested {
+            rec.stop_requested = true;
+            rec.save(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL and wait for the supervisor to record the end.
+    fn kill_and_wait(&self, id: &str, p: &Process) -> Result<MachineRecord> {
+        process::kill(p.pid, p.start_time, libc::SIGKILL);
+        match self.wait_not_running(id, Duration::from_secs(30))? {
+            Some(r) => Ok(r),
+            None => {
+                Err(Error::internal(format!("xhyve (pid {}) of machine {id} did not end 30 s after SIGKILL", p.pid)))
+            }
+        }
+    }
+
+    pub fn stop(self: &Arc<Self>, p: StopParams) -> Result<Value> {
+        let timeout = p.timeout.unwrap_or(DEFAULT_STOP_TIMEOUT);
+        if !(0.0..=86400.0).contains(&timeout) {
+            return Err(invalid_field("timeout", "seconds from 0 to 86400"));
+        }
+        let dir = self.existing(&p.id)?;
+        let slot = self.slot(&p.id);
+        let _op = lock(&slot.op);
+        let rec = MachineRecord::load(&dir)?;
+        let Some(proc) = rec.process.clone().filter(|_| rec.state == State::Running) else {
+            return Ok(rec.state_value());
+        };
+        self.mark_stop_requested(&p.id)?;
+        if !p.force {
+            // With -A, SIGTERM presses the ACPI power button.
+            process::kill(proc.pid, proc.start_time, libc::SIGTERM);
+            if let Some(r) = self.wait_not_running(&p.id, Duration::from_secs_f64(timeout))? {
+                return Ok(r.state_value());
+            }
+            log(&format!("machine {}: no power-off within {timeout} s: SIGKILL", p.id));
+        }
+        Ok(self.kill_and_wait(&p.id, &proc)?.state_value())
+    }
+
+    pub fn destroy(self: &Arc<Self>, p: DestroyParams) -> Result<Value> {
+        let dir = self.existing(&p.id)?;
+        let slot = self.slot(&p.id);
+        let _op = lock(&slot.op);
+        if !dir.is_dir() {
+            return Err(self.existing(&p.id).err().unwrap_or_else(|| Error::not_found("gone")));
+        }
+        let shared_mac = MachineRecord::load(&dir)
+            .ok()
+            .filter(|r| r.network.mode == NetworkMode::Shared)
+            .and_then(|r| nic::mac_of_uuid(&r.uuid));
+        // A directory without a readable record (a creation cut short) can always go.
+        if let Ok(rec) = MachineRecord::load(&dir) {
+            if let (State::Running, Some(proc)) = (rec.state, rec.process.clone()) {
+                if !p.force {
+                    return Err(wrong_state(
+                        format!(
+                            "machine {} ({}) is running: stop it first, or pass force to kill it",
+                            rec.id, rec.name
+                        ),
+                        rec.state,
+                    ));
+                }
+                self.mark_stop_requested(&p.id)?;
+                self.kill_and_wait(&p.id, &proc)?;
+            }
+        }
+        {
+            let _g = lock(&slot.rec);
+            self.remove_dir(&dir);
+        }
+        self.net.remove_tap(&p.id);
+        if let Some(mac) = shared_mac {
+            self.net.forget(&mac);
+        }
+        lock(&self.slots).remove(&p.id);
+        log(&format!("machine {} destroyed", p.id));
+        Ok(json!({"id": p.id, "state": "not_created"}))
+    }
+
+    /// At daemon start: adopt the VMMs still running (pid and start time match), record the end
+    /// of those that ended while no daemon watched.
+    pub fn recover(self: &Arc<Self>) {
+        for (dir, rec) in self.records() {
+            let (State::Running, Some(p)) = (rec.state, rec.process.clone()) else {
+                continue;
+            };
+            let id = rec.id.clone();
+            if dir.file_name().map(|n| n.to_string_lossy() != id.as_str()).unwrap_or(true) {
+                continue;
+            }
+            if process::alive(p.runner_pid, p.runner_start_time) || process::alive(p.pid, p.start_time) {
+                log(&format!("machine {id}: xhyve (pid {}) still runs: supervising it again", p.pid));
+                self.supervise(id, None, p);
+            } else {
+                self.finalize(&id, &p);
+            }
+        }
+        // Then the shared network: its TAP devices of machines that no longer run go, its
+        // bridge and DHCP server come back while a shared machine runs.
+        let records = self.records();
+        for (_, r) in records.iter().filter(|(_, r)| r.state != State::Running) {
+            self.net.remove_tap(&r.id);
+        }
+        if records.iter().any(|(_, r)| r.state == State::Running && r.network.mode == NetworkMode::Shared) {
+            self.net.resume();
+        }
+    }
+}
+
+/// The last line xhyve wrote to vmm.log (its error message when it failed).
+fn last_vmm_line(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join("vmm.log")).ok()?;
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("xhyve-provider run-vmm:") && !l.starts_with("--- "))
+        .map(str::to_string)
+}
+
+/// Sets state, exit status/signal and reason from how the VMM ended.
+fn classify(rec: &mut MachineRecord, exit: Option<&ExitRecord>, dir: &Path) {
+    let stop = rec.stop_requested;
+    let (state, reason) = match exit {
+        Some(ExitRecord { status: Some(s), .. }) => match s {
+            0 => (State::Stopped, "guest rebooted (exit status 0)".to_string()),
+            1 if stop => (State::Stopped, "powered off by machine.stop (ACPI power button; exit status 1)".into()),
+            1 => (State::Stopped, "guest powered off (exit status 1)".into()),
+            2 => (State::Stopped, "guest halted (exit status 2)".into()),
+            3 => (State::Aborted, "triple fault (exit status 3)".into()),
+            4 => (
+                State::Aborted,
+                match last_vmm_line(dir) {
+                    Some(l) => format!("xhyve failed (exit status 4): {l}"),
+                    None => "xhyve failed (exit status 4)".into(),
+                },
+            ),
+            n => (State::Aborted, format!("xhyve exited with status {n}")),
+        },
+        Some(ExitRecord { signal: Some(sig), .. }) if stop => {
+            (State::Stopped, format!("forced off by machine.stop (signal {sig}, {})", process::signal_name(*sig)))
+        }
+        Some(ExitRecord { signal: Some(sig), .. }) => {
+            (State::Aborted, format!("killed by signal {sig} ({})", process::signal_name(*sig)))
+        }
+        _ if stop => (State::Stopped, "stopped by machine.stop (exit status unknown: its runner was gone)".into()),
+        _ => (State::Aborted, "xhyve ended and its exit status is unknown (its runner was killed)".into()),
+    };
+    rec.state = state;
+    rec.exit_status = exit.and_then(|e| e.status);
+    rec.exit_signal = exit.and_then(|e| e.signal);
+    rec.exit_reason = Some(reason);
+    rec.stop_requested = false;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machines::record::tests::rec;
+
+    #[test]
+    fn exit_classification() {
+        let dir = Path::new("/nonexistent");
+        let e = |status, signal| ExitRecord { pid: 1, status, signal, exited_at: 0 };
+        let mut r = rec();
+        classify(&mut r, Some(&e(Some(1), None)), dir);
+        assert_eq!((r.state, r.exit_status), (State::Stopped, Some(1)));
+        let mut r = rec();
+        classify(&mut r, Some(&e(None, Some(9))), dir);
+        assert_eq!(r.state, State::Aborted);
+        assert!(r.exit_reason.unwrap().starts_with("killed by signal 9"));
+        let mut r = rec();
+        r.stop_requested = true;
+        classify(&mut r, Some(&e(None, Some(9))), dir);
+        assert_eq!(r.state, State::Stopped);
+        assert!(!r.stop_requested);
+        let mut r = rec();
+        classify(&mut r, Some(&e(Some(3), None)), dir);
+        assert_eq!(r.state, State::Aborted);
+        let mut r = rec();
+        classify(&mut r, None, dir);
+        assert_eq!(r.state, State::Aborted);
+    }
+}

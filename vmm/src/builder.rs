@@ -1,0 +1,291 @@
+//! Builds a VM from its `Config` in named steps, Firecracker's builder: guest memory, the VM,
+//! the legacy devices, the PCI devices, the vCPUs, the boot payload, and the vCPU threads. Each
+//! step takes what the earlier ones made; restoring a snapshot will replace the boot payload
+//! step with one that restores the saved state. The result is a running [`Vmm`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use xhyve_contract::signals::TermSignals;
+
+use crate::boot;
+use crate::config::{Config, ConsoleTarget, DeviceConfig, PciSlot};
+use crate::console_io::{self, RawTerminal};
+use crate::cpuid;
+use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::cmos::Cmos;
+use crate::devices::i8042::{ResetToReboot, I8042};
+use crate::devices::serial;
+use crate::exit::ExitLatch;
+use crate::hypervisor::{self, Vcpu, Vm};
+use crate::layout::*;
+use crate::logger::log;
+use crate::memory;
+use crate::pci::{self, intx::IntxRoute, BarAllocator, DeviceContext};
+use crate::pvm::Pvm;
+use crate::vcpu::{self, Shared};
+use crate::virtio::{self, transport::VirtioPci, VirtioDevice};
+use crate::vm::{Devices, Vmm};
+
+/// Builds the VM `cfg` describes and starts its vCPUs.
+pub fn build(cfg: &Config) -> Result<Vmm, String> {
+    let started = Instant::now();
+    let mem = memory::create(cfg.mem_bytes)?;
+    let vm = create_vm(cfg, &mem)?;
+    let exit = Arc::new(ExitLatch::default());
+    let pvm = pvm(cfg);
+    let mut devices = Devices::default();
+    let raw_terminal = attach_legacy_devices(cfg, &vm, &exit, &mut devices)?;
+    attach_pci_devices(cfg, &mem, &vm, &mut devices)?;
+    let vcpus = create_vcpus(cfg, &*vm, pvm.as_deref())?;
+    load_kernel(cfg, &mem, &vcpus, pvm.as_deref(), &devices.pci_intx_routes())?;
+    let shared = Arc::new(Shared {
+        mem,
+        pio: devices.pio.clone(),
+        mmio: devices.mmio.clone(),
+        exit,
+        pvm,
+        halted: (0..cfg.cpus).map(|_| AtomicBool::new(false)).collect(),
+        unclaimed_io: AtomicU64::new(0),
+        ignored_msrs: AtomicU64::new(0),
+        verbose: cfg.verbose,
+    });
+    let (signals, vcpu_stats) = start_vcpus(vcpus, &shared)?;
+    Ok(Vmm { vm, shared, devices, signals, vcpu_stats, raw_terminal, started, verbose: cfg.verbose })
+}
+
+/// The hypervisor's VM with guest RAM mapped.
+fn create_vm(cfg: &Config, mem: &GuestMemoryMmap) -> Result<Arc<dyn Vm>, String> {
+    let vm: Arc<dyn Vm> = Arc::from(hypervisor::create_vm().map_err(|e| e.to_string())?);
+    for (slot, region) in mem.iter().enumerate() {
+        // SAFETY: `mem` ends up in the vCPUs' `Shared` and lives until the process exits.
+        unsafe { vm.map_memory(slot as u32, region.start_addr().0, region.len(), region.as_ptr() as u64) }
+            .map_err(|e| e.to_string())?;
+    }
+    if cfg.ignore_msrs {
+        vm.ignore_unknown_msrs().map_err(|e| format!("-w: not supported by this host: {e}"))?;
+    }
+    Ok(vm)
+}
+
+/// The PVM work-arounds, when they apply: detected, or forced with XHYVE_PVM=on|off.
+fn pvm(cfg: &Config) -> Option<Arc<Pvm>> {
+    let on = match std::env::var("XHYVE_PVM").as_deref() {
+        Ok("on") | Ok("1") => true,
+        Ok("off") | Ok("0") => false,
+        _ => Pvm::detect(),
+    };
+    on.then(|| {
+        let p = Pvm::new();
+        p.set_verbose(u8::from(cfg.verbose));
+        Arc::new(p)
+    })
+}
+
+/// The UARTs (`-l`), the i8042, the RTC and, with `-A`, ACPI power management. Returns the
+/// terminal a stdio console put into raw mode, to restore when the VM ends.
+fn attach_legacy_devices(
+    cfg: &Config,
+    vm: &Arc<dyn Vm>,
+    exit: &Arc<ExitLatch>,
+    devices: &mut Devices,
+) -> Result<Option<RawTerminal>, String> {
+    let pio = &devices.pio;
+    let mut raw_terminal = None;
+    for (name, target, port, irq) in
+        [("com1", &cfg.com1, PORT_COM1, IRQ_COM1), ("com2", &cfg.com2, PORT_COM2, IRQ_COM2)]
+    {
+        let Some(target) = target else { continue };
+        let console = console_io::open(name, target, &format!("-l {name},{target}"))?;
+        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("{name}: eventfd: {e}"))?;
+        vm.register_irqfd(&irq_evt, irq).map_err(|e| format!("{name}: {e}"))?;
+        let port_dev = Arc::new(Mutex::new(serial::new_port(irq_evt, console.output)));
+        pio.insert(port.into(), 8, port_dev.clone())?;
+        if let Some(notice) = console.notice {
+            log(notice);
+        }
+        if let Some(input) = console.input {
+            if *target == ConsoleTarget::Stdio {
+                raw_terminal = Some(RawTerminal::enter());
+            }
+            serial::spawn_input(port_dev.clone(), input);
+        }
+        devices.serial.push(port_dev);
+    }
+    let i8042 = Arc::new(Mutex::new(I8042(vm_superio::I8042Device::new(ResetToReboot(exit.clone())))));
+    pio.insert(PORT_I8042.into(), 5, i8042.clone())?;
+    devices.i8042 = Some(i8042);
+    let (below_4g, above_4g) = (cfg.mem_bytes.min(MMIO_HOLE), cfg.mem_bytes.saturating_sub(MMIO_HOLE));
+    let cmos = Arc::new(Mutex::new(Cmos::new(below_4g, above_4g, !cfg.rtc_utc)));
+    pio.insert(PORT_RTC.into(), 2, cmos.clone())?;
+    devices.cmos = Some(cmos);
+    if cfg.acpi {
+        let pm = Arc::new(Mutex::new(AcpiPm::new(vm.clone(), exit.clone())));
+        pio.insert(PORT_PM1A_EVT.into(), 12, pm.clone())?;
+        devices.acpi_pm = Some(pm);
+    }
+    Ok(raw_terminal)
+}
+
+/// PCI bus 0 behind ports 0xcf8-0xcff, with the `-s` functions and, when needed, a host bridge.
+fn attach_pci_devices(
+    cfg: &Config,
+    mem: &GuestMemoryMmap,
+    vm: &Arc<dyn Vm>,
+    devices: &mut Devices,
+) -> Result<(), String> {
+    let ctx = DeviceContext { mem: mem.clone(), routing: pci::msix::GsiRouting::new(vm.clone()) };
+    let mut bars = BarAllocator::default();
+    let mut virtio = Vec::new();
+    let bus = pci::build_bus(&machine_slots(&cfg.slots), Some(devices.mmio.clone()), |s| {
+        let dev = Arc::new(Mutex::new(VirtioPci::new(virtio_device(&s.device, cfg)?, s.slot, &ctx, &mut bars)?));
+        virtio.push(dev.clone());
+        Ok(dev)
+    })?;
+    let bus = Arc::new(Mutex::new(bus));
+    devices.pio.insert(PORT_PCI_CONFIG.into(), 8, bus.clone())?;
+    devices.pci = Some(bus);
+    devices.virtio = virtio;
+    Ok(())
+}
+
+/// The `-s` functions, plus a host bridge at 0:0 when there are any and slot 0 is free: Linux
+/// uses configuration mechanism #1 only when bus 0 shows a host bridge (or an Intel device), so
+/// without one a guest sees none of the devices. An explicit `-s 0,...` wins.
+fn machine_slots(slots: &[PciSlot]) -> Vec<PciSlot> {
+    let mut all = slots.to_vec();
+    if !slots.is_empty() && slots.iter().all(|s| s.slot != 0) {
+        all.insert(0, PciSlot { slot: 0, func: 0, device: DeviceConfig::HostBridge });
+    }
+    all
+}
+
+/// The virtio device a PCI slot asks for.
+fn virtio_device(device: &DeviceConfig, cfg: &Config) -> Result<Arc<dyn VirtioDevice>, String> {
+    Ok(match device {
+        DeviceConfig::Block(c) => Arc::new(virtio::block::Block::open(c, cfg.cpus)?),
+        DeviceConfig::Rng => Arc::new(virtio::rng::Rng),
+        DeviceConfig::Console(c) => Arc::new(virtio::console::Console::open(c)?),
+        DeviceConfig::Vsock(c) => Arc::new(virtio::vsock::Vsock::open(c)?),
+        DeviceConfig::Net(c) => Arc::new(virtio::net::Net::new(c, cfg.uuid.as_ref())?),
+        other => return Err(format!("PCI device '{}' is not a virtio device", other.emulation())),
+    })
+}
+
+/// The vCPUs with their CPUID and local APIC set up, not yet running.
+fn create_vcpus(cfg: &Config, vm: &dyn Vm, pvm: Option<&Pvm>) -> Result<Vec<Box<dyn Vcpu>>, String> {
+    let base_cpuid = vm.supported_cpuid().map_err(|e| e.to_string())?;
+    let mut vcpus = Vec::new();
+    for id in 0..cfg.cpus {
+        let vcpu = vm.create_vcpu(id).map_err(|e| format!("vcpu{id}: {e}"))?;
+        let mut leaves = cpuid::for_vcpu(&base_cpuid, id, cfg.cpus);
+        if let Some(p) = pvm {
+            p.adjust_cpuid(&mut leaves);
+        }
+        vcpu.set_cpuid(&leaves).map_err(|e| format!("vcpu{id}: {e}"))?;
+        vcpu.init_lapic_lints().map_err(|e| format!("vcpu{id}: {e}"))?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
+/// The boot payload of `-f kexec`: the MP table and ACPI tables, the kernel, initrd and command
+/// line in guest memory, and the boot vCPU at the kernel's entry.
+fn load_kernel(
+    cfg: &Config,
+    mem: &GuestMemoryMmap,
+    vcpus: &[Box<dyn Vcpu>],
+    pvm: Option<&Pvm>,
+    intx_routes: &[IntxRoute],
+) -> Result<(), String> {
+    let mut cmdline = cfg.kexec.cmdline.clone();
+    if let Some(p) = pvm {
+        // Needs the vCPUs: the additions depend on the TSC rate.
+        let added = p.cmdline_additions(&cmdline, vcpus[0].tsc_khz());
+        if !added.is_empty() {
+            log(format!("nested PVM host: adding to the kernel command line: {}", added.join(" ")));
+            cmdline = with_kernel_params(&cmdline, &added);
+        }
+    }
+    boot::mptable::write(mem, cfg.cpus, intx_routes)?;
+    let rsdp = if cfg.acpi { Some(crate::acpi::write_tables(mem, cfg.cpus, intx_routes)?) } else { None };
+    let entry = boot::load_linux(mem, &cfg.kexec.kernel, cfg.kexec.initrd.as_deref(), &cmdline, rsdp)?;
+    entry.notes.iter().for_each(log);
+    boot::cpu::write_tables(mem)?;
+    boot::cpu::setup_boot_vcpu(vcpus[0].as_ref(), entry.rip)?;
+    if cfg.verbose {
+        log(format!(
+            "{} vCPU(s), {} MiB, {} entry {:#x}, cmdline: {cmdline}",
+            cfg.cpus,
+            cfg.mem_bytes >> 20,
+            entry.kind,
+            entry.rip
+        ));
+    }
+    Ok(())
+}
+
+/// Adds kernel parameters before any ` -- ` (after it, words are arguments for init).
+fn with_kernel_params(cmdline: &str, params: &[String]) -> String {
+    let (kernel, init) = match cmdline.find(" -- ") {
+        Some(i) => (&cmdline[..i], &cmdline[i..]),
+        None => (cmdline, ""),
+    };
+    format!("{} {}{init}", kernel.trim(), params.join(" ")).trim().to_string()
+}
+
+/// One thread per vCPU, with the termination signals blocked first so that only the main
+/// thread takes them. Returns those signals and each vCPU's counters.
+fn start_vcpus(
+    vcpus: Vec<Box<dyn Vcpu>>,
+    shared: &Arc<Shared>,
+) -> Result<(TermSignals, Vec<hypervisor::StatsReader>), String> {
+    let signals = TermSignals::block();
+    vcpu::install_kick_handler();
+    let stats = vcpus.iter().map(|v| v.stats_reader()).collect();
+    let mut threads = Vec::new();
+    for v in vcpus {
+        threads.push(vcpu::spawn(v, shared.clone()).map_err(|e| format!("vCPU thread: {e}"))?);
+    }
+    vcpu::spawn_halt_watch(threads, shared.exit.clone());
+    Ok((signals, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_params_go_before_init_args() {
+        let p = vec!["a=1".to_string(), "b".to_string()];
+        assert_eq!(with_kernel_params("console=ttyS0", &p), "console=ttyS0 a=1 b");
+        assert_eq!(with_kernel_params("console=ttyS0 -- -s x", &p), "console=ttyS0 a=1 b -- -s x");
+        assert_eq!(with_kernel_params("", &p), "a=1 b");
+    }
+
+    fn slot(slot: u8, func: u8, device: DeviceConfig) -> PciSlot {
+        PciSlot { slot, func, device }
+    }
+
+    #[test]
+    fn host_bridge_when_pci_devices_and_slot_0_is_free() {
+        let with_bridge = machine_slots(&[slot(2, 0, DeviceConfig::Rng)]);
+        assert_eq!(with_bridge, vec![slot(0, 0, DeviceConfig::HostBridge), slot(2, 0, DeviceConfig::Rng)]);
+        // No PCI device: no bus to announce.
+        assert_eq!(machine_slots(&[]), vec![]);
+        // An explicit slot 0 wins, whatever it holds and whichever function.
+        for explicit in [
+            vec![slot(0, 0, DeviceConfig::AmdHostBridge), slot(2, 0, DeviceConfig::Rng)],
+            vec![slot(0, 0, DeviceConfig::Rng)],
+            vec![slot(0, 1, DeviceConfig::Lpc)],
+        ] {
+            assert_eq!(machine_slots(&explicit), explicit);
+        }
+        // The bridge adds no interrupt route: the MP table and DSDT stay as they were.
+        let bus = pci::build_bus(&machine_slots(&[slot(31, 0, DeviceConfig::Lpc)]), None, |_| unreachable!()).unwrap();
+        assert!(bus.intx_routes().is_empty());
+    }
+}
