@@ -3,6 +3,9 @@
 # Extra arguments go to xhyve (e.g. -v).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=../../scripts/packages.sh
+. scripts/packages.sh
+need_packages build box
 cargo build --release -p xhyve
 boxes/tiny/build.sh target/boxes/tiny
 box=target/boxes/tiny

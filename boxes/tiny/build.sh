@@ -12,25 +12,16 @@ OUT=${1:-$REPO/target/boxes/tiny}
 CACHE=${XHYVE_BOX_CACHE:-/var/cache/xhyve-rs}
 KSRC_PKG=linux-source-6.1
 KSRC_TAR=/usr/src/linux-source-6.1.tar.xz
-DEPS="$KSRC_PKG busybox-static dropbear-bin openssh-client build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod"
 T0=$SECONDS
 
 log() { echo "[tiny-box +$((SECONDS - T0))s] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
 
-# --- 1. apt dependencies (apt-get update only when something is missing) ---
-missing=
-for p in $DEPS; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-	log "installing:$missing"
-	export DEBIAN_FRONTEND=noninteractive
-	$SUDO apt-get update >&2
-	# shellcheck disable=SC2086
-	$SUDO apt-get install -y --no-install-recommends $missing >&2
-fi
+# --- 1. Debian packages (scripts/packages.sh, group box) ---
+# shellcheck source=../../scripts/packages.sh
+. "$REPO/scripts/packages.sh"
+need_packages box
 [ -f "$KSRC_TAR" ] || die "$KSRC_TAR missing"
 [ -x /bin/busybox ] || die "/bin/busybox missing"
 [ -x /usr/sbin/dropbear ] || die "/usr/sbin/dropbear missing (dropbear-bin)"

@@ -2,9 +2,13 @@
 # The main job on the default box: builds xhyve, xhyve-provider and the tiny box, installs the box
 # in the provider, creates and starts a machine, waits for SSH and runs a command in it, as
 # `vagrant up` + `vagrant ssh -c` would. The machine keeps running; the last lines say how to log
-# in, stop and destroy it. Home: $XHYVE_HOME (default ~/.xhyve).
+# in, stop and destroy it. Home: $XHYVE_HOME (default ~/.xhyve). Installs the Debian packages it
+# needs first (scripts/packages.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=../../scripts/packages.sh
+. scripts/packages.sh
+need_packages build box run
 cargo build --release -p xhyve -p xhyve-provider
 boxes/tiny/box.sh target/boxes/tiny.box
 p=target/release/xhyve-provider
