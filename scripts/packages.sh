@@ -43,7 +43,7 @@ ruby-rspec | test | the Vagrant plugin's unit tests (ruby-shim/spec)
 libarchive-tools | test | bsdtar: the Vagrant plugin hands boxes to the provider with it
 git | test | tests/lint checks the commit messages
 zstd | test | compresses test kernels and initrds: the VMM's host-side decompression tests
-lz4 | test | the same, for lz4 (Debian's cloud kernels are lz4)
+lz4 | box test | the tiny kernel's bzImage payload is LZ4; the decompression tests (Debian's cloud kernels are lz4)
 bzip2 | test | the same, for bzip2
 LIST
 }
