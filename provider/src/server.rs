@@ -63,6 +63,7 @@ pub fn serve(home: &Home) -> Result<(), String> {
     let _lock = home.lock().map_err(|e| e.to_string())?;
     let limits = limits_from_env()?;
     let http_timeout = http_timeout_from_env()?;
+    let reboot_limit = crate::machines::reboot::RebootLimit::from_env()?;
     crate::network::Config::from_env()?;
     // Scratch space of a daemon that died mid-job; the lock says none is running now.
     let _ = home::clear_dir(&home.tmp());
@@ -79,7 +80,7 @@ pub fn serve(home: &Home) -> Result<(), String> {
         Ok(p) => log(&format!("SSH key for the guests: {}", p.display())),
         Err(e) => log(&format!("cannot write the insecure SSH key: {e}")),
     }
-    let machines = Machines::new(home.clone());
+    let machines = Machines::new(home.clone(), reboot_limit);
     machines.recover();
     let ctx = Arc::new(Ctx {
         boxes: Boxes { home: home.clone(), limits, http_timeout, lock: Mutex::new(()) },

@@ -4,6 +4,7 @@
 
 use super::params::{DestroyParams, StopParams};
 use super::process::{self, ExitRecord};
+use super::reboot::Refused;
 use super::record::{MachineRecord, NetworkMode, Process, State};
 use super::{argv, invalid_field, lock, wrong_state, Machines};
 use crate::error::{code, Error, Result};
@@ -61,30 +62,8 @@ impl Machines {
             let _ = fs::rename(&console, dir.join("console.log.1"));
         }
         let _ = fs::remove_file(dir.join(process::EXIT_FILE));
-        let vmm_log_path = dir.join("vmm.log");
-        let vmm_log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&vmm_log_path)
-            .map_err(|e| Error::internal(format!("opening {}: {e}", vmm_log_path.display())))?;
-        {
-            use std::io::Write;
-            let mut l = &vmm_log;
-            let _ = writeln!(l, "--- {} start: {}", state::now(), argv.join(" "));
-            for n in &notes {
-                let _ = writeln!(l, "note: {n}");
-            }
-        }
-        let (child, pid, st) = process::spawn_runner(&dir, &argv, vmm_log).map_err(vmm_err)?;
-        let runner_pid = child.id() as i32;
-        let proc = Process {
-            pid,
-            start_time: st,
-            runner_pid,
-            runner_start_time: process::start_time(runner_pid).unwrap_or(0),
-            started_at: state::now(),
-            argv,
-        };
+        let (child, proc) = run_vmm(&dir, &argv, &format!("start: {}", argv.join(" ")), &notes).map_err(vmm_err)?;
+        let pid = proc.pid;
         let rec = {
             let _g = lock(&slot.rec);
             let mut rec = MachineRecord::load(&dir)?;
@@ -94,6 +73,8 @@ impl Machines {
             rec.exit_signal = None;
             rec.exit_reason = None;
             rec.stop_requested = false;
+            rec.reboots = 0;
+            rec.recent_reboots.clear();
             if ssh_port.is_some() {
                 rec.ssh_port = ssh_port;
             }
@@ -132,8 +113,9 @@ impl Machines {
         }
     }
 
-    /// Records the end of the VMM `p` of machine `id` (from the runner's exit.json).
-    fn finalize(&self, id: &str, p: &Process) {
+    /// Records the end of the VMM `p` of machine `id` (from the runner's exit.json); a guest
+    /// that rebooted is started again instead.
+    fn finalize(self: &Arc<Self>, id: &str, p: &Process) {
         let slot = self.slot(id);
         let _g = lock(&slot.rec);
         let dir = self.dir(id);
@@ -146,15 +128,63 @@ impl Machines {
             return;
         }
         let exit = process::read_exit(&dir).filter(|e| e.pid == p.pid);
+        let mut refused = None;
+        if exit.as_ref().is_some_and(|e| e.status == Some(0)) && !rec.stop_requested {
+            match self.restart_after_reboot(id, &dir, &mut rec, p) {
+                Ok(()) => {
+                    slot.cv.notify_all();
+                    return;
+                }
+                Err(r) => refused = Some(r),
+            }
+        }
         // Before the record says "not running": a start that follows makes a new TAP device.
         self.net.remove_tap(id);
         classify(&mut rec, exit.as_ref(), &dir);
+        if let Some((state, why)) = refused {
+            rec.state = state;
+            rec.exit_reason = Some(why);
+        }
         rec.process = None;
         if let Err(e) = rec.save(&dir) {
             log(&format!("machine {id}: {e}"));
         }
         log(&format!("machine {id}: {} ({})", rec.state.as_str(), rec.exit_reason.as_deref().unwrap_or("")));
         slot.cv.notify_all();
+    }
+
+    /// The guest of `p` rebooted: runs xhyve again with the same command line (its SSH port,
+    /// MAC address, disks and, in network shared, TAP device are the machine's own) and
+    /// supervises it; the state stays running. Called with the record's lock held, so a
+    /// `machine.stop` that comes meanwhile sees the new process. Err: the state and reason to
+    /// record instead.
+    fn restart_after_reboot(
+        self: &Arc<Self>,
+        id: &str,
+        dir: &Path,
+        rec: &mut MachineRecord,
+        p: &Process,
+    ) -> std::result::Result<(), (State, String)> {
+        const REBOOTED: &str = "guest rebooted (exit status 0)";
+        self.reboot_limit.admit(&mut rec.recent_reboots, state::now()).map_err(|r| match r {
+            Refused::Disabled => (State::Stopped, format!("{REBOOTED}; not restarted: XHYVE_MAX_REBOOTS=0")),
+            Refused::Loop(why) => (State::Aborted, format!("{REBOOTED}; not restarted: {why}")),
+        })?;
+        let n = rec.reboots + 1;
+        let (mut child, proc) = run_vmm(dir, &p.argv, &format!("guest reboot {n}: restarting xhyve"), &[])
+            .map_err(|e| (State::Aborted, format!("{REBOOTED}; restarting xhyve failed: {e}")))?;
+        rec.process = Some(proc.clone());
+        rec.reboots = n;
+        if let Err(e) = rec.save(dir) {
+            // Unrecorded, the new xhyve could not be stopped: it goes.
+            process::kill(proc.pid, proc.start_time, libc::SIGKILL);
+            let _ = child.wait();
+            rec.process = Some(p.clone());
+            return Err((State::Aborted, format!("{REBOOTED}; restarting it failed: {}", e.message)));
+        }
+        log(&format!("machine {id}: guest reboot {n}: xhyve restarted (pid {})", proc.pid));
+        self.supervise(id.to_string(), Some(child), proc);
+        Ok(())
     }
 
     /// Waits (up to `timeout`) until the machine is no longer running; None on timeout.
@@ -177,16 +207,22 @@ impl Machines {
         }
     }
 
-    fn mark_stop_requested(&self, id: &str) -> Result<()> {
+    /// Marks the machine's coming end as a stop (the supervisor no longer restarts a guest that
+    /// reboots) and returns its VMM as it is now (a reboot may have replaced the one read
+    /// before); None when it does not run.
+    fn mark_stop_requested(&self, id: &str) -> Result<Option<Process>> {
         let slot = self.slot(id);
         let _g = lock(&slot.rec);
         let dir = self.dir(id);
         let mut rec = MachineRecord::load(&dir)?;
-        if rec.state == State::Running && !rec.stop_requested {
+        if rec.state != State::Running {
+            return Ok(None);
+        }
+        if !rec.stop_requested {
             rec.stop_requested = true;
             rec.save(&dir)?;
         }
-        Ok(())
+        Ok(rec.process)
     }
 
     /// SIGKILL and wait for the supervisor to record the end.
@@ -208,11 +244,9 @@ impl Machines {
         let dir = self.existing(&p.id)?;
         let slot = self.slot(&p.id);
         let _op = lock(&slot.op);
-        let rec = MachineRecord::load(&dir)?;
-        let Some(proc) = rec.process.clone().filter(|_| rec.state == State::Running) else {
-            return Ok(rec.state_value());
+        let Some(proc) = self.mark_stop_requested(&p.id)? else {
+            return Ok(MachineRecord::load(&dir)?.state_value());
         };
-        self.mark_stop_requested(&p.id)?;
         if !p.force {
             // With -A, SIGTERM presses the ACPI power button.
             process::kill(proc.pid, proc.start_time, libc::SIGTERM);
@@ -237,7 +271,7 @@ impl Machines {
             .and_then(|r| nic::mac_of_uuid(&r.uuid));
         // A directory without a readable record (a creation cut short) can always go.
         if let Ok(rec) = MachineRecord::load(&dir) {
-            if let (State::Running, Some(proc)) = (rec.state, rec.process.clone()) {
+            if rec.state == State::Running {
                 if !p.force {
                     return Err(wrong_state(
                         format!(
@@ -247,8 +281,9 @@ impl Machines {
                         rec.state,
                     ));
                 }
-                self.mark_stop_requested(&p.id)?;
-                self.kill_and_wait(&p.id, &proc)?;
+                if let Some(proc) = self.mark_stop_requested(&p.id)? {
+                    self.kill_and_wait(&p.id, &proc)?;
+                }
             }
         }
         {
@@ -294,6 +329,39 @@ impl Machines {
     }
 }
 
+/// Starts the runner of `argv` (process::spawn_runner) after a header line in vmm.log (and the
+/// notes); returns the runner and the record of the VMM it runs.
+fn run_vmm(
+    dir: &Path,
+    argv: &[String],
+    header: &str,
+    notes: &[String],
+) -> std::result::Result<(Child, Process), String> {
+    use std::io::Write;
+    let path = dir.join("vmm.log");
+    let vmm_log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let mut l = &vmm_log;
+    let _ = writeln!(l, "--- {} {header}", state::now());
+    for n in notes {
+        let _ = writeln!(l, "note: {n}");
+    }
+    let (child, pid, start_time) = process::spawn_runner(dir, argv, vmm_log)?;
+    let runner_pid = child.id() as i32;
+    let proc = Process {
+        pid,
+        start_time,
+        runner_pid,
+        runner_start_time: process::start_time(runner_pid).unwrap_or(0),
+        started_at: state::now(),
+        argv: argv.to_vec(),
+    };
+    Ok((child, proc))
+}
+
 /// The last line xhyve wrote to vmm.log (its error message when it failed).
 fn last_vmm_line(dir: &Path) -> Option<String> {
     let text = fs::read_to_string(dir.join("vmm.log")).ok()?;
@@ -309,7 +377,8 @@ fn classify(rec: &mut MachineRecord, exit: Option<&ExitRecord>, dir: &Path) {
     let stop = rec.stop_requested;
     let (state, reason) = match exit {
         Some(ExitRecord { status: Some(s), .. }) => match s {
-            0 => (State::Stopped, "guest rebooted (exit status 0)".to_string()),
+            0 if stop => (State::Stopped, "stopped by machine.stop (the guest rebooted; exit status 0)".to_string()),
+            0 => (State::Stopped, "guest rebooted (exit status 0)".into()),
             1 if stop => (State::Stopped, "powered off by machine.stop (ACPI power button; exit status 1)".into()),
             1 => (State::Stopped, "guest powered off (exit status 1)".into()),
             2 => (State::Stopped, "guest halted (exit status 2)".into()),

@@ -22,6 +22,7 @@ mod lifecycle;
 pub mod package;
 pub mod params;
 pub mod process;
+pub mod reboot;
 pub mod record;
 mod source;
 pub mod ssh;
@@ -49,6 +50,8 @@ pub struct Machines {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// Network mode shared: the bridge, the TAP devices, the DHCP server and its leases.
     net: network::Shared,
+    /// How many guest reboots the supervisors restart.
+    reboot_limit: reboot::RebootLimit,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,8 +75,8 @@ fn check_id(id: &str) -> Result<()> {
 }
 
 impl Machines {
-    pub fn new(home: Home) -> Arc<Machines> {
-        Arc::new(Machines { net: network::Shared::new(&home), home, slots: Mutex::new(HashMap::new()) })
+    pub fn new(home: Home, reboot_limit: reboot::RebootLimit) -> Arc<Machines> {
+        Arc::new(Machines { net: network::Shared::new(&home), home, slots: Mutex::new(HashMap::new()), reboot_limit })
     }
 
     fn slot(&self, id: &str) -> Arc<Slot> {

@@ -184,6 +184,16 @@ pub struct MachineRecord {
     /// Set by machine.stop: the VMM's end, however it comes, is a stop, not a crash.
     #[serde(default)]
     pub stop_requested: bool,
+    /// The guest's reboots since machine.start (each restarted xhyve; see `reboot`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reboots: u32,
+    /// The times (Unix seconds) of the recent ones, within `RebootLimit::window`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_reboots: Vec<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl MachineRecord {
@@ -218,6 +228,9 @@ impl MachineRecord {
         }
         if let (State::Running, Some(p)) = (self.state, &self.process) {
             v["pid"] = json!(p.pid);
+        }
+        if self.reboots > 0 {
+            v["reboots"] = json!(self.reboots);
         }
         v
     }
