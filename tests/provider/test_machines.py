@@ -21,13 +21,16 @@ ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname(
 MARK = "XHYVE-TINY:"
 MIB = 1 << 20
 
-# A stand-in for xhyve: `--features` lists the devices (virtio-blk only with FAKE_XHYVE_BLK=1), a run
-# records its argv and stays up until SIGTERM (the "power button": exit 1). The kernel command
-# line picks other behaviours: fake.exit=N exits at once with N, fake.ignore_term ignores SIGTERM.
+# A stand-in for xhyve: `--features` lists the devices (virtio-blk only with FAKE_XHYVE_BLK=1,
+# virtio-net only with FAKE_XHYVE_NET=1), a run records its argv and stays up until SIGTERM (the
+# "power button": exit 1). The kernel command line picks other behaviours: fake.exit=N exits at
+# once with N (0 1 3 4; 0: the guest rebooted), fake.reboot_once reboots at its first run only (in the
+# machine's directory), fake.ignore_term ignores SIGTERM.
 FAKE_XHYVE = r"""#!/bin/sh
 if [ "$1" = "--features" ]; then
     if [ -n "$FAKE_XHYVE_BLK" ]; then blk='"virtio-blk",'; else blk=; fi
-    echo '{"version":"0.0.1","pci":["hostbridge","amd_hostbridge","lpc",'"$blk"'"virtio-rnd"],"boot":["kexec"]}'
+    if [ -n "$FAKE_XHYVE_NET" ]; then net='"virtio-net",'; else net=; fi
+    echo '{"version":"0.0.1","pci":["hostbridge","amd_hostbridge","lpc",'"$blk$net"'"virtio-rnd"],"boot":["kexec"]}'
     exit 0
 fi
 printf '%s\n' "$@" > fake-argv
@@ -38,6 +41,11 @@ while [ $# -gt 0 ]; do
 done
 echo "XHYVE-TINY: ready" >> "$log"
 case $fw in
+*fake.reboot_once*) [ -e fake-rebooted ] || { : >fake-rebooted; echo "XHYVE-TINY: reboot" >> "$log"; exit 0; } ;;
+esac
+case $fw in
+*fake.exit=0*) exit 0 ;;
+*fake.exit=1*) exit 1 ;;
 *fake.exit=4*) echo "xhyve: error: something broke" >&2; exit 4 ;;
 *fake.exit=3*) exit 3 ;;
 *fake.ignore_term*) trap '' TERM ;;
@@ -371,6 +379,74 @@ def test_fake_vmm_exit_statuses_force_and_disks(fake_home, tmp_path):
     assert img.exists(), "a disk given by path is not the machine's to delete"
 
 
+def wait_reboots(h, mid, n, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        s = h.call("machine.state", {"id": mid})
+        if s.get("reboots", 0) >= n:
+            return s
+        assert time.monotonic() < deadline, f"state {s}, expected {n} reboots"
+        time.sleep(0.1)
+
+
+def test_fake_vmm_reboots(fake_home, tmp_path):
+    """A guest that reboots (xhyve exits 0) comes back: xhyve runs again with the same command
+    line (the same SSH port), the state stays running and counts the reboot, the console log
+    goes on. A reboot loop ends aborted after XHYVE_MAX_REBOOTS within XHYVE_REBOOT_WINDOW; a
+    power-off stays off; with XHYVE_MAX_REBOOTS=0 a reboot stops the machine."""
+    h = fake_home(FAKE_XHYVE_NET="1", XHYVE_MAX_REBOOTS="3", XHYVE_REBOOT_WINDOW="600")
+    h.call("box.add", {"source": str(fake_box(tmp_path)), "name": "fake"})
+
+    def machine(cmdline):
+        return h.call("machine.create", {"box": "fake", "name": cmdline, "cmdline": cmdline})["id"]
+
+    once = machine("fake.reboot_once")
+    first = h.call("machine.start", {"id": once})
+    argv = h.record(once)["process"]["argv"]
+    assert any(",virtio-net,user,hostfwd=tcp:127.0.0.1:" in a for a in argv), argv
+    s = wait_reboots(h, once, 1)
+    assert s["state"] == "running" and s["reboots"] == 1 and s["pid"] != first["pid"], s
+    assert alive(s["pid"]) and not alive(first["pid"])
+    rec = h.record(once)
+    assert rec["process"]["argv"] == argv, "the same command line: same port, MAC and disks"
+    assert h.call("machine.ssh_info", {"id": once})["port"] == rec["ssh_port"]
+    console = (h.machine_dir(once) / "console.log").read_text()
+    assert console.count(f"{MARK} ready") == 2 and f"{MARK} reboot" in console, console
+    assert not (h.machine_dir(once) / "console.log.1").exists(), "one console log across a reboot"
+    assert "guest reboot 1: restarting xhyve" in (h.machine_dir(once) / "vmm.log").read_text()
+    s = h.call("machine.stop", {"id": once})
+    assert s["state"] == "stopped" and s["exit_status"] == 1, "the new xhyve is the one stopped"
+    assert h.call("machine.start", {"id": once}).get("reboots") is None, "a start counts anew"
+
+    loop = machine("fake.exit=0")
+    h.call("machine.start", {"id": loop})
+    a = wait_state(h, loop, "aborted")
+    assert a["exit_status"] == 0 and a["reboots"] == 3, a
+    assert "not restarted: the guest rebooted 4 times within 600 s" in a["exit_reason"], a
+    assert "reboot loop" in a["exit_reason"], a
+    assert (h.machine_dir(loop) / "vmm.log").read_text().count("restarting xhyve") == 3
+
+    off = machine("fake.exit=1")
+    h.call("machine.start", {"id": off})
+    s = wait_state(h, off, "stopped")
+    assert s["exit_status"] == 1 and "reboots" not in s, s
+
+    h2 = fake_home("never", XHYVE_MAX_REBOOTS="0")
+    h2.call("box.add", {"source": str(fake_box(tmp_path, "never.box")), "name": "fake"})
+    mid = h2.call("machine.create", {"box": "fake", "name": "r", "cmdline": "fake.reboot_once"})["id"]
+    h2.call("machine.start", {"id": mid})
+    s = wait_state(h2, mid, "stopped")
+    assert s["exit_status"] == 0 and s["exit_reason"].endswith("not restarted: XHYVE_MAX_REBOOTS=0"), s
+
+
+@pytest.mark.parametrize("env", [{"XHYVE_MAX_REBOOTS": "many"}, {"XHYVE_REBOOT_WINDOW": "0"}])
+def test_bad_reboot_limits_are_refused(provider_bin, tmp_path, env):
+    name, value = next(iter(env.items()))
+    p = subprocess.run([str(provider_bin), "serve", "--home", str(tmp_path / "home")],
+                       env=dict(os.environ, **env), capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and f"{name}={value!r}".replace("'", '"') in p.stderr, p
+
+
 def test_fake_vmm_survives_daemon_restart(fake_home, tmp_path):
     """A restarted daemon finds its running VMMs again, and records the end of one that ended
     while no daemon ran."""
@@ -485,3 +561,25 @@ def test_real_machine_survives_daemon_restart(real):
     assert not alive(pid)
     assert h.call("machine.destroy", {"id": mid})["state"] == "not_created"
     assert h.call("machine.list") == []
+
+
+def test_real_guest_reboot_comes_back_and_a_loop_ends(provider_bin, tiny_box_file, tmp_path):
+    """The tiny guest with xhyve.action=reboot reboots at every boot: the first reboot is followed
+    (xhyve runs again with the same command line and the guest boots again), the second is one
+    too many for XHYVE_MAX_REBOOTS=1 and the machine ends aborted, saying why."""
+    h = Home(provider_bin, tmp_path / "home", {"XHYVE_MAX_REBOOTS": "1"})
+    try:
+        h.call("box.add", {"source": str(tiny_box_file), "name": "xhyve/tiny"})
+        mid = h.call("machine.create", {"box": "xhyve/tiny", "name": "loop",
+                                        "cmdline": "console=ttyS0 xhyve.action=reboot"})["id"]
+        first = h.call("machine.start", {"id": mid})
+        argv = h.record(mid)["process"]["argv"]
+        s = wait_reboots(h, mid, 1, timeout=BOOT_TIMEOUT)
+        assert s["state"] == "running" and s["pid"] != first["pid"], s
+        assert h.record(mid)["process"]["argv"] == argv, "the same command line after the reboot"
+        a = wait_state(h, mid, "aborted", timeout=BOOT_TIMEOUT)
+        assert a["exit_status"] == 0 and a["reboots"] == 1 and "reboot loop" in a["exit_reason"], a
+        console = (h.machine_dir(mid) / "console.log").read_text(errors="replace")
+        assert console.count(f"{MARK} booted") == 2 and console.count(f"{MARK} reboot") == 2, console
+    finally:
+        h.close()
