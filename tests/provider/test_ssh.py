@@ -140,6 +140,10 @@ def test_wait_ssh_names_the_failed_step(net_home):
         srv.close()
     e = h.error("machine.wait_ssh", {"id": mid, "timeout": -1})
     assert e.code == -32602 and e.data == {"field": "timeout"}
+    for keys in ([], ["relative/key"], ["/nonexistent/key"], "/not/a/list"):
+        e = h.error("machine.wait_ssh", {"id": mid, "timeout": 1, "private_key_path": keys})
+        assert e.code == -32602 and (e.data == {"field": "private_key_path"}
+                                      or "private_key_path" in e.message), (keys, e.message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +196,21 @@ def test_real_ssh_life(provider_bin, ssh_box_file, tmp_path):
                      wait_ssh_attempts=w["attempts"])
         info = h.call("machine.ssh_info", {"id": mid})
         assert w["port"] == info["port"] and w["username"] == "vagrant", (w, info)
+        assert w["private_key_path"] == info["private_key_path"], "the insecure key by default"
+        # Keys given (as Vagrant gives the one it inserted): tried in order, the one that logs in
+        # is named; none that the guest accepts is "auth refused".
+        other = tmp_path / "other_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+        mine = tmp_path / "insecure_copy"
+        mine.write_bytes(pathlib.Path(info["private_key_path"][0]).read_bytes())
+        mine.chmod(0o600)
+        resp, _ = call_long(h, "machine.wait_ssh", {"id": mid, "timeout": 120,
+                                                    "private_key_path": [str(other), str(mine)]})
+        assert resp["result"]["private_key_path"] == [str(mine)], resp
+        resp, _ = call_long(h, "machine.wait_ssh", {"id": mid, "timeout": 30, "private_key_path": [str(other)]})
+        e = resp["error"]
+        assert e["code"] == -32011 and e["data"]["step"] == "auth refused", e
+        assert str(other) in e["message"], e
         console = (h.machine_dir(mid) / "console.log").read_text(errors="replace")
         assert f"{MARK} ip=10.0.2.15" in console, console[-2000:]
 

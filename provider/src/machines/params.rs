@@ -65,6 +65,9 @@ pub struct DestroyParams {
 pub struct WaitParams {
     pub id: String,
     pub timeout: Option<f64>,
+    /// The private keys to log in with, tried in order (default: the insecure key). Vagrant
+    /// passes the key it put in the guest in place of the insecure one (`insert_key`).
+    pub private_key_path: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

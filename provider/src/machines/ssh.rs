@@ -82,9 +82,9 @@ impl Machines {
         self.home.root.join(KEY_FILE)
     }
 
-    /// Logs in until `deadline`; errors when the machine is not (or no longer) running, or
-    /// with the step that failed last.
-    fn ssh_login(&self, id: &str, deadline: Instant) -> Result<(Conn, u32, SocketAddr)> {
+    /// Logs in with one of `keys` until `deadline`; errors when the machine is not (or no
+    /// longer) running, or with the step that failed last.
+    fn ssh_login(&self, id: &str, keys: &[PathBuf], deadline: Instant) -> Result<(Conn, u32, SocketAddr)> {
         let dir = self.existing(id)?;
         let mut last_addr = SocketAddr::from((HOST, 0));
         let target = || -> Result<std::result::Result<SocketAddr, String>> {
@@ -102,10 +102,6 @@ impl Machines {
             }
             Ok(self.ssh_addr(&rec))
         };
-        let key = self.key_path();
-        if !key.is_file() {
-            install_key(&self.home).map_err(|e| Error::internal(format!("writing {}: {e}", key.display())))?;
-        }
         let r = wait_login(
             || {
                 let a = target()?;
@@ -114,7 +110,7 @@ impl Machines {
                 }
                 Ok(a)
             },
-            &key,
+            keys,
             deadline,
         )?;
         match r {
@@ -127,17 +123,37 @@ impl Machines {
         }
     }
 
+    /// The insecure key, written again if it went missing.
+    fn insecure_key(&self) -> Result<PathBuf> {
+        let key = self.key_path();
+        if !key.is_file() {
+            install_key(&self.home).map_err(|e| Error::internal(format!("writing {}: {e}", key.display())))?;
+        }
+        Ok(key)
+    }
+
     /// `machine.wait_ssh`: a real SSH login (handshake and the key), retried until `timeout`.
     pub fn wait_ssh(&self, p: WaitParams) -> Result<Value> {
         let timeout = p.timeout.unwrap_or(DEFAULT_WAIT);
         if !(0.0..=86400.0).contains(&timeout) {
             return Err(invalid_field("timeout", "seconds from 0 to 86400"));
         }
+        let keys = match p.private_key_path {
+            None => vec![self.insecure_key()?],
+            Some(v) if v.is_empty() => return Err(invalid_field("private_key_path", "an empty list")),
+            Some(v) => v
+                .into_iter()
+                .map(|k| match PathBuf::from(&k) {
+                    p if p.is_absolute() && p.is_file() => Ok(p),
+                    _ => Err(invalid_field("private_key_path", format!("{k:?} is not an absolute path of a file"))),
+                })
+                .collect::<Result<_>>()?,
+        };
         let began = Instant::now();
-        let (_c, attempts, addr) = self.ssh_login(&p.id, began + Duration::from_secs_f64(timeout))?;
+        let (c, attempts, addr) = self.ssh_login(&p.id, &keys, began + Duration::from_secs_f64(timeout))?;
         let secs = began.elapsed().as_secs_f64();
         log(&format!("machine {}: SSH login after {secs:.1} s ({attempts} attempts)", p.id));
-        let mut v = info(addr, &self.key_path());
+        let mut v = info(addr, &c.key);
         v["id"] = json!(p.id);
         v["attempts"] = json!(attempts);
         v["seconds"] = json!((secs * 1000.0).round() / 1000.0);
@@ -149,7 +165,7 @@ impl Machines {
         if p.command.contains('\0') {
             return Err(invalid_field("command", "has a NUL"));
         }
-        let (c, _, _) = self.ssh_login(&p.id, Instant::now() + EXEC_LOGIN)?;
+        let (c, _, _) = self.ssh_login(&p.id, &[self.insecure_key()?], Instant::now() + EXEC_LOGIN)?;
         let (status, signal) = exec(&c, &p.command, out)
             .map_err(|e| Error::new(code::SSH_FAILED, format!("machine {}: exec over SSH: {e}", p.id)))?;
         let mut v = json!({"exit_status": status});
@@ -208,8 +224,9 @@ pub fn info(addr: SocketAddr, key: &Path) -> Value {
     })
 }
 
-/// Which step of an SSH login failed (wait_ssh names the last one in its timeout error).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which step of an SSH login failed (wait_ssh names the last one in its timeout error), in
+/// the order a login takes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {
     NoAddress,
     PortClosed,
@@ -235,9 +252,9 @@ pub struct Failure {
     pub detail: String,
 }
 
-/// One login: TCP connect, SSH handshake (banner, key exchange) and publickey authentication,
-/// each bounded by `limit`.
-pub fn login(addr: SocketAddr, key: &Path, limit: Duration) -> std::result::Result<Conn, Failure> {
+/// One login: TCP connect, SSH handshake (banner, key exchange) and publickey authentication
+/// with each of `keys` in turn until one is accepted, each step bounded by `limit`.
+pub fn login(addr: SocketAddr, keys: &[PathBuf], limit: Duration) -> std::result::Result<Conn, Failure> {
     let limit = limit.max(Duration::from_millis(200));
     let tcp = TcpStream::connect_timeout(&addr, limit)
         .map_err(|e| Failure { step: Step::PortClosed, detail: format!("connecting to {addr}: {e}") })?;
@@ -247,45 +264,59 @@ pub fn login(addr: SocketAddr, key: &Path, limit: Duration) -> std::result::Resu
     s.set_tcp_stream(tcp);
     s.set_timeout(limit.as_millis().min(u32::MAX as u128) as u32);
     s.handshake().map_err(|e| Failure { step: Step::Banner, detail: format!("SSH handshake with {addr}: {e}") })?;
-    s.userauth_pubkey_file(USERNAME, None, key, None).map_err(|e| Failure {
-        step: Step::Auth,
-        detail: format!("publickey authentication as {USERNAME} with {}: {e}", key.display()),
-    })?;
-    if !s.authenticated() {
-        return Err(Failure { step: Step::Auth, detail: format!("{USERNAME} not authenticated") });
+    let mut refused = Vec::new();
+    for key in keys {
+        match s.userauth_pubkey_file(USERNAME, None, key, None) {
+            Ok(()) if s.authenticated() => return Ok(Conn { session: s, fd, key: key.clone() }),
+            Ok(()) => refused.push(format!("{}: not authenticated", key.display())),
+            Err(e) => refused.push(format!("{}: {e}", key.display())),
+        }
     }
-    Ok(Conn { session: s, fd })
+    Err(Failure {
+        step: Step::Auth,
+        detail: format!("publickey authentication as {USERNAME} refused ({})", refused.join("; ")),
+    })
 }
 
-/// An authenticated session and its socket (for poll).
+/// An authenticated session, its socket (for poll) and the key it logged in with.
 pub struct Conn {
     pub session: ssh2::Session,
     fd: std::os::fd::RawFd,
+    pub key: PathBuf,
 }
+
+/// The longest a login attempt may take.
+const ATTEMPT: Duration = Duration::from_secs(20);
 
 /// Retries `login` until it succeeds or `deadline`; `target()` is asked before each attempt
 /// (Err(why): the machine has no address yet) and may end the wait with an error (the machine
-/// stopped). Returns the session and the number of attempts.
+/// stopped). Returns the session and the number of attempts; on timeout the failure of the last
+/// attempt, unless the deadline cut that one short before it got as far as the one before.
 pub fn wait_login(
     mut target: impl FnMut() -> Result<std::result::Result<SocketAddr, String>>,
-    key: &Path,
+    keys: &[PathBuf],
     deadline: Instant,
 ) -> Result<std::result::Result<(Conn, u32), Failure>> {
     let mut attempts = 0;
+    let mut prev: Option<Failure> = None;
     loop {
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         let fail = match target()? {
             Err(detail) => Failure { step: Step::NoAddress, detail },
-            Ok(a) => match login(a, key, left.min(Duration::from_secs(20))) {
+            Ok(a) => match login(a, keys, left.min(ATTEMPT)) {
                 Ok(s) => return Ok(Ok((s, attempts))),
                 Err(f) => f,
             },
         };
         let now = Instant::now();
         if now >= deadline {
-            return Ok(Err(fail));
+            return Ok(Err(match prev {
+                Some(p) if left < ATTEMPT && p.step > fail.step => p,
+                _ => fail,
+            }));
         }
+        prev = Some(fail);
         // passt accepts at once and drops the connection while the guest does not listen yet:
         // retry soon, without spinning.
         std::thread::sleep((deadline - now).min(Duration::from_millis(250)));
@@ -392,7 +423,7 @@ mod tests {
     fn closed_port_is_named() {
         let p = TcpListener::bind((HOST, 0)).unwrap().local_addr().unwrap().port();
         let a = SocketAddr::from((HOST, p));
-        let Err(f) = login(a, Path::new("/nonexistent"), Duration::from_millis(500)) else {
+        let Err(f) = login(a, &[PathBuf::from("/nonexistent")], Duration::from_millis(500)) else {
             panic!("logged in to a closed port")
         };
         assert_eq!(f.step, Step::PortClosed);
