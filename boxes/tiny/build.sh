@@ -1,9 +1,9 @@
 #!/bin/bash
 # Build the "tiny" guest box: a tinyconfig Linux 6.1 kernel (Debian linux-source-6.1) plus a
 # busybox initramfs.  usage: boxes/tiny/build.sh [OUTDIR]   (default: <repo>/target/boxes/tiny)
-# Writes OUTDIR/{vmlinux,vmlinuz,initrd.img,kernel.config}; the initramfs carries Debian's dropbear
-# (SSH for user vagrant with Vagrant's insecure key, boxes/tiny/vagrant.pub).  Results are cached in
-# $XHYVE_BOX_CACHE (default /var/cache/xhyve-rs)/tiny/<key>/; see README.md.
+# Writes OUTDIR/{vmlinux,vmlinuz,initrd.img,kernel.config} and the box's Vagrantfile; the initramfs
+# carries Debian's dropbear (SSH for user vagrant with Vagrant's insecure key, boxes/tiny/vagrant.pub).
+# Results are cached in $XHYVE_BOX_CACHE (default /var/cache/xhyve-rs)/tiny/<key>/; see README.md.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -112,6 +112,7 @@ install_out() {
 		cp -f "$ENTRY/$f" "$OUT/$f.tmp.$$" && mv -f "$OUT/$f.tmp.$$" "$OUT/$f"
 	done
 	build_initrd
+	cp -f "$HERE/Vagrantfile" "$OUT/Vagrantfile.tmp.$$" && mv -f "$OUT/Vagrantfile.tmp.$$" "$OUT/Vagrantfile"
 	log "done: $OUT (kernel cache $ENTRY)"
 }
 if [ -f "$ENTRY/gen_init_cpio" ]; then
