@@ -12,10 +12,25 @@ module VagrantPlugins
           m = env[:machine]
           timeout = m.config.vm.boot_timeout
           env[:ui].info("Waiting for the guest to boot and answer SSH (up to #{timeout} s)...")
-          r = m.provider.client.call("machine.wait_ssh", id: m.id, timeout: timeout)
-          env[:ui].detail(format("SSH answered at %s:%d after %.1f s (%d attempts)",
-                                 r["host"], r["port"], r["seconds"], r["attempts"]))
+          params = { id: m.id, timeout: timeout }
+          key = inserted_key(m)
+          params[:private_key_path] = [key.to_s] if key
+          r = m.provider.client.call("machine.wait_ssh", params)
+          env[:ui].detail(format("SSH answered at %s:%d after %.1f s (%d attempts)%s",
+                                 r["host"], r["port"], r["seconds"], r["attempts"],
+                                 key ? ", key #{r["private_key_path"].first}" : ""))
           @app.call(env)
+        end
+
+        private
+
+        # The key Vagrant put in the guest in place of the insecure one (config.ssh.insert_key),
+        # which it logs in with from then on (as Vagrant::Machine#ssh_info picks it); nil: the
+        # provider's insecure key.
+        def inserted_key(m)
+          return nil if m.config.ssh.private_key_path
+          key = m.data_dir.join("private_key")
+          key.file? ? key : nil
         end
       end
     end
