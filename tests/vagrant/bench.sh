@@ -44,13 +44,8 @@ vagrant box add --name xhyve/tiny "$work/tiny.box" >/dev/null
 cat >Vagrantfile <<EOF
 Vagrant.configure("2") do |config|
   config.vm.box = "xhyve/tiny"
+  # This slow host's timeouts; what the tiny guest needs is in the box's Vagrantfile.
   config.vm.boot_timeout = 900
-  # The tiny box's needs (ruby-shim/README.md, "Guests").
-  config.vm.guest = :linux
-  config.vm.allow_fstab_modification = false
-  config.vm.synced_folder ".", "/vagrant", disabled: true
-  config.ssh.shell = "sh"
-  config.ssh.insert_key = false
   config.ssh.connect_timeout = 120
   config.vm.provider :xhyve do |x|
     x.provider_bin = "$provider"

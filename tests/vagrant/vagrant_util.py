@@ -1,6 +1,7 @@
 """Helpers and fixtures of the Vagrant end-to-end tests: Debian's real `vagrant` with the
-vagrant-xhyve gem built from ruby-shim/, a VAGRANT_HOME and an XHYVE_HOME per test (the shim starts
-the daemon there), and a catalog of the tiny box served on 127.0.0.1."""
+vagrant-xhyve gem built from ruby-shim/, a VAGRANT_HOME (with this slow host's timeouts in its
+Vagrantfile) and an XHYVE_HOME per test (the shim starts the daemon there), and a catalog of the
+tiny box served on 127.0.0.1."""
 
 import functools
 import hashlib
@@ -82,6 +83,14 @@ class Vagrant:
                            cwd=self.project, env=offline, capture_output=True, text=True,
                            timeout=CMD_TIMEOUT)
         assert p.returncode == 0 and "Installed the plugin 'vagrant-xhyve" in p.stdout, p
+        # This host's settings, in the Vagrantfile Vagrant loads from VAGRANT_HOME after the
+        # box's and before the project's: guests boot slowly here, and key exchanges with them
+        # take longer than Vagrant's 15 s.
+        (root / "vagrant.d/Vagrantfile").write_text(f"""Vagrant.configure("2") do |config|
+  config.vm.boot_timeout = {int(BOOT_TIMEOUT)}
+  config.ssh.connect_timeout = 120
+end
+""")
 
     def vagrantfile(self, text):
         (self.project / "Vagrantfile").write_text(text)
