@@ -9,30 +9,19 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 OUT=${1:-$REPO/target/boxes/tiny}
-CACHE=${XHYVE_BOX_CACHE:-/var/cache/xhyve-rs}
-KSRC_PKG=linux-source-6.1
-KSRC_TAR=/usr/src/linux-source-6.1.tar.xz
-T0=$SECONDS
-
-log() { echo "[tiny-box +$((SECONDS - T0))s] $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+BOX_TAG=tiny-box
+# shellcheck source=../lib/common.sh
+. "$HERE/../lib/common.sh"
 
 # --- 1. Debian packages (scripts/packages.sh, group box) ---
-# shellcheck source=../../scripts/packages.sh
-. "$REPO/scripts/packages.sh"
 need_packages box
-[ -f "$KSRC_TAR" ] || die "$KSRC_TAR missing"
 [ -x /bin/busybox ] || die "/bin/busybox missing"
 [ -x /usr/sbin/dropbear ] || die "/usr/sbin/dropbear missing (dropbear-bin)"
 
-# --- 2. cache key: the kernel only (the initramfs is rebuilt every run, in under a second) ---
-# Bump KERNEL_RECIPE when the kernel build steps below change.
+# --- 2. the kernel (cached; see ../lib/common.sh), bump KERNEL_RECIPE when its steps change.
+#     The initramfs is rebuilt every run, in under a second. ---
 KERNEL_RECIPE=2
-VERSIONS=$(dpkg-query -W -f='${Package}=${Version}\n' "$KSRC_PKG" busybox-static)
-KEY=$( { cat "$HERE/kernel.config"; echo "recipe $KERNEL_RECIPE"; dpkg-query -W -f='${Version}' "$KSRC_PKG"; } |
-	sha256sum | cut -c1-64)
-ENTRY=$CACHE/tiny/$KEY
+ENTRY=$(kernel_build tiny "$KERNEL_RECIPE" "$HERE/kernel.config")
 
 # The SSH server's files (dropbear, its libraries, host keys, the vagrant user) as
 # gen_init_cpio lines on stdout; generated files go to $1.
@@ -106,60 +95,7 @@ build_initrd() {
 	rm -rf "$list" "$gen"
 }
 
-install_out() {
-	mkdir -p "$OUT"
-	for f in vmlinux vmlinuz kernel.config; do
-		cp -f "$ENTRY/$f" "$OUT/$f.tmp.$$" && mv -f "$OUT/$f.tmp.$$" "$OUT/$f"
-	done
-	build_initrd
-	cp -f "$HERE/Vagrantfile" "$OUT/Vagrantfile.tmp.$$" && mv -f "$OUT/Vagrantfile.tmp.$$" "$OUT/Vagrantfile"
-	log "done: $OUT (kernel cache $ENTRY)"
-}
-if [ -f "$ENTRY/gen_init_cpio" ]; then
-	log "kernel cache hit $KEY"
-	install_out
-	exit 0
-fi
-log "cache miss $KEY ($(echo "$VERSIONS" | tr '\n' ' '))"
-
-# --- 3. build in a private temp dir, publish with one rename ---
-$SUDO mkdir -p "$CACHE/build" "$CACHE/tiny"
-[ -w "$CACHE/build" ] || $SUDO chown "$(id -u):$(id -g)" "$CACHE" "$CACHE/build" "$CACHE/tiny"
-TMP=$(mktemp -d "$CACHE/build/tiny.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-SRC=$TMP/linux
-
-log "unpacking $KSRC_TAR"
-mkdir -p "$SRC"
-tar -xf "$KSRC_TAR" -C "$SRC" --strip-components=1
-
-log "configuring: tinyconfig + kernel.config"
-make -C "$SRC" -s tinyconfig >/dev/null
-(cd "$SRC" && ./scripts/kconfig/merge_config.sh -m .config "$HERE/kernel.config") >"$TMP/merge.log" 2>&1 ||
-	{ cat "$TMP/merge.log" >&2; die "merge_config failed"; }
-make -C "$SRC" -s olddefconfig >>"$TMP/merge.log" 2>&1
-bad=
-while read -r line; do
-	case $line in
-	CONFIG_*=*) grep -qxF "$line" "$SRC/.config" || bad="$bad $line" ;;
-	"# CONFIG_"*" is not set") opt=${line#\# }; opt=${opt%% *}
-		! grep -q "^$opt=" "$SRC/.config" || bad="$bad $opt(should be off)" ;;
-	esac
-done <"$HERE/kernel.config"
-[ -z "$bad" ] || { grep -i warn "$TMP/merge.log" >&2 || true; die "options lost in .config:$bad"; }
-
-log "building vmlinux bzImage with -j$(nproc) (several minutes)"
-make -C "$SRC" -j"$(nproc)" vmlinux bzImage >"$TMP/make.log" 2>&1 ||
-	{ tail -40 "$TMP/make.log" >&2; die "kernel build failed (log: $TMP/make.log)"; }
-make -C "$SRC" -s usr/gen_init_cpio >/dev/null 2>&1 || gcc -O2 -o "$SRC/usr/gen_init_cpio" "$SRC/usr/gen_init_cpio.c"
-
-mkdir -p "$TMP/out"
-cp "$SRC/usr/gen_init_cpio" "$TMP/out/gen_init_cpio"
-cp "$SRC/vmlinux" "$TMP/out/vmlinux"
-cp "$SRC/arch/x86/boot/bzImage" "$TMP/out/vmlinuz"
-cp "$SRC/.config" "$TMP/out/kernel.config"
-echo "$VERSIONS" >"$TMP/out/versions"
-sync
-mv -T "$TMP/out" "$ENTRY" 2>/dev/null || [ -f "$ENTRY/gen_init_cpio" ] || die "cannot publish $ENTRY"
-log "built: vmlinux $(stat -c %s "$ENTRY/vmlinux") B, vmlinuz $(stat -c %s "$ENTRY/vmlinuz") B"
-install_out
+install_files "$ENTRY" "$OUT" vmlinux vmlinuz kernel.config
+build_initrd
+install_files "$HERE" "$OUT" Vagrantfile
+log "done: $OUT (kernel cache $ENTRY)"
