@@ -86,7 +86,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 printf '%s\n' "$meta" >"$tmp/metadata.json"
 mkdir -p "$(dirname "$out")"
-tar --format=gnu --owner=0 --group=0 --numeric-owner --mode=u+rw,go+r \
+# --sparse: a disk image's holes are stored as holes (GNU sparse entries), not as zeros.
+tar --format=gnu --sparse --owner=0 --group=0 --numeric-owner --mode=u+rw,go+r \
 	-czf "$tmp/out.box" -C "$tmp" metadata.json -C "$dir" "${files[@]}"
 mv "$tmp/out.box" "$out"
 echo "package.sh: $out: $meta" >&2
