@@ -26,6 +26,13 @@ libelf-dev | box | the guest kernel build (objtool)
 cpio | box | the guest kernel build
 xz-utils | box | unpacks linux-source-6.1's tarball
 kmod | box | the guest kernel build
+debootstrap | box | the Debian 12 box's root file system (boxes/debian12)
+debian-archive-keyring | box | debootstrap checks the Debian archive's signatures with it (boxes/debian12)
+e2fsprogs | box | mkfs.ext4 -d makes the Debian 12 box's root file system image
+fdisk | box | sfdisk writes the Debian 12 box's GPT
+dosfstools | box | mkfs.vfat makes the Debian 12 box's EFI system partition
+mtools | box | mmd writes into the EFI system partition image without mounting it
+util-linux | box | unshare: the Debian 12 box's chroot mounts live in a private mount namespace
 busybox-static | box | the guest's userland: one static binary in the initramfs
 dropbear-bin | box | the tiny box's SSH server, copied into its initramfs with its libraries
 openssh-client | box test | scp in the tiny box (the remote end of Vagrant's and Packer's uploads); ssh for `vagrant ssh`

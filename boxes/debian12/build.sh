@@ -31,7 +31,7 @@ DISK_MIB=4096
 ESP_MIB=128
 
 [ "$(id -u)" = 0 ] || die "run as root: debootstrap and the root file system's owners need it"
-apt_need debootstrap debian-archive-keyring e2fsprogs fdisk dosfstools mtools util-linux
+need_packages box # (scripts/packages.sh) debootstrap, mkfs.ext4, sfdisk, mkfs.vfat, mtools
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 

@@ -19,21 +19,6 @@ die() {
 	exit 1
 }
 
-# apt_need PKG...: installs the packages that are missing (apt-get update only then); for what a
-# single recipe needs beyond scripts/packages.sh's groups.
-apt_need() {
-	local p missing=
-	for p in "$@"; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
-	done
-	[ -n "$missing" ] || return 0
-	log "installing:$missing"
-	export DEBIAN_FRONTEND=noninteractive
-	$SUDO apt-get update >&2
-	# shellcheck disable=SC2086
-	$SUDO apt-get install -y --no-install-recommends $missing >&2
-}
-
 # cache_dirs SUB...: makes $CACHE/build and $CACHE/SUB writable by us.
 cache_dirs() {
 	local d
