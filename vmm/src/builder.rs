@@ -141,7 +141,7 @@ fn attach_pci_devices(
     let mut bars = BarAllocator::default();
     let mut virtio = Vec::new();
     let bus = pci::build_bus(&machine_slots(&cfg.slots), Some(devices.mmio.clone()), |s| {
-        let dev = Arc::new(Mutex::new(VirtioPci::new(virtio_device(&s.device, cfg)?, s.slot, &ctx, &mut bars)?));
+        let dev = Arc::new(Mutex::new(VirtioPci::new(virtio_device(s, cfg)?, s.slot, &ctx, &mut bars)?));
         virtio.push(dev.clone());
         Ok(dev)
     })?;
@@ -164,15 +164,24 @@ fn machine_slots(slots: &[PciSlot]) -> Vec<PciSlot> {
 }
 
 /// The virtio device a PCI slot asks for.
-fn virtio_device(device: &DeviceConfig, cfg: &Config) -> Result<Arc<dyn VirtioDevice>, String> {
-    Ok(match device {
+fn virtio_device(slot: &PciSlot, cfg: &Config) -> Result<Arc<dyn VirtioDevice>, String> {
+    Ok(match &slot.device {
         DeviceConfig::Block(c) => Arc::new(virtio::block::Block::open(c, cfg.cpus)?),
         DeviceConfig::Rng => Arc::new(virtio::rng::Rng),
         DeviceConfig::Console(c) => Arc::new(virtio::console::Console::open(c)?),
         DeviceConfig::Vsock(c) => Arc::new(virtio::vsock::Vsock::open(c)?),
-        DeviceConfig::Net(c) => Arc::new(virtio::net::Net::new(c, cfg.uuid.as_ref())?),
+        DeviceConfig::Net(c) => Arc::new(virtio::net::Net::new(c, cfg.uuid.as_ref(), nic_index(slot, &cfg.slots))?),
         other => return Err(format!("PCI device '{}' is not a virtio device", other.emulation())),
     })
+}
+
+/// The network device's index among the VM's network devices, in slot order (its MAC's).
+fn nic_index(slot: &PciSlot, slots: &[PciSlot]) -> u8 {
+    let before = slots
+        .iter()
+        .filter(|s| matches!(s.device, DeviceConfig::Net(_)) && (s.slot, s.func) < (slot.slot, slot.func))
+        .count();
+    before as u8
 }
 
 /// The vCPUs with their CPUID and local APIC set up, not yet running.

@@ -22,7 +22,7 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <
        -H: vCPUs sleep in the host on HLT (always so with KVM)
        -l: com1|com2,stdio | com1|com2,autopty | com1|com2,log=PATH
        -m: memory size, SIZE[K|M|G] (MiB when no suffix; default 256M)
-       -M: print the MAC address derived from -U and exit
+       -M: print the MAC address derived from -U (the first network device's) and exit
        -P: vCPUs yield on PAUSE loops (always so with KVM)
        -s: <slot[:func],emul[,conf]>  PCI device; emul: hostbridge, amd_hostbridge, lpc,
            virtio-blk,PATH[,ro][,sectorsize=N[/PHYS]] (raw image), virtio-rnd,

@@ -40,8 +40,11 @@ pub struct Net {
 }
 
 impl Net {
-    pub fn new(cfg: &NetConfig, uuid: Option<&uuid::Uuid>) -> Result<Net, String> {
-        let mac = cfg.mac.unwrap_or_else(|| uuid.map(xhyve_contract::mac::mac_from_uuid).unwrap_or_else(random_mac));
+    /// `index`: the device's place among the VM's network devices in slot order (its MAC).
+    pub fn new(cfg: &NetConfig, uuid: Option<&uuid::Uuid>, index: u8) -> Result<Net, String> {
+        let mac = cfg
+            .mac
+            .unwrap_or_else(|| uuid.map(|u| xhyve_contract::mac::nic_mac(u, index)).unwrap_or_else(random_mac));
         let backend: Box<dyn Backend> = match &cfg.backend {
             BackendConfig::Tap(name) => Box::new(tap::Tap::open(name)?),
             BackendConfig::User(fwds) => Box::new(passt::Passt::spawn(fwds)?),

@@ -6,7 +6,9 @@
 //! - `-s SLOT,virtio-net,user[,hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT]...[,mac=MAC]`: user-mode
 //!   networking through `passt` (guest 10.0.2.15/24 by DHCP, gateway 10.0.2.2, DNS 10.0.2.3).
 //!
-//! Without `-U` the MAC is random (locally administered) per run; `mac=` overrides both.
+//! With `-U` the MAC of the VM's Nth network device (slot order, from 0) is
+//! `xhyve_contract::mac::nic_mac(UUID, N)`; without, a random one (locally administered) per
+//! run; `mac=` overrides both.
 //!
 //! RX wake-ups: a poller thread waits for the backend's fd while the RX worker is "armed" and
 //! then kicks the RX queue (`set_queue_kicks`); the worker re-arms it once it has taken every
