@@ -36,7 +36,10 @@ util-linux | box | unshare: the Debian 12 box's chroot mounts live in a private 
 busybox-static | box | the guest's userland: one static binary in the initramfs
 dropbear-bin | box | the tiny box's SSH server, copied into its initramfs with its libraries
 openssh-client | box test | scp in the tiny box (the remote end of Vagrant's and Packer's uploads); ssh for `vagrant ssh`
-passt | run | user-mode networking (-s N,virtio-net,user), one per VM: a maintained, sandboxed NAT with DHCP, DNS and port forwards that needs no root, so the VMM carries no TCP/IP stack
+libslirp0 | build run | QEMU's user-mode TCP/IP stack (-s N,virtio-net,user), linked into xhyve: NAT with DHCP, DNS and port forwards that needs no root, so the VMM carries no TCP/IP stack of its own
+libslirp-dev | build | libslirp's headers and libslirp.so, for the libslirp-sys crate
+libglib2.0-dev | build | libslirp's pkg-config file requires glib-2.0's: libslirp-sys's build finds libslirp only with it
+passt | test | the other user-mode stack (-s N,virtio-net,passt): the networking test's second guest, vmm/benches/user-net.sh's baseline
 python3 | run test | boxes/tiny/up.sh reads the provider's JSON answers with it; the end-to-end tests
 python3-pytest | test | runs the end-to-end tests
 python3-pytest-xdist | test | runs them two at a time

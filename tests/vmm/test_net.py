@@ -243,7 +243,7 @@ def test_net_command_line_errors(xhyve_bin, tiny_box, tmp_path):
     """No passt, no TAP, bad CONF: one line naming the -s value, status 4, no VM created."""
     kexec = f"kexec,{tiny_box / 'vmlinux'},,console=ttyS0"
     cases = [
-        ("2,virtio-net,user", r"-s 2,virtio-net,user: user-mode networking needs passt, which is not installed"),
+        ("2,virtio-net,passt", r"-s 2,virtio-net,passt: the passt backend needs passt, which is not installed"),
         ("2,virtio-net", r"-s 2,virtio-net: missing backend \(user"),
         ("2,virtio-tap,nosuch0", r"-s 2,virtio-tap,nosuch0: TAP device nosuch0 does not exist"),
         ("2,virtio-net,user,hostfwd=tcp:127.0.0.1:22", r"-s .*: hostfwd=tcp:127.0.0.1:22: expected tcp:"),

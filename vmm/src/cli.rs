@@ -27,8 +27,11 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <
        -s: <slot[:func],emul[,conf]>  PCI device; emul: hostbridge, amd_hostbridge, lpc,
            virtio-blk,PATH[,ro][,sectorsize=N[/PHYS]] (raw image), virtio-rnd,
            virtio-console[,stdio|autopty|log=PATH|socket=PATH], virtio-vsock,cid=N,socket=PATH,
-           virtio-net,user[,hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT]...[,mac=MAC] (passt),
-           virtio-tap,TAPNAME[,mac=MAC]; with PCI devices and slot 0 free, a hostbridge is at 0:0
+           virtio-net,user[,hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT]...[,mac=MAC] (user-mode
+           network, libslirp: guest 10.0.2.15/24 by DHCP, host's 127.0.0.1 at 10.0.2.2, DNS
+           10.0.2.3; `passt` instead of `user`: the same through passt),
+           virtio-tap,TAPNAME[,mac=MAC] (an existing TAP device); the Nth network device's MAC
+           comes from -U and N; with PCI devices and slot 0 free, a hostbridge is at 0:0
        -u: RTC keeps UTC (default: local time)
        -U: UUID (pins the MAC address)
        -v: alone: print the version; with a VM: verbose (platform fix-up and KVM counters at exit)

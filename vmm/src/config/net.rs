@@ -1,11 +1,16 @@
-//! `-s SLOT,virtio-net,user[,hostfwd=...]...[,mac=MAC]` and `-s SLOT,virtio-tap,TAPNAME[,mac=MAC]`.
+//! `-s SLOT,virtio-net,BACKEND[,...][,mac=MAC]` and `-s SLOT,virtio-tap,TAPNAME[,mac=MAC]`.
+//! BACKEND: `user[,hostfwd=...]...` (libslirp), `passt[,hostfwd=...]...` (passt).
 
+use crate::net::user::{parse_hostfwd, HostFwd};
 use crate::net::{passt, tap};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {
     Tap(String),
-    User(Vec<passt::HostFwd>),
+    /// User-mode networking through libslirp.
+    User(Vec<HostFwd>),
+    /// User-mode networking through passt.
+    Passt(Vec<HostFwd>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +18,8 @@ pub struct NetConfig {
     pub backend: BackendConfig,
     pub mac: Option<[u8; 6]>,
 }
+
+const BACKENDS: &str = "user or passt; for a TAP use virtio-tap,TAPNAME";
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let parts: Vec<_> = s.split([':', '-']).collect();
@@ -48,28 +55,39 @@ impl NetConfig {
             }
             _ => match first {
                 "user" => BackendConfig::User(Vec::new()),
-                "" => return Err("missing backend (user; for a TAP use virtio-tap,TAPNAME)".into()),
-                other => return Err(format!("unknown backend '{other}' (user; for a TAP use virtio-tap,TAPNAME)")),
+                "passt" => BackendConfig::Passt(Vec::new()),
+                "" => return Err(format!("missing backend ({BACKENDS})")),
+                other => return Err(format!("unknown backend '{other}' ({BACKENDS})")),
             },
         };
         let mut cfg = NetConfig { backend, mac: None };
         for f in fields {
             match (f.split_once('='), &mut cfg.backend) {
                 (Some(("mac", m)), _) => cfg.mac = Some(parse_mac(m)?),
-                (Some(("hostfwd", h)), BackendConfig::User(fwds)) => fwds.push(passt::parse_hostfwd(h)?),
-                _ => {
-                    let valid = if emul == "virtio-tap" { "mac" } else { "hostfwd, mac" };
+                (Some(("hostfwd", h)), BackendConfig::User(fwds) | BackendConfig::Passt(fwds)) => {
+                    fwds.push(parse_hostfwd(h)?)
+                }
+                (_, backend) => {
+                    let valid = match backend {
+                        BackendConfig::User(_) | BackendConfig::Passt(_) => "hostfwd, mac",
+                        _ => "mac",
+                    };
                     return Err(format!("unknown option '{f}' (valid: {valid})"));
                 }
             }
         }
-        if let BackendConfig::User(fwds) = &cfg.backend {
-            passt::find_passt()?;
-            for (i, a) in fwds.iter().enumerate() {
-                if fwds[..i].iter().any(|b| b.udp == a.udp && b.host_port == a.host_port) {
-                    return Err(format!("host port {} forwarded twice", a.host_port));
+        match &cfg.backend {
+            BackendConfig::User(fwds) | BackendConfig::Passt(fwds) => {
+                if matches!(cfg.backend, BackendConfig::Passt(_)) {
+                    passt::find_passt()?;
+                }
+                for (i, a) in fwds.iter().enumerate() {
+                    if fwds[..i].iter().any(|b| b.udp == a.udp && b.host_port == a.host_port) {
+                        return Err(format!("host port {} forwarded twice", a.host_port));
+                    }
                 }
             }
+            BackendConfig::Tap(_) => {}
         }
         Ok(cfg)
     }
@@ -89,13 +107,15 @@ mod tests {
         assert!(NetConfig::parse("virtio-net", Some("user,mac=01:00:00:00:00:00")).unwrap_err().contains("multicast"));
         assert!(NetConfig::parse("virtio-net", Some("user,mac=02:00:00:00:00")).is_err());
         assert_eq!(parse_mac("02:AB:00:01:02:03").unwrap(), [2, 0xab, 0, 1, 2, 3]);
+        let c =
+            NetConfig::parse("virtio-net", Some("user,hostfwd=tcp:127.0.0.1:2222-:22,mac=02:00:00:00:00:01")).unwrap();
+        assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 1]));
+        assert!(matches!(&c.backend, BackendConfig::User(f) if f.len() == 1));
+        let e = NetConfig::parse("virtio-net", Some("user,hostfwd=tcp::22-:22,hostfwd=tcp:127.0.0.1:22-:23"));
+        assert!(e.unwrap_err().contains("twice"));
         if passt::find_passt().is_ok() {
-            let c = NetConfig::parse("virtio-net", Some("user,hostfwd=tcp:127.0.0.1:2222-:22,mac=02:00:00:00:00:01"))
-                .unwrap();
-            assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 1]));
-            assert!(matches!(&c.backend, BackendConfig::User(f) if f.len() == 1));
-            let e = NetConfig::parse("virtio-net", Some("user,hostfwd=tcp::22-:22,hostfwd=tcp:127.0.0.1:22-:23"));
-            assert!(e.unwrap_err().contains("twice"));
+            let c = NetConfig::parse("virtio-net", Some("passt,hostfwd=udp::53-:53")).unwrap();
+            assert!(matches!(&c.backend, BackendConfig::Passt(f) if f.len() == 1 && f[0].udp));
         }
     }
 }

@@ -1,18 +1,24 @@
 //! Host-side backends of `virtio-net`: a frame source/sink the device's queue workers poll.
 //!
+//! - `slirp.rs`: rootless user-mode networking (`-s SLOT,virtio-net,user[,hostfwd=...]`) through
+//!   libslirp, in a thread of the VMM.
+//! - `passt.rs`: the same through Debian's `passt`, one process per VM
+//!   (`-s SLOT,virtio-net,passt[,hostfwd=...]`); `user.rs` holds what both share.
 //! - `tap.rs`: an existing TAP interface (`-s SLOT,virtio-tap,TAPNAME`, xhyve's name).
-//! - `passt.rs`: rootless user-mode networking (`-s SLOT,virtio-net,user[,hostfwd=...]`) through
-//!   Debian's `passt`, one process per VM, over its qemu stream protocol on a socketpair.
 //!
+//! TAPs and the slirp thread both carry one frame per read and write (`fd.rs`).
 //! Frames are plain Ethernet frames (no virtio-net header, no FCS).
 
+pub mod fd;
 pub mod passt;
+pub mod slirp;
 pub mod tap;
+pub mod user;
 
 use std::io;
 use std::os::fd::RawFd;
 
-/// Largest frame either backend hands over (a 64 KiB TAP read; passt's length field).
+/// Largest frame a backend hands over (a 64 KiB TAP read; passt's length field).
 pub const MAX_FRAME: usize = 65536;
 
 pub trait Backend: Send + Sync {

@@ -1,12 +1,13 @@
-//! Rootless user-mode networking through Debian's `passt` (Debian 12: 0.0~git20230309).
+//! User-mode networking through Debian's `passt` (Debian 12: 0.0~git20230309), the
+//! `-s SLOT,virtio-net,passt[,hostfwd=...]` backend; `user` is libslirp (`slirp.rs`), which has
+//! neither caveat below. passt stays selectable: it is the other maintained user-mode stack, a
+//! newer passt (`XHYVE_PASST`) has the caveats fixed, and `benches/user-net.sh` compares the two.
 //!
 //! One `passt` per VM, connected over a `socketpair` handed to it with `-F FD` (no socket file,
 //! so no other local user can connect first), speaking its qemu protocol: a stream of Ethernet
-//! frames each prefixed by a 4-byte big-endian length. Fixed addressing, the slirp convention:
-//! guest 10.0.2.15/24 (passt's DHCP server hands it out), gateway 10.0.2.2, DNS 10.0.2.3
-//! (forwarded to the host's resolver). The same address on every boot, for every UUID. passt maps
-//! the gateway address to the host, so a guest reaches a host service on 127.0.0.1:PORT at
-//! 10.0.2.2:PORT. `hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT` becomes `-t ADDR/HOSTPORT:GUESTPORT`.
+//! frames each prefixed by a 4-byte big-endian length. The addressing of `super::user` (passt's
+//! DHCP server hands out the guest's address; passt maps the gateway address to the host).
+//! `hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT` becomes `-t ADDR/HOSTPORT:GUESTPORT`.
 //!
 //! passt leaves when its client goes (`-1`): the VMM's end of the socketpair closes however the
 //! VMM exits. The child also gets PR_SET_PDEATHSIG (cleared when passt drops root privileges to
@@ -23,10 +24,9 @@
 //! due from the guest" state. So a guest upload to a peer that says nothing (`nc` to a silent
 //! listener, a plain-HTTP POST) dies after 24 s; a peer that speaks first (SSH, TLS, a greeting)
 //! keeps it alive. Found with a passt pcap (`-p`) of a guest upload: every frame intact, the RST
-//! unprompted; reproduced without the VMM on a socketpair. `XHYVE_PASST` can point to a newer passt.
+//! unprompted; reproduced without the VMM on a socketpair.
 
 use std::io;
-use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -34,47 +34,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::user::{HostFwd, DNS, GATEWAY, GUEST_ADDR, MTU};
 use super::{Backend, MAX_FRAME};
-
-pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
-pub const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
-/// The MTU passt announces by DHCP: the device offers no mergeable or big RX buffers.
-pub const MTU: u32 = 1500;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostFwd {
-    pub udp: bool,
-    /// None: every host address.
-    pub host_addr: Option<Ipv4Addr>,
-    pub host_port: u16,
-    pub guest_port: u16,
-}
-
-/// `tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT` (QEMU's syntax; `udp:` too). The guest
-/// address, when given, must be the guest's (10.0.2.15).
-pub fn parse_hostfwd(s: &str) -> Result<HostFwd, String> {
-    let bad = || format!("hostfwd={s}: expected tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT");
-    let (proto, rest) = s.split_once(':').ok_or_else(bad)?;
-    let udp = match proto {
-        "tcp" | "" => false,
-        "udp" => true,
-        _ => return Err(format!("hostfwd={s}: protocol '{proto}' (tcp or udp)")),
-    };
-    let (host, guest) = rest.split_once('-').ok_or_else(bad)?;
-    let (haddr, hport) = host.rsplit_once(':').ok_or_else(bad)?;
-    let (gaddr, gport) = guest.rsplit_once(':').ok_or_else(bad)?;
-    let port =
-        |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("hostfwd={s}: bad port '{p}'"));
-    let host_addr = match haddr {
-        "" => None,
-        a => Some(a.parse::<Ipv4Addr>().map_err(|_| format!("hostfwd={s}: bad host address '{a}'"))?),
-    };
-    if !gaddr.is_empty() && gaddr.parse::<Ipv4Addr>().ok() != Some(GUEST_ADDR) {
-        return Err(format!("hostfwd={s}: the guest address is {GUEST_ADDR}"));
-    }
-    Ok(HostFwd { udp, host_addr, host_port: port(hport)?, guest_port: port(gport)? })
-}
 
 /// Where `passt` is, from `XHYVE_PASST` or PATH.
 pub fn find_passt() -> Result<std::path::PathBuf, String> {
@@ -89,7 +50,7 @@ pub fn find_passt() -> Result<std::path::PathBuf, String> {
     std::env::split_paths(&path)
         .map(|d| d.join("passt"))
         .find(|p| exe(p))
-        .ok_or_else(|| "user-mode networking needs passt, which is not installed (apt-get install passt)".to_string())
+        .ok_or_else(|| "the passt backend needs passt, which is not installed (apt-get install passt)".to_string())
 }
 
 /// The passt children of this process, for `kill_all`.
@@ -280,25 +241,6 @@ impl Backend for Passt {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hostfwd_syntax() {
-        let f = parse_hostfwd("tcp:127.0.0.1:2222-:22").unwrap();
-        assert_eq!(f, HostFwd { udp: false, host_addr: Some(Ipv4Addr::LOCALHOST), host_port: 2222, guest_port: 22 });
-        let f = parse_hostfwd("udp::5353-10.0.2.15:53").unwrap();
-        assert_eq!(f, HostFwd { udp: true, host_addr: None, host_port: 5353, guest_port: 53 });
-        for bad in [
-            "tcp:127.0.0.1:2222",
-            "sctp::1-:2",
-            "tcp::0-:22",
-            "tcp::70000-:22",
-            "tcp:x:1-:2",
-            "tcp::1-10.0.2.9:2",
-            "22",
-        ] {
-            assert!(parse_hostfwd(bad).is_err(), "{bad}");
-        }
-    }
 
     /// A backend on our end of a socketpair; the other end plays passt.
     fn on(sock: UnixStream) -> Passt {

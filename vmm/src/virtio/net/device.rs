@@ -9,7 +9,7 @@ use vm_memory::GuestMemoryMmap;
 use super::frame::{read_frame, write_frame, HDR_LEN};
 use super::poller::RxWake;
 use crate::config::{BackendConfig, NetConfig};
-use crate::net::{passt, tap, Backend};
+use crate::net::{passt, slirp, tap, Backend};
 use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_NET};
 
 const F_MAC: u64 = 1 << 5;
@@ -42,12 +42,12 @@ pub struct Net {
 impl Net {
     /// `index`: the device's place among the VM's network devices in slot order (its MAC).
     pub fn new(cfg: &NetConfig, uuid: Option<&uuid::Uuid>, index: u8) -> Result<Net, String> {
-        let mac = cfg
-            .mac
-            .unwrap_or_else(|| uuid.map(|u| xhyve_contract::mac::nic_mac(u, index)).unwrap_or_else(random_mac));
+        let mac =
+            cfg.mac.unwrap_or_else(|| uuid.map(|u| xhyve_contract::mac::nic_mac(u, index)).unwrap_or_else(random_mac));
         let backend: Box<dyn Backend> = match &cfg.backend {
-            BackendConfig::Tap(name) => Box::new(tap::Tap::open(name)?),
-            BackendConfig::User(fwds) => Box::new(passt::Passt::spawn(fwds)?),
+            BackendConfig::Tap(name) => Box::new(tap::open(name)?),
+            BackendConfig::User(fwds) => Box::new(slirp::Slirp::spawn(fwds)?),
+            BackendConfig::Passt(fwds) => Box::new(passt::Passt::spawn(fwds)?),
         };
         let net = Net::with_backend(mac, backend)?;
         let (wake, fd) = (net.wake.clone(), net.backend.fd());

@@ -2,9 +2,10 @@
 //! always up, no offloads (every frame is complete and checksummed; the 12-byte virtio-net header
 //! is all zeros on RX and ignored on TX). Backends in `crate::net`:
 //!
-//! - `-s SLOT,virtio-tap,TAPNAME[,mac=MAC]`: an existing TAP interface.
 //! - `-s SLOT,virtio-net,user[,hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT]...[,mac=MAC]`: user-mode
-//!   networking through `passt` (guest 10.0.2.15/24 by DHCP, gateway 10.0.2.2, DNS 10.0.2.3).
+//!   networking through libslirp (guest 10.0.2.15/24 by DHCP, gateway 10.0.2.2, DNS 10.0.2.3);
+//!   `passt` instead of `user`: the same through Debian's `passt`.
+//! - `-s SLOT,virtio-tap,TAPNAME[,mac=MAC]`: an existing TAP interface.
 //!
 //! With `-U` the MAC of the VM's Nth network device (slot order, from 0) is
 //! `xhyve_contract::mac::nic_mac(UUID, N)`; without, a random one (locally administered) per
