@@ -114,7 +114,7 @@ def test_wait_ssh_names_the_failed_step(net_home):
     assert "port closed" in e.message and f"127.0.0.1:{port}" in e.message, e.message
     assert 1.4 <= took < 10, took
 
-    # A listener that accepts and hangs up, as passt does while the guest's sshd is not up yet.
+    # A listener that accepts and hangs up, as the user-mode stack does while the guest's sshd is not up yet.
     srv = socket.create_server(("127.0.0.1", port))
     stop = threading.Event()
 
@@ -147,7 +147,7 @@ def test_wait_ssh_names_the_failed_step(net_home):
 
 
 # ---------------------------------------------------------------------------------------------
-# Real: one boot of the tiny box, SSH through passt's forward.
+# Real: one boot of the tiny box, SSH through the user-mode forward.
 
 @pytest.fixture(scope="module")
 def ssh_box_file(tiny_box, tmp_path_factory):

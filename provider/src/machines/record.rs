@@ -65,7 +65,7 @@ pub struct Network {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMode {
-    /// xhyve's user-mode network device (passt): outbound connections through the host's, and
+    /// xhyve's user-mode network device (libslirp): outbound connections through the host's, and
     /// host ports forwarded to the guest (its SSH port among them).
     #[default]
     User,

@@ -317,7 +317,7 @@ pub fn wait_login(
             }));
         }
         prev = Some(fail);
-        // passt accepts at once and drops the connection while the guest does not listen yet:
+        // The user-mode stack accepts at once and drops the connection while the guest does not listen yet:
         // retry soon, without spinning.
         std::thread::sleep((deadline - now).min(Duration::from_millis(250)));
     }
