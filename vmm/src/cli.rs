@@ -30,6 +30,8 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <
            virtio-net,user[,hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT]...[,mac=MAC] (user-mode
            network, libslirp: guest 10.0.2.15/24 by DHCP, host's 127.0.0.1 at 10.0.2.2, DNS
            10.0.2.3; `passt` instead of `user`: the same through passt),
+           virtio-net,socket=PATH[,mac=MAC] (a port of the Ethernet switch on the unix
+           SOCK_SEQPACKET socket PATH: one frame per message),
            virtio-tap,TAPNAME[,mac=MAC] (an existing TAP device); the Nth network device's MAC
            comes from -U and N; with PCI devices and slot 0 free, a hostbridge is at 0:0
        -u: RTC keeps UTC (default: local time)

@@ -51,7 +51,7 @@ pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
             let features = xhyve_contract::features::Features {
                 version: env!("CARGO_PKG_VERSION").into(),
                 pci: config::PCI_EMULATIONS.iter().map(|e| e.to_string()).collect(),
-                net_backends: ["user", "passt"].map(String::from).to_vec(),
+                net_backends: ["user", "passt", "socket"].map(String::from).to_vec(),
                 boot: vec!["kexec".into()],
             };
             println!("{}", features.to_line());

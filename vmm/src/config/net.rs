@@ -1,8 +1,11 @@
 //! `-s SLOT,virtio-net,BACKEND[,...][,mac=MAC]` and `-s SLOT,virtio-tap,TAPNAME[,mac=MAC]`.
-//! BACKEND: `user[,hostfwd=...]...` (libslirp), `passt[,hostfwd=...]...` (passt).
+//! BACKEND: `user[,hostfwd=...]...` (libslirp), `passt[,hostfwd=...]...` (passt),
+//! `socket=PATH` (a switch port).
+
+use std::path::PathBuf;
 
 use crate::net::user::{parse_hostfwd, HostFwd};
-use crate::net::{passt, tap};
+use crate::net::{passt, socket, tap};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {
@@ -11,6 +14,8 @@ pub enum BackendConfig {
     User(Vec<HostFwd>),
     /// User-mode networking through passt.
     Passt(Vec<HostFwd>),
+    /// A port of the switch listening on this unix socket.
+    Socket(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +24,7 @@ pub struct NetConfig {
     pub mac: Option<[u8; 6]>,
 }
 
-const BACKENDS: &str = "user or passt; for a TAP use virtio-tap,TAPNAME";
+const BACKENDS: &str = "user, passt or socket=PATH; for a TAP use virtio-tap,TAPNAME";
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let parts: Vec<_> = s.split([':', '-']).collect();
@@ -41,7 +46,7 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 
 impl NetConfig {
     /// `-s` CONF of `virtio-tap` and `virtio-net`. Checks what can fail before the VM exists:
-    /// the TAP exists, passt is installed.
+    /// the TAP exists, passt is installed, the switch's socket is there.
     pub fn parse(emul: &str, conf: Option<&str>) -> Result<NetConfig, String> {
         let mut fields = conf.unwrap_or("").split(',');
         let first = fields.next().unwrap_or("");
@@ -53,11 +58,12 @@ impl NetConfig {
                 tap::check_name(first)?;
                 BackendConfig::Tap(first.to_string())
             }
-            _ => match first {
-                "user" => BackendConfig::User(Vec::new()),
-                "passt" => BackendConfig::Passt(Vec::new()),
-                "" => return Err(format!("missing backend ({BACKENDS})")),
-                other => return Err(format!("unknown backend '{other}' ({BACKENDS})")),
+            _ => match first.split_once('=') {
+                None if first == "user" => BackendConfig::User(Vec::new()),
+                None if first == "passt" => BackendConfig::Passt(Vec::new()),
+                Some(("socket", path)) if !path.is_empty() => BackendConfig::Socket(PathBuf::from(path)),
+                _ if first.is_empty() => return Err(format!("missing backend ({BACKENDS})")),
+                _ => return Err(format!("unknown backend '{first}' ({BACKENDS})")),
             },
         };
         let mut cfg = NetConfig { backend, mac: None };
@@ -87,6 +93,7 @@ impl NetConfig {
                     }
                 }
             }
+            BackendConfig::Socket(path) => socket::check_path(path)?,
             BackendConfig::Tap(_) => {}
         }
         Ok(cfg)
@@ -103,6 +110,7 @@ mod tests {
         assert!(NetConfig::parse("virtio-tap", Some("no-such-tap0")).unwrap_err().contains("does not exist"));
         assert!(NetConfig::parse("virtio-net", None).unwrap_err().contains("missing backend"));
         assert!(NetConfig::parse("virtio-net", Some("vmnet")).unwrap_err().contains("unknown backend"));
+        assert!(NetConfig::parse("virtio-net", Some("socket=")).unwrap_err().contains("unknown backend"));
         assert!(NetConfig::parse("virtio-net", Some("user,fast")).unwrap_err().contains("unknown option 'fast'"));
         assert!(NetConfig::parse("virtio-net", Some("user,mac=01:00:00:00:00:00")).unwrap_err().contains("multicast"));
         assert!(NetConfig::parse("virtio-net", Some("user,mac=02:00:00:00:00")).is_err());
@@ -117,5 +125,9 @@ mod tests {
             let c = NetConfig::parse("virtio-net", Some("passt,hostfwd=udp::53-:53")).unwrap();
             assert!(matches!(&c.backend, BackendConfig::Passt(f) if f.len() == 1 && f[0].udp));
         }
+        let e = NetConfig::parse("virtio-net", Some("socket=/nonexistent/switch.sock"));
+        assert!(e.unwrap_err().contains("is the switch running?"));
+        let e = NetConfig::parse("virtio-net", Some("socket=/dev/null,hostfwd=tcp::1-:2"));
+        assert!(e.unwrap_err().contains("unknown option 'hostfwd=tcp::1-:2' (valid: mac)"));
     }
 }

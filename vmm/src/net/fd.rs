@@ -1,5 +1,5 @@
 //! A descriptor that carries one Ethernet frame per read and per write: a TAP device, or a
-//! `SOCK_SEQPACKET` unix socket (to the slirp thread). Non-blocking.
+//! `SOCK_SEQPACKET` unix socket (to a switch, or to the slirp thread). Non-blocking.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

@@ -4,14 +4,16 @@
 //!   libslirp, in a thread of the VMM.
 //! - `passt.rs`: the same through Debian's `passt`, one process per VM
 //!   (`-s SLOT,virtio-net,passt[,hostfwd=...]`); `user.rs` holds what both share.
+//! - `socket.rs`: a port of an Ethernet switch on a unix socket (`-s SLOT,virtio-net,socket=PATH`).
 //! - `tap.rs`: an existing TAP interface (`-s SLOT,virtio-tap,TAPNAME`, xhyve's name).
 //!
-//! TAPs and the slirp thread both carry one frame per read and write (`fd.rs`).
+//! TAPs, switch ports and the slirp thread all carry one frame per read and write (`fd.rs`).
 //! Frames are plain Ethernet frames (no virtio-net header, no FCS).
 
 pub mod fd;
 pub mod passt;
 pub mod slirp;
+pub mod socket;
 pub mod tap;
 pub mod user;
 

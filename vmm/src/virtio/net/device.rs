@@ -9,7 +9,7 @@ use vm_memory::GuestMemoryMmap;
 use super::frame::{read_frame, write_frame, HDR_LEN};
 use super::poller::RxWake;
 use crate::config::{BackendConfig, NetConfig};
-use crate::net::{passt, slirp, tap, Backend};
+use crate::net::{passt, slirp, socket, tap, Backend};
 use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_NET};
 
 const F_MAC: u64 = 1 << 5;
@@ -48,6 +48,7 @@ impl Net {
             BackendConfig::Tap(name) => Box::new(tap::open(name)?),
             BackendConfig::User(fwds) => Box::new(slirp::Slirp::spawn(fwds)?),
             BackendConfig::Passt(fwds) => Box::new(passt::Passt::spawn(fwds)?),
+            BackendConfig::Socket(path) => Box::new(socket::connect(path)?),
         };
         let net = Net::with_backend(mac, backend)?;
         let (wake, fd) = (net.wake.clone(), net.backend.fd());

@@ -5,6 +5,7 @@
 //! - `-s SLOT,virtio-net,user[,hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT]...[,mac=MAC]`: user-mode
 //!   networking through libslirp (guest 10.0.2.15/24 by DHCP, gateway 10.0.2.2, DNS 10.0.2.3);
 //!   `passt` instead of `user`: the same through Debian's `passt`.
+//! - `-s SLOT,virtio-net,socket=PATH[,mac=MAC]`: a port of the switch listening on PATH.
 //! - `-s SLOT,virtio-tap,TAPNAME[,mac=MAC]`: an existing TAP interface.
 //!
 //! With `-U` the MAC of the VM's Nth network device (slot order, from 0) is
