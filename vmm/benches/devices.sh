@@ -3,11 +3,12 @@
 #   - virtio-blk: sequential write then read of BLK_MIB MiB with the guest's busybox `dd` and
 #     oflag=direct / iflag=direct (1 MiB requests, past the guest's page cache);
 #   - TCP through each virtio-net backend, NET_MIB MiB both ways, with the guest's busybox `nc`:
-#     user mode (passt, a hostfwd for host->guest, the gateway for guest->host) and a TAP on a
+#     user mode (libslirp, a hostfwd for host->guest, the gateway for guest->host) and a TAP on a
 #     bridge. busybox nc moves about 1 KiB per read/write syscall, and every guest syscall costs
 #     milliseconds on the nested host (tens of KB/s there): hence the small default;
 #   - for each: MB/s (1 MB = 10^6 bytes) over the host's wall clock, and the host CPU seconds per GB
-#     moved (utime+stime from /proc of xhyve, split into vCPU threads and the rest, and of passt);
+#     moved (utime+stime from /proc of xhyve, split into vCPU threads and the rest (libslirp's
+#     thread among them), and of QEMU's passt);
 #   - then the same guest, image and network under QEMU (-M microvm, virtio-mmio) for a ratio, or
 #     "QEMU: n/a (why)" when QEMU cannot run the guest (it cannot on nested kvm_pvm hosts).
 # Everything runs in a private network namespace (bridge, TAP, passt, both VMMs); its default
@@ -19,8 +20,9 @@
 #        the first marker; default 600)
 # On the nested kvm_pvm host the guest kernel runs ~100x slow, so the vCPU CPU figures mostly
 # measure that emulation; the non-vCPU and passt figures are the device and backend cost.
-# Measured there (2026-11, tiny box, light host load, defaults): blk write 3.6 MB/s, read 6.1 MB/s
-# (non-vCPU threads 1.2 and 0.4 s/GB); TCP host->guest 0.07 MB/s through passt and TAP, TAP
+# Measured there (2026-11, when `user` was passt; tiny box, light host load, defaults): blk write
+# 3.6 MB/s, read 6.1 MB/s (non-vCPU threads 1.2 and 0.4 s/GB); TCP host->guest 0.07 MB/s through
+# passt and TAP, TAP
 # guest->host 0.04 MB/s (busybox nc's syscalls dominate). Debian 12's passt resets a guest-opened
 # TCP connection 24 s after its SYN,ACK unless it has sent the guest data that the guest ACKed
 # (see vmm/src/net/passt.rs): the host listener therefore greets the guest with one byte, as most
@@ -64,7 +66,7 @@ RX_PORT, TX_PORT = 5001, 5002  # guest listener (hostfwd on the same host port),
 # address needs one frame out (arping) before passt can reach it: passt learns the guest's MAC
 # from its frames and until then sends to the broadcast MAC, which guest TCP ignores.
 MAC_USER, MAC_TAP = "02:00:00:00:00:01", "02:00:00:00:00:02"
-NETS = [("user (passt)", "10.0.2.2", ("127.0.0.1", RX_PORT)), ("TAP", "192.168.77.1", ("192.168.77.2", RX_PORT))]
+NETS = [("user (libslirp)", "10.0.2.2", ("127.0.0.1", RX_PORT)), ("TAP", "192.168.77.1", ("192.168.77.2", RX_PORT))]
 SCRIPT = f"""m(){{ echo BENCH-$1 $2; }}
 m bw0;dd if=/dev/zero of=/dev/vda bs=1M count={BLK_MIB} oflag=direct 2>/dev/null;m bw1 $?
 m br0;dd if=/dev/vda of=/dev/null bs=1M count={BLK_MIB} iflag=direct 2>/dev/null;m br1 $?

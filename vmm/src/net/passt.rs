@@ -1,7 +1,7 @@
 //! User-mode networking through Debian's `passt` (Debian 12: 0.0~git20230309), the
 //! `-s SLOT,virtio-net,passt[,hostfwd=...]` backend; `user` is libslirp (`slirp.rs`), which has
 //! neither caveat below. passt stays selectable: it is the other maintained user-mode stack, a
-//! newer passt (`XHYVE_PASST`) has the caveats fixed, and `benches/user-net.sh` compares the two.
+//! newer passt (`XHYVE_PASST`) has the caveats fixed, and `vmm/benches/user-net.sh` compares the two.
 //!
 //! One `passt` per VM, connected over a `socketpair` handed to it with `-F FD` (no socket file,
 //! so no other local user can connect first), speaking its qemu protocol: a stream of Ethernet
