@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::strip_os_error;
+use crate::os_error::strip_os_error;
 
 /// Direct Linux boot: the VMM loads the kernel (bzImage or vmlinux) and the initrd itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
