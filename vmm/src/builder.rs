@@ -1,7 +1,8 @@
 //! Builds a VM from its `Config` in named steps, Firecracker's builder: guest memory, the VM,
 //! the legacy devices, the PCI devices, the vCPUs, the boot payload, and the vCPU threads. Each
-//! step takes what the earlier ones made; restoring a snapshot will replace the boot payload
-//! step with one that restores the saved state. The result is a running [`Vmm`].
+//! step takes what the earlier ones made. With `--restore`, guest memory comes from the snapshot
+//! and `restore_snapshot` takes the place of the boot payload. The result is a running [`Vmm`],
+//! with its control socket when `--control` asks for one.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use xhyve_contract::signals::TermSignals;
 use crate::boot;
 use crate::config::{Config, ConsoleTarget, DeviceConfig, PciSlot};
 use crate::console_io::{self, RawTerminal};
+use crate::control;
 use crate::cpuid;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::cmos::Cmos;
@@ -24,36 +26,52 @@ use crate::hypervisor::{self, Vcpu, Vm};
 use crate::layout::*;
 use crate::logger::log;
 use crate::memory;
+use crate::pause::PauseGate;
 use crate::pci::{self, intx::IntxRoute, BarAllocator, DeviceContext};
 use crate::pvm::Pvm;
+use crate::snapshot::{self, Shape};
 use crate::vcpu::{self, Shared};
 use crate::virtio::{self, transport::VirtioPci, VirtioDevice};
 use crate::vm::{Devices, Vmm};
+use crate::vm_control::VmControl;
 
 /// Builds the VM `cfg` describes and starts its vCPUs.
 pub fn build(cfg: &Config) -> Result<Vmm, String> {
     let started = Instant::now();
-    let mem = memory::create(cfg.mem_bytes)?;
+    let pvm = pvm(cfg);
+    let shape = Shape::of(cfg, pvm.is_some());
+    let saved = cfg.restore.as_deref().map(|p| snapshot::load(p, &shape)).transpose()?;
+    let mem = match &saved {
+        Some(s) => memory::map_private(&s.ram.file, s.ram.ram_offset, s.ram.ram_len)?,
+        None => memory::create(cfg.mem_bytes)?,
+    };
     let vm = create_vm(cfg, &mem)?;
     let exit = Arc::new(ExitLatch::default());
-    let pvm = pvm(cfg);
     let mut devices = Devices::default();
     let raw_terminal = attach_legacy_devices(cfg, &vm, &exit, &mut devices)?;
     attach_pci_devices(cfg, &mem, &vm, &mut devices)?;
-    let vcpus = create_vcpus(cfg, &*vm, pvm.as_deref())?;
-    load_kernel(cfg, &mem, &vcpus, pvm.as_deref(), &devices.pci_intx_routes())?;
+    let vcpus = create_vcpus(cfg, &*vm, pvm.as_deref(), saved.is_none())?;
+    match &saved {
+        Some(s) => restore_snapshot(cfg, &*vm, &vcpus, pvm.as_deref(), &s.state)?,
+        None => load_kernel(cfg, &mem, &vcpus, pvm.as_deref(), &devices.pci_intx_routes())?,
+    }
     let shared = Arc::new(Shared {
         mem,
         pio: devices.pio.clone(),
         mmio: devices.mmio.clone(),
         exit,
         pvm,
+        pause: PauseGate::new(usize::from(cfg.cpus)),
         halted: (0..cfg.cpus).map(|_| AtomicBool::new(false)).collect(),
         unclaimed_io: AtomicU64::new(0),
         ignored_msrs: AtomicU64::new(0),
         verbose: cfg.verbose,
     });
-    let (signals, vcpu_stats) = start_vcpus(vcpus, &shared)?;
+    let (signals, vcpu_stats, threads) = start_vcpus(vcpus, &shared)?;
+    if let Some(path) = &cfg.control {
+        let control = VmControl::new(vm.clone(), shared.clone(), threads, shape);
+        control::spawn(path, Arc::new(control))?;
+    }
     Ok(Vmm { vm, shared, devices, signals, vcpu_stats, raw_terminal, started, verbose: cfg.verbose })
 }
 
@@ -184,8 +202,8 @@ fn nic_index(slot: &PciSlot, slots: &[PciSlot]) -> u8 {
     before as u8
 }
 
-/// The vCPUs with their CPUID and local APIC set up, not yet running.
-fn create_vcpus(cfg: &Config, vm: &dyn Vm, pvm: Option<&Pvm>) -> Result<Vec<Box<dyn Vcpu>>, String> {
+/// The vCPUs with their CPUID set up, and for a boot (`fresh`) their local APIC; not yet running.
+fn create_vcpus(cfg: &Config, vm: &dyn Vm, pvm: Option<&Pvm>, fresh: bool) -> Result<Vec<Box<dyn Vcpu>>, String> {
     let base_cpuid = vm.supported_cpuid().map_err(|e| e.to_string())?;
     let mut vcpus = Vec::new();
     for id in 0..cfg.cpus {
@@ -195,7 +213,9 @@ fn create_vcpus(cfg: &Config, vm: &dyn Vm, pvm: Option<&Pvm>) -> Result<Vec<Box<
             p.adjust_cpuid(&mut leaves);
         }
         vcpu.set_cpuid(&leaves).map_err(|e| format!("vcpu{id}: {e}"))?;
-        vcpu.init_lapic_lints().map_err(|e| format!("vcpu{id}: {e}"))?;
+        if fresh {
+            vcpu.init_lapic_lints().map_err(|e| format!("vcpu{id}: {e}"))?;
+        }
         vcpus.push(vcpu);
     }
     Ok(vcpus)
@@ -237,6 +257,28 @@ fn load_kernel(
     Ok(())
 }
 
+/// Instead of the boot payload: the saved state of the VM, its vCPUs and the PVM layer (guest
+/// RAM is already the snapshot's).
+fn restore_snapshot(
+    cfg: &Config,
+    vm: &dyn Vm,
+    vcpus: &[Box<dyn Vcpu>],
+    pvm: Option<&Pvm>,
+    state: &snapshot::State,
+) -> Result<(), String> {
+    vm.restore_state(&state.vm).map_err(|e| format!("restoring the VM: {e}"))?;
+    for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
+        vcpu.restore_state(saved).map_err(|e| format!("restoring vcpu{}: {e}", vcpu.id()))?;
+    }
+    if let (Some(p), Some(saved)) = (pvm, &state.pvm) {
+        p.restore_state(saved);
+    }
+    if let Some(path) = &cfg.restore {
+        log(format!("restored from {}", path.display()));
+    }
+    Ok(())
+}
+
 /// Adds kernel parameters before any ` -- ` (after it, words are arguments for init).
 fn with_kernel_params(cmdline: &str, params: &[String]) -> String {
     let (kernel, init) = match cmdline.find(" -- ") {
@@ -247,11 +289,11 @@ fn with_kernel_params(cmdline: &str, params: &[String]) -> String {
 }
 
 /// One thread per vCPU, with the termination signals blocked first so that only the main
-/// thread takes them. Returns those signals and each vCPU's counters.
+/// thread takes them. Returns those signals, each vCPU's counters and the threads (for kicks).
 fn start_vcpus(
     vcpus: Vec<Box<dyn Vcpu>>,
     shared: &Arc<Shared>,
-) -> Result<(TermSignals, Vec<hypervisor::StatsReader>), String> {
+) -> Result<(TermSignals, Vec<hypervisor::StatsReader>, Vec<libc::pthread_t>), String> {
     let signals = TermSignals::block();
     vcpu::install_kick_handler();
     let stats = vcpus.iter().map(|v| v.stats_reader()).collect();
@@ -259,8 +301,8 @@ fn start_vcpus(
     for v in vcpus {
         threads.push(vcpu::spawn(v, shared.clone()).map_err(|e| format!("vCPU thread: {e}"))?);
     }
-    vcpu::spawn_halt_watch(threads, shared.exit.clone());
-    Ok((signals, stats))
+    vcpu::spawn_halt_watch(threads.clone(), shared.exit.clone());
+    Ok((signals, stats, threads))
 }
 
 #[cfg(test)]

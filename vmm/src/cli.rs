@@ -4,13 +4,15 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 
 use uuid::Uuid;
 
-use crate::config::{Config, ConsoleTarget, DeviceConfig, Kexec, PciSlot};
+use crate::config::{check_readable, Config, ConsoleTarget, DeviceConfig, Kexec, PciSlot};
 
 pub const USAGE: &str = "\
-usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <fw>
+usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid]
+             [--control PATH] [--restore PATH] -f <fw>
        -A: create ACPI tables (and an ACPI power button: SIGTERM presses it)
        -c: number of vCPUs (default 1)
        -f: kexec,KERNEL,INITRD,\"CMDLINE\"   boot a Linux bzImage or vmlinux directly
@@ -38,7 +40,11 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid] -f <
        -U: UUID (pins the MAC address)
        -v: alone: print the version; with a VM: verbose (platform fix-up and KVM counters at exit)
        -w: ignore accesses to unimplemented MSRs (reads return 0)
-exit status: 0 rebooted, 1 powered off, 2 halted, 3 triple fault, 4 error
+       --control PATH: serve the VM's control socket at PATH (one command a line: status,
+           pause, resume, save PATH, quit; each answered ok [DETAIL] or error MESSAGE)
+       --restore PATH: carry on from the snapshot at PATH (written by `save`) instead of
+           booting; the other flags must describe the same machine (memory, vCPUs, devices)
+exit status: 0 rebooted, 1 powered off, 2 halted, 3 triple fault, 4 error, 5 quit (control socket)
 signals: SIGTERM presses the ACPI power button (with -A); a second SIGTERM, or no power-off
          within XHYVE_SHUTDOWN_TIMEOUT seconds (default 120), ends the VM (status 1)
 ";
@@ -89,6 +95,7 @@ pub fn parse(
     let (mut com1, mut com2) = (None, None);
     let mut slots: Vec<PciSlot> = Vec::new();
     let mut kexec = None;
+    let (mut control, mut restore) = (None, None);
     let mut any_vm_flag = false;
 
     while let Some(arg) = p.next().map_err(|e| bad("command line", e.to_string()))? {
@@ -103,6 +110,21 @@ pub fn parse(
         };
         if flag == xhyve_contract::features::FLAG {
             return Ok(Command::Features);
+        }
+        match flag.as_str() {
+            "--control" => {
+                control = Some(PathBuf::from(value()?));
+                any_vm_flag = true;
+                continue;
+            }
+            "--restore" => {
+                let v = value()?;
+                check_readable(&v).map_err(|e| bad(format!("--restore {v}"), e))?;
+                restore = Some(PathBuf::from(v));
+                any_vm_flag = true;
+                continue;
+            }
+            _ => {}
         }
         match short {
             Some('h') => return Ok(Command::Help),
@@ -186,6 +208,8 @@ pub fn parse(
         rtc_utc,
         ignore_msrs,
         verbose,
+        control,
+        restore,
     })))
 }
 
@@ -329,6 +353,18 @@ mod tests {
         assert!(e(&["-f", "kexec,/nonexistent,,"]).problem.contains("No such file"));
         assert!(e(&["-f", "bootrom,/x"]).problem.contains("not supported"));
         assert_eq!(e(&["-A"]).flag, "-f");
+    }
+
+    #[test]
+    fn control_and_restore() {
+        let f = format!("kexec,{},,", kernel());
+        let k = kernel();
+        let c = config(&["--control", "/run/x.sock", "--restore", &k, "-f", &f]);
+        assert_eq!(c.control, Some(PathBuf::from("/run/x.sock")));
+        assert_eq!(c.restore, Some(PathBuf::from(&k)));
+        let e = run(&["--restore", "/nonexistent.snap", "-f", &f]).unwrap_err();
+        assert_eq!(e.to_string(), "--restore /nonexistent.snap: No such file or directory");
+        assert_eq!(run(&["--control"]).unwrap_err().to_string(), "--control: needs a value");
     }
 
     #[test]

@@ -10,10 +10,13 @@ pub enum ExitReason {
     Halt,
     TripleFault,
     Error(String),
+    /// `quit` on the control socket: the guest was not told (it is saved, or given up).
+    Quit,
 }
 
 impl ExitReason {
-    /// bhyve's exit status: 0 rebooted, 1 powered off, 2 halted, 3 triple fault, 4 error.
+    /// bhyve's exit status: 0 rebooted, 1 powered off, 2 halted, 3 triple fault, 4 error; and
+    /// ours: 5 quit through the control socket.
     pub fn status(&self) -> i32 {
         match self {
             ExitReason::Reboot => 0,
@@ -21,6 +24,7 @@ impl ExitReason {
             ExitReason::Halt => 2,
             ExitReason::TripleFault => 3,
             ExitReason::Error(_) => 4,
+            ExitReason::Quit => 5,
         }
     }
 }
@@ -33,6 +37,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::Halt => write!(f, "guest halted"),
             ExitReason::TripleFault => write!(f, "guest triple fault"),
             ExitReason::Error(e) => write!(f, "error: {e}"),
+            ExitReason::Quit => write!(f, "quit through the control socket"),
         }
     }
 }

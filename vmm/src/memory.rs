@@ -1,6 +1,9 @@
 //! Guest RAM: below the 32-bit MMIO hole, and the rest from 4 GiB up.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::fs::File;
+
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::layout::{FOUR_GIB, MMIO_HOLE};
 
@@ -16,6 +19,26 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
 /// Anonymous, lazily populated mappings: untouched guest pages cost the host nothing.
 pub fn create(size: u64) -> Result<GuestMemoryMmap, String> {
     GuestMemoryMmap::from_ranges(&ram_ranges(size)).map_err(|e| format!("guest memory: {e}"))
+}
+
+/// Guest RAM of `size` bytes as a private, copy-on-write mapping of `file` from `offset` on (the
+/// ranges back to back): pages are read from the file when the guest first touches them, writes
+/// stay in this process, and any number of VMs share the file's unwritten pages.
+pub fn map_private(file: &File, offset: u64, size: u64) -> Result<GuestMemoryMmap, String> {
+    let mut regions = Vec::new();
+    let mut at = offset;
+    for (gpa, len) in ram_ranges(size) {
+        let fo = FileOffset::new(file.try_clone().map_err(|e| format!("guest memory: {e}"))?, at);
+        let mapping = MmapRegionBuilder::new(len)
+            .with_file_offset(fo)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| format!("guest memory: mapping the saved RAM: {e}"))?;
+        regions.push(GuestRegionMmap::new(mapping, gpa).ok_or("guest memory: region overflows")?);
+        at += len as u64;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| format!("guest memory: {e}"))
 }
 
 #[cfg(test)]

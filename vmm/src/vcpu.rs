@@ -9,6 +9,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::bus::Bus;
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::{Vcpu, VcpuExit};
+use crate::pause::PauseGate;
 use crate::pvm::Pvm;
 
 /// Signal used to knock a vCPU out of `run` (its handler does nothing; the EINTR is the point).
@@ -36,6 +37,7 @@ pub struct Shared {
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitLatch>,
     pub pvm: Option<Arc<Pvm>>,
+    pub pause: PauseGate,
     /// One flag per vCPU: halted with interrupts off (only a reset could wake it).
     pub halted: Vec<AtomicBool>,
     pub unclaimed_io: AtomicU64,
@@ -71,6 +73,9 @@ fn run_loop(vcpu: &mut dyn Vcpu, shared: &Shared) -> Result<(), ExitReason> {
     let id = usize::from(vcpu.id());
     let fail = |what: String| ExitReason::Error(format!("vcpu{id}: {what}"));
     while !shared.exit.is_set() {
+        if shared.pause.requested() {
+            vcpu.set_immediate_exit(true);
+        }
         let exit = vcpu.run().map_err(|e| fail(e.to_string()))?;
         match exit {
             // Unclaimed port I/O and MMIO: reads float high, writes are dropped, as on an empty bus.
@@ -93,6 +98,8 @@ fn run_loop(vcpu: &mut dyn Vcpu, shared: &Shared) -> Result<(), ExitReason> {
                     crate::logger::log(format!("vcpu{id}: ignored {what} unknown MSR {index:#x}"));
                 }
             }
+            // Any `Interrupted` exit has the last exit's I/O completed: a state that can be saved.
+            VcpuExit::Interrupted if shared.pause.requested() => shared.pause.park(vcpu).map_err(fail)?,
             VcpuExit::Interrupted => check_halted(vcpu, shared, id).map_err(fail)?,
             VcpuExit::Unhandled(what) => return Err(fail(what)),
         }
@@ -113,16 +120,21 @@ fn check_halted(vcpu: &dyn Vcpu, shared: &Shared, id: usize) -> Result<(), Strin
     Ok(())
 }
 
+/// Knocks every vCPU thread out of `run` (threads as `spawn` returned them).
+pub fn kick(threads: &[libc::pthread_t]) {
+    for t in threads {
+        // SAFETY: the vCPU threads live as long as the process (never joined early).
+        unsafe { libc::pthread_kill(*t, kick_signal()) };
+    }
+}
+
 /// Kicks every vCPU once a second so halted ones get noticed.
 pub fn spawn_halt_watch(threads: Vec<libc::pthread_t>, exit: Arc<ExitLatch>) {
     std::thread::Builder::new()
         .name("halt-watch".into())
         .spawn(move || {
             while exit.wait_timeout(Duration::from_secs(1)).is_none() {
-                for t in &threads {
-                    // SAFETY: the vCPU threads live as long as the process (never joined early).
-                    unsafe { libc::pthread_kill(*t, kick_signal()) };
-                }
+                kick(&threads);
             }
         })
         .expect("spawn halt watcher");

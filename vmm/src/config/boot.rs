@@ -36,7 +36,7 @@ impl Kexec {
     }
 }
 
-fn check_readable(path: &str) -> Result<(), String> {
+pub fn check_readable(path: &str) -> Result<(), String> {
     let f = std::fs::File::open(path).map_err(|e| strip_os_error(&e))?;
     let meta = f.metadata().map_err(|e| strip_os_error(&e))?;
     if !meta.is_file() {

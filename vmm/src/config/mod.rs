@@ -12,7 +12,7 @@ mod vsock;
 use uuid::Uuid;
 
 pub use block::BlockConfig;
-pub use boot::Kexec;
+pub use boot::{check_readable, Kexec};
 pub use console::ConsoleConfig;
 pub use net::{BackendConfig, NetConfig};
 pub use vsock::VsockConfig;
@@ -43,6 +43,10 @@ pub struct Config {
     pub rtc_utc: bool,
     pub ignore_msrs: bool,
     pub verbose: bool,
+    /// `--control PATH`: the control socket.
+    pub control: Option<std::path::PathBuf>,
+    /// `--restore PATH`: start from this snapshot.
+    pub restore: Option<std::path::PathBuf>,
 }
 
 /// Where a console's output goes and its input comes from (`-l` and `virtio-console`).

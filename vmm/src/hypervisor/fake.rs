@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{CpuidEntry, Error, IrqRoute, Result, Vcpu, Vm};
+use super::{CpuidEntry, Error, IrqRoute, Result, Vcpu, Vm, VmState};
 
 #[derive(Default)]
 pub struct FakeVm {
@@ -29,7 +29,7 @@ impl Vm for FakeVm {
         Ok(())
     }
     fn create_vcpu(&self, _: u8) -> Result<Box<dyn Vcpu>> {
-        Err(Error { op: "fake", errno: libc::ENOSYS })
+        Err(Error { op: "fake".into(), errno: libc::ENOSYS })
     }
     fn set_irq_line(&self, _: u32, _: bool) -> Result<()> {
         Ok(())
@@ -63,5 +63,11 @@ impl Vm for FakeVm {
     }
     fn stats(&self) -> Vec<(String, u64)> {
         Vec::new()
+    }
+    fn save_state(&self) -> Result<VmState> {
+        Err(Error { op: "fake".into(), errno: libc::ENOSYS })
+    }
+    fn restore_state(&self, _: &VmState) -> Result<()> {
+        Ok(())
     }
 }

@@ -18,12 +18,13 @@ pub fn max_vcpus() -> Result<usize> {
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 /// A failed hypervisor call: what was attempted and the OS error.
 #[derive(Debug)]
 pub struct Error {
-    pub op: &'static str,
+    pub op: std::borrow::Cow<'static, str>,
     pub errno: i32,
 }
 
@@ -164,6 +165,19 @@ pub fn default_irqchip_routes() -> Vec<IrqRoute> {
     routes
 }
 
+/// Everything the hypervisor holds for one vCPU, for a snapshot: opaque to the VMM, restored
+/// only by the backend that saved it (the tag says which).
+#[derive(Clone, Serialize, Deserialize)]
+pub enum VcpuState {
+    Kvm(Box<kvm::state::VcpuState>),
+}
+
+/// The VM-wide part: in-kernel interrupt controllers, timers and clock.
+#[derive(Serialize, Deserialize)]
+pub enum VmState {
+    Kvm(Box<kvm::state::VmState>),
+}
+
 /// A virtual machine: guest memory, interrupt lines, vCPU creation.
 pub trait Vm: Send + Sync {
     /// Maps `size` bytes of host memory at `host_addr` to guest physical `gpa`.
@@ -191,6 +205,10 @@ pub trait Vm: Send + Sync {
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
     /// Backend statistics (name, value) for `-v`; may be empty.
     fn stats(&self) -> Vec<(String, u64)>;
+    /// The VM-wide state; every vCPU must be stopped outside `run`.
+    fn save_state(&self) -> Result<VmState>;
+    /// Puts a saved VM-wide state into this VM (built like the saved one), before its vCPUs run.
+    fn restore_state(&self, state: &VmState) -> Result<()>;
 }
 
 /// Reads a vCPU's statistics from any thread, even while the vCPU runs.
@@ -205,6 +223,7 @@ pub trait Vcpu: Send {
     fn sregs(&self) -> Result<SpecialRegs>;
     fn set_sregs(&self, sregs: &SpecialRegs) -> Result<()>;
     fn msr(&self, index: u32) -> Result<u64>;
+    fn set_msr(&self, index: u32, value: u64) -> Result<()>;
     fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<()>;
     /// x87/SSE control state for a vCPU that starts in 64-bit code.
     fn init_fpu(&self) -> Result<()>;
@@ -220,4 +239,12 @@ pub trait Vcpu: Send {
     fn tsc_khz(&self) -> Option<u32>;
     /// A reader of this vCPU's statistics for `-v`.
     fn stats_reader(&self) -> StatsReader;
+    /// While on, `run` returns `Interrupted` at once, after completing the last exit's I/O but
+    /// before any guest instruction: the way to stop a vCPU in a state that can be saved (the
+    /// data of an IN or MMIO read reaches the guest's registers only on the next entry).
+    fn set_immediate_exit(&mut self, on: bool);
+    /// This vCPU's whole state; call only after `run` returned `Interrupted`.
+    fn save_state(&self) -> Result<VcpuState>;
+    /// Puts a saved state into this vCPU (after its CPUID is set, before it first runs).
+    fn restore_state(&self, state: &VcpuState) -> Result<()>;
 }

@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
 
 use crate::hypervisor::{CpuidEntry, Vcpu};
@@ -110,7 +111,7 @@ const PATCH_POLL_NS: u64 = 2_000_000;
 const VERIFY_POLL_NS: u64 = 100_000_000;
 
 /// The #PF patch, once made.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 enum PatchState {
     #[default]
     Pending,
@@ -136,6 +137,15 @@ pub struct Pvm {
     /// Per vCPU id: RIP of the last code-changed retry and how many in a row there.
     retry_rip: [AtomicU64; 256],
     retry_streak: [AtomicU64; 256],
+}
+
+/// What a snapshot keeps of the PVM layer: the #PF patch. Its int3 lives in guest RAM, so a
+/// restored VMM that did not know about it would find a handler that starts with int3, not a NOP,
+/// and leave SYSCALL broken. The counters start again from zero.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PvmState {
+    patch: PatchState,
+    nop_len: u8,
 }
 
 /// Consecutive code-changed retries at one RIP before giving up (the code should settle within
@@ -339,6 +349,23 @@ impl Pvm {
         }
     }
 
+    pub fn save_state(&self) -> PvmState {
+        PvmState { patch: self.patch.lock().unwrap().clone(), nop_len: self.pf_nop_len.load(Ordering::Relaxed) }
+    }
+
+    /// Takes over a saved state; before any vCPU runs.
+    pub fn restore_state(&self, s: &PvmState) {
+        let mut patch = self.patch.lock().unwrap();
+        *patch = s.patch.clone();
+        self.pf_nop_len.store(s.nop_len, Ordering::Relaxed);
+        let va = match s.patch {
+            PatchState::Patched { va, .. } => va,
+            _ => 0,
+        };
+        self.pf_va.store(va, Ordering::Release);
+        self.patch_final.store(s.patch == PatchState::Refused, Ordering::Relaxed);
+    }
+
     /// "fixups: int3=3 cmpxchg16b=10 ... syscall-via-#PF=153": every non-zero counter.
     pub fn report(&self) -> String {
         let parts: Vec<String> = NAMES
@@ -392,6 +419,22 @@ mod tests {
     fn shareable_between_vcpu_threads() {
         fn check<T: Send + Sync>() {}
         check::<Pvm>();
+    }
+
+    #[test]
+    fn patch_state_survives_a_snapshot() {
+        let p = Pvm::new();
+        *p.patch.lock().unwrap() = PatchState::Patched { va: 0xffff_ffff_8100_0000, gpa: 0x100_0000 };
+        p.pf_nop_len.store(5, Ordering::Relaxed);
+        let saved: PvmState = serde_json::from_str(&serde_json::to_string(&p.save_state()).unwrap()).unwrap();
+        let q = Pvm::new();
+        q.restore_state(&saved);
+        assert_eq!(q.pf_va.load(Ordering::Relaxed), 0xffff_ffff_8100_0000);
+        assert_eq!(q.pf_nop_len.load(Ordering::Relaxed), 5);
+        assert_eq!(q.save_state(), saved);
+        q.restore_state(&PvmState { patch: PatchState::Refused, nop_len: 0 });
+        assert!(q.patch_final.load(Ordering::Relaxed));
+        assert_eq!(q.pf_va.load(Ordering::Relaxed), 0);
     }
 
     #[test]

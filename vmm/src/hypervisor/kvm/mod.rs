@@ -1,6 +1,9 @@
 //! The KVM backend of the hypervisor traits (kvm-ioctls).
 
+pub mod state;
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
@@ -11,7 +14,8 @@ use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuExit as KvmExit, VcpuFd, 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    CpuidEntry, DescriptorTable, Error, IrqRoute, Regs, Result, Segment, SpecialRegs, StatsReader, Vcpu, VcpuExit, Vm,
+    CpuidEntry, DescriptorTable, Error, IrqRoute, Regs, Result, Segment, SpecialRegs, StatsReader, Vcpu, VcpuExit,
+    VcpuState, Vm, VmState,
 };
 
 /// One CPUID leaf as `$ty` from `$e`: `CpuidEntry` and KVM's `kvm_cpuid_entry2` share these
@@ -32,7 +36,7 @@ macro_rules! cpuid_entry {
 }
 
 fn err(op: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
-    move |e| Error { op, errno: e.errno() }
+    move |e| Error { op: op.into(), errno: e.errno() }
 }
 
 /// Opens `/dev/kvm` and creates a VM with the in-kernel PIC, IOAPIC, LAPICs and PIT.
@@ -45,7 +49,8 @@ pub fn create_vm() -> Result<KvmVm> {
     fd.create_irq_chip().map_err(err("KVM_CREATE_IRQCHIP"))?;
     fd.create_pit2(kvm_pit_config::default()).map_err(err("KVM_CREATE_PIT2"))?;
     let stats = get_stats_fd(fd.as_raw_fd());
-    Ok(KvmVm { kvm, fd, stats })
+    let msrs_to_save = state::msrs_to_save(&kvm)?.into();
+    Ok(KvmVm { kvm, fd, stats, msrs_to_save })
 }
 
 pub fn max_vcpus() -> Result<usize> {
@@ -56,6 +61,8 @@ pub struct KvmVm {
     kvm: Kvm,
     fd: VmFd,
     stats: Option<OwnedFd>,
+    /// What a vCPU's saved state holds of its MSRs.
+    msrs_to_save: Arc<[u32]>,
 }
 
 impl Vm for KvmVm {
@@ -75,7 +82,7 @@ impl Vm for KvmVm {
         let fd = self.fd.create_vcpu(u64::from(id)).map_err(err("KVM_CREATE_VCPU"))?;
         // Opened now: reading a stats fd later never takes the vCPU mutex held inside KVM_RUN.
         let stats = get_stats_fd(fd.as_raw_fd());
-        Ok(Box::new(KvmVcpu { id, fd, stats }))
+        Ok(Box::new(KvmVcpu { id, fd, stats, msrs_to_save: self.msrs_to_save.clone() }))
     }
 
     fn set_irq_line(&self, irq: u32, level: bool) -> Result<()> {
@@ -92,7 +99,7 @@ impl Vm for KvmVm {
 
     fn set_gsi_routing(&self, routes: &[IrqRoute]) -> Result<()> {
         let mut table = kvm_bindings::KvmIrqRouting::new(0)
-            .map_err(|_| Error { op: "KVM_SET_GSI_ROUTING", errno: libc::ENOMEM })?;
+            .map_err(|_| Error { op: "KVM_SET_GSI_ROUTING".into(), errno: libc::ENOMEM })?;
         for r in routes {
             let mut e = kvm_bindings::kvm_irq_routing_entry::default();
             match *r {
@@ -109,7 +116,7 @@ impl Vm for KvmVm {
                     e.u.msi.data = data;
                 }
             }
-            table.push(e).map_err(|_| Error { op: "KVM_SET_GSI_ROUTING", errno: libc::E2BIG })?;
+            table.push(e).map_err(|_| Error { op: "KVM_SET_GSI_ROUTING".into(), errno: libc::E2BIG })?;
         }
         self.fd.set_gsi_routing(&table).map_err(err("KVM_SET_GSI_ROUTING"))
     }
@@ -137,12 +144,22 @@ impl Vm for KvmVm {
     fn stats(&self) -> Vec<(String, u64)> {
         self.stats.as_ref().map(read_stats).unwrap_or_default()
     }
+
+    fn save_state(&self) -> Result<VmState> {
+        Ok(VmState::Kvm(Box::new(state::save_vm(&self.fd)?)))
+    }
+
+    fn restore_state(&self, s: &VmState) -> Result<()> {
+        let VmState::Kvm(s) = s;
+        state::restore_vm(&self.fd, s)
+    }
 }
 
 pub struct KvmVcpu {
     id: u8,
     fd: VcpuFd,
     stats: Option<OwnedFd>,
+    msrs_to_save: Arc<[u32]>,
 }
 
 impl Vcpu for KvmVcpu {
@@ -155,7 +172,7 @@ impl Vcpu for KvmVcpu {
         let exit = match self.fd.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Ok(VcpuExit::Interrupted),
-            Err(e) => return Err(Error { op: "KVM_RUN", errno: e.errno() }),
+            Err(e) => return Err(Error { op: "KVM_RUN".into(), errno: e.errno() }),
         };
         Ok(match exit {
             KvmExit::IoIn(port, data) => VcpuExit::IoIn(port, data),
@@ -270,17 +287,27 @@ impl Vcpu for KvmVcpu {
 
     fn msr(&self, index: u32) -> Result<u64> {
         let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index, ..Default::default() }])
-            .map_err(|_| Error { op: "KVM_GET_MSRS", errno: libc::EINVAL })?;
+            .map_err(|_| Error { op: "KVM_GET_MSRS".into(), errno: libc::EINVAL })?;
         match self.fd.get_msrs(&mut msrs).map_err(err("KVM_GET_MSRS"))? {
             1 => Ok(msrs.as_slice()[0].data),
-            _ => Err(Error { op: "KVM_GET_MSRS", errno: libc::ENOENT }),
+            _ => Err(Error { op: "KVM_GET_MSRS".into(), errno: libc::ENOENT }),
+        }
+    }
+
+    fn set_msr(&self, index: u32, data: u64) -> Result<()> {
+        let msrs = Msrs::from_entries(&[kvm_msr_entry { index, data, ..Default::default() }])
+            .map_err(|_| Error { op: "KVM_SET_MSRS".into(), errno: libc::EINVAL })?;
+        match self.fd.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))? {
+            1 => Ok(()),
+            _ => Err(Error { op: format!("KVM_SET_MSRS {index:#x}").into(), errno: libc::EINVAL }),
         }
     }
 
     fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<()> {
         let list: Vec<kvm_cpuid_entry2> =
             entries.iter().map(|e| cpuid_entry!(kvm_cpuid_entry2, e, ..Default::default())).collect();
-        let cpuid = CpuId::from_entries(&list).map_err(|_| Error { op: "KVM_SET_CPUID2", errno: libc::E2BIG })?;
+        let cpuid =
+            CpuId::from_entries(&list).map_err(|_| Error { op: "KVM_SET_CPUID2".into(), errno: libc::E2BIG })?;
         self.fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))
     }
 
@@ -344,6 +371,19 @@ impl Vcpu for KvmVcpu {
     fn stats_reader(&self) -> StatsReader {
         let fd = self.stats.as_ref().and_then(|f| f.try_clone().ok());
         Box::new(move || fd.as_ref().map(read_stats).unwrap_or_default())
+    }
+
+    fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+
+    fn save_state(&self) -> Result<VcpuState> {
+        Ok(VcpuState::Kvm(Box::new(state::save_vcpu(&self.fd, &self.msrs_to_save)?)))
+    }
+
+    fn restore_state(&self, s: &VcpuState) -> Result<()> {
+        let VcpuState::Kvm(s) = s;
+        state::restore_vcpu(&self.fd, s)
     }
 }
 
