@@ -1,15 +1,16 @@
-//! `-s SLOT,virtio-blk,PATH[,ro][,sectorsize=N[/PHYS]]`.
+//! `-s SLOT,virtio-blk,PATH[,ro][,format=raw|qcow2][,sectorsize=N[/PHYS]]`.
 
-use std::fs::File;
 use std::path::PathBuf;
 
-use super::strip_os_error;
+use crate::disk::{self, Disk, Format};
 
 /// What `-s SLOT,virtio-blk,CONF` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockConfig {
     pub path: PathBuf,
     pub readonly: bool,
+    /// The image's format: given, never guessed from its content (`crate::disk`).
+    pub format: Format,
     /// Logical and physical block size in bytes.
     pub sector_size: u32,
     pub physical_size: u32,
@@ -20,17 +21,24 @@ fn parse_sector_size(s: &str) -> Option<u32> {
 }
 
 impl BlockConfig {
-    pub const USAGE: &'static str = "virtio-blk,PATH[,ro][,sectorsize=N[/PHYS]]";
+    pub const USAGE: &'static str = "virtio-blk,PATH[,ro][,format=raw|qcow2][,sectorsize=N[/PHYS]]";
 
-    /// Parses `PATH[,ro][,sectorsize=N[/P]]` and checks the image can be opened as asked.
+    /// Parses `PATH[,ro][,format=F][,sectorsize=N[/P]]` and checks the image opens as asked.
     pub fn parse(conf: Option<&str>) -> Result<BlockConfig, String> {
         let conf = conf.unwrap_or("");
         let mut parts = conf.split(',');
         let path = parts.next().filter(|p| !p.is_empty()).ok_or(format!("missing image path ({})", Self::USAGE))?;
-        let mut cfg = BlockConfig { path: path.into(), readonly: false, sector_size: 512, physical_size: 512 };
+        let mut cfg = BlockConfig {
+            path: path.into(),
+            readonly: false,
+            format: Format::Raw,
+            sector_size: 512,
+            physical_size: 512,
+        };
         for opt in parts {
             match opt.split_once('=') {
                 None if opt == "ro" => cfg.readonly = true,
+                Some(("format", f)) => cfg.format = Format::parse(f)?,
                 Some(("sectorsize", v)) => {
                     let (l, p) = v.split_once('/').unwrap_or((v, v));
                     match (parse_sector_size(l), parse_sector_size(p)) {
@@ -42,7 +50,7 @@ impl BlockConfig {
                         }
                     }
                 }
-                _ => return Err(format!("unknown option '{opt}' (valid: ro, sectorsize=N[/PHYS])")),
+                _ => return Err(format!("unknown option '{opt}' (valid: ro, sectorsize=N[/PHYS], format=raw|qcow2)")),
             }
         }
         cfg.open()?;
@@ -50,24 +58,16 @@ impl BlockConfig {
     }
 
     /// Opens the image as asked (read-only or read-write); the device's I/O goes through it.
-    pub fn open(&self) -> Result<File, String> {
-        let path = &self.path;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(!self.readonly)
-            .open(path)
-            .map_err(|e| format!("image {}: {}", path.display(), strip_os_error(&e)))?;
-        let meta = f.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
-        if meta.is_dir() {
-            return Err(format!("{}: is a directory", path.display()));
-        }
-        Ok(f)
+    pub fn open(&self) -> Result<Box<dyn Disk>, String> {
+        disk::open(&self.path, self.format, self.readonly)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::fs::File;
 
     fn image(name: &str) -> (PathBuf, BlockConfig) {
         let dir = std::env::temp_dir().join(format!("xhyve-blkcfg-{}", std::process::id()));
@@ -88,6 +88,10 @@ mod tests {
         assert_eq!((c.sector_size, c.physical_size), (512, 4096));
         assert!(BlockConfig::parse(Some(&format!("{p},sectorsize=1000"))).unwrap_err().contains("power of two"));
         assert!(BlockConfig::parse(Some(&format!("{p},nocache"))).unwrap_err().contains("valid: ro"));
+        assert_eq!(BlockConfig::parse(Some(&format!("{p},format=raw"))).unwrap().format, Format::Raw);
+        let e = BlockConfig::parse(Some(&format!("{p},format=qcow2"))).unwrap_err();
+        assert!(e.starts_with(&format!("image {p}: ")), "a raw file is no qcow2 image: {e}");
+        assert!(BlockConfig::parse(Some(&format!("{p},format=vmdk"))).unwrap_err().contains("raw, qcow2"));
         assert!(BlockConfig::parse(None).unwrap_err().contains("missing image path"));
         let e = BlockConfig::parse(Some("/nope")).unwrap_err();
         assert_eq!(e, "image /nope: No such file or directory");

@@ -1,17 +1,15 @@
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
-use super::io::FileAt;
 use super::request::{
     Request, Segment, MAX_DISCARD_SEGS, S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT,
     T_WRITE_ZEROES, WZ_FLAG_UNMAP,
 };
 use crate::config::BlockConfig;
+use crate::disk::Disk;
 use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_BLOCK};
 
 // Feature bits.
@@ -43,7 +41,7 @@ fn device_id(path: &Path) -> [u8; ID_LEN] {
 }
 
 pub struct Block {
-    file: File,
+    disk: Box<dyn Disk>,
     capacity: u64, // in 512-byte sectors
     readonly: bool,
     sector_size: u32,
@@ -54,19 +52,10 @@ pub struct Block {
 
 impl Block {
     pub fn open(cfg: &BlockConfig, cpus: u8) -> Result<Block, String> {
-        let file = cfg.open()?;
-        let len = file.metadata().map_err(|e| format!("{}: {e}", cfg.path.display()))?.len();
-        // Block devices report 0 in metadata: ask for their end.
-        let len = if len == 0 {
-            // SAFETY: lseek on a descriptor we own.
-            let end = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
-            end.max(0) as u64
-        } else {
-            len
-        };
+        let disk = cfg.open()?;
         Ok(Block {
-            file,
-            capacity: len / SECTOR,
+            capacity: disk.size() / SECTOR,
+            disk,
             readonly: cfg.readonly,
             sector_size: cfg.sector_size,
             physical_size: cfg.physical_size,
@@ -112,37 +101,26 @@ impl Block {
     fn execute(&self, req: &Request, kind: u32, sector: u64, mem: &GuestMemoryMmap) -> (u8, u32) {
         match kind {
             T_IN => match self.range(sector, req.data_in_len()) {
-                Some(offset) => {
-                    let mut f = FileAt { file: &self.file, offset };
-                    for &(addr, len) in &req.data_in {
-                        if mem.read_exact_volatile_from(addr, &mut f, len as usize).is_err() {
-                            return (S_IOERR, 0);
-                        }
-                    }
-                    (S_OK, req.data_in_len() as u32)
-                }
+                Some(offset) => match transfer(mem, &req.data_in, offset, |at, buf| self.disk.read(at, buf)) {
+                    true => (S_OK, req.data_in_len() as u32),
+                    false => (S_IOERR, 0),
+                },
                 None => (S_IOERR, 0),
             },
             T_OUT => {
                 let data = req.data_out();
                 let len = data.iter().map(|d| u64::from(d.1)).sum();
                 match (self.readonly, self.range(sector, len)) {
-                    (false, Some(offset)) => {
-                        let mut f = FileAt { file: &self.file, offset };
-                        for &(addr, len) in &data {
-                            if mem.write_all_volatile_to(addr, &mut f, len as usize).is_err() {
-                                return (S_IOERR, 0);
-                            }
-                        }
-                        (S_OK, 0)
-                    }
+                    (false, Some(offset)) => match transfer(mem, &data, offset, |at, buf| self.disk.write(at, buf)) {
+                        true => (S_OK, 0),
+                        false => (S_IOERR, 0),
+                    },
                     _ => (S_IOERR, 0),
                 }
             }
-            // SAFETY: fdatasync on a descriptor we own.
-            T_FLUSH => match unsafe { libc::fdatasync(self.file.as_raw_fd()) } {
-                0 => (S_OK, 0),
-                _ => (S_IOERR, 0),
+            T_FLUSH => match self.disk.flush() {
+                Ok(()) => (S_OK, 0),
+                Err(_) => (S_IOERR, 0),
             },
             T_GET_ID => {
                 let mut left = &self.id[..];
@@ -184,38 +162,38 @@ impl Block {
                 return S_IOERR;
             };
             let (offset, len) = (sector * SECTOR, (end - sector) * SECTOR);
-            let ok = if kind == T_DISCARD || flags & WZ_FLAG_UNMAP != 0 {
-                self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
-                    || (kind == T_WRITE_ZEROES && self.write_zeroes(offset, len))
+            let done = if kind == T_DISCARD {
+                self.disk.discard(offset, len)
             } else {
-                self.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
-                    || self.write_zeroes(offset, len)
+                self.disk.write_zeroes(offset, len, flags & WZ_FLAG_UNMAP != 0)
             };
-            if !ok {
+            if done.is_err() {
                 return S_IOERR;
             }
         }
         S_OK
     }
+}
 
-    fn fallocate(&self, mode: i32, offset: u64, len: u64) -> bool {
-        // SAFETY: fallocate on a descriptor we own.
-        len == 0 || unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, len as i64) } == 0
-    }
-
-    fn write_zeroes(&self, mut offset: u64, len: u64) -> bool {
-        use std::os::unix::fs::FileExt;
-        let zeroes = vec![0u8; 1 << 20];
-        let end = offset + len;
-        while offset < end {
-            let n = (end - offset).min(zeroes.len() as u64) as usize;
-            if self.file.write_all_at(&zeroes[..n], offset).is_err() {
+/// Moves the guest buffers `bufs` to or from the disk from `offset` on, one host-contiguous slice
+/// at a time (a buffer may span guest RAM regions); false if a buffer is not in guest RAM or
+/// the disk fails.
+fn transfer(
+    mem: &GuestMemoryMmap,
+    bufs: &[(GuestAddress, u32)],
+    mut offset: u64,
+    mut io: impl FnMut(u64, &VolatileSlice) -> std::io::Result<()>,
+) -> bool {
+    for &(addr, len) in bufs {
+        for slice in mem.get_slices(addr, len as usize) {
+            let Ok(slice) = slice else { return false };
+            if io(offset, &slice).is_err() {
                 return false;
             }
-            offset += n as u64;
+            offset += slice.len() as u64;
         }
-        true
     }
+    true
 }
 
 impl VirtioDevice for Block {
@@ -258,6 +236,7 @@ impl VirtioDevice for Block {
 mod tests {
     use super::*;
     use crate::virtio::testing::*;
+    use std::fs::File;
     use std::os::unix::fs::{FileExt, MetadataExt};
     use std::path::PathBuf;
     use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;

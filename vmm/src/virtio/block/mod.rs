@@ -1,18 +1,18 @@
-//! `virtio-blk,PATH[,ro][,sectorsize=N[/P]]`: a raw image file as a virtio block device (type 2).
+//! `virtio-blk,PATH[,ro][,format=raw|qcow2][,sectorsize=N[/P]]`: a disk image as a virtio block
+//! device (type 2). The image is a `crate::disk::Disk` (raw file, or qcow2 with its backing
+//! chain); the device sees nothing of its format.
 //!
-//! One queue per vCPU (VIRTIO_BLK_F_MQ), each served by its own worker thread with positioned
-//! I/O (`pread`/`pwrite` on one shared file descriptor): requests on different queues never wait
-//! for each other, unlike xhyve's single block lock. Data moves between the file and guest memory
-//! through vm-memory's checked volatile accessors, so a descriptor pointing outside guest RAM
-//! fails that request (VIRTIO_BLK_S_IOERR) and nothing else.
+//! One queue per vCPU (VIRTIO_BLK_F_MQ), each served by its own worker thread; the disk takes
+//! requests from every queue at once (a raw file with positioned I/O on one shared descriptor),
+//! unlike xhyve's single block lock. Data moves between the disk and guest memory through
+//! vm-memory's checked volatile slices, so a descriptor pointing outside guest RAM fails that
+//! request (VIRTIO_BLK_S_IOERR) and nothing else.
 //!
-//! Discard punches holes (`fallocate(PUNCH_HOLE|KEEP_SIZE)`), so a sparse image gets smaller on
-//! disk; write-zeroes uses `ZERO_RANGE` (or punches holes when the driver allows unmapping), with
-//! a plain write of zeroes where the file system has neither. Flush is `fdatasync`. The device ID
-//! (GET_ID) is the image's file name, cut to 20 bytes.
+//! Discard and write-zeroes go to the disk (holes punched in a raw file, zero clusters in
+//! qcow2); flush makes the disk durable, its own metadata included, and runs too before a
+//! snapshot is taken. The device ID (GET_ID) is the image's file name, cut to 20 bytes.
 
 mod device;
-mod io;
 mod request;
 
 pub use device::Block;
