@@ -2,7 +2,9 @@
 //! timer (8-11). It gives the guest a power button (pressed on SIGTERM) and S5 power-off.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use crate::bus::PioDevice;
 use crate::exit::{ExitLatch, ExitReason};
@@ -49,6 +51,15 @@ impl SciLine for Arc<dyn Vm> {
     }
 }
 
+/// The PM registers in a snapshot, and the PM timer's count (it goes on from there).
+#[derive(Serialize, Deserialize)]
+pub struct AcpiPmState {
+    sts: u16,
+    en: u16,
+    cnt: u16,
+    timer: u32,
+}
+
 pub struct AcpiPm {
     sts: u16,
     en: u16,
@@ -67,6 +78,19 @@ impl AcpiPm {
     /// Sets PWRBTN_STS; the guest sees an SCI if it enabled the button.
     pub fn press_power_button(&mut self) {
         self.sts |= PWRBTN;
+        self.update_sci();
+    }
+
+    pub fn save(&self) -> AcpiPmState {
+        AcpiPmState { sts: self.sts, en: self.en, cnt: self.cnt, timer: self.timer() }
+    }
+
+    pub fn restore(&mut self, s: &AcpiPmState) {
+        self.sts = s.sts & SCI_EVENTS;
+        self.en = s.en & EN_WRITABLE;
+        self.cnt = s.cnt & (BM_RLD | SLP_TYP);
+        let elapsed = Duration::from_nanos((u128::from(s.timer) * 1_000_000_000 / TMR_HZ) as u64);
+        self.start = Instant::now().checked_sub(elapsed).unwrap_or_else(Instant::now);
         self.update_sci();
     }
 

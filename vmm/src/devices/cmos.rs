@@ -6,6 +6,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 const SEC: u8 = 0x00;
 const MIN: u8 = 0x02;
 const HOUR: u8 = 0x04;
@@ -42,6 +44,15 @@ const MEM_ABOVE_4G_64K: u8 = 0x5b;
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 
+/// The RTC in a snapshot: what the guest wrote (index, registers, NVRAM) and its clock's
+/// offset from the host's.
+#[derive(Serialize, Deserialize)]
+pub struct CmosState {
+    index: u8,
+    ram: Vec<u8>,
+    offset: i64,
+}
+
 pub struct Cmos {
     index: u8,
     ram: [u8; 128],
@@ -66,6 +77,17 @@ impl Cmos {
         let above_4g = (mem_above_4g / (64 * KIB)).min(0xff_ffff) as u32;
         put(MEM_ABOVE_4G_64K, &above_4g.to_le_bytes()[..3]);
         Cmos { index: 0, ram, localtime, offset: 0 }
+    }
+
+    pub fn save(&self) -> CmosState {
+        CmosState { index: self.index, ram: self.ram.to_vec(), offset: self.offset }
+    }
+
+    pub fn restore(&mut self, s: &CmosState) -> Result<(), String> {
+        self.ram = s.ram.as_slice().try_into().map_err(|_| format!("CMOS of {} bytes, expected 128", s.ram.len()))?;
+        self.index = s.index;
+        self.offset = s.offset;
+        Ok(())
     }
 
     /// The host clock in the RTC's time zone, in seconds since 1970.

@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -20,9 +22,46 @@ impl Trigger for IrqTrigger {
     }
 }
 
-type Uart = Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
+type Uart = Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>;
 
 pub struct SerialPort(Uart);
+
+/// vm-superio's `SerialState` (public fields): the UART's registers and its receive FIFO.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "SerialState")]
+struct SerialStateDef {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
+}
+
+/// A UART in a snapshot.
+#[derive(Serialize, Deserialize)]
+pub struct SerialPortState(#[serde(with = "SerialStateDef")] SerialState);
+
+impl SerialPort {
+    pub fn save(&self) -> SerialPortState {
+        SerialPortState(self.0.state())
+    }
+
+    /// Takes the saved registers over, keeping this port's interrupt line and output; raises
+    /// the interrupt the saved state had pending.
+    pub fn restore(&mut self, s: &SerialPortState) -> Result<(), String> {
+        let evt = |e: io::Error| format!("serial: {e}");
+        let trigger = IrqTrigger(self.0.interrupt_evt().0.try_clone().map_err(evt)?);
+        let spare = IrqTrigger(trigger.0.try_clone().map_err(evt)?);
+        let out = std::mem::replace(&mut self.0, Serial::new(spare, Box::new(io::sink()))).into_writer();
+        self.0 = Serial::from_state(&s.0, trigger, NoEvents, out).map_err(|e| format!("serial: {e:?}"))?;
+        Ok(())
+    }
+}
 
 impl PioDevice for SerialPort {
     fn read(&mut self, offset: u16, data: &mut [u8]) {

@@ -1,7 +1,9 @@
 //! Configuration mechanism #1: an address register at 0xcf8 and a data window at 0xcfc-0xcff.
 
+use serde::{Deserialize, Serialize};
+
 use super::intx::IntxRoute;
-use super::PciBus;
+use super::{FunctionState, PciBus};
 use crate::bus::PioDevice;
 
 /// Address register: enable, bus (23:16), device (15:11), function (10:8), register (7:2). Other
@@ -10,6 +12,14 @@ const ENABLE: u32 = 1 << 31;
 const ADDRESS_BITS: u32 = ENABLE | 0x00ff_fffc;
 /// Port offset of the data window.
 const DATA: u16 = 4;
+
+/// The bus in a snapshot: the address register (a vCPU may stop between writing it and using
+/// the data window) and every function.
+#[derive(Serialize, Deserialize)]
+pub struct PciState {
+    address: u32,
+    functions: Vec<FunctionState>,
+}
 
 pub struct PciConfigIo {
     bus: PciBus,
@@ -23,6 +33,15 @@ impl PciConfigIo {
 
     pub fn intx_routes(&self) -> Vec<IntxRoute> {
         self.bus.intx_routes()
+    }
+
+    pub fn save_state(&self) -> Result<PciState, String> {
+        Ok(PciState { address: self.address, functions: self.bus.save_state()? })
+    }
+
+    pub fn restore_state(&mut self, s: &PciState) -> Result<(), String> {
+        self.address = s.address & ADDRESS_BITS;
+        self.bus.restore_state(&s.functions)
     }
 
     /// (slot, function, dword) the address register selects, if enabled and on bus 0.

@@ -117,9 +117,35 @@ impl ConfigSpace {
     pub fn word(&self, at: usize) -> u16 {
         u16::from(self.byte(at)) | u16::from(self.byte(at + 1)) << 8
     }
+
+    /// The registers, for a snapshot.
+    pub fn save(&self) -> Vec<u32> {
+        self.regs.to_vec()
+    }
+
+    /// Takes saved registers back as the guest wrote them: only writable bits change, so a
+    /// snapshot cannot alter what the function is (IDs, class, capabilities).
+    pub fn restore(&mut self, saved: &[u32]) -> Result<(), String> {
+        if saved.len() != self.regs.len() {
+            return Err(format!("PCI configuration space of {} dwords, expected {}", saved.len(), self.regs.len()));
+        }
+        for ((r, w), s) in self.regs.iter_mut().zip(&self.writable).zip(saved) {
+            *r = (*r & !w) | (s & w);
+        }
+        Ok(())
+    }
 }
 
 impl PciDevice for ConfigSpace {
+    fn save_state(&mut self) -> Result<serde_json::Value, String> {
+        serde_json::to_value(self.save()).map_err(|e| e.to_string())
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        let regs: Vec<u32> = serde_json::from_value(state.clone()).map_err(|e| e.to_string())?;
+        self.restore(&regs)
+    }
+
     fn config_read(&self, reg: usize) -> u32 {
         self.regs.get(reg).copied().unwrap_or(0)
     }
@@ -200,6 +226,23 @@ mod tests {
         assert_eq!(c.mem_bar(1), None, "unimplemented BAR");
         c.config_write(BAR0_REG + 1, 0, &[0xff; 4]);
         assert_eq!(c.config_read(BAR0_REG + 1), 0, "unimplemented BAR reads 0 after sizing");
+    }
+
+    #[test]
+    fn restore_takes_only_what_the_guest_could_write() {
+        let mut c = ConfigSpace::new(0x1af4, 0x1042, 1, 0);
+        c.add_mem32_bar(0, 0xc000_8000, 0x8000);
+        c.config_write(1, 0, &[0x06, 0]);
+        c.config_write(BAR0_REG, 0, &0xd000_0000u32.to_le_bytes());
+        let mut saved = c.save();
+        saved[0] = 0xdead_beef; // the IDs are not the guest's to change
+        let mut fresh = ConfigSpace::new(0x1af4, 0x1042, 1, 0);
+        fresh.add_mem32_bar(0, 0xc000_8000, 0x8000);
+        fresh.restore(&saved).unwrap();
+        assert_eq!(fresh.mem_bar(0), Some(0xd000_0000));
+        assert_eq!(fresh.command(), 0x06);
+        assert_eq!(fresh.config_read(0), 0x1042_1af4);
+        assert!(fresh.restore(&saved[..10]).is_err());
     }
 
     #[test]

@@ -13,9 +13,11 @@ pub mod msix;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
+
 use vm_memory::GuestMemoryMmap;
 
-pub use config_io::PciConfigIo;
+pub use config_io::{PciConfigIo, PciState};
 
 use crate::bus::{Bus, BusDevice};
 use crate::config::{DeviceConfig, PciSlot};
@@ -36,6 +38,19 @@ pub trait PciDevice: Send {
     fn mmio_ranges(&mut self) -> Vec<MmioRange> {
         Vec::new()
     }
+    /// What the guest made of the function (its configuration space, and the device behind it),
+    /// for a snapshot; the device is paused.
+    fn save_state(&mut self) -> Result<serde_json::Value, String>;
+    /// Takes a saved state over before the guest runs again.
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), String>;
+}
+
+/// One function's saved state.
+#[derive(Serialize, Deserialize)]
+pub struct FunctionState {
+    pub slot: u8,
+    pub func: u8,
+    pub state: serde_json::Value,
 }
 
 /// Command register and BARs: writes there may move the function's MMIO ranges.
@@ -125,10 +140,41 @@ impl PciBus {
         if let Some(dev) = self.devices.get(&(slot, func)) {
             let mut dev = dev.lock().unwrap();
             dev.config_write(reg, offset, data);
-            if let (Some(mmio), true) = (&self.mmio, reg == COMMAND_REG || BAR_REGS.contains(&reg)) {
-                mmio.set_owner_ranges(u32::from(slot) << 3 | u32::from(func), dev.mmio_ranges());
+            if reg == COMMAND_REG || BAR_REGS.contains(&reg) {
+                self.map(slot, func, &mut *dev);
             }
         }
+    }
+
+    /// Puts the function's MMIO ranges where its BARs say.
+    fn map(&self, slot: u8, func: u8, dev: &mut dyn PciDevice) {
+        if let Some(mmio) = &self.mmio {
+            mmio.set_owner_ranges(u32::from(slot) << 3 | u32::from(func), dev.mmio_ranges());
+        }
+    }
+
+    pub fn save_state(&self) -> Result<Vec<FunctionState>, String> {
+        let mut out = Vec::new();
+        for (&(slot, func), dev) in &self.devices {
+            let state = dev.lock().unwrap().save_state().map_err(|e| format!("PCI {slot}:{func}: {e}"))?;
+            out.push(FunctionState { slot, func, state });
+        }
+        Ok(out)
+    }
+
+    /// Restores every function (the snapshot's list must be this bus's) and maps its BARs.
+    pub fn restore_state(&self, saved: &[FunctionState]) -> Result<(), String> {
+        let here: Vec<(u8, u8)> = self.devices.keys().copied().collect();
+        let there: Vec<(u8, u8)> = saved.iter().map(|f| (f.slot, f.func)).collect();
+        if here != there {
+            return Err(format!("PCI functions {there:?} in the snapshot, {here:?} here"));
+        }
+        for f in saved {
+            let mut dev = self.devices[&(f.slot, f.func)].lock().unwrap();
+            dev.restore_state(&f.state).map_err(|e| format!("PCI {}:{}: {e}", f.slot, f.func))?;
+            self.map(f.slot, f.func, &mut *dev);
+        }
+        Ok(())
     }
 }
 

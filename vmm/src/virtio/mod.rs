@@ -61,6 +61,9 @@ pub const F_VERSION_1: u64 = 1 << 32;
 #[derive(Debug)]
 pub struct QueueBroken(pub String);
 
+/// Raises a configuration-change interrupt.
+pub type ConfigNotifier = Box<dyn Fn() + Send + Sync>;
+
 /// The device-type half of a virtio device; the transport does the rest.
 pub trait VirtioDevice: Send + Sync {
     fn device_type(&self) -> u16;
@@ -80,6 +83,23 @@ pub trait VirtioDevice: Send + Sync {
     /// `i`'s worker call `process_queue` again, as a driver notification does. For devices whose
     /// host side produces data (console input, vsock packets).
     fn set_queue_kicks(&self, _kicks: Vec<Arc<EventFd>>) {}
+    /// Given once by the transport: tells the driver the device configuration changed (a
+    /// configuration-change interrupt).
+    fn set_config_notifier(&self, _notify: ConfigNotifier) {}
+    /// Every queue worker has stopped for a snapshot: bring the host side in line with what the
+    /// guest was told (a disk's write-back caches flushed).
+    fn quiesce(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// The device's own state beyond its queues, for a snapshot (after `quiesce`).
+    fn save_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Takes a saved state over in a new VMM process, before the queues run again; the host side
+    /// (sockets, backends) is this process's, not the one the state was saved with.
+    fn restore_state(&self, _state: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Listens on the unix socket `path`, replacing a socket an earlier run left there (never any

@@ -230,6 +230,10 @@ impl VirtioDevice for Block {
     fn process_queue(&self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueBroken> {
         drain_queue(queue, mem, |chain| self.handle_chain(chain, mem))
     }
+    /// The image as the guest left it, metadata and all, before a snapshot is written.
+    fn quiesce(&self) -> Result<(), String> {
+        self.disk.flush().map_err(|e| format!("virtio-blk: flushing the image: {e}"))
+    }
 }
 
 #[cfg(test)]

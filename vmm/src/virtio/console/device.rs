@@ -129,6 +129,17 @@ impl VirtioDevice for Console {
     fn set_queue_kicks(&self, kicks: Vec<Arc<EventFd>>) {
         *self.inner.rx_kick.lock().unwrap() = kicks.into_iter().nth(RX);
     }
+    /// Input the host sent that the guest had not taken yet.
+    fn save_state(&self) -> serde_json::Value {
+        serde_json::json!({ "input": self.inner.input.lock().unwrap().iter().copied().collect::<Vec<u8>>() })
+    }
+    fn restore_state(&self, state: &serde_json::Value) -> Result<(), String> {
+        let input: Vec<u8> = serde_json::from_value(state["input"].clone()).map_err(|e| format!("console: {e}"))?;
+        let mut q = self.inner.input.lock().unwrap();
+        let later: Vec<u8> = q.drain(..).collect();
+        q.extend(input.into_iter().chain(later));
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -4,19 +4,29 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::frame::{read_frame, write_frame, HDR_LEN};
 use super::poller::RxWake;
 use crate::config::{BackendConfig, NetConfig};
 use crate::net::{passt, slirp, socket, tap, Backend};
-use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_NET};
+use crate::virtio::{drain_queue, ConfigNotifier, QueueBroken, VirtioDevice, TYPE_NET};
 
 const F_MAC: u64 = 1 << 5;
 const F_STATUS: u64 = 1 << 16;
+const F_CTRL_VQ: u64 = 1 << 17;
+const F_GUEST_ANNOUNCE: u64 = 1 << 21;
 const STATUS_LINK_UP: u16 = 1;
+/// The driver should announce itself (gratuitous ARP); it acknowledges on the control queue.
+const STATUS_ANNOUNCE: u16 = 2;
 const RX: usize = 0;
 const TX: usize = 1;
+const CTRL: usize = 2;
+/// Control queue: class and command of VIRTIO_NET_CTRL_ANNOUNCE_ACK, and the ack values.
+const CTRL_ANNOUNCE: u8 = 3;
+const CTRL_ANNOUNCE_ACK: u8 = 0;
+const CTRL_OK: u8 = 0;
+const CTRL_ERR: u8 = 1;
 
 /// A random locally administered unicast MAC (no `-U`).
 fn random_mac() -> [u8; 6] {
@@ -37,6 +47,10 @@ pub struct Net {
     rx: Mutex<RxState>,
     dead: AtomicBool,
     wake: Arc<RxWake>,
+    /// Restored in a new process: the network behind the new backend (passt, a bridge) has not
+    /// seen the guest's MAC; the guest announces it on request (as after a migration).
+    announce: AtomicBool,
+    config_changed: Mutex<Option<ConfigNotifier>>,
 }
 
 impl Net {
@@ -66,7 +80,15 @@ impl Net {
             kick: Mutex::new(None),
         });
         let rx = Mutex::new(RxState { pending: None, spare: Vec::new() });
-        Ok(Net { mac, backend, rx, dead: AtomicBool::new(false), wake })
+        Ok(Net {
+            mac,
+            backend,
+            rx,
+            dead: AtomicBool::new(false),
+            wake,
+            announce: AtomicBool::new(false),
+            config_changed: Mutex::new(None),
+        })
     }
 
     fn backend_failed(&self, e: std::io::Error) {
@@ -132,10 +154,10 @@ impl VirtioDevice for Net {
         (0x02, 0x00) // network controller, Ethernet
     }
     fn features(&self) -> u64 {
-        F_MAC | F_STATUS
+        F_MAC | F_STATUS | F_CTRL_VQ | F_GUEST_ANNOUNCE
     }
     fn num_queues(&self) -> usize {
-        2
+        3 // rx, tx, control
     }
     fn queue_max_size(&self) -> u16 {
         256
@@ -143,7 +165,8 @@ impl VirtioDevice for Net {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut cfg = [0u8; 8];
         cfg[..6].copy_from_slice(&self.mac);
-        cfg[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
+        let announce = if self.announce.load(Ordering::SeqCst) { STATUS_ANNOUNCE } else { 0 };
+        cfg[6..8].copy_from_slice(&(STATUS_LINK_UP | announce).to_le_bytes());
         for (i, b) in data.iter_mut().enumerate() {
             *b = usize::try_from(offset)
                 .ok()
@@ -155,6 +178,17 @@ impl VirtioDevice for Net {
     }
     fn set_queue_kicks(&self, kicks: Vec<Arc<EventFd>>) {
         *self.wake.kick.lock().unwrap() = kicks.into_iter().next();
+    }
+    fn set_config_notifier(&self, notify: ConfigNotifier) {
+        *self.config_changed.lock().unwrap() = Some(notify);
+    }
+    /// A new backend: ask the guest to announce itself.
+    fn restore_state(&self, _: &serde_json::Value) -> Result<(), String> {
+        self.announce.store(true, Ordering::SeqCst);
+        if let Some(notify) = &*self.config_changed.lock().unwrap() {
+            notify();
+        }
+        Ok(())
     }
     fn process_queue(&self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueBroken> {
         match index {
@@ -169,8 +203,27 @@ impl VirtioDevice for Net {
                     0
                 })
             }
+            CTRL => drain_queue(queue, mem, |chain| self.control(chain, mem)),
             _ => Ok(false),
         }
+    }
+}
+
+impl Net {
+    /// One control-queue command (class, command, data; then the driver's ack byte): only the
+    /// announcement's acknowledgement is understood.
+    fn control(&self, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> u32 {
+        let descs: Vec<_> = chain.collect();
+        let Some(ack) = descs.iter().rev().find(|d| d.is_write_only()) else { return 0 };
+        let head = descs.iter().find(|d| !d.is_write_only()).and_then(|d| mem.read_obj::<[u8; 2]>(d.addr()).ok());
+        let status = match head {
+            Some([CTRL_ANNOUNCE, CTRL_ANNOUNCE_ACK]) => {
+                self.announce.store(false, Ordering::SeqCst);
+                CTRL_OK
+            }
+            _ => CTRL_ERR,
+        };
+        u32::from(mem.write_obj(status, ack.addr()).is_ok())
     }
 }
 
@@ -229,7 +282,34 @@ mod tests {
         assert_eq!(b, [2, 1, 2, 3, 4, 5, 1, 0, 0, 0]);
         n.read_config(u64::MAX, &mut b[..2]);
         assert_eq!(&b[..2], [0, 0]);
-        assert_eq!(n.features(), F_MAC | F_STATUS);
+        assert_eq!(n.features(), F_MAC | F_STATUS | F_CTRL_VQ | F_GUEST_ANNOUNCE);
+    }
+
+    #[test]
+    fn a_restore_asks_the_guest_to_announce_itself() {
+        let (n, _) = net(vec![]);
+        let raised = Arc::new(AtomicBool::new(false));
+        let r = raised.clone();
+        n.set_config_notifier(Box::new(move || r.store(true, Ordering::SeqCst)));
+        n.restore_state(&serde_json::Value::Null).unwrap();
+        assert!(raised.load(Ordering::SeqCst), "a configuration-change interrupt");
+        let mut status = [0u8; 2];
+        n.read_config(6, &mut status);
+        assert_eq!(u16::from_le_bytes(status), STATUS_LINK_UP | STATUS_ANNOUNCE);
+        // The driver's commands: an unknown one is refused, the announcement's ack clears it.
+        let mem = guest_mem();
+        mem.write_slice(&[1, 1], GuestAddress(0x10_0000)).unwrap();
+        mem.write_slice(&[CTRL_ANNOUNCE, CTRL_ANNOUNCE_ACK], GuestAddress(0x10_1000)).unwrap();
+        let mut t = TestQueue::new(&mem);
+        t.add(&[(0x10_0000, 2, 0), (0x10_2000, 1, W)]);
+        t.add(&[(0x10_1000, 2, 0), (0x10_3000, 1, W)]);
+        let mut q = t.queue();
+        assert!(n.process_queue(CTRL, &mut q, &mem).unwrap());
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10_2000)).unwrap(), CTRL_ERR);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10_3000)).unwrap(), CTRL_OK);
+        assert_eq!((t.used(0).1, t.used(1).1), (1, 1));
+        n.read_config(6, &mut status);
+        assert_eq!(u16::from_le_bytes(status), STATUS_LINK_UP);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub(super) struct Common {
     pub(super) queues: Vec<Queue>,
     pub(super) vectors: Vec<u16>,
     pub(super) workers: Vec<Worker>,
+    /// Stopped for a snapshot: the workers are gone, `queues` hold their positions.
+    pub(super) paused: bool,
 }
 /// (offset, size) of each common-configuration field, virtio 1.0.
 const FIELDS: &[(u64, usize)] = &[
@@ -194,7 +196,7 @@ impl Transport {
     }
 
     /// DRIVER_OK: a worker thread per enabled queue.
-    fn activate(&self, c: &mut Common) {
+    pub(super) fn activate(&self, c: &mut Common) {
         for i in 0..c.queues.len() {
             let q = &c.queues[i];
             if !q.ready() {
@@ -221,7 +223,7 @@ impl Transport {
                 let handle = std::thread::Builder::new()
                     .name(format!("virtio{}-q{i}", self.dev.device_type()))
                     .spawn(move || ctx.run())?;
-                Ok(Worker { stop, handle })
+                Ok(Worker { index: i, stop, handle })
             })();
             match worker {
                 Ok(w) => c.workers.push(w),

@@ -40,6 +40,10 @@ impl Interrupt {
     /// DEVICE_NEEDS_RESET, announced by a configuration-change interrupt.
     pub(super) fn needs_reset(&self) {
         self.needs_reset.store(true, Ordering::SeqCst);
+        self.config_changed();
+    }
+
+    pub(super) fn config_changed(&self) {
         self.raise(ISR_CONFIG, self.config_vector.load(Ordering::SeqCst));
     }
 

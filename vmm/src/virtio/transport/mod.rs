@@ -20,6 +20,7 @@ mod bar;
 mod common_config;
 mod interrupt;
 mod pci_function;
+mod persist;
 #[cfg(test)]
 mod tests;
 mod worker;

@@ -104,6 +104,12 @@ impl VirtioPci {
             queues.push(Queue::new(dev.queue_max_size()).map_err(|e| format!("queue: {e}"))?);
         }
         dev.set_queue_kicks(notify.clone());
+        let weak = Arc::downgrade(&irq);
+        dev.set_config_notifier(Box::new(move || {
+            if let Some(irq) = weak.upgrade() {
+                irq.config_changed();
+            }
+        }));
         let offered = dev.features() | F_VERSION_1 | F_RING_INDIRECT_DESC;
         let transport = Arc::new(Transport {
             dev,
@@ -117,6 +123,7 @@ impl VirtioPci {
                 queues,
                 vectors: vec![NO_VECTOR; nq],
                 workers: Vec::new(),
+                paused: false,
             }),
             irq,
             notify,
@@ -163,6 +170,14 @@ impl VirtioPci {
 }
 
 impl PciDevice for VirtioPci {
+    fn save_state(&mut self) -> Result<serde_json::Value, String> {
+        serde_json::to_value(self.save()?).map_err(|e| e.to_string())
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        self.restore(&serde_json::from_value(state.clone()).map_err(|e| e.to_string())?)
+    }
+
     fn config_read(&self, reg: usize) -> u32 {
         let value = self.config.config_read(reg);
         if reg == COMMAND_REG && self.transport.irq.intx_level() {

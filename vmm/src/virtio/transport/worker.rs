@@ -13,8 +13,10 @@ use crate::virtio::{QueueBroken, VirtioDevice};
 use crate::wait;
 
 pub(super) struct Worker {
+    pub(super) index: usize,
     pub(super) stop: EventFd,
-    pub(super) handle: JoinHandle<()>,
+    /// Gives the queue back, with its positions, when the worker stops.
+    pub(super) handle: JoinHandle<Queue>,
 }
 pub(super) struct WorkerCtx {
     pub(super) index: usize,
@@ -28,7 +30,7 @@ pub(super) struct WorkerCtx {
 }
 
 impl WorkerCtx {
-    pub(super) fn run(mut self) {
+    pub(super) fn run(mut self) -> Queue {
         loop {
             // First round without waiting: the driver may have notified before DRIVER_OK.
             match self.dev.process_queue(self.index, &mut self.queue, &self.mem) {
@@ -42,14 +44,14 @@ impl WorkerCtx {
                     ));
                     self.irq.needs_reset();
                     wait::readable(&[&self.stop]);
-                    return;
+                    return self.queue;
                 }
             }
             match wait::readable(&[&self.notify, &self.stop]) {
                 Some(0) => {
                     let _ = self.notify.read();
                 }
-                _ => return,
+                _ => return self.queue,
             }
         }
     }

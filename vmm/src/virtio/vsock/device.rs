@@ -1,7 +1,8 @@
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::connections::{spawn, Inner, State, FIRST_HOST_PORT};
@@ -12,9 +13,14 @@ use crate::virtio::{drain_queue, fill_queue, listen, QueueBroken, VirtioDevice, 
 const RX: usize = 0;
 const TX: usize = 1;
 const QUEUE_SIZE: u16 = 128;
+/// virtio_vsock_event id: every connection is gone (a restore in a new process).
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 pub struct Vsock {
     inner: Arc<Inner>,
+    /// Restored in a new process: the guest's connections are gone on the host side. The event
+    /// queue tells the driver (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET), which resets them all.
+    reset_pending: AtomicBool,
 }
 
 impl Vsock {
@@ -38,7 +44,7 @@ impl Vsock {
                 }
             })
             .map_err(|e| format!("{what}: {e}"))?;
-        Ok(Vsock { inner })
+        Ok(Vsock { inner, reset_pending: AtomicBool::new(false) })
     }
 
     /// Fills receive buffers with packets while there are both.
@@ -94,8 +100,25 @@ impl VirtioDevice for Vsock {
                 }
                 Ok(used)
             }
-            _ => Ok(false), // event queue: no events are ever sent
+            _ if self.reset_pending.load(Ordering::SeqCst) => {
+                let mut sent = false;
+                let used = fill_queue(queue, mem, |chain| {
+                    let desc = chain.writable().next()?;
+                    if sent || desc.len() < 4 || mem.write_obj(EVENT_TRANSPORT_RESET, desc.addr()).is_err() {
+                        return None;
+                    }
+                    sent = true;
+                    Some(4)
+                })?;
+                self.reset_pending.store(!sent, Ordering::SeqCst);
+                Ok(used)
+            }
+            _ => Ok(false), // event queue: nothing else to say
         }
+    }
+    fn restore_state(&self, _: &serde_json::Value) -> Result<(), String> {
+        self.reset_pending.store(true, Ordering::SeqCst);
+        Ok(())
     }
     fn set_queue_kicks(&self, kicks: Vec<Arc<EventFd>>) {
         *self.inner.rx_kick.lock().unwrap() = kicks.into_iter().nth(RX);
