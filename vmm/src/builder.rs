@@ -52,7 +52,7 @@ pub fn build(cfg: &Config) -> Result<Vmm, String> {
     attach_pci_devices(cfg, &mem, &vm, &mut devices)?;
     let vcpus = create_vcpus(cfg, &*vm, pvm.as_deref(), saved.is_none())?;
     match &saved {
-        Some(s) => restore_snapshot(cfg, &*vm, &vcpus, pvm.as_deref(), &s.state)?,
+        Some(s) => restore_snapshot(cfg, &*vm, &vcpus, pvm.as_deref(), &devices, &s.state)?,
         None => load_kernel(cfg, &mem, &vcpus, pvm.as_deref(), &devices.pci_intx_routes())?,
     }
     let shared = Arc::new(Shared {
@@ -67,9 +67,10 @@ pub fn build(cfg: &Config) -> Result<Vmm, String> {
         ignored_msrs: AtomicU64::new(0),
         verbose: cfg.verbose,
     });
+    let devices = Arc::new(devices);
     let (signals, vcpu_stats, threads) = start_vcpus(vcpus, &shared)?;
     if let Some(path) = &cfg.control {
-        let control = VmControl::new(vm.clone(), shared.clone(), threads, shape);
+        let control = VmControl::new(vm.clone(), shared.clone(), devices.clone(), threads, shape);
         control::spawn(path, Arc::new(control))?;
     }
     Ok(Vmm { vm, shared, devices, signals, vcpu_stats, raw_terminal, started, verbose: cfg.verbose })
@@ -257,16 +258,18 @@ fn load_kernel(
     Ok(())
 }
 
-/// Instead of the boot payload: the saved state of the VM, its vCPUs and the PVM layer (guest
-/// RAM is already the snapshot's).
+/// Instead of the boot payload: the saved state of the VM, its devices, its vCPUs and the PVM
+/// layer (guest RAM is already the snapshot's).
 fn restore_snapshot(
     cfg: &Config,
     vm: &dyn Vm,
     vcpus: &[Box<dyn Vcpu>],
     pvm: Option<&Pvm>,
+    devices: &Devices,
     state: &snapshot::State,
 ) -> Result<(), String> {
     vm.restore_state(&state.vm).map_err(|e| format!("restoring the VM: {e}"))?;
+    devices.restore_state(&state.devices).map_err(|e| format!("restoring the devices: {e}"))?;
     for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
         vcpu.restore_state(saved).map_err(|e| format!("restoring vcpu{}: {e}", vcpu.id()))?;
     }

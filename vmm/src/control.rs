@@ -181,6 +181,11 @@ mod tests {
         assert_eq!(ask("frobnicate"), "error unknown command 'frobnicate' (status, pause, resume, save PATH, quit)");
         assert_eq!(ask("resume"), "ok");
         assert_eq!(ask("quit"), "ok");
+        // The answer goes out before the quit (which may end the process): wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while fake.log.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(*fake.log.lock().unwrap(), vec!["save /tmp/x.snap", "save /nope/x", "quit"]);
         // A stale socket (this one) is replaced by a new server.
         spawn(&path, Arc::new(Fake::default())).unwrap();

@@ -5,20 +5,21 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use xhyve_contract::signals::TermSignals;
 
 use crate::bus::Bus;
 use crate::console_io::RawTerminal;
-use crate::devices::acpi_pm::AcpiPm;
-use crate::devices::cmos::Cmos;
+use crate::devices::acpi_pm::{AcpiPm, AcpiPmState};
+use crate::devices::cmos::{Cmos, CmosState};
 use crate::devices::i8042::I8042;
-use crate::devices::serial::SerialPort;
+use crate::devices::serial::{SerialPort, SerialPortState};
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::{StatsReader, Vm};
 use crate::logger::log;
 use crate::pci::intx::IntxRoute;
-use crate::pci::PciConfigIo;
+use crate::pci::{PciConfigIo, PciState};
 use crate::vcpu::Shared;
 use crate::virtio::transport::VirtioPci;
 
@@ -42,10 +43,71 @@ pub struct Devices {
     pub virtio: Vec<Arc<Mutex<VirtioPci>>>,
 }
 
+/// Every device's state in a snapshot. The i8042 has none worth keeping (guests use it only
+/// to reset the machine).
+#[derive(Serialize, Deserialize)]
+pub struct DevicesState {
+    serial: Vec<SerialPortState>,
+    cmos: Option<CmosState>,
+    acpi_pm: Option<AcpiPmState>,
+    pci: Option<PciState>,
+}
+
 impl Devices {
     /// Where the PCI functions' interrupt pins are wired, for the MP table and the DSDT.
     pub fn pci_intx_routes(&self) -> Vec<IntxRoute> {
         self.pci.as_ref().map(|p| p.lock().unwrap().intx_routes()).unwrap_or_default()
+    }
+
+    /// Stops the devices that work on their own (virtio queue workers), each after the requests
+    /// it holds, with their host side flushed. The vCPUs must be stopped first: they make the
+    /// requests.
+    pub fn pause(&self) -> Result<(), String> {
+        for dev in &self.virtio {
+            if let Err(e) = dev.lock().unwrap().pause() {
+                self.resume();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn resume(&self) {
+        for dev in &self.virtio {
+            dev.lock().unwrap().resume();
+        }
+    }
+
+    /// The state of every device; they are paused.
+    pub fn save_state(&self) -> Result<DevicesState, String> {
+        Ok(DevicesState {
+            serial: self.serial.iter().map(|s| s.lock().unwrap().save()).collect(),
+            cmos: self.cmos.as_ref().map(|c| c.lock().unwrap().save()),
+            acpi_pm: self.acpi_pm.as_ref().map(|p| p.lock().unwrap().save()),
+            pci: self.pci.as_ref().map(|p| p.lock().unwrap().save_state()).transpose()?,
+        })
+    }
+
+    /// Puts saved states into this process's devices (built from the same configuration), before
+    /// the vCPUs run.
+    pub fn restore_state(&self, s: &DevicesState) -> Result<(), String> {
+        if s.serial.len() != self.serial.len() {
+            return Err(format!("{} serial ports in the snapshot, {} here", s.serial.len(), self.serial.len()));
+        }
+        for (port, saved) in self.serial.iter().zip(&s.serial) {
+            port.lock().unwrap().restore(saved)?;
+        }
+        if let (Some(c), Some(saved)) = (&self.cmos, &s.cmos) {
+            c.lock().unwrap().restore(saved)?;
+        }
+        if let (Some(p), Some(saved)) = (&self.acpi_pm, &s.acpi_pm) {
+            p.lock().unwrap().restore(saved);
+        }
+        match (&self.pci, &s.pci) {
+            (Some(p), Some(saved)) => p.lock().unwrap().restore_state(saved),
+            (None, None) => Ok(()),
+            _ => Err("PCI in one of the snapshot and this VM only".into()),
+        }
     }
 }
 
@@ -54,7 +116,8 @@ pub struct Vmm {
     pub vm: Arc<dyn Vm>,
     /// What the vCPU threads share: guest memory, the buses, the exit latch.
     pub shared: Arc<Shared>,
-    pub devices: Devices,
+    /// Shared with the control socket, which pauses and saves them.
+    pub devices: Arc<Devices>,
     /// SIGTERM, SIGINT and SIGHUP, blocked in every thread and taken here.
     pub signals: TermSignals,
     pub vcpu_stats: Vec<StatsReader>,

@@ -9,13 +9,12 @@ use crate::exit::ExitReason;
 use crate::hypervisor::Vm;
 use crate::snapshot::{self, Shape, State};
 use crate::vcpu::{self, Shared};
-
-/// PCI devices whose state a snapshot does not need yet; virtio devices' state is still to come.
-const STATELESS_PCI: &[&str] = &[" hostbridge", " amd_hostbridge", " lpc"];
+use crate::vm::Devices;
 
 pub struct VmControl {
     vm: Arc<dyn Vm>,
     shared: Arc<Shared>,
+    devices: Arc<Devices>,
     /// The vCPU threads, for kicks.
     threads: Vec<libc::pthread_t>,
     shape: Shape,
@@ -24,27 +23,36 @@ pub struct VmControl {
 }
 
 impl VmControl {
-    pub fn new(vm: Arc<dyn Vm>, shared: Arc<Shared>, threads: Vec<libc::pthread_t>, shape: Shape) -> Self {
-        VmControl { vm, shared, threads, shape, busy: Mutex::new(()) }
+    pub fn new(
+        vm: Arc<dyn Vm>,
+        shared: Arc<Shared>,
+        devices: Arc<Devices>,
+        threads: Vec<libc::pthread_t>,
+        shape: Shape,
+    ) -> Self {
+        VmControl { vm, shared, devices, threads, shape, busy: Mutex::new(()) }
     }
 
+    /// The vCPUs first (they make the devices' requests), then the devices.
     fn pause_now(&self) -> Result<(), String> {
         let exit = &self.shared.exit;
-        self.shared.pause.pause(|| vcpu::kick(&self.threads), || exit.is_set())
+        self.shared.pause.pause(|| vcpu::kick(&self.threads), || exit.is_set())?;
+        self.devices.pause().inspect_err(|_| self.shared.pause.resume())
+    }
+
+    fn resume_now(&self) {
+        self.devices.resume();
+        self.shared.pause.resume();
     }
 
     /// Writes the snapshot of the paused VM.
     fn write(&self, path: &Path) -> Result<String, String> {
-        if let Some(dev) =
-            self.shape.devices.iter().find(|d| d.starts_with("pci ") && !STATELESS_PCI.iter().any(|s| d.ends_with(s)))
-        {
-            return Err(format!("cannot save this VM yet: the state of {dev} is not saved by this xhyve"));
-        }
         let started = Instant::now();
         let state = State {
             vm: self.vm.save_state().map_err(|e| e.to_string())?,
             vcpus: self.shared.pause.states()?,
             pvm: self.shared.pvm.as_ref().map(|p| p.save_state()),
+            devices: self.devices.save_state()?,
         };
         let w = snapshot::save(path, &self.shape, state, &self.shared.mem)?;
         Ok(format!("bytes={} ram_written={} ms={}", w.file_len, w.ram_written, started.elapsed().as_millis()))
@@ -69,7 +77,7 @@ impl Machine for VmControl {
         if !self.paused() {
             return Err("not paused".into());
         }
-        self.shared.pause.resume();
+        self.resume_now();
         Ok(())
     }
 
@@ -81,7 +89,7 @@ impl Machine for VmControl {
         }
         let result = self.write(path);
         if !was_paused {
-            self.shared.pause.resume();
+            self.resume_now();
         }
         result
     }

@@ -5,6 +5,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 
 use super::{load, save, Shape, State};
 use crate::hypervisor::{kvm, Vcpu, VcpuExit, Vm, RAX, RBX};
+use crate::vm::Devices;
 
 const CODE: u64 = 0x1000;
 
@@ -71,7 +72,12 @@ fn a_stopped_vcpu_carries_on_in_another_vm() {
         assert!(matches!(vcpu.run().unwrap(), VcpuExit::Interrupted));
         let regs = vcpu.regs().unwrap();
         assert_eq!((regs.gpr[RAX] & 0xff, regs.gpr[RBX] & 0xff, regs.rip), (5, 3, CODE + 2));
-        let state = State { vm: vm.save_state().unwrap(), vcpus: vec![vcpu.save_state().unwrap()], pvm: None };
+        let state = State {
+            vm: vm.save_state().unwrap(),
+            vcpus: vec![vcpu.save_state().unwrap()],
+            pvm: None,
+            devices: Devices::default().save_state().unwrap(),
+        };
         save(&path, &shape(), state, &mem).unwrap();
     }
 
@@ -79,6 +85,7 @@ fn a_stopped_vcpu_carries_on_in_another_vm() {
     let mem = crate::memory::map_private(&loaded.ram.file, loaded.ram.ram_offset, loaded.ram.ram_len).unwrap();
     let (vm, mut vcpu) = vm_with(&mem);
     vm.restore_state(&loaded.state.vm).unwrap();
+    Devices::default().restore_state(&loaded.state.devices).unwrap();
     vcpu.restore_state(&loaded.state.vcpus[0]).unwrap();
     assert_eq!(run_to_out(vcpu.as_mut(), 0), 5);
     assert_eq!(vcpu.regs().unwrap().gpr[RBX] & 0xff, 8);

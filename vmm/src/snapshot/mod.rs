@@ -2,7 +2,12 @@
 //!
 //! A snapshot holds the machine's shape (what the guest sees of its hardware: memory size, vCPU
 //! count, devices, whether it ran on a nested `kvm_pvm` host), its state (every vCPU and the
-//! VM-wide hypervisor state, the PVM layer's #PF patch, later every device) and guest RAM. The
+//! VM-wide hypervisor state, the PVM layer's #PF patch, every device: UARTs, RTC, ACPI PM, the
+//! PCI bus with each function's configuration space, MSI-X table and virtio transport with its
+//! queues' positions and the device's own state) and guest RAM. Saving pauses the vCPUs, then
+//! the devices: each virtio queue worker finishes the requests it holds and stops, and the
+//! device flushes its host side (a disk's caches), so the saved RAM, device state and disks
+//! agree. The
 //! file layout is in `file.rs`; the state section is JSON (small next to RAM, readable with
 //! `jq`). A restoring `xhyve` gets the same command line as the saved one (paths, sockets and
 //! consoles are the host's business and may differ) plus `--restore PATH`; it builds the
@@ -38,6 +43,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::config::Config;
 use crate::hypervisor::{VcpuState, VmState};
 use crate::pvm::PvmState;
+use crate::vm::DevicesState;
 pub use file::{Opened, Written};
 
 /// Bumped whenever the state section or the file layout changes incompatibly.
@@ -99,6 +105,7 @@ pub struct State {
     pub vm: VmState,
     pub vcpus: Vec<VcpuState>,
     pub pvm: Option<PvmState>,
+    pub devices: DevicesState,
 }
 
 /// The state section.
