@@ -27,7 +27,7 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid]
        -M: print the MAC address derived from -U (the first network device's) and exit
        -P: vCPUs yield on PAUSE loops (always so with KVM)
        -s: <slot[:func],emul[,conf]>  PCI device; emul: hostbridge, amd_hostbridge, lpc,
-           virtio-blk,PATH[,ro][,sectorsize=N[/PHYS]] (raw image), virtio-rnd,
+           virtio-blk,PATH[,ro][,format=raw|qcow2][,sectorsize=N[/PHYS]], virtio-rnd,
            virtio-console[,stdio|autopty|log=PATH|socket=PATH], virtio-vsock,cid=N,socket=PATH,
            virtio-net,user[,hostfwd=tcp:ADDR:HOSTPORT-:GUESTPORT]...[,mac=MAC] (user-mode
            network, libslirp: guest 10.0.2.15/24 by DHCP, host's 127.0.0.1 at 10.0.2.2, DNS

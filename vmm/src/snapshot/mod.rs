@@ -7,9 +7,8 @@
 //! queues' positions and the device's own state) and guest RAM. Saving pauses the vCPUs, then
 //! the devices: each virtio queue worker finishes the requests it holds and stops, and the
 //! device flushes its host side (a disk's caches), so the saved RAM, device state and disks
-//! agree. The
-//! file layout is in `file.rs`; the state section is JSON (small next to RAM, readable with
-//! `jq`). A restoring `xhyve` gets the same command line as the saved one (paths, sockets and
+//! agree. The file layout is in `file.rs`; the state section is JSON (small next to RAM,
+//! readable with `jq`). A restoring `xhyve` gets the same command line as the saved one (paths, sockets and
 //! consoles are the host's business and may differ) plus `--restore PATH`; it builds the
 //! machine, compares shapes and refuses a mismatch with the difference spelled out.
 //!
@@ -30,8 +29,8 @@
 //!   saved TSC lets its clocks carry on from the save; jumping the TSC by the time the VM was
 //!   away would overflow Linux 6.1's `delta * mult` for gaps beyond ~20 minutes (the clocksource
 //!   reports `max_cycles` 0x257a3a7b45f). So monotonic time never goes back and never jumps;
-//!   the wall clock jumps forward when the guest resyncs it from the RTC (the box's restore
-//!   hook), as after a host suspend.
+//!   the wall clock jumps forward when the guest resyncs it from the RTC (which goes on from the
+//!   host clock), as after a host suspend.
 
 mod file;
 #[cfg(test)]

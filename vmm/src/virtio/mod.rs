@@ -7,7 +7,7 @@
 //!   negotiation, status and reset, one worker thread per enabled queue (woken through an
 //!   eventfd: a KVM ioeventfd on the queue's notify address where the host has them, else the
 //!   vCPU's MMIO write signals it).
-//! - `block/`: `virtio-blk` on a raw image (pread/pwrite: queues never share a lock);
+//! - `block/`: `virtio-blk` on a `crate::disk::Disk`, raw or qcow2 (queues never share a lock);
 //!   `request.rs` parses the request chains.
 //! - `rng/`: `virtio-rnd` from the host's getrandom.
 //! - `net/`: `virtio-net` (`virtio-tap,TAP` and `virtio-net,user`; backends in `crate::net`);
