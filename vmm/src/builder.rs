@@ -269,10 +269,12 @@ fn restore_snapshot(
     state: &snapshot::State,
 ) -> Result<(), String> {
     vm.restore_state(&state.vm).map_err(|e| format!("restoring the VM: {e}"))?;
-    devices.restore_state(&state.devices).map_err(|e| format!("restoring the devices: {e}"))?;
     for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
         vcpu.restore_state(saved).map_err(|e| format!("restoring vcpu{}: {e}", vcpu.id()))?;
     }
+    // After the interrupt controllers and LAPICs: a device's restore may raise an interrupt
+    // (a UART's pending one, virtio-net's announcement), which a LAPIC restore would drop.
+    devices.restore_state(&state.devices).map_err(|e| format!("restoring the devices: {e}"))?;
     if let (Some(p), Some(saved)) = (pvm, &state.pvm) {
         p.restore_state(saved);
     }
