@@ -55,6 +55,7 @@ git | test | tests/lint checks the commit messages
 zstd | test | compresses test kernels and initrds: the VMM's host-side decompression tests
 lz4 | box test | the tiny kernel's bzImage payload is LZ4; the decompression tests (Debian's cloud kernels are lz4)
 bzip2 | test | the same, for bzip2
+qemu-utils | test | qemu-img makes and checks the qcow2 overlays of the snapshot tests
 LIST
 }
 
