@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use xhyve::config::BlockConfig;
+use xhyve::disk::Format;
 use xhyve::virtio::block;
 use xhyve::virtio::VirtioDevice;
 
@@ -23,7 +24,7 @@ fn device() -> &'static block::Block {
     DEV.get_or_init(|| {
         let path = std::env::temp_dir().join(format!("xhyve-fuzz-{}.img", std::process::id()));
         std::fs::File::create(&path).unwrap().set_len(1 << 20).unwrap();
-        let cfg = BlockConfig { path, readonly: false, sector_size: 512, physical_size: 512 };
+        let cfg = BlockConfig { path, readonly: false, format: Format::Raw, sector_size: 512, physical_size: 512 };
         let dev = block::Block::open(&cfg, 1).unwrap();
         let _ = std::fs::remove_file(&cfg.path); // the open file lives on
         dev
