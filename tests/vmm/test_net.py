@@ -102,50 +102,49 @@ def silent_upload_sink(port):
     return result
 
 
-def read_forwarded(port, g, timeout=600):
-    """Connects to the hostfwd port until the guest's service answers (passt accepts on the host
-    before the guest listens, then closes: retry)."""
+def exchange_forwarded(port, g, exchange, what, timeout=600):
+    """Connects to the hostfwd port until `exchange(conn)` returns data: the stack accepts on the
+    host before the guest listens, then closes, so a connection that yields nothing is retried."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if g.proc.poll() is not None:
             break
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
-                c.settimeout(60)
-                c.sendall(b"GET /cgi-bin/h HTTP/1.0\r\n\r\n")
-                data = b""
-                while True:
-                    chunk = c.recv(100)
-                    if not chunk:
-                        break
-                    data += chunk
-                if b"HELLO-FROM-GUEST" in data:
-                    return data
-        except OSError:
-            pass
-        time.sleep(2)
-    raise AssertionError(f"no answer through hostfwd on port {port}:\n{g.tail()}")
-
-
-def read_greeting(port, g, timeout=600):
-    """Connects to the hostfwd port, sends nothing, and reads the guest service's greeting
-    (retried while the guest does not listen: the stack accepts on the host, then closes)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if g.proc.poll() is not None:
-            break
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
-                c.settimeout(120)
-                data = b""
-                while b"\n" not in data and (chunk := c.recv(100)):
-                    data += chunk
+                data = exchange(c)
                 if data:
                     return data
         except OSError:
             pass
         time.sleep(2)
-    raise AssertionError(f"no greeting through hostfwd on port {port}:\n{g.tail()}")
+    raise AssertionError(f"no {what} through hostfwd on port {port}:\n{g.tail()}")
+
+
+def read_forwarded(port, g):
+    """The guest's HTTP service, asked through the forward."""
+
+    def http_get(c):
+        c.settimeout(60)
+        c.sendall(b"GET /cgi-bin/h HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := c.recv(100):
+            data += chunk
+        return data if b"HELLO-FROM-GUEST" in data else None
+
+    return exchange_forwarded(port, g, http_get, "answer")
+
+
+def read_greeting(port, g):
+    """Sends nothing and reads the guest service's greeting line."""
+
+    def greeting(c):
+        c.settimeout(120)
+        data = b""
+        while b"\n" not in data and (chunk := c.recv(100)):
+            data += chunk
+        return data
+
+    return exchange_forwarded(port, g, greeting, "greeting")
 
 
 def expected_mac(xhyve_bin, uid):
