@@ -133,10 +133,7 @@ build_rootfs() {
 	rm -f "$root/customize.sh"
 	du -sm "$root" | awk '{ print "root file system: " $1 " MiB" }' >&2
 	dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Package}=${Version}\n' >"$tmp/out/versions"
-	sync
-	mv -T "$tmp/out" "$ROOTFS" 2>/dev/null || [ -f "$ROOTFS/versions" ] || die "cannot publish $ROOTFS"
-	rm -rf "$tmp"
-	trap - EXIT
+	publish "$tmp" "$ROOTFS" versions
 }
 if [ -f "$ROOTFS/versions" ]; then
 	log "root file system cache hit $ROOTFS_KEY"
@@ -177,10 +174,7 @@ build_disk() {
 	e2fsck -fn "$tmp/root.img" >"$tmp/fsck.log" 2>&1 || { cat "$tmp/fsck.log" >&2; die "the new root file system does not check clean"; }
 	dd if="$tmp/root.img" of="$tmp/out/disk.img" bs=1M seek=$((1 + ESP_MIB)) conv=sparse,notrunc status=none
 	echo "root=PARTUUID=$ROOT_PARTUUID" >"$tmp/out/root"
-	sync
-	mv -T "$tmp/out" "$DISK" 2>/dev/null || [ -f "$DISK/root" ] || die "cannot publish $DISK"
-	rm -rf "$tmp"
-	trap - EXIT
+	publish "$tmp" "$DISK" root
 }
 if [ -f "$DISK/root" ]; then
 	log "disk cache hit $DISK_KEY"

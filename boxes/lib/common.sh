@@ -103,12 +103,19 @@ kernel_build() {
 	cp "$src/arch/x86/boot/bzImage" "$tmp/out/vmlinuz"
 	cp "$src/.config" "$tmp/out/kernel.config"
 	dpkg-query -W -f='${Package}=${Version}\n' "$KSRC_PKG" >"$tmp/out/versions"
-	sync
-	mv -T "$tmp/out" "$entry" 2>/dev/null || [ -f "$entry/gen_init_cpio" ] || die "cannot publish $entry"
-	rm -rf "$tmp"
-	trap - EXIT
+	publish "$tmp" "$entry" gen_init_cpio
 	log "built: vmlinux $(stat -c %s "$entry/vmlinux") B, vmlinuz $(stat -c %s "$entry/vmlinuz") B"
 	echo "$entry"
+}
+
+# publish TMP ENTRY MARKER: makes TMP/out the cache entry ENTRY in one rename, after a sync, so
+# a crash leaves either no entry or a whole one; a concurrent build that published first (ENTRY
+# has MARKER) wins. Removes TMP and the caller's EXIT trap that would have.
+publish() {
+	sync
+	mv -T "$1/out" "$2" 2>/dev/null || [ -f "$2/$3" ] || die "cannot publish $2"
+	rm -rf "$1"
+	trap - EXIT
 }
 
 # install_files SRCDIR DSTDIR FILE...: copies each file with a temp file + rename.
