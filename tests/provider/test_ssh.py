@@ -222,6 +222,9 @@ def test_real_ssh_life(provider_bin, ssh_box_file, tmp_path):
         assert "Linux" in out["stdout"], out
         r, out = exec_(h, mid, "id -un; echo oops >&2; exit 7")
         assert r["exit_status"] == 7 and out == {"stdout": "vagrant\n", "stderr": "oops\n"}, (r, out)
+        # machine.exec runs on the session the last login left: the same client port each time.
+        first_run = [exec_(h, mid, "echo $SSH_CONNECTION")[1]["stdout"].split() for _ in range(2)]
+        assert len(first_run[0]) == 4 and first_run[0] == first_run[1], first_run
 
         s = h.call("machine.stop", {"id": mid, "timeout": 45})
         assert s["state"] == "stopped", s
@@ -231,6 +234,9 @@ def test_real_ssh_life(provider_bin, ssh_box_file, tmp_path):
         assert w2["port"] == info["port"], "the same host port across restarts"
         r, out = exec_(h, mid, "cat /run/dhcp-ip")
         assert out["stdout"].strip() == "10.0.2.15", out
+        # A restarted machine gets a session of its own, never one kept from its last run.
+        r, out = exec_(h, mid, "echo $SSH_CONNECTION")
+        assert r == {"exit_status": 0} and out["stdout"].split() != first_run[0], (r, out, first_run)
         h.call("machine.stop", {"id": mid, "timeout": 45})
         assert h.call("machine.destroy", {"id": mid})["state"] == "not_created"
     except BaseException:

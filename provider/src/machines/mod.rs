@@ -26,6 +26,7 @@ pub mod reboot;
 pub mod record;
 mod source;
 pub mod ssh;
+mod ssh_pool;
 
 use crate::boxes::store;
 use crate::error::{code, Error, Result};
@@ -52,6 +53,8 @@ pub struct Machines {
     net: network::Shared,
     /// How many guest reboots the supervisors restart.
     reboot_limit: reboot::RebootLimit,
+    /// The SSH session of each machine's last login, for `exec`.
+    ssh_pool: ssh_pool::Pool<ssh::Conn>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,7 +79,13 @@ fn check_id(id: &str) -> Result<()> {
 
 impl Machines {
     pub fn new(home: Home, reboot_limit: reboot::RebootLimit) -> Arc<Machines> {
-        Arc::new(Machines { net: network::Shared::new(&home), home, slots: Mutex::new(HashMap::new()), reboot_limit })
+        Arc::new(Machines {
+            net: network::Shared::new(&home),
+            home,
+            slots: Mutex::new(HashMap::new()),
+            reboot_limit,
+            ssh_pool: Default::default(),
+        })
     }
 
     fn slot(&self, id: &str) -> Arc<Slot> {

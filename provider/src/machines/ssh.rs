@@ -1,11 +1,13 @@
 //! SSH to machines: where to reach a guest's port 22 (the host port forwarded to it in network
 //! user, its leased address in network shared), and the methods that use it: `machine.ssh_info`,
 //! `machine.wait_ssh` (a real handshake and publickey authentication with libssh2, retried until
-//! a deadline) and `machine.exec` (a command over SSH with its output streamed as notifications).
-//! Below the methods, the libssh2 session code they share.
+//! a deadline) and `machine.exec` (a command over SSH with its output streamed as notifications,
+//! on the session the last login left in `ssh_pool`). Below the methods, the libssh2 session code
+//! they share.
 
 use super::params::{ExecParams, WaitParams};
 use super::record::{MachineRecord, NetworkMode, State};
+use super::ssh_pool::Target;
 use super::{invalid_field, wrong_state, Machines};
 use crate::error::{code, Error, Result};
 use crate::home::Home;
@@ -32,8 +34,8 @@ pub const INSECURE_PRIVATE_KEY: &str = include_str!("../../../boxes/tiny/vagrant
 pub const KEY_FILE: &str = "insecure_private_key";
 /// Default seconds of `machine.wait_ssh`.
 pub const DEFAULT_WAIT: f64 = 300.0;
-/// How long `machine.exec` keeps trying to log in: on a nested-KVM host a busy guest's key
-/// exchange alone can take over 10 s.
+/// How long `machine.exec` keeps trying to log in when it has no kept session: on a nested-KVM
+/// host a busy guest's key exchange alone can take over 10 s.
 pub const EXEC_LOGIN: Duration = Duration::from_secs(60);
 
 impl Machines {
@@ -82,45 +84,57 @@ impl Machines {
         self.home.root.join(KEY_FILE)
     }
 
+    /// Where machine `id`'s SSH session goes now: its address and its xhyve process; Err says
+    /// why there is none (not running, no address yet).
+    fn ssh_target(&self, id: &str) -> Result<std::result::Result<Target, String>> {
+        let rec = MachineRecord::load(&self.existing(id)?)?;
+        if rec.state != State::Running {
+            return Err(wrong_state(
+                format!(
+                    "machine {id} ({}) is {}: start it first{}",
+                    rec.name,
+                    rec.state.as_str(),
+                    rec.exit_reason.as_deref().map(|r| format!(" (last run: {r})")).unwrap_or_default()
+                ),
+                rec.state,
+            ));
+        }
+        let process = rec.process.as_ref().map(|p| (p.pid, p.start_time)).unwrap_or_default();
+        Ok(self.ssh_addr(&rec).map(|addr| Target { addr, process }))
+    }
+
     /// Logs in with one of `keys` until `deadline`; errors when the machine is not (or no
-    /// longer) running, or with the step that failed last.
-    fn ssh_login(&self, id: &str, keys: &[PathBuf], deadline: Instant) -> Result<(Conn, u32, SocketAddr)> {
-        let dir = self.existing(id)?;
-        let mut last_addr = SocketAddr::from((HOST, 0));
-        let target = || -> Result<std::result::Result<SocketAddr, String>> {
-            let rec = MachineRecord::load(&dir)?;
-            if rec.state != State::Running {
-                return Err(wrong_state(
-                    format!(
-                        "machine {id} ({}) is {}: start it first{}",
-                        rec.name,
-                        rec.state.as_str(),
-                        rec.exit_reason.as_deref().map(|r| format!(" (last run: {r})")).unwrap_or_default()
-                    ),
-                    rec.state,
-                ));
-            }
-            Ok(self.ssh_addr(&rec))
-        };
+    /// longer) running, or with the step that failed last. The session is what the machine's
+    /// later `exec` calls use (`keep`).
+    fn ssh_login(&self, id: &str, keys: &[PathBuf], deadline: Instant) -> Result<(Conn, u32, Target)> {
+        let mut last = None;
         let r = wait_login(
             || {
-                let a = target()?;
-                if let Ok(a) = a {
-                    last_addr = a;
-                }
-                Ok(a)
+                let t = self.ssh_target(id)?;
+                Ok(t.map(|t| {
+                    let addr = t.addr;
+                    last = Some(t);
+                    addr
+                }))
             },
             keys,
+            ATTEMPT,
             deadline,
         )?;
-        match r {
-            Ok((c, n)) => Ok((c, n, last_addr)),
-            Err(f) => Err(Error::new(
+        match (r, last) {
+            (Ok((c, n)), Some(t)) => Ok((c, n, t)),
+            (Ok(_), None) => unreachable!("a login needs an address"),
+            (Err(f), _) => Err(Error::new(
                 code::SSH_FAILED,
                 format!("SSH to machine {id} failed: {}: {}", f.step.as_str(), f.detail),
             )
             .with_data(json!({"step": f.step.as_str(), "detail": f.detail}))),
         }
+    }
+
+    /// Keeps machine `id`'s session for its next `exec`.
+    fn keep(&self, id: &str, target: Target, conn: Conn) {
+        self.ssh_pool.put(id, target, conn, |other, t| matches!(self.ssh_target(other), Ok(Ok(now)) if now == *t));
     }
 
     /// The insecure key, written again if it went missing.
@@ -150,24 +164,38 @@ impl Machines {
                 .collect::<Result<_>>()?,
         };
         let began = Instant::now();
-        let (c, attempts, addr) = self.ssh_login(&p.id, &keys, began + Duration::from_secs_f64(timeout))?;
+        let (c, attempts, target) = self.ssh_login(&p.id, &keys, began + Duration::from_secs_f64(timeout))?;
         let secs = began.elapsed().as_secs_f64();
         log(&format!("machine {}: SSH login after {secs:.1} s ({attempts} attempts)", p.id));
-        let mut v = info(addr, &c.key);
+        let mut v = info(target.addr, &c.key);
         v["id"] = json!(p.id);
         v["attempts"] = json!(attempts);
         v["seconds"] = json!((secs * 1000.0).round() / 1000.0);
+        self.keep(&p.id, target, c);
         Ok(v)
     }
 
-    /// `machine.exec`: runs `command` over SSH; `out(stream, text)` gets its output.
+    /// `machine.exec`: runs `command` over SSH; `out(stream, text)` gets its output. Uses the
+    /// machine's kept session if it still opens a channel, else logs in with the insecure key.
     pub fn exec(&self, p: ExecParams, out: impl FnMut(&str, &str)) -> Result<Value> {
         if p.command.contains('\0') {
             return Err(invalid_field("command", "has a NUL"));
         }
-        let (c, _, _) = self.ssh_login(&p.id, &[self.insecure_key()?], Instant::now() + EXEC_LOGIN)?;
-        let (status, signal) = exec(&c, &p.command, out)
-            .map_err(|e| Error::new(code::SSH_FAILED, format!("machine {}: exec over SSH: {e}", p.id)))?;
+        let failed = |e: String| Error::new(code::SSH_FAILED, format!("machine {}: exec over SSH: {e}", p.id));
+        let kept = match self.ssh_target(&p.id)? {
+            Ok(t) => self.ssh_pool.take(&p.id, &t).map(|c| (c, t)),
+            Err(_) => None,
+        };
+        let (c, target, ch) = match kept.and_then(|(c, t)| open_channel(&c).ok().map(|ch| (c, t, ch))) {
+            Some(x) => x,
+            None => {
+                let (c, _, t) = self.ssh_login(&p.id, &[self.insecure_key()?], Instant::now() + EXEC_LOGIN)?;
+                let ch = open_channel(&c).map_err(failed)?;
+                (c, t, ch)
+            }
+        };
+        let (status, signal) = run(&c, ch, &p.command, out).map_err(failed)?;
+        self.keep(&p.id, target, c);
         let mut v = json!({"exit_status": status});
         if let Some(sig) = signal {
             v["exit_signal"] = json!(sig);
@@ -285,34 +313,46 @@ pub struct Conn {
     pub key: PathBuf,
 }
 
-/// The longest a login attempt may take.
+/// How long the first login attempt may take. An attempt that runs out of time gives the next
+/// one twice as long: on a slow guest the banner comes late because sshd starts a new process
+/// per connection, and each attempt given up on leaves the guest one more of those to run.
 const ATTEMPT: Duration = Duration::from_secs(20);
 
-/// Retries `login` until it succeeds or `deadline`; `target()` is asked before each attempt
+/// Retries `login` until it succeeds or `deadline`, the first attempt bounded by `first`
+/// (ATTEMPT), and each one that runs out of time doubling that; `target()` is asked before each attempt
 /// (Err(why): the machine has no address yet) and may end the wait with an error (the machine
 /// stopped). Returns the session and the number of attempts; on timeout the failure of the last
 /// attempt, unless the deadline cut that one short before it got as far as the one before.
 pub fn wait_login(
     mut target: impl FnMut() -> Result<std::result::Result<SocketAddr, String>>,
     keys: &[PathBuf],
+    first: Duration,
     deadline: Instant,
 ) -> Result<std::result::Result<(Conn, u32), Failure>> {
     let mut attempts = 0;
     let mut prev: Option<Failure> = None;
+    let mut limit = first;
     loop {
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
+        let this_limit = limit;
         let fail = match target()? {
             Err(detail) => Failure { step: Step::NoAddress, detail },
-            Ok(a) => match login(a, keys, left.min(ATTEMPT)) {
-                Ok(s) => return Ok(Ok((s, attempts))),
-                Err(f) => f,
-            },
+            Ok(a) => {
+                let began = Instant::now();
+                match login(a, keys, left.min(limit)) {
+                    Ok(s) => return Ok(Ok((s, attempts))),
+                    Err(f) => {
+                        limit = next_limit(limit, began.elapsed());
+                        f
+                    }
+                }
+            }
         };
         let now = Instant::now();
         if now >= deadline {
             return Ok(Err(match prev {
-                Some(p) if left < ATTEMPT && p.step > fail.step => p,
+                Some(p) if left < this_limit && p.step > fail.step => p,
                 _ => fail,
             }));
         }
@@ -320,6 +360,16 @@ pub fn wait_login(
         // The user-mode stack accepts at once and drops the connection while the guest does not listen yet:
         // retry soon, without spinning.
         std::thread::sleep((deadline - now).min(Duration::from_millis(250)));
+    }
+}
+
+/// The limit of the attempt after one that took `took` under `limit`: twice as long if it ran
+/// out of time (libssh2 gives up a little early at times), the same if it failed sooner.
+fn next_limit(limit: Duration, took: Duration) -> Duration {
+    if took >= limit * 9 / 10 {
+        limit * 2
+    } else {
+        limit
     }
 }
 
@@ -336,17 +386,27 @@ fn take_utf8(buf: &mut Vec<u8>, flush: bool) -> String {
     out
 }
 
-/// Runs `command` on the session's host; `out(stream, text)` gets stdout and stderr as they
+/// How long a kept session may take to open a channel before `exec` logs in anew.
+const OPEN_CHANNEL: Duration = Duration::from_secs(60);
+
+/// A session channel on `c` (bounded by OPEN_CHANNEL: a session whose guest is gone fails).
+fn open_channel(c: &Conn) -> std::result::Result<ssh2::Channel, String> {
+    c.session.set_blocking(true);
+    c.session.set_timeout(OPEN_CHANNEL.as_millis() as u32);
+    c.session.channel_session().map_err(|e| format!("opening an SSH session channel: {e}"))
+}
+
+/// Runs `command` on channel `ch` of `c`; `out(stream, text)` gets stdout and stderr as they
 /// come. Returns (exit status, exit signal name).
-pub fn exec(
+pub fn run(
     c: &Conn,
+    mut ch: ssh2::Channel,
     command: &str,
     mut out: impl FnMut(&str, &str),
 ) -> std::result::Result<(i32, Option<String>), String> {
     let s = &c.session;
     let fd = c.fd;
     s.set_timeout(0);
-    let mut ch = s.channel_session().map_err(|e| format!("opening an SSH session channel: {e}"))?;
     ch.exec(command).map_err(|e| format!("starting the command: {e}"))?;
     s.set_blocking(false);
     let mut bufs = [Vec::new(), Vec::new()];
@@ -406,6 +466,44 @@ mod tests {
         assert_eq!(take_utf8(&mut b, false), "a\u{fffd}b");
         let mut b = vec![0xc3];
         assert_eq!(take_utf8(&mut b, true), "\u{fffd}");
+    }
+
+    /// A server that accepts and never sends its banner (a guest's sshd still starting its
+    /// per-connection process): each timed-out attempt doubles the next one's limit, so the
+    /// guest is not handed a new connection every ATTEMPT.
+    #[test]
+    fn timed_out_attempts_get_longer() {
+        let l = TcpListener::bind((HOST, 0)).unwrap();
+        let addr = l.local_addr().unwrap();
+        let held = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            l.set_nonblocking(true).unwrap();
+            let end = Instant::now() + Duration::from_millis(2500);
+            while Instant::now() < end {
+                if let Ok((c, _)) = l.accept() {
+                    conns.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            conns.len()
+        });
+        let key = PathBuf::from("/nonexistent");
+        let deadline = Instant::now() + Duration::from_millis(1900);
+        let r = wait_login(|| Ok(Ok(addr)), &[key], Duration::from_millis(200), deadline).unwrap();
+        let f = r.err().expect("no banner, no login");
+        assert_eq!(f.step, Step::Banner, "{}", f.detail);
+        // Attempts of 200, 400 and 800 ms with 250 ms pauses (and perhaps the end of the deadline):
+        // at most 4 connections, where a fixed 200 ms limit makes 5.
+        let conns = held.join().unwrap();
+        assert!((3..=4).contains(&conns), "{conns} connections");
+    }
+
+    #[test]
+    fn only_a_timed_out_attempt_doubles_the_limit() {
+        let s = Duration::from_secs;
+        assert_eq!(next_limit(s(20), s(20)), s(40));
+        assert_eq!(next_limit(s(20), Duration::from_millis(19_500)), s(40));
+        assert_eq!(next_limit(s(40), s(1)), s(40));
     }
 
     #[test]
