@@ -28,6 +28,7 @@ use crate::logger::log;
 use crate::memory;
 use crate::pause::PauseGate;
 use crate::pci::{self, intx::IntxRoute, BarAllocator, DeviceContext};
+use crate::profile::Profiler;
 use crate::pvm::Pvm;
 use crate::snapshot::{self, Shape};
 use crate::vcpu::{self, Shared};
@@ -66,6 +67,7 @@ pub fn build(cfg: &Config) -> Result<Vmm, String> {
         unclaimed_io: AtomicU64::new(0),
         ignored_msrs: AtomicU64::new(0),
         verbose: cfg.verbose,
+        profiler: Profiler::from_env()?,
     });
     let devices = Arc::new(devices);
     let (signals, vcpu_stats, threads) = start_vcpus(vcpus, &shared)?;
@@ -305,6 +307,9 @@ fn start_vcpus(
     let mut threads = Vec::new();
     for v in vcpus {
         threads.push(vcpu::spawn(v, shared.clone()).map_err(|e| format!("vCPU thread: {e}"))?);
+    }
+    if shared.profiler.is_some() {
+        Profiler::spawn_sampler(threads.clone(), shared.exit.clone(), vcpu::kick);
     }
     vcpu::spawn_halt_watch(threads.clone(), shared.exit.clone());
     Ok((signals, stats, threads))

@@ -25,6 +25,7 @@ mod net;
 mod os_error;
 mod pause;
 mod pci;
+mod profile;
 mod pvm;
 mod snapshot;
 mod vcpu;

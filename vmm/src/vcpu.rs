@@ -10,6 +10,7 @@ use crate::bus::Bus;
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::{Vcpu, VcpuExit};
 use crate::pause::PauseGate;
+use crate::profile::Profiler;
 use crate::pvm::Pvm;
 
 /// Signal used to knock a vCPU out of `run` (its handler does nothing; the EINTR is the point).
@@ -43,6 +44,8 @@ pub struct Shared {
     pub unclaimed_io: AtomicU64,
     pub ignored_msrs: AtomicU64,
     pub verbose: bool,
+    /// XHYVE_PROFILE's sampler, fed at every kick.
+    pub profiler: Option<Arc<Profiler>>,
 }
 
 impl Shared {
@@ -100,7 +103,12 @@ fn run_loop(vcpu: &mut dyn Vcpu, shared: &Shared) -> Result<(), ExitReason> {
             }
             // Any `Interrupted` exit has the last exit's I/O completed: a state that can be saved.
             VcpuExit::Interrupted if shared.pause.requested() => shared.pause.park(vcpu).map_err(fail)?,
-            VcpuExit::Interrupted => check_halted(vcpu, shared, id).map_err(fail)?,
+            VcpuExit::Interrupted => {
+                if let Some(p) = &shared.profiler {
+                    p.sample(vcpu);
+                }
+                check_halted(vcpu, shared, id).map_err(fail)?
+            }
             VcpuExit::Unhandled(what) => return Err(fail(what)),
         }
         if let Some(pvm) = &shared.pvm {
