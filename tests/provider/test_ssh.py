@@ -207,8 +207,9 @@ def test_real_ssh_life(provider_bin, ssh_box_file, tmp_path):
         resp, _ = call_long(h, "machine.wait_ssh", {"id": mid, "timeout": 120,
                                                     "private_key_path": [str(other), str(mine)]})
         assert resp["result"]["private_key_path"] == [str(mine)], resp
-        # Long enough for a whole attempt: one SSH handshake alone took over 20 s in a CI run here.
-        resp, _ = call_long(h, "machine.wait_ssh", {"id": mid, "timeout": 90, "private_key_path": [str(other)]})
+        # Long enough for attempts of 20, 40 and 80 s: one SSH handshake alone took over 20 s in a
+        # CI run here, and over 40 s while a box was being built beside it.
+        resp, _ = call_long(h, "machine.wait_ssh", {"id": mid, "timeout": 180, "private_key_path": [str(other)]})
         e = resp["error"]
         assert e["code"] == -32011 and e["data"]["step"] == "auth refused", e
         assert str(other) in e["message"], e

@@ -386,8 +386,10 @@ fn take_utf8(buf: &mut Vec<u8>, flush: bool) -> String {
     out
 }
 
-/// How long a kept session may take to open a channel before `exec` logs in anew.
-const OPEN_CHANNEL: Duration = Duration::from_secs(60);
+/// How long a kept session may take to open a channel before `exec` logs in anew. Long: sshd
+/// opens none until the login's PAM session is up, and on a slow guest pam_systemd waits for the
+/// user's systemd instance to start; a session whose machine stopped is never reused.
+const OPEN_CHANNEL: Duration = Duration::from_secs(300);
 
 /// A session channel on `c` (bounded by OPEN_CHANNEL: a session whose guest is gone fails).
 fn open_channel(c: &Conn) -> std::result::Result<ssh2::Channel, String> {
