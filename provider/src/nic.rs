@@ -18,6 +18,12 @@ pub fn mac_of_uuid(uuid: &str) -> Option<Mac> {
     Some(xhyve_contract::mac::mac_from_uuid(&uuid))
 }
 
+/// The MAC of the machine's NIC number `index` (0: the management NIC, as `mac_of_uuid`).
+pub fn nic_mac_of_uuid(uuid: &str, index: u8) -> Option<Mac> {
+    let uuid = uuid::Uuid::parse_str(uuid).ok()?;
+    Some(xhyve_contract::mac::nic_mac(&uuid, index))
+}
+
 /// The TAP device of a machine.
 pub fn tap_name(machine_id: &str) -> String {
     let id: String = machine_id.chars().take(IFNAME_MAX - TAP_PREFIX.len()).collect();

@@ -3,6 +3,7 @@
 use crate::boxes::{self, cancel::Cancel, Boxes, Reporter};
 use crate::error::{Error, Result};
 use crate::machines::{self, Machines};
+use crate::network;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -110,6 +111,9 @@ pub const METHODS: &[Method] = &[
     Method { name: "machine.wait_ssh", handler: machine_wait_ssh },
     Method { name: "machine.exec", handler: machine_exec },
     Method { name: "machine.package", handler: machine_package },
+    Method { name: "network.create", handler: network_create },
+    Method { name: "network.list", handler: network_list },
+    Method { name: "network.remove", handler: network_remove },
 ];
 
 pub fn method_names() -> Vec<&'static str> {
@@ -224,4 +228,21 @@ fn machine_exec(p: Params, s: &Session) -> Result<Value> {
 fn machine_package(p: Params, s: &Session) -> Result<Value> {
     let p: machines::params::PackageParams = parse(p)?;
     s.ctx.machines.package(p, s.reporter())
+}
+
+fn network_create(p: Params, s: &Session) -> Result<Value> {
+    let p: network::named::CreateParams = parse(p)?;
+    s.ctx.machines.networks.create(p)
+}
+
+fn network_list(p: Params, s: &Session) -> Result<Value> {
+    let NoParams {} = parse(p)?;
+    s.ctx.machines.networks.list()
+}
+
+/// Refused while a machine has a NIC on it (the machines module knows which).
+fn network_remove(p: Params, s: &Session) -> Result<Value> {
+    let p: network::named::NameParams = parse(p)?;
+    let users = s.ctx.machines.network_users(&p.name);
+    s.ctx.machines.networks.remove(&p.name, &users)
 }

@@ -81,6 +81,7 @@ pub fn serve(home: &Home) -> Result<(), String> {
         Err(e) => log(&format!("cannot write the insecure SSH key: {e}")),
     }
     let machines = Machines::new(home.clone(), reboot_limit);
+    machines.networks.resume();
     machines.recover();
     let ctx = Arc::new(Ctx {
         boxes: Boxes { home: home.clone(), limits, http_timeout, lock: Mutex::new(()) },

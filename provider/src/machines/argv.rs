@@ -1,9 +1,11 @@
-//! The `xhyve` command line that starts a machine: its devices in xhyve's slots (network in
-//! slot 2, disks after it), the user-mode port forwards and the kexec boot.
+//! The `xhyve` command line that starts a machine: its devices in xhyve's slots (management
+//! network in slot 2, disks after it, then the NICs on named networks), the user-mode port
+//! forwards and the kexec boot.
 
 use super::record::{MachineRecord, NetworkMode};
 use super::ssh;
 use crate::error::{code, Error, Result};
+use crate::network::named::Named;
 use crate::network::{Shared, Tap};
 use std::collections::HashSet;
 use std::path::Path;
@@ -33,6 +35,7 @@ pub(super) fn launch(
     console: &Path,
     taken: &HashSet<u16>,
     net: &Shared,
+    named: &Named,
 ) -> Result<Launch> {
     let vmm_err = |m: String| Error::new(code::VMM_FAILED, m);
     let mut argv: Vec<String> = vec![
@@ -94,6 +97,26 @@ pub(super) fn launch(
             xhyve.display(),
             rec.disks.len()
         ));
+    }
+    // After the disks, so that adding NICs moves no disk; each with the MAC of its index.
+    for (k, nic) in rec.network.nics.iter().enumerate() {
+        if !feat.has_pci("virtio-net") {
+            notes.push(format!(
+                "{} has no virtio-net: the NIC on network {} is left out",
+                xhyve.display(),
+                nic.network
+            ));
+            continue;
+        }
+        let index = u8::try_from(k + 1).map_err(|_| vmm_err("too many NICs".into()))?;
+        let mac = crate::nic::nic_mac_of_uuid(&rec.uuid, index)
+            .ok_or_else(|| vmm_err(format!("{:?} is not a UUID", rec.uuid)))?;
+        let sock = named.port(&nic.network)?;
+        let slot = NET_SLOT + 1 + rec.disks.len() + k;
+        argv.extend([
+            "-s".into(),
+            format!("{slot},virtio-net,socket={},mac={}", sock.display(), xhyve_contract::mac::format_mac(&mac)),
+        ]);
     }
     argv.extend([
         "-l".into(),

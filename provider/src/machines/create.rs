@@ -3,7 +3,7 @@
 //! that box.remove either sees it or ran before), then populate it (boot files and disks; state
 //! stopped). A creation that fails leaves nothing behind.
 
-use super::params::{check_uuid, new_uuid, parse_network, CreateParams, DiskSpec};
+use super::params::{check_uuid, new_uuid, parse_nics, CreateParams, DiskSpec};
 use super::record::{BoxRef, Disk, MachineRecord, Network, State};
 use super::source::{self, Source};
 use super::{argv::MAX_DISKS, disk, invalid_field, lock, Machines};
@@ -68,8 +68,11 @@ impl Spec {
         if cmdline.contains('\n') || cmdline.contains('\0') {
             return Err(invalid_field("cmdline", "has a newline or NUL"));
         }
-        let network = parse_network(p.network.as_ref()).map_err(|e| invalid_field("network", e))?;
+        let network = parse_nics(p.network.as_ref(), p.nics.as_deref()).map_err(|(f, e)| invalid_field(&f, e))?;
         let disks = disk_plan(&source, &p.disks)?;
+        if disks.len() + network.nics.len() > MAX_DISKS {
+            return Err(invalid_field("nics", format!("disks and extra NICs take at most {MAX_DISKS} slots")));
+        }
         let grow_to = p.disk_size.as_ref().map(|v| grow_to(v, &disks)).transpose()?;
         let uuid = match &p.uuid {
             Some(u) => check_uuid(u).map_err(|e| invalid_field("uuid", e))?,
@@ -125,16 +128,20 @@ fn grow_to(v: &Value, disks: &[Plan]) -> Result<DiskSize> {
 impl Machines {
     pub fn create(&self, boxes: &Boxes, p: CreateParams) -> Result<Value> {
         let spec = Spec::check(&self.home, p)?;
+        let nic_macs = self.check_nics(&spec)?;
         fs::DirBuilder::new().recursive(true).mode(0o700).create(self.home.machines())?;
         let (dir, mut rec) = self.register(boxes, &spec)?;
         let slot = self.slot(&rec.id);
         let _op = lock(&slot.op);
-        let made = populate(&spec, &rec, &dir).and_then(|()| {
+        let made = populate(&spec, &rec, &dir).and_then(|()| self.fix_nics(&spec, &nic_macs)).and_then(|()| {
             let _g = lock(&slot.rec);
             rec.state = State::Stopped;
             rec.save(&dir)
         });
         if let Err(e) = made {
+            for (nic, mac) in spec.network.nics.iter().zip(&nic_macs) {
+                self.networks.forget(&nic.network, mac);
+            }
             self.remove_dir(&dir);
             return Err(e);
         }
@@ -147,6 +154,29 @@ impl Machines {
             "id": rec.id, "name": rec.name, "uuid": rec.uuid, "state": rec.state.as_str(),
             "path": dir.display().to_string(),
         }))
+    }
+
+    /// The MACs of the NICs on named networks (index 1 on), once their networks exist and their
+    /// static addresses are free.
+    fn check_nics(&self, spec: &Spec) -> Result<Vec<crate::nic::Mac>> {
+        let mut macs = Vec::new();
+        for (i, nic) in spec.network.nics.iter().enumerate() {
+            let index = u8::try_from(i + 1).map_err(|_| invalid_field("nics", "too many"))?;
+            let mac = crate::nic::nic_mac_of_uuid(&spec.uuid, index).ok_or_else(|| Error::internal("bad uuid"))?;
+            self.networks.check_nic(&format!("nics[{}]", i + 1), &nic.network, &mac, nic.ip)?;
+            macs.push(mac);
+        }
+        Ok(macs)
+    }
+
+    /// The static addresses become fixed leases of the NICs' MACs.
+    fn fix_nics(&self, spec: &Spec, macs: &[crate::nic::Mac]) -> Result<()> {
+        for (nic, mac) in spec.network.nics.iter().zip(macs) {
+            if let Some(ip) = nic.ip {
+                self.networks.fix(&nic.network, mac, ip)?;
+            }
+        }
+        Ok(())
     }
 
     /// Under the box lock: checks that the uuid is free and the box still installed, makes the

@@ -56,7 +56,7 @@ impl Machines {
         let taken: std::collections::HashSet<u16> =
             self.records().into_iter().filter(|(_, r)| r.id != rec.id).filter_map(|(_, r)| r.ssh_port).collect();
         let argv::Launch { argv, notes, ssh_port, tap } =
-            argv::launch(&xhyve, &feat, &rec, &console, &taken, &self.net)?;
+            argv::launch(&xhyve, &feat, &rec, &console, &taken, &self.net, &self.networks)?;
         // A fresh console log per boot (the previous one is kept as console.log.1).
         if console.exists() {
             let _ = fs::rename(&console, dir.join("console.log.1"));
@@ -265,10 +265,21 @@ impl Machines {
         if !dir.is_dir() {
             return Err(self.existing(&p.id).err().unwrap_or_else(|| Error::not_found("gone")));
         }
-        let shared_mac = MachineRecord::load(&dir)
-            .ok()
-            .filter(|r| r.network.mode == NetworkMode::Shared)
-            .and_then(|r| nic::mac_of_uuid(&r.uuid));
+        let loaded = MachineRecord::load(&dir).ok();
+        let shared_mac =
+            loaded.as_ref().filter(|r| r.network.mode == NetworkMode::Shared).and_then(|r| nic::mac_of_uuid(&r.uuid));
+        let private = loaded
+            .map(|r| {
+                r.network
+                    .nics
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, n)| {
+                        Some((n.network.clone(), nic::nic_mac_of_uuid(&r.uuid, u8::try_from(i + 1).ok()?)?))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
         // A directory without a readable record (a creation cut short) can always go.
         if let Ok(rec) = MachineRecord::load(&dir) {
             if rec.state == State::Running {
@@ -293,6 +304,9 @@ impl Machines {
         self.net.remove_tap(&p.id);
         if let Some(mac) = shared_mac {
             self.net.forget(&mac);
+        }
+        for (network, mac) in private {
+            self.networks.forget(&network, &mac);
         }
         lock(&self.slots).remove(&p.id);
         log(&format!("machine {} destroyed", p.id));

@@ -51,6 +51,8 @@ pub struct Machines {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// Network mode shared: the bridge, the TAP devices, the DHCP server and its leases.
     net: network::Shared,
+    /// The named networks that NICs after the first join.
+    pub networks: network::named::Named,
     /// How many guest reboots the supervisors restart.
     reboot_limit: reboot::RebootLimit,
     /// The SSH session of each machine's last login, for `exec`.
@@ -81,6 +83,7 @@ impl Machines {
     pub fn new(home: Home, reboot_limit: reboot::RebootLimit) -> Arc<Machines> {
         Arc::new(Machines {
             net: network::Shared::new(&home),
+            networks: network::named::Named::new(&home),
             home,
             slots: Mutex::new(HashMap::new()),
             reboot_limit,
@@ -132,6 +135,15 @@ impl Machines {
                 let _ = fs::remove_dir_all(dir);
             }
         }
+    }
+
+    /// The machines with a NIC on network `name` (id and name).
+    pub fn network_users(&self, name: &str) -> Vec<String> {
+        self.records()
+            .into_iter()
+            .filter(|(_, r)| r.network.nics.iter().any(|n| n.network == name))
+            .map(|(_, r)| format!("{} ({})", r.id, r.name))
+            .collect()
     }
 
     pub fn list(&self) -> Value {

@@ -2,7 +2,7 @@
 //! typed ones (sizes given as numbers or strings, the network as a string or an object) into
 //! values the record keeps. Errors are the text after `invalid params: FIELD: `.
 
-use super::record::{ForwardedPort, Network, NetworkMode, Protocol};
+use super::record::{ForwardedPort, Network, NetworkMode, PrivateNic, Protocol};
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use serde_json::Value;
@@ -27,6 +27,9 @@ pub struct CreateParams {
     #[serde(default)]
     pub disks: Vec<DiskSpec>,
     pub network: Option<Value>,
+    /// The NICs in order: the first is what `network` takes (the management NIC), the others
+    /// `{network: NAME, ip?: IPV4}` on named networks.
+    pub nics: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,7 +144,48 @@ pub fn parse_network(v: Option<&Value>) -> std::result::Result<Network, String> 
         None => NetworkMode::default(),
         Some(m) => NetworkMode::parse(m).ok_or_else(|| format!("mode {m:?} is not one of user, shared, none"))?,
     };
-    Ok(Network { mode, forwarded_ports: ports })
+    Ok(Network { mode, forwarded_ports: ports, nics: Vec::new() })
+}
+
+/// `network` and `nics` (at most one of them): the management NIC and those on named networks.
+/// Errors name their field.
+pub fn parse_nics(network: Option<&Value>, nics: Option<&[Value]>) -> std::result::Result<Network, (String, String)> {
+    let Some(nics) = nics else {
+        return parse_network(network).map_err(|e| ("network".into(), e));
+    };
+    if network.is_some() {
+        return Err(("nics".into(), "give network or nics, not both (nics[0] is the management NIC)".into()));
+    }
+    let Some((first, rest)) = nics.split_first() else {
+        return Err(("nics".into(), "is empty: nics[0] is the management NIC (e.g. \"user\")".into()));
+    };
+    let mut net = parse_network(Some(first)).map_err(|e| ("nics[0]".into(), e))?;
+    for (i, v) in rest.iter().enumerate() {
+        let field = format!("nics[{}]", i + 1);
+        let nic = private_nic(v).ok_or_else(|| {
+            (field.clone(), format!("{v} is not {{network: NAME, ip?: IPV4}} (a NIC on a named network)"))
+        })?;
+        if let Some(ip) = nic.ip {
+            if net.nics.iter().any(|n| n.network == nic.network && n.ip == Some(ip)) {
+                return Err((field, format!("{ip} is given twice on network {:?}", nic.network)));
+            }
+        }
+        net.nics.push(nic);
+    }
+    Ok(net)
+}
+
+fn private_nic(v: &Value) -> Option<PrivateNic> {
+    let o = v.as_object()?;
+    if !o.keys().all(|k| ["network", "ip"].contains(&k.as_str())) {
+        return None;
+    }
+    let network = o.get("network")?.as_str()?.to_string();
+    let ip = match o.get("ip") {
+        None | Some(Value::Null) => None,
+        Some(ip) => Some(ip.as_str()?.parse().ok()?),
+    };
+    Some(PrivateNic { network, ip })
 }
 
 /// `{guest, host?, protocol?, host_ip?}` with the defaults filled in (the guest's port, tcp,
@@ -184,6 +228,45 @@ mod tests {
         assert_eq!(check_uuid("8C4D1B6A-29A3-4A6E-9F29-6E6F1E8E1F01").unwrap(), "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01");
         for bad in ["", "x", "8c4d1b6a29a34a6e9f296e6f1e8e1f01", "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f0g"] {
             assert!(check_uuid(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nics() {
+        let n = parse_nics(
+            None,
+            Some(&[json!("user"), json!({"network": "lab", "ip": "10.0.0.5"}), json!({"network": "lab"})]),
+        )
+        .unwrap();
+        assert_eq!(n.mode, NetworkMode::User);
+        assert_eq!(n.nics[0], PrivateNic { network: "lab".into(), ip: Some(Ipv4Addr::new(10, 0, 0, 5)) });
+        assert_eq!(n.nics[1].ip, None);
+        assert_eq!(parse_nics(Some(&json!("shared")), None).unwrap().mode, NetworkMode::Shared);
+        for (net, nics, field, want) in [
+            (Some(json!("user")), Some(vec![json!("user")]), "nics", "not both"),
+            (None, Some(vec![]), "nics", "is empty"),
+            (None, Some(vec![json!("bridged")]), "nics[0]", "is not one of user, shared, none"),
+            (
+                None,
+                Some(vec![json!("user"), json!({"network": "lab", "ip": "10.0.0.300"})]),
+                "nics[1]",
+                "is not {network",
+            ),
+            (None, Some(vec![json!("user"), json!({"name": "lab"})]), "nics[1]", "is not {network"),
+            (
+                None,
+                Some(vec![
+                    json!("user"),
+                    json!({"network": "lab", "ip": "10.0.0.5"}),
+                    json!({"network": "lab", "ip": "10.0.0.5"}),
+                ]),
+                "nics[2]",
+                "given twice",
+            ),
+        ] {
+            let (f, e) = parse_nics(net.as_ref(), nics.as_deref()).unwrap_err();
+            assert_eq!(f, field);
+            assert!(e.contains(want), "{e}");
         }
     }
 

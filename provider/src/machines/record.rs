@@ -51,15 +51,24 @@ pub struct Disk {
     pub owned: bool,
 }
 
-/// The machine's network: today one network device (slot 2) of kind `mode`, and the ports
-/// forwarded to it in mode user. Named networks will give a machine more devices: they join
-/// this struct (a list of NICs that records without one read as this first device), so the
-/// record keeps one place for a machine's network.
+/// The machine's network: the management NIC (slot 2) of kind `mode`, the ports forwarded to
+/// it in mode user, and the NICs after it (index 1 on), each on a named network (records
+/// without `nics` have the first one only).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     pub mode: NetworkMode,
     #[serde(default)]
     pub forwarded_ports: Vec<ForwardedPort>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<PrivateNic>,
+}
+
+/// A NIC on a named network: its static address, or None for one from the network's DHCP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivateNic {
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

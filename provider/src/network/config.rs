@@ -11,13 +11,20 @@ pub const DEFAULT_ADDR: &str = "192.168.64.1/24";
 pub const ENV_BRIDGE: &str = "XHYVE_BRIDGE";
 pub const ENV_ADDR: &str = "XHYVE_BRIDGE_ADDR";
 
-/// The shared network's bridge and subnet: the bridge has `gateway/prefix`; the guests get the
-/// other host addresses of the subnet.
+/// A DHCP-served subnet: the shared network's bridge (which has `gateway/prefix`), or a named
+/// network's switch (`bridge` is then the network's name, for the log; `gateway` the address the
+/// switch answers DHCP from). Guests get the other host addresses of the subnet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub bridge: String,
     pub gateway: Ipv4Addr,
     pub prefix: u8,
+    /// Whether DHCP names the gateway as the guests' router: not on a named network, whose
+    /// NIC is a guest's second one (its default route stays on the management NIC).
+    pub router: bool,
+    /// The addresses handed out to MACs without a fixed lease (both ends included); None: the
+    /// whole subnet.
+    pub range: Option<(Ipv4Addr, Ipv4Addr)>,
 }
 
 impl Default for Config {
@@ -66,7 +73,7 @@ impl Config {
         if !(8..=30).contains(&prefix) {
             return Err(bad());
         }
-        let c = Config { bridge, gateway, prefix };
+        let c = Config { bridge, gateway, prefix, router: true, range: None };
         let g = u32::from(gateway);
         if g == c.network() || g == u32::from(c.broadcast()) || gateway.is_loopback() {
             return Err(format!("{}: {gateway} is the subnet's network or broadcast address", bad()));
@@ -94,6 +101,10 @@ impl Config {
     pub fn in_pool(&self, ip: Ipv4Addr) -> bool {
         let n = u32::from(ip);
         n & self.mask() == self.network() && n != self.network() && ip != self.broadcast() && ip != self.gateway
+    }
+    /// Addresses a MAC without a fixed lease may get: in the pool and in the DHCP range.
+    pub fn in_range(&self, ip: Ipv4Addr) -> bool {
+        self.in_pool(ip) && self.range.is_none_or(|(lo, hi)| lo <= ip && ip <= hi)
     }
 }
 

@@ -66,7 +66,9 @@ fn reply(req: &Message, cfg: &Config, t: MessageType, yiaddr: Ipv4Addr, lease: b
     o.insert(DhcpOption::ServerIdentifier(cfg.gateway));
     if t != MessageType::Nak {
         o.insert(DhcpOption::SubnetMask(cfg.netmask()));
-        o.insert(DhcpOption::Router(vec![cfg.gateway]));
+        if cfg.router {
+            o.insert(DhcpOption::Router(vec![cfg.gateway]));
+        }
         o.insert(DhcpOption::BroadcastAddr(cfg.broadcast()));
         if lease {
             o.insert(DhcpOption::AddressLeaseTime(LEASE_SECS));

@@ -30,6 +30,9 @@ pub struct Lease {
     /// The last DHCPACK of it; None while it was only offered.
     #[serde(default)]
     pub bound_at: Option<u64>,
+    /// A static address (a named network's `ip`): never declined away, never moved.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -138,7 +141,7 @@ impl Leases {
         let first = self.cfg.network() + 1;
         let n = u32::from(self.cfg.broadcast()) - first;
         let start = slot(mac, n);
-        (0..n).map(|k| Ipv4Addr::from(first + (start + k) % n)).find(|ip| self.cfg.in_pool(*ip) && !used.contains(ip))
+        (0..n).map(|k| Ipv4Addr::from(first + (start + k) % n)).find(|ip| self.cfg.in_range(*ip) && !used.contains(ip))
     }
 
     /// The MAC's address: its lease, or a new one (None when the pool is exhausted).
@@ -147,9 +150,46 @@ impl Leases {
             return Some(l.ip);
         }
         let ip = self.free_address(mac)?;
-        self.by_mac.insert(*mac, Lease { mac: format_mac(mac), ip, allocated_at: now, bound_at: None });
+        self.by_mac.insert(*mac, Lease { mac: format_mac(mac), ip, allocated_at: now, bound_at: None, fixed: false });
         self.dirty = true;
         Some(ip)
+    }
+
+    #[cfg(test)]
+    /// The MAC's address, fixed or allocated (whether or not a guest took it yet).
+    pub fn address(&self, mac: &Mac) -> Option<Ipv4Addr> {
+        self.by_mac.get(mac).map(|l| l.ip)
+    }
+
+    /// `[{mac, ip, fixed, bound}]` in MAC order, for network.list.
+    pub fn list(&self) -> serde_json::Value {
+        self.by_mac
+            .values()
+            .map(|l| serde_json::json!({"mac": l.mac, "ip": l.ip.to_string(), "fixed": l.fixed, "bound": l.bound_at.is_some()}))
+            .collect()
+    }
+
+    /// Whose address `ip` is, if anyone's.
+    pub fn holder(&self, ip: Ipv4Addr) -> Option<Mac> {
+        self.by_mac.iter().find(|(_, l)| l.ip == ip).map(|(m, _)| *m)
+    }
+
+    /// Gives the MAC the static address `ip` (written at once); Err when it is not a guest
+    /// address of the subnet or another MAC has it.
+    pub fn fix(&mut self, mac: &Mac, ip: Ipv4Addr, now: u64) -> Result<(), String> {
+        if !self.cfg.in_pool(ip) {
+            return Err(format!(
+                "{ip} is not a guest address of {} (its network and broadcast addresses and the gateway {} are not)",
+                self.cfg.cidr(),
+                self.cfg.gateway
+            ));
+        }
+        if let Some(other) = self.holder(ip).filter(|m| m != mac) {
+            return Err(format!("{ip} is already the address of {}", format_mac(&other)));
+        }
+        self.by_mac.insert(*mac, Lease { mac: format_mac(mac), ip, allocated_at: now, bound_at: None, fixed: true });
+        self.dirty = true;
+        self.flush().map_err(|e| format!("writing {}: {e}", self.path.display()))
     }
 
     /// Records a DHCPACK of the MAC's address.
@@ -162,7 +202,7 @@ impl Leases {
 
     /// DHCPDECLINE: `ip` is used by something else; the MAC gets another address next time.
     pub fn decline(&mut self, mac: &Mac, ip: Ipv4Addr) -> bool {
-        if self.by_mac.get(mac).is_some_and(|l| l.ip == ip) {
+        if self.by_mac.get(mac).is_some_and(|l| l.ip == ip && !l.fixed) {
             self.by_mac.remove(mac);
             self.declined.insert(ip);
             self.dirty = true;

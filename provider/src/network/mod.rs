@@ -10,6 +10,9 @@
 //! - `leases`: the address of each MAC, allocated once and persisted atomically.
 //! - `dhcp`: the DHCP server thread and its message handling (dhcproto).
 //!
+//! Named networks (`named`) are rootless: a switch thread per network (`switch`, which answers
+//! DHCP itself through `frames` with `dhcp`'s message handling and its own `leases`).
+//!
 //! Needs root (CAP_NET_ADMIN for the devices, CAP_NET_BIND_SERVICE for UDP port 67), as vmnet
 //! does. No NAT: the guests reach the host and each other on the bridge (see API.md).
 //!
@@ -19,7 +22,10 @@
 pub mod bridge;
 pub mod config;
 pub mod dhcp;
+pub mod frames;
 pub mod leases;
+pub mod named;
+pub mod switch;
 
 use crate::error::{code, Error, Result};
 use crate::home::Home;
