@@ -1,5 +1,7 @@
 require "vagrant"
 
+require_relative "networks"
+
 module VagrantPlugins
   module Xhyve
     # `config.vm.provider :xhyve do |x| ... end`. nil means "the box's default" (its
@@ -32,8 +34,9 @@ module VagrantPlugins
         @xhyve_bin = ENV["XHYVE_BIN"] if @xhyve_bin == UNSET_VALUE
       end
 
-      def validate(_machine)
+      def validate(machine)
         errors = _detected_errors
+        errors.concat(Networks.errors(machine.config.vm.networks)) if machine
         unless @cpus.nil? || (@cpus.is_a?(Integer) && @cpus.between?(1, 255))
           errors << "cpus: #{@cpus.inspect} is not a number of vCPUs from 1 to 255"
         end

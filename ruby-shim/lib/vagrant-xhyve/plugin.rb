@@ -16,6 +16,12 @@ module VagrantPlugins
         require_relative "provider"
         Provider
       end
+
+      # `vagrant port`.
+      provider_capability(:xhyve, :forwarded_ports) do
+        require_relative "cap/forwarded_ports"
+        Cap::ForwardedPorts
+      end
     end
   end
 end

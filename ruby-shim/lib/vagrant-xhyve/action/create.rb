@@ -1,8 +1,11 @@
+require_relative "../networks"
+
 module VagrantPlugins
   module Xhyve
     module Action
       # machine.create from the box ImportBox gave the daemon. The daemon reads the box's
-      # metadata.json and copies its disks; the shim only passes the Vagrantfile's settings.
+      # metadata.json and copies its disks; the shim only passes the Vagrantfile's settings
+      # (private networks are made first, see Networks).
       class Create
         # The box format's default command line (boxes/README.md).
         DEFAULT_CMDLINE = "console=ttyS0".freeze
@@ -15,15 +18,24 @@ module VagrantPlugins
           m = env[:machine]
           box = m.box
           c = m.provider_config
+          management = { mode: c.network_mode, forwarded_ports: forwarded_ports(m) }
+          private = Networks.private(m.config.vm.networks)
           params = {
             box: { name: box.name, version: box.version.to_s },
             name: "#{m.env.root_path.basename}_#{m.name}",
             uuid: c.uuid, cpus: c.cpus, memory: c.memory, cmdline: cmdline(m),
             disks: c.disks,
-            network: { mode: c.network_mode, forwarded_ports: forwarded_ports(m) },
           }.compact
+          # Private networks: the management NIC first, then one NIC per private_network.
+          if private.empty?
+            params[:network] = management
+          else
+            params[:nics] = [management, *private.map(&:last)]
+          end
           env[:ui].info("Creating the machine from box '#{box.name}' (v#{box.version})...")
-          r = m.provider.client.call("machine.create", params)
+          client = m.provider.client
+          Networks.ensure(client, private.map(&:first))
+          r = client.call("machine.create", params)
           m.id = r["id"]
           env[:ui].detail("id #{r["id"]}, uuid #{r["uuid"]}: #{r["path"]}")
           @app.call(env)

@@ -1,0 +1,79 @@
+require "ipaddr"
+
+require_relative "errors"
+
+module VagrantPlugins
+  module Xhyve
+    # config.vm.network "private_network" as the provider's named networks (provider/API.md,
+    # "Named networks"): each subnet a network of its own, made on demand and removed with the
+    # last machine on it; the machine's NICs after the first join them. "public_network" is
+    # refused: the provider has no bridge to the host's LAN.
+    module Networks
+      # Vagrant's default netmask for a private_network ip; VirtualBox's subnet for type: "dhcp".
+      DEFAULT_NETMASK = "255.255.255.0".freeze
+      DHCP_NAME = "vagrant-dhcp".freeze
+      DHCP_SUBNET = "172.28.128.0/24".freeze
+      ALREADY_EXISTS = -32003
+      IN_USE = -32002
+
+      module_function
+
+      # The problems of the Vagrantfile's networks, as config validation lists them.
+      def errors(vm_networks)
+        vm_networks.filter_map do |type, o|
+          case type
+          when :public_network
+            "public_network is not supported by xhyve: it has no bridge to the host's LAN. Use " \
+              "private_network (machines reach each other) and forwarded_port (the host reaches them)"
+          when :private_network
+            begin
+              network_of(o)
+              nil
+            rescue ArgumentError, IPAddr::Error => e
+              "private_network #{o.slice(:ip, :type, :netmask).inspect}: #{e.message}"
+            end
+          end
+        end
+      end
+
+      # [{name, subnet}, nic] of one private_network's options: the network its subnet names
+      # (vagrant-192.168.56.0-24), with the static ip; or the DHCP network for type: "dhcp".
+      def network_of(opts)
+        if opts[:ip].nil? || opts[:ip].to_s.empty?
+          raise ArgumentError, "give ip: \"ADDRESS\" or type: \"dhcp\"" unless opts[:type].to_s == "dhcp"
+          return [{ name: DHCP_NAME, subnet: DHCP_SUBNET }, { network: DHCP_NAME }]
+        end
+        ip = IPAddr.new(opts[:ip].to_s)
+        raise ArgumentError, "only IPv4 addresses are supported" unless ip.ipv4?
+        mask = IPAddr.new(opts[:netmask] || DEFAULT_NETMASK)
+        prefix = mask.to_i.to_s(2).count("1")
+        net = ip.mask(prefix)
+        name = "vagrant-#{net}-#{prefix}"
+        [{ name: name, subnet: "#{net}/#{prefix}" }, { network: name, ip: ip.to_s }]
+      end
+
+      # The networks and NICs of the Vagrantfile's private_networks, in order.
+      def private(vm_networks)
+        vm_networks.filter_map { |type, o| network_of(o) if type == :private_network }
+      end
+
+      # network.create for each network (one that exists already is used as it is).
+      def ensure(client, networks)
+        networks.uniq.each do |n|
+          client.call("network.create", n)
+        rescue Errors::RpcError => e
+          raise unless e.code == ALREADY_EXISTS
+        end
+      end
+
+      # network.remove for each network no machine uses any more (the daemon refuses the rest).
+      def release(client, names)
+        names.uniq.each do |name|
+          client.call("network.remove", name: name)
+        rescue Errors::RpcError => e
+          raise unless [IN_USE, Errors::RpcError::NOT_FOUND].include?(e.code)
+        end
+      end
+    end
+  end
+end
