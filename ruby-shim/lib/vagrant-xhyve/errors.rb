@@ -22,6 +22,8 @@ module VagrantPlugins
       # A JSON-RPC error object from the daemon (codes: provider/API.md).
       class RpcError < Error
         NOT_FOUND = -32001
+        IN_USE = -32002
+        ALREADY_EXISTS = -32003
 
         attr_reader :code, :data
 

@@ -13,8 +13,6 @@ module VagrantPlugins
       DEFAULT_NETMASK = "255.255.255.0".freeze
       DHCP_NAME = "vagrant-dhcp".freeze
       DHCP_SUBNET = "172.28.128.0/24".freeze
-      ALREADY_EXISTS = -32003
-      IN_USE = -32002
 
       module_function
 
@@ -62,7 +60,7 @@ module VagrantPlugins
         networks.uniq.each do |n|
           client.call("network.create", n)
         rescue Errors::RpcError => e
-          raise unless e.code == ALREADY_EXISTS
+          raise unless e.code == Errors::RpcError::ALREADY_EXISTS
         end
       end
 
@@ -71,7 +69,7 @@ module VagrantPlugins
         names.uniq.each do |name|
           client.call("network.remove", name: name)
         rescue Errors::RpcError => e
-          raise unless [IN_USE, Errors::RpcError::NOT_FOUND].include?(e.code)
+          raise unless [Errors::RpcError::IN_USE, Errors::RpcError::NOT_FOUND].include?(e.code)
         end
       end
     end

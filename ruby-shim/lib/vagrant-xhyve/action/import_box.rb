@@ -28,13 +28,21 @@ module VagrantPlugins
             Dir.mktmpdir("xhyve-box", m.env.tmp_path) do |dir|
               tar = File.join(dir, "box.tar")
               pack(box.directory.to_s, tar)
-              client.call("box.add", source: tar, name: box.name, version: version)
+              add(client, tar, box.name, version)
             end
           end
           @app.call(env)
         end
 
         private
+
+        # Machines brought up in parallel may both hand the box over: the one that comes second
+        # finds it installed, which is what it wanted.
+        def add(client, tar, name, version)
+          client.call("box.add", source: tar, name: name, version: version)
+        rescue Errors::RpcError => e
+          raise unless e.code == Errors::RpcError::ALREADY_EXISTS
+        end
 
         def pack(dir, tar)
           r = Vagrant::Util::Subprocess.execute("bsdtar", "--format", "gnutar", "--no-read-sparse",
