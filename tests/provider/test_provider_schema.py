@@ -72,3 +72,13 @@ def test_responses_match_schema(daemon, make_box, box_server):
     assert len(daemon.call("box.list")) == 2
     params = {"name": "acme/s", "version": "1.0.0"}
     check("box.remove", params, daemon.call("box.remove", params))
+
+
+def test_network_responses_match_schema(daemon):
+    for params in ({"name": "n1"}, {"name": "n2", "subnet": "10.5.0.0/24", "dhcp": False},
+                   {"name": "n3", "subnet": "10.6.0.0/24", "dhcp": {"start": "10.6.0.10", "end": "10.6.0.20"}}):
+        check("network.create", params, daemon.call("network.create", params))
+    listed = daemon.call("network.list")
+    check("network.list", {}, listed)
+    assert [n["name"] for n in listed] == ["n1", "n2", "n3"] and listed[1]["dhcp"] is None, listed
+    check("network.remove", {"name": "n2"}, daemon.call("network.remove", {"name": "n2"}))
