@@ -100,13 +100,12 @@ pub(super) fn launch(
     }
     // After the disks, so that adding NICs moves no disk; each with the MAC of its index.
     for (k, nic) in rec.network.nics.iter().enumerate() {
-        if !feat.has_pci("virtio-net") {
-            notes.push(format!(
-                "{} has no virtio-net: the NIC on network {} is left out",
+        if !feat.has_pci("virtio-net") || !feat.net_backends.iter().any(|b| b == "socket") {
+            return Err(vmm_err(format!(
+                "{} has no virtio-net socket backend, which the NIC on network {} needs",
                 xhyve.display(),
                 nic.network
-            ));
-            continue;
+            )));
         }
         let index = u8::try_from(k + 1).map_err(|_| vmm_err("too many NICs".into()))?;
         let mac = crate::nic::nic_mac_of_uuid(&rec.uuid, index)
