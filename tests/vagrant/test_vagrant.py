@@ -183,3 +183,60 @@ def test_bad_values_are_explained(vagrant, provider_bin, xhyve_bin):
             assert line in p.stderr, (args, p.stderr)
         assert "disks[0]" not in p.stderr, p.stderr
     assert not v.xhyve_home.exists(), "validation fails before the shim calls the provider"
+
+
+def test_private_network_multi_machine(vagrant, provider_bin, xhyve_bin, box_catalog):
+    """Two machines with private_network static addresses (one boot each, in parallel): they
+    reach each other (TCP both ways), `vagrant port` lists the forwards, and destroy removes the
+    network with the last machine."""
+    v = vagrant
+    v.run("box", "add", box_catalog)
+    v.vagrantfile(vagrantfile(provider_bin, xhyve_bin, """
+  config.vm.define "a" do |a|
+    a.vm.network "private_network", ip: "192.168.56.10"
+    a.vm.network "forwarded_port", guest: 80, host: 18080
+  end
+  config.vm.define "b" do |b|
+    b.vm.network "private_network", ip: "192.168.56.11"
+  end
+"""))
+    t = time.monotonic()
+    out = v.run("up", "--provider=xhyve", timeout=BOOT_CMD_TIMEOUT).stdout
+    up = time.monotonic() - t
+    assert out.count("Machine booted and ready!") == 2, out
+    nets = v.call("network.list")
+    assert [(n["name"], n["subnet"]) for n in nets] == [("vagrant-192.168.56.0-24", "192.168.56.0/24")], nets
+    assert sorted(lease["ip"] for lease in nets[0]["leases"]) == ["192.168.56.10", "192.168.56.11"], nets
+
+    def eth1(name):
+        # The tiny box configures eth1 in the background after SSH is up: wait for its lease.
+        return v.run("ssh", name, "-c", "for i in $(seq 120); do [ -s /run/dhcp-ip.eth1 ] && break; "
+                     "sleep 1; done; cat /run/dhcp-ip.eth1").stdout.strip()
+
+    ports = {name: v.run("ssh-config", name).stdout for name in ("a", "b")}
+    assert (eth1("a"), eth1("b")) == ("192.168.56.10", "192.168.56.11"), ports
+    for server, client, ip, port in (("b", "a", "192.168.56.11", 7001), ("a", "b", "192.168.56.10", 7002)):
+        v.run("ssh", server, "-c", f"setsid sh -c 'nc -l -p {port} >/tmp/in' </dev/null >/dev/null 2>&1 &")
+        v.run("ssh", client, "-c", f"for i in 1 2 3 4 5; do echo from-{client} | nc -w 10 {ip} {port} "
+              "&& exit 0; sleep 1; done; exit 1")
+        got = v.run("ssh", server, "-c", "for i in $(seq 40); do [ -s /tmp/in ] && break; sleep 0.5; done; "
+                    "cat /tmp/in").stdout.strip()
+        assert got == f"from-{client}", (server, got)
+
+    out = v.run("port", "a").stdout
+    assert "80 (guest) => 18080 (host)" in out and "22 (guest) =>" in out, out
+
+    v.run("destroy", "-f", "a")
+    assert [n["name"] for n in v.call("network.list")] == ["vagrant-192.168.56.0-24"], "b still uses it"
+    v.run("destroy", "-f", "b")
+    assert v.call("network.list") == [], "the last machine's destroy removes the network"
+    print(f"vagrant private network: up of two machines {up:.1f} s")
+
+
+def test_public_network_is_refused(vagrant, provider_bin, xhyve_bin):
+    v = vagrant
+    v.vagrantfile(vagrantfile(provider_bin, xhyve_bin, '  config.vm.network "public_network"\n'))
+    for args in (["validate"], ["up", "--provider=xhyve"]):
+        p = v.run(*args, ok=False)
+        assert p.returncode == 1 and "public_network is not supported by xhyve" in p.stderr, (args, p.stderr)
+    assert not v.xhyve_home.exists(), "refused before the shim calls the provider"
