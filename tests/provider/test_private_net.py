@@ -147,10 +147,12 @@ def eth1_ip(h, mid):
 
 def tcp(h, server, client, server_ip, port, msg):
     """`msg` from `client` to `server_ip:port` on `server` (busybox nc), then what arrived."""
-    r, out = exec_(h, server, f"rm -f /tmp/in{port}; setsid sh -c 'nc -l -p {port} >/tmp/in{port}' "
-                              "</dev/null >/dev/null 2>&1 &")
+    # A listener that keeps listening until data came: under load a client's connect may time out
+    # after the server accepted it (an empty connection).
+    listen = f"until [ -s /tmp/in{port} ]; do nc -l -p {port} >>/tmp/in{port}; done"
+    r, out = exec_(h, server, f"rm -f /tmp/in{port}; setsid sh -c '{listen}' </dev/null >/dev/null 2>&1 &")
     assert r == {"exit_status": 0}, (r, out)
-    r, out = exec_(h, client, f"for i in 1 2 3 4 5 6 7 8 9 10; do echo {msg} | nc -w 10 {server_ip} {port} "
+    r, out = exec_(h, client, f"for i in 1 2 3 4 5 6 7 8 9 10; do echo {msg} | nc -w 30 {server_ip} {port} "
                               "&& exit 0; sleep 1; done; exit 1")
     assert r == {"exit_status": 0}, (r, out)
     r, out = exec_(h, server, f"for i in $(seq 40); do [ -s /tmp/in{port} ] && break; sleep 0.5; done; "

@@ -216,8 +216,9 @@ def test_private_network_multi_machine(vagrant, provider_bin, xhyve_bin, box_cat
     ports = {name: v.run("ssh-config", name).stdout for name in ("a", "b")}
     assert (eth1("a"), eth1("b")) == ("192.168.56.10", "192.168.56.11"), ports
     for server, client, ip, port in (("b", "a", "192.168.56.11", 7001), ("a", "b", "192.168.56.10", 7002)):
-        v.run("ssh", server, "-c", f"setsid sh -c 'nc -l -p {port} >/tmp/in' </dev/null >/dev/null 2>&1 &")
-        v.run("ssh", client, "-c", f"for i in 1 2 3 4 5; do echo from-{client} | nc -w 10 {ip} {port} "
+        listen = f"until [ -s /tmp/in ]; do nc -l -p {port} >>/tmp/in; done"  # until data came
+        v.run("ssh", server, "-c", f"setsid sh -c '{listen}' </dev/null >/dev/null 2>&1 &")
+        v.run("ssh", client, "-c", f"for i in 1 2 3 4 5; do echo from-{client} | nc -w 30 {ip} {port} "
               "&& exit 0; sleep 1; done; exit 1")
         got = v.run("ssh", server, "-c", "for i in $(seq 40); do [ -s /tmp/in ] && break; sleep 0.5; done; "
                     "cat /tmp/in").stdout.strip()
