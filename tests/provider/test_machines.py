@@ -91,6 +91,21 @@ class Home:
             self.daemon.stop()
 
 
+def fake_vmm_home(provider_bin, tmp_path, script):
+    """A Home whose daemon runs `script` as xhyve, with a box "fake" (a kernel, an initrd and a
+    4 KiB disk) added."""
+    fake = tmp_path / "fake-xhyve"
+    fake.write_text(script)
+    fake.chmod(0o755)
+    h = Home(provider_bin, tmp_path / "home", {"XHYVE_BIN": str(fake)})
+    meta = {"provider": "xhyve", "kernel": "vmlinux", "initrd": "initrd.img", "disks": ["disk.img"]}
+    box = build_box(tmp_path / "fake.box", files={"metadata.json": json.dumps(meta).encode(),
+                                                  "vmlinux": b"kernel", "initrd.img": b"initrd",
+                                                  "disk.img": bytes(4096)})
+    h.call("box.add", {"source": str(box), "name": "fake"})
+    return h
+
+
 def wait_state(h, mid, want, timeout=30):
     deadline = time.monotonic() + timeout
     while True:

@@ -16,8 +16,7 @@ import uuid as uuidlib
 
 import pytest
 
-from provider_util import build_box
-from test_machines import Home, wait_console
+from test_machines import Home, fake_vmm_home, wait_console
 from test_ssh import exec_, wait_ssh
 
 MARK = "XHYVE-TINY:"
@@ -46,15 +45,7 @@ def nic_mac(uid, index):
 
 @pytest.fixture
 def fake_home(provider_bin, tmp_path):
-    fake = tmp_path / "fake-xhyve"
-    fake.write_text(FAKE_XHYVE)
-    fake.chmod(0o755)
-    h = Home(provider_bin, tmp_path / "home", {"XHYVE_BIN": str(fake)})
-    meta = {"provider": "xhyve", "kernel": "vmlinux", "initrd": "initrd.img", "disks": ["disk.img"]}
-    box = build_box(tmp_path / "fake.box", files={"metadata.json": json.dumps(meta).encode(),
-                                                  "vmlinux": b"kernel", "initrd.img": b"initrd",
-                                                  "disk.img": bytes(4096)})
-    h.call("box.add", {"source": str(box), "name": "fake"})
+    h = fake_vmm_home(provider_bin, tmp_path, FAKE_XHYVE)
     yield h
     h.close()
 

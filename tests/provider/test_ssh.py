@@ -12,8 +12,8 @@ import time
 import pytest
 
 from guest import BOOT_TIMEOUT
-from provider_util import ROOT, build_box
-from test_machines import MARK, Home, wait_console
+from provider_util import ROOT
+from test_machines import MARK, Home, fake_vmm_home, wait_console
 
 # A stand-in for xhyve whose --features lists virtio-net: a run records its argv and stays up until
 # SIGTERM (exit 1). It does not listen on the forwarded port.
@@ -30,15 +30,7 @@ while :; do sleep 0.1; done
 
 @pytest.fixture
 def net_home(provider_bin, tmp_path):
-    fake = tmp_path / "fake-xhyve"
-    fake.write_text(FAKE_NET_XHYVE)
-    fake.chmod(0o755)
-    h = Home(provider_bin, tmp_path / "home", {"XHYVE_BIN": str(fake)})
-    meta = {"provider": "xhyve", "kernel": "vmlinux", "initrd": "initrd.img", "disks": ["disk.img"]}
-    box = build_box(tmp_path / "fake.box", files={"metadata.json": json.dumps(meta).encode(),
-                                                  "vmlinux": b"kernel", "initrd.img": b"initrd",
-                                                  "disk.img": bytes(4096)})
-    h.call("box.add", {"source": str(box), "name": "fake"})
+    h = fake_vmm_home(provider_bin, tmp_path, FAKE_NET_XHYVE)
     yield h
     h.close()
 
