@@ -4,6 +4,7 @@ package xhyve
 
 import (
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -43,6 +44,9 @@ type Config struct {
 	Cmdline            string        `mapstructure:"cmdline"`
 	BootWait           time.Duration `mapstructure:"boot_wait"`
 	NetworkMode        string        `mapstructure:"network_mode"`
+	// Named networks (network.create) the machine joins with one more NIC each, by name: a
+	// static address, or "" for one from the network's DHCP.
+	Networks map[string]string `mapstructure:"networks"`
 
 	OutputDir        string `mapstructure:"output_directory"`
 	VMName           string `mapstructure:"vm_name"`
@@ -160,6 +164,17 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 		}
 	default:
 		add("network_mode: %q is not one of user, none, shared", c.NetworkMode)
+	}
+	for name, ip := range c.Networks {
+		if name == "" {
+			add("networks: a network without a name")
+		}
+		if ip != "" && net.ParseIP(ip).To4() == nil {
+			add("networks: %q: %q is not an IPv4 address (give \"\" for DHCP)", name, ip)
+		}
+	}
+	if len(c.Networks) > 0 && c.NetworkMode != "user" && c.NetworkMode != "shared" {
+		add("networks: the management NIC (network_mode %q) must be user or shared", c.NetworkMode)
 	}
 	if strings.ContainsAny(c.VMName, "/\x00") || strings.HasPrefix(c.VMName, ".") {
 		add("vm_name: %q names the output files: no slash, no leading dot", c.VMName)

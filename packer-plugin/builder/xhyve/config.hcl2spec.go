@@ -83,6 +83,7 @@ type FlatConfig struct {
 	Cmdline                   *string           `mapstructure:"cmdline" cty:"cmdline" hcl:"cmdline"`
 	BootWait                  *string           `mapstructure:"boot_wait" cty:"boot_wait" hcl:"boot_wait"`
 	NetworkMode               *string           `mapstructure:"network_mode" cty:"network_mode" hcl:"network_mode"`
+	Networks                  map[string]string `mapstructure:"networks" cty:"networks" hcl:"networks"`
 	OutputDir                 *string           `mapstructure:"output_directory" cty:"output_directory" hcl:"output_directory"`
 	VMName                    *string           `mapstructure:"vm_name" cty:"vm_name" hcl:"vm_name"`
 	OutputBoxVersion          *string           `mapstructure:"output_box_version" cty:"output_box_version" hcl:"output_box_version"`
@@ -175,6 +176,7 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"cmdline":                      &hcldec.AttrSpec{Name: "cmdline", Type: cty.String, Required: false},
 		"boot_wait":                    &hcldec.AttrSpec{Name: "boot_wait", Type: cty.String, Required: false},
 		"network_mode":                 &hcldec.AttrSpec{Name: "network_mode", Type: cty.String, Required: false},
+		"networks":                     &hcldec.AttrSpec{Name: "networks", Type: cty.Map(cty.String), Required: false},
 		"output_directory":             &hcldec.AttrSpec{Name: "output_directory", Type: cty.String, Required: false},
 		"vm_name":                      &hcldec.AttrSpec{Name: "vm_name", Type: cty.String, Required: false},
 		"output_box_version":           &hcldec.AttrSpec{Name: "output_box_version", Type: cty.String, Required: false},

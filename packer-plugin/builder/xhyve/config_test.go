@@ -89,6 +89,7 @@ func TestConfigAccepts(t *testing.T) {
 		"no network":    {"box_name": "b", "network_mode": "none", "communicator": "none"},
 		"durations":     {"box_name": "b", "boot_wait": "10s", "shutdown_timeout": "30s", "ssh_timeout": "20m"},
 		"JSON numbers":  {"box_name": "b", "memory": 512, "cpus": "2"},
+		"networks":      {"box_name": "b", "networks": map[string]string{"lab": "192.168.56.20", "dhcp-net": ""}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := prepare(t, raw); err != nil {
@@ -124,6 +125,8 @@ func TestConfigRejects(t *testing.T) {
 		"network mode":        {map[string]interface{}{"box_name": "b", "network_mode": "bridged"}, `network_mode: "bridged" is not one of user, none, shared`},
 		"no network, ssh":     {map[string]interface{}{"box_name": "b", "network_mode": "none"}, "no forwarded SSH port"},
 		"vm_name":             {map[string]interface{}{"box_name": "b", "vm_name": "a/b"}, "vm_name"},
+		"network address":     {map[string]interface{}{"box_name": "b", "networks": map[string]string{"lab": "192.168.56"}}, `networks: "lab": "192.168.56" is not an IPv4 address`},
+		"networks, no NIC":    {map[string]interface{}{"box_name": "b", "network_mode": "none", "communicator": "none", "networks": map[string]string{"lab": ""}}, "must be user or shared"},
 		"cmdline":             {map[string]interface{}{"box_name": "b", "cmdline": "a\nb"}, "cmdline: has a newline"},
 		"negative boot_wait":  {map[string]interface{}{"box_name": "b", "boot_wait": "-1s"}, "boot_wait"},
 		"unknown field":       {map[string]interface{}{"box_name": "b", "boxname": "x"}, "boxname"},

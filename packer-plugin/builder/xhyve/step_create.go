@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -28,7 +29,12 @@ func (s *stepCreate) Run(ctx context.Context, state multistep.StateBag) multiste
 	// Our own UUID finds the machine again should the build be interrupted before the
 	// daemon answers (it finishes the creation anyway).
 	s.uuid = newUUID()
-	params := map[string]any{"name": c.VMName, "uuid": s.uuid, "network": c.NetworkMode}
+	params := map[string]any{"name": c.VMName, "uuid": s.uuid}
+	if len(c.Networks) == 0 {
+		params["network"] = c.NetworkMode
+	} else {
+		params["nics"] = nics(c.NetworkMode, c.Networks)
+	}
 	var disks []map[string]string
 	if box, ok := state.GetOk("box"); ok {
 		params["box"] = box
@@ -131,4 +137,23 @@ func showConsole(ui packersdk.Ui, state multistep.StateBag) {
 		lines = lines[len(lines)-consoleLines:]
 	}
 	ui.Message(fmt.Sprintf("The guest's console, last %d lines:\n%s", len(lines), strings.Join(lines, "\n")))
+}
+
+// nics is machine.create's NIC list: the management NIC, then one per named network in name
+// order (guest eth1, eth2, ... stay the same from build to build).
+func nics(mode string, networks map[string]string) []any {
+	names := make([]string, 0, len(networks))
+	for n := range networks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := []any{mode}
+	for _, n := range names {
+		nic := map[string]string{"network": n}
+		if ip := networks[n]; ip != "" {
+			nic["ip"] = ip
+		}
+		out = append(out, nic)
+	}
+	return out
 }

@@ -126,6 +126,29 @@ func TestCreateFromABoxAndDestroy(t *testing.T) {
 	}
 }
 
+// networks: the management NIC first, then one NIC per named network in name order.
+func TestCreateOnNamedNetworks(t *testing.T) {
+	f := newFakeProvider(t)
+	createdMachine(f)
+	c := &Config{VMName: "packer-tiny", NetworkMode: "user",
+		Networks: map[string]string{"lab": "192.168.56.20", "dhcp-net": ""}}
+	state, _ := newState(f, c)
+	state.Put("box", map[string]string{"name": "acme/tiny"})
+	s := &stepCreate{}
+	if a := s.Run(context.Background(), state); a != multistep.ActionContinue {
+		t.Fatalf("halted: %s", stateError(state))
+	}
+	got := f.callsOf("machine.create")[0]
+	want := []any{"user", map[string]any{"network": "dhcp-net"}, map[string]any{"network": "lab", "ip": "192.168.56.20"}}
+	if !reflect.DeepEqual(got["nics"], want) {
+		t.Errorf("nics %v, want %v", got["nics"], want)
+	}
+	if _, ok := got["network"]; ok {
+		t.Errorf("network given beside nics: %v", got)
+	}
+	s.Cleanup(state)
+}
+
 func TestFailedBuildShowsTheConsoleBeforeDestroying(t *testing.T) {
 	f := newFakeProvider(t)
 	createdMachine(f)
