@@ -60,6 +60,8 @@ pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
                 pci: config::PCI_EMULATIONS.iter().map(|e| e.to_string()).collect(),
                 net_backends: ["user", "passt", "socket"].map(String::from).to_vec(),
                 boot: vec!["kexec".into()],
+                snapshots: true,
+                disk_formats: ["raw", "qcow2"].map(String::from).to_vec(),
             };
             println!("{}", features.to_line());
             0

@@ -18,6 +18,10 @@ pub struct Features {
     pub net_backends: Vec<String>,
     /// Boot methods of `-f METHOD,...` (`kexec`, ...).
     pub boot: Vec<String>,
+    /// `--control PATH` (pause, resume, save, quit) and `--restore PATH`.
+    pub snapshots: bool,
+    /// Formats of `-s N,virtio-blk,PATH,format=F` (`raw`, `qcow2`).
+    pub disk_formats: Vec<String>,
 }
 
 impl Features {
@@ -47,11 +51,14 @@ mod tests {
             pci: vec!["hostbridge".into(), "virtio-blk".into()],
             net_backends: vec!["user".into()],
             boot: vec!["kexec".into()],
+            snapshots: true,
+            disk_formats: vec!["raw".into(), "qcow2".into()],
         };
         assert_eq!(Features::from_output(&(f.to_line() + "\n")).unwrap(), f);
-        let newer = r#"{"version":"9","pci":["virtio-blk"],"snapshots":true}"#;
+        let newer = r#"{"version":"9","pci":["virtio-blk"],"migration":true}"#;
         let g = Features::from_output(newer).unwrap();
         assert!(g.has_pci("virtio-blk") && !g.has_pci("lpc") && g.boot.is_empty());
+        assert!(!g.snapshots && g.disk_formats.is_empty(), "missing fields: not supported");
         assert!(Features::from_output("usage: xhyve ...").is_err());
     }
 }
