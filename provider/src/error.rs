@@ -20,6 +20,7 @@ pub mod code {
     pub const SSH_FAILED: i64 = -32011;
     pub const NETWORK_FAILED: i64 = -32012;
     pub const CANCELLED: i64 = -32013;
+    pub const BAD_SAVED_STATE: i64 = -32014;
     pub const INVALID_PARAMS: i64 = -32602;
 }
 

@@ -114,6 +114,12 @@ pub const METHODS: &[Method] = &[
     Method { name: "network.create", handler: network_create },
     Method { name: "network.list", handler: network_list },
     Method { name: "network.remove", handler: network_remove },
+    Method { name: "machine.suspend", handler: machine_suspend },
+    Method { name: "machine.resume", handler: machine_resume },
+    Method { name: "machine.snapshot.save", handler: machine_snapshot_save },
+    Method { name: "machine.snapshot.restore", handler: machine_snapshot_restore },
+    Method { name: "machine.snapshot.list", handler: machine_snapshot_list },
+    Method { name: "machine.snapshot.delete", handler: machine_snapshot_delete },
 ];
 
 pub fn method_names() -> Vec<&'static str> {
@@ -245,4 +251,34 @@ fn network_remove(p: Params, s: &Session) -> Result<Value> {
     let p: network::named::NameParams = parse(p)?;
     let users = s.ctx.machines.network_users(&p.name);
     s.ctx.machines.networks.remove(&p.name, &users)
+}
+
+fn machine_suspend(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::params::IdParams = parse(p)?;
+    s.ctx.machines.suspend(&p.id)
+}
+
+fn machine_resume(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::params::IdParams = parse(p)?;
+    s.ctx.machines.resume(&p.id)
+}
+
+fn machine_snapshot_save(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::params::SnapshotParams = parse(p)?;
+    s.ctx.machines.snapshot_save(&p.id, &p.name)
+}
+
+fn machine_snapshot_restore(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::params::SnapshotParams = parse(p)?;
+    s.ctx.machines.snapshot_restore(&p.id, &p.name)
+}
+
+fn machine_snapshot_list(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::params::IdParams = parse(p)?;
+    s.ctx.machines.snapshot_list(&p.id)
+}
+
+fn machine_snapshot_delete(p: Params, s: &Session) -> Result<Value> {
+    let p: machines::params::SnapshotParams = parse(p)?;
+    s.ctx.machines.snapshot_delete(&p.id, &p.name)
 }

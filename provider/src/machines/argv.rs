@@ -1,9 +1,9 @@
 //! The `xhyve` command line that starts a machine: its devices in xhyve's slots (management
 //! network in slot 2, disks after it, then the NICs on named networks), the user-mode port
-//! forwards and the kexec boot.
+//! forwards, the control socket and the kexec boot (or `--restore` of a saved state).
 
 use super::record::{MachineRecord, NetworkMode};
-use super::ssh;
+use super::{control, ssh};
 use crate::error::{code, Error, Result};
 use crate::network::named::Named;
 use crate::network::{Shared, Tap};
@@ -27,16 +27,27 @@ pub(super) struct Launch {
     pub tap: Option<Tap>,
 }
 
-/// `taken`: the SSH host ports other machines have recorded.
+/// The networks a machine's NICs join: mode shared's bridge and the named networks.
+pub(super) struct Nets<'a> {
+    pub shared: &'a Shared,
+    pub named: &'a Named,
+}
+
+/// xhyve's flag that resumes a saved state instead of booting.
+const RESTORE: &str = "--restore";
+
+/// `taken`: the SSH host ports other machines have recorded; `restore`: the saved state to
+/// carry on from.
 pub(super) fn launch(
     xhyve: &Path,
     feat: &Features,
     rec: &MachineRecord,
     console: &Path,
     taken: &HashSet<u16>,
-    net: &Shared,
-    named: &Named,
+    nets: Nets,
+    restore: Option<&Path>,
 ) -> Result<Launch> {
+    let Nets { shared: net, named } = nets;
     let vmm_err = |m: String| Error::new(code::VMM_FAILED, m);
     let mut argv: Vec<String> = vec![
         xhyve.display().to_string(),
@@ -117,6 +128,14 @@ pub(super) fn launch(
             format!("{slot},virtio-net,socket={},mac={}", sock.display(), xhyve_contract::mac::format_mac(&mac)),
         ]);
     }
+    if feat.snapshots {
+        // Relative: xhyve runs in the machine's directory, and a long home would not fit a
+        // socket address.
+        argv.extend(["--control".into(), control::SOCKET.into()]);
+    }
+    if let Some(state) = restore {
+        argv.extend([RESTORE.into(), state.display().to_string()]);
+    }
     argv.extend([
         "-l".into(),
         format!("com1,log={}", console.display()),
@@ -124,4 +143,51 @@ pub(super) fn launch(
         format!("kexec,{},{},{}", rec.kernel, rec.initrd.clone().unwrap_or_default(), rec.cmdline),
     ]);
     Ok(Launch { argv, notes, ssh_port, tap })
+}
+
+/// `argv` without its `--restore`: how xhyve starts again after a guest reboot.
+pub(super) fn without_restore(argv: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        if a == RESTORE {
+            it.next();
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+/// Whether `argv` serves xhyve's control socket (an xhyve older than snapshots does not).
+pub(super) fn has_control(argv: &[String]) -> bool {
+    argv.iter().any(|a| a == "--control")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machines::record::tests::rec;
+
+    #[test]
+    fn control_socket_and_restore() {
+        let feat = Features { pci: vec!["hostbridge".into(), "lpc".into()], snapshots: true, ..Default::default() };
+        let mut r = rec();
+        r.network.mode = NetworkMode::None;
+        let home = crate::home::Home { root: std::env::temp_dir().join("xhyve-argv-test") };
+        let (net, named) = (Shared::new(&home), Named::new(&home));
+        let nets = || Nets { shared: &net, named: &named };
+        let state = Path::new("/m/saved.snap");
+        let l = launch(Path::new("/x"), &feat, &r, Path::new("/m/console.log"), &HashSet::new(), nets(), Some(state))
+            .unwrap();
+        assert!(has_control(&l.argv));
+        let at = l.argv.iter().position(|a| a == RESTORE).unwrap();
+        assert_eq!(l.argv[at + 1], "/m/saved.snap");
+        let again = without_restore(&l.argv);
+        assert_eq!(again.len(), l.argv.len() - 2);
+        assert!(!again.iter().any(|a| a == RESTORE || a == "/m/saved.snap") && has_control(&again));
+        let old = Features { snapshots: false, ..feat };
+        let l = launch(Path::new("/x"), &old, &r, Path::new("/c"), &HashSet::new(), nets(), None).unwrap();
+        assert!(!has_control(&l.argv));
+    }
 }

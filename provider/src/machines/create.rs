@@ -272,6 +272,7 @@ fn new_record(spec: &Spec, id: String, dir: &Path) -> MachineRecord {
         process: None,
         ssh_port: None,
         stop_requested: false,
+        suspend_requested: false,
         reboots: 0,
         recent_reboots: Vec::new(),
     }

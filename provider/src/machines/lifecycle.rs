@@ -2,10 +2,11 @@
 //! the supervisor thread that records how the VMM ended, `state`, `stop`, `destroy`, and the
 //! daemon's recovery of the machines that ran while it was away.
 
+use super::control::Control;
 use super::params::{DestroyParams, StopParams};
 use super::process::{self, ExitRecord};
 use super::reboot::Refused;
-use super::record::{MachineRecord, NetworkMode, Process, State};
+use super::record::{MachineRecord, NetworkMode, Process, State, SAVED_STATE};
 use super::{argv, invalid_field, lock, wrong_state, Machines};
 use crate::error::{code, Error, Result};
 use crate::logger::log;
@@ -35,18 +36,37 @@ impl Machines {
         let dir = if dir.is_dir() { dir } else { self.existing(id)? };
         let rec = MachineRecord::load(&dir)?;
         match rec.state {
-            State::Running => return Ok(rec.state_value()),
-            State::NotCreated => {
-                return Err(wrong_state(
-                    format!("machine {id} was not fully created (its creation was interrupted): destroy it"),
-                    rec.state,
-                ))
-            }
-            State::Stopped | State::Aborted => {}
+            State::Running => Ok(rec.state_value()),
+            State::NotCreated => Err(wrong_state(
+                format!("machine {id} was not fully created (its creation was interrupted): destroy it"),
+                rec.state,
+            )),
+            State::Saved => self.resume_saved(id, &dir, &rec),
+            State::Stopped | State::Aborted => self.launch(id, &dir, &rec, None),
         }
+    }
+
+    /// Runs xhyve for `rec`, booting it or, with `restore`, carrying on from that saved state,
+    /// and supervises it; the caller holds the machine's `op` lock. A restore counts once xhyve
+    /// answers on its control socket: until then the record is left as it was, so a state xhyve
+    /// refuses (damaged, of another machine) leaves the machine saved.
+    pub(super) fn launch(
+        self: &Arc<Self>,
+        id: &str,
+        dir: &Path,
+        rec: &MachineRecord,
+        restore: Option<&Path>,
+    ) -> Result<Value> {
+        let slot = self.slot(id);
         let vmm_err = |m: String| Error::new(code::VMM_FAILED, m);
         let xhyve = process::find_xhyve().map_err(vmm_err)?;
         let feat = process::features(&xhyve).map_err(vmm_err)?;
+        if restore.is_some() && !feat.snapshots {
+            return Err(vmm_err(format!(
+                "{} cannot restore a saved state (its --features has no snapshots): use a newer xhyve, or machine.stop to drop the state",
+                xhyve.display()
+            )));
+        }
         for f in std::iter::once(&rec.kernel).chain(rec.initrd.iter()) {
             if !Path::new(f).is_file() {
                 return Err(vmm_err(format!("{f} is missing (was the box changed?)")));
@@ -55,30 +75,56 @@ impl Machines {
         let console = dir.join("console.log");
         let taken: std::collections::HashSet<u16> =
             self.records().into_iter().filter(|(_, r)| r.id != rec.id).filter_map(|(_, r)| r.ssh_port).collect();
-        let argv::Launch { argv, notes, ssh_port, tap } =
-            argv::launch(&xhyve, &feat, &rec, &console, &taken, &self.net, &self.networks)?;
-        // A fresh console log per boot (the previous one is kept as console.log.1).
-        if console.exists() {
+        let argv::Launch { argv, notes, ssh_port, tap } = argv::launch(
+            &xhyve,
+            &feat,
+            rec,
+            &console,
+            &taken,
+            argv::Nets { shared: &self.net, named: &self.networks },
+            restore,
+        )?;
+        // A fresh console log per boot (the previous one is kept as console.log.1); a resumed
+        // guest carries on in its log.
+        if console.exists() && restore.is_none() {
             let _ = fs::rename(&console, dir.join("console.log.1"));
         }
         let _ = fs::remove_file(dir.join(process::EXIT_FILE));
-        let (child, proc) = run_vmm(&dir, &argv, &format!("start: {}", argv.join(" ")), &notes).map_err(vmm_err)?;
+        let header = match restore {
+            Some(s) => format!("resume from {}: {}", s.display(), argv.join(" ")),
+            None => format!("start: {}", argv.join(" ")),
+        };
+        let (mut child, proc) = run_vmm(dir, &argv, &header, &notes).map_err(vmm_err)?;
+        if let Some(state) = restore {
+            if let Err(why) = wait_restored(dir, &mut child, &proc) {
+                let _ = fs::remove_file(dir.join(process::EXIT_FILE));
+                return Err(Error::new(
+                    code::BAD_SAVED_STATE,
+                    format!(
+                        "machine {id} cannot resume from {}: {why}; it stays saved (machine.stop drops the saved state, then machine.start boots it afresh)",
+                        state.display()
+                    ),
+                )
+                .with_data(json!({"state": State::Saved.as_str()})));
+            }
+        }
         let pid = proc.pid;
         let rec = {
             let _g = lock(&slot.rec);
-            let mut rec = MachineRecord::load(&dir)?;
+            let mut rec = MachineRecord::load(dir)?;
             rec.state = State::Running;
             rec.process = Some(proc.clone());
             rec.exit_status = None;
             rec.exit_signal = None;
             rec.exit_reason = None;
             rec.stop_requested = false;
+            rec.suspend_requested = false;
             rec.reboots = 0;
             rec.recent_reboots.clear();
             if ssh_port.is_some() {
                 rec.ssh_port = ssh_port;
             }
-            rec.save(&dir)?;
+            rec.save(dir)?;
             rec
         };
         if let Some(t) = tap {
@@ -87,7 +133,10 @@ impl Machines {
         for n in notes {
             log(&format!("machine {id}: {n}"));
         }
-        log(&format!("machine {id}: xhyve started (pid {pid})"));
+        match restore {
+            Some(s) => log(&format!("machine {id}: xhyve resumed from {} (pid {pid})", s.display())),
+            None => log(&format!("machine {id}: xhyve started (pid {pid})")),
+        }
         self.supervise(id.to_string(), Some(child), proc);
         Ok(rec.state_value())
     }
@@ -129,7 +178,7 @@ impl Machines {
         }
         let exit = process::read_exit(&dir).filter(|e| e.pid == p.pid);
         let mut refused = None;
-        if exit.as_ref().is_some_and(|e| e.status == Some(0)) && !rec.stop_requested {
+        if exit.as_ref().is_some_and(|e| e.status == Some(0)) && !rec.stop_requested && !rec.suspend_requested {
             match self.restart_after_reboot(id, &dir, &mut rec, p) {
                 Ok(()) => {
                     slot.cv.notify_all();
@@ -171,7 +220,9 @@ impl Machines {
             Refused::Loop(why) => (State::Aborted, format!("{REBOOTED}; not restarted: {why}")),
         })?;
         let n = rec.reboots + 1;
-        let (mut child, proc) = run_vmm(dir, &p.argv, &format!("guest reboot {n}: restarting xhyve"), &[])
+        // A guest resumed from a saved state boots afresh when it reboots.
+        let argv = argv::without_restore(&p.argv);
+        let (mut child, proc) = run_vmm(dir, &argv, &format!("guest reboot {n}: restarting xhyve"), &[])
             .map_err(|e| (State::Aborted, format!("{REBOOTED}; restarting xhyve failed: {e}")))?;
         rec.process = Some(proc.clone());
         rec.reboots = n;
@@ -188,7 +239,7 @@ impl Machines {
     }
 
     /// Waits (up to `timeout`) until the machine is no longer running; None on timeout.
-    fn wait_not_running(&self, id: &str, timeout: Duration) -> Result<Option<MachineRecord>> {
+    pub(super) fn wait_not_running(&self, id: &str, timeout: Duration) -> Result<Option<MachineRecord>> {
         let slot = self.slot(id);
         let dir = self.dir(id);
         let deadline = Instant::now() + timeout;
@@ -210,7 +261,7 @@ impl Machines {
     /// Marks the machine's coming end as a stop (the supervisor no longer restarts a guest that
     /// reboots) and returns its VMM as it is now (a reboot may have replaced the one read
     /// before); None when it does not run.
-    fn mark_stop_requested(&self, id: &str) -> Result<Option<Process>> {
+    pub(super) fn mark_stop_requested(&self, id: &str) -> Result<Option<Process>> {
         let slot = self.slot(id);
         let _g = lock(&slot.rec);
         let dir = self.dir(id);
@@ -226,7 +277,7 @@ impl Machines {
     }
 
     /// SIGKILL and wait for the supervisor to record the end.
-    fn kill_and_wait(&self, id: &str, p: &Process) -> Result<MachineRecord> {
+    pub(super) fn kill_and_wait(&self, id: &str, p: &Process) -> Result<MachineRecord> {
         process::kill(p.pid, p.start_time, libc::SIGKILL);
         match self.wait_not_running(id, Duration::from_secs(30))? {
             Some(r) => Ok(r),
@@ -244,6 +295,9 @@ impl Machines {
         let dir = self.existing(&p.id)?;
         let slot = self.slot(&p.id);
         let _op = lock(&slot.op);
+        if MachineRecord::load(&dir)?.state == State::Saved {
+            return self.drop_saved_state(&p.id, &dir);
+        }
         let Some(proc) = self.mark_stop_requested(&p.id)? else {
             return Ok(MachineRecord::load(&dir)?.state_value());
         };
@@ -376,6 +430,33 @@ fn run_vmm(
     Ok((child, proc))
 }
 
+/// How long a restoring xhyve may take to answer on its control socket.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Waits until the xhyve of `p` (run by the runner `child`) answers on its control socket, which
+/// it serves once the restore is done. Err: why it did not (xhyve's last words when it ended);
+/// an xhyve that never answers is killed.
+fn wait_restored(dir: &Path, child: &mut Child, p: &Process) -> std::result::Result<(), String> {
+    let deadline = Instant::now() + RESTORE_TIMEOUT;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(last_vmm_line(dir).unwrap_or_else(|| "xhyve ended".into()));
+        }
+        if Control::connect(dir, Duration::from_secs(10))
+            .and_then(|mut c| c.ask("status").map_err(std::io::Error::other))
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            process::kill(p.pid, p.start_time, libc::SIGKILL);
+            let _ = child.wait();
+            return Err(format!("xhyve did not answer on its control socket within {} s", RESTORE_TIMEOUT.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The last line xhyve wrote to vmm.log (its error message when it failed).
 fn last_vmm_line(dir: &Path) -> Option<String> {
     let text = fs::read_to_string(dir.join("vmm.log")).ok()?;
@@ -389,6 +470,14 @@ fn last_vmm_line(dir: &Path) -> Option<String> {
 /// Sets state, exit status/signal and reason from how the VMM ended.
 fn classify(rec: &mut MachineRecord, exit: Option<&ExitRecord>, dir: &Path) {
     let stop = rec.stop_requested;
+    if std::mem::take(&mut rec.suspend_requested) && dir.join(SAVED_STATE).is_file() {
+        rec.state = State::Saved;
+        rec.exit_status = exit.and_then(|e| e.status);
+        rec.exit_signal = exit.and_then(|e| e.signal);
+        rec.exit_reason = Some(format!("suspended by machine.suspend (its state is in {SAVED_STATE})"));
+        rec.stop_requested = false;
+        return;
+    }
     let (state, reason) = match exit {
         Some(ExitRecord { status: Some(s), .. }) => match s {
             0 if stop => (State::Stopped, "stopped by machine.stop (the guest rebooted; exit status 0)".to_string()),

@@ -1,5 +1,6 @@
 //! Machines: `machine.create`, `list`, `state`, `start`, `stop`, `destroy`, `ssh_info`,
-//! `wait_ssh`, `exec`, `package`, and the supervisors that watch running VMMs.
+//! `wait_ssh`, `exec`, `package`, `suspend`, `resume`, `snapshot.*`, and the supervisors that
+//! watch running VMMs.
 //!
 //! Each machine is `$XHYVE_HOME/machines/ID/` with `machine.json` (the record, written
 //! atomically), its disks, `console.log` (the guest's serial console), `vmm.log` (xhyve's
@@ -16,6 +17,7 @@
 //! `params`, `process`, ...); of its own submodules this file uses only `record`.
 
 mod argv;
+mod control;
 mod create;
 pub mod disk;
 mod lifecycle;
@@ -24,9 +26,11 @@ pub mod params;
 pub mod process;
 pub mod reboot;
 pub mod record;
+mod snapshots;
 mod source;
 pub mod ssh;
 mod ssh_pool;
+mod suspend;
 
 use crate::boxes::store;
 use crate::error::{code, Error, Result};

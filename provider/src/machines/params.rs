@@ -48,6 +48,13 @@ pub struct IdParams {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct SnapshotParams {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StopParams {
     pub id: String,
     #[serde(default)]

@@ -10,6 +10,8 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 pub const RECORD: &str = "machine.json";
+/// A suspended machine's VM state (xhyve's snapshot format), from which `machine.start` resumes it.
+pub const SAVED_STATE: &str = "saved.snap";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -19,6 +21,8 @@ pub enum State {
     Stopped,
     Running,
     Aborted,
+    /// Suspended: its VM state is in `SAVED_STATE`, no process runs.
+    Saved,
 }
 
 impl State {
@@ -28,6 +32,7 @@ impl State {
             State::Stopped => "stopped",
             State::Running => "running",
             State::Aborted => "aborted",
+            State::Saved => "saved",
         }
     }
 }
@@ -193,6 +198,10 @@ pub struct MachineRecord {
     /// Set by machine.stop: the VMM's end, however it comes, is a stop, not a crash.
     #[serde(default)]
     pub stop_requested: bool,
+    /// Set by machine.suspend before it ends the VMM: its end, once the state is saved, is a
+    /// suspend.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend_requested: bool,
     /// The guest's reboots since machine.start (each restarted xhyve; see `reboot`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub reboots: u32,
