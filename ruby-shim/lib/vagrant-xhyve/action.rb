@@ -14,8 +14,12 @@ module VagrantPlugins
       autoload :ImportBox, File.join(dir, "import_box")
       autoload :IsCreated, File.join(dir, "is_created")
       autoload :Package, File.join(dir, "package")
+      autoload :SnapshotDelete, File.join(dir, "snapshot_delete")
+      autoload :SnapshotRestore, File.join(dir, "snapshot_restore")
+      autoload :SnapshotSave, File.join(dir, "snapshot_save")
       autoload :Start, File.join(dir, "start")
       autoload :Stop, File.join(dir, "stop")
+      autoload :Suspend, File.join(dir, "suspend")
       autoload :WaitForSSH, File.join(dir, "wait_for_ssh")
 
       def self.action_up
@@ -32,7 +36,7 @@ module VagrantPlugins
         end
       end
 
-      # Boots a stopped machine; provisioners and synced folders run once SSH works (both
+      # Boots a stopped machine (resumes a saved one: machine.start does); provisioners and synced folders run once SSH works (both
       # middlewares act after the rest of the chain returns).
       def self.action_start
         Vagrant::Action::Builder.new.tap do |b|
@@ -133,6 +137,76 @@ module VagrantPlugins
             end
             b2.use action_halt
             b2.use Package
+          end
+        end
+      end
+
+      # `vagrant suspend`: the VM's state saved, its xhyve ended.
+      def self.action_suspend
+        Vagrant::Action::Builder.new.tap do |b|
+          b.use ConfigValidate
+          b.use Call, IsState, :running do |env, b2|
+            if env[:result]
+              b2.use Suspend
+            else
+              b2.use Message, "The machine is not running."
+            end
+          end
+        end
+      end
+
+      # `vagrant resume` (and `vagrant up` of a suspended machine, through action_start).
+      def self.action_resume
+        Vagrant::Action::Builder.new.tap do |b|
+          b.use ConfigValidate
+          b.use Call, IsState, :saved do |env, b2|
+            if env[:result]
+              b2.use action_start
+            else
+              b2.use Message, "The machine is not suspended."
+            end
+          end
+        end
+      end
+
+      def self.action_snapshot_save
+        Vagrant::Action::Builder.new.tap do |b|
+          b.use Call, IsCreated do |env, b2|
+            if env[:result]
+              b2.use SnapshotSave
+            else
+              b2.use Message, I18n.t("vagrant.commands.common.vm_not_created")
+            end
+          end
+        end
+      end
+
+      def self.action_snapshot_delete
+        Vagrant::Action::Builder.new.tap do |b|
+          b.use Call, IsCreated do |env, b2|
+            if env[:result]
+              b2.use SnapshotDelete
+            else
+              b2.use Message, I18n.t("vagrant.commands.common.vm_not_created")
+            end
+          end
+        end
+      end
+
+      # As VirtualBox's: restore, then (pop) delete the snapshot, then start (the default; a
+      # snapshot of a running machine resumes where it was taken).
+      def self.action_snapshot_restore
+        Vagrant::Action::Builder.new.tap do |b|
+          b.use Call, IsCreated do |env, b2|
+            raise Vagrant::Errors::VMNotCreatedError unless env[:result]
+
+            b2.use SnapshotRestore
+            b2.use Call, IsEnvSet, :snapshot_delete do |env2, b3|
+              b3.use action_snapshot_delete if env2[:result]
+            end
+            b2.use Call, IsEnvSet, :snapshot_start do |env2, b3|
+              b3.use action_start if env2[:result]
+            end
           end
         end
       end

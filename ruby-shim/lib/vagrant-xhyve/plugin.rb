@@ -22,6 +22,12 @@ module VagrantPlugins
         require_relative "cap/forwarded_ports"
         Cap::ForwardedPorts
       end
+
+      # `vagrant snapshot ...`.
+      provider_capability(:xhyve, :snapshot_list) do
+        require_relative "cap/snapshot_list"
+        Cap::SnapshotList
+      end
     end
   end
 end

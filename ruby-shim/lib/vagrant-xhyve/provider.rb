@@ -11,6 +11,8 @@ module VagrantPlugins
         not_created: "The machine does not exist. `vagrant up` creates and starts it.",
         stopped: "The machine is powered off. `vagrant up` starts it.",
         running: "The machine runs. `vagrant halt` stops it; `vagrant ssh` logs in.",
+        saved: "The machine is suspended (its state is saved). `vagrant up` or `vagrant resume` " \
+               "resumes it; `vagrant halt` drops the state.",
         aborted: "The machine's VMM ended on its own (a crash, a kill, a triple fault). " \
                  "`vagrant up` starts it again; its console.log and vmm.log say more.",
       }.freeze

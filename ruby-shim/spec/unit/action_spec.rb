@@ -26,7 +26,8 @@ RSpec.describe VagrantPlugins::Xhyve::Action do
   end
 
   it "answers every action Vagrant asks a provider for, with a new builder each time" do
-    %i[up start halt reload destroy provision ssh ssh_run package].each do |name|
+    %i[up start halt reload destroy provision ssh ssh_run package suspend resume snapshot_save
+       snapshot_restore snapshot_delete].each do |name|
       a = ours.public_send("action_#{name}")
       expect(a).to be_a(Vagrant::Action::Builder)
       expect(a).not_to be(ours.public_send("action_#{name}"))
@@ -130,6 +131,96 @@ RSpec.describe VagrantPlugins::Xhyve::Action do
 
     it "says so when there is no machine" do
       expect(chain(branch(package.stack[0], false))).to eq([[builtin::Message, not_created]])
+    end
+  end
+
+  describe "suspend" do
+    it "validates, then suspends a running machine only" do
+      suspend = ours.action_suspend
+      expect(chain(suspend)).to eq([[builtin::ConfigValidate], [builtin::Call, builtin::IsState, :running]])
+      expect(chain(branch(suspend.stack[1], true))).to eq([[ours::Suspend]])
+      expect(chain(branch(suspend.stack[1], false))).to eq([[builtin::Message, "The machine is not running."]])
+    end
+  end
+
+  describe "resume" do
+    it "starts a saved machine (machine.start resumes it), and says so of any other" do
+      resume = ours.action_resume
+      expect(chain(resume)).to eq([[builtin::ConfigValidate], [builtin::Call, builtin::IsState, :saved]])
+      saved = branch(resume.stack[1], true)
+      expect(saved.stack.size).to eq(1)
+      expect_start(saved.stack[0])
+      expect(chain(branch(resume.stack[1], false))).to eq([[builtin::Message, "The machine is not suspended."]])
+    end
+  end
+
+  describe "snapshots" do
+    it "saves and deletes snapshots of a machine that exists" do
+      { ours.action_snapshot_save => ours::SnapshotSave,
+        ours.action_snapshot_delete => ours::SnapshotDelete }.each do |action, step|
+        expect(chain(action)).to eq([[builtin::Call, ours::IsCreated]])
+        expect(chain(branch(action.stack[0], true))).to eq([[step]])
+        expect(chain(branch(action.stack[0], false))).to eq([[builtin::Message, not_created]])
+      end
+    end
+
+    it "restores, then deletes the snapshot (pop) and starts the machine when asked" do
+      restore = ours.action_snapshot_restore
+      expect(chain(restore)).to eq([[builtin::Call, ours::IsCreated]])
+      expect { branch(restore.stack[0], false) }.to raise_error(Vagrant::Errors::VMNotCreatedError)
+      created = branch(restore.stack[0], true)
+      expect(chain(created)).to eq(
+        [[ours::SnapshotRestore], [builtin::Call, builtin::IsEnvSet, :snapshot_delete],
+         [builtin::Call, builtin::IsEnvSet, :snapshot_start]]
+      )
+      delete = branch(created.stack[1], true)
+      expect(chain(delete)).to eq(chain(ours.action_snapshot_delete))
+      expect(branch(created.stack[1], false).stack).to be_empty
+      start = branch(created.stack[2], true)
+      expect(start.stack.size).to eq(1)
+      expect_start(start.stack[0])
+      expect(branch(created.stack[2], false).stack).to be_empty
+    end
+  end
+
+  describe "the provider calls" do
+    # A machine whose client records the calls; `state` is what the provider reports.
+    def machine_with(calls, state: :running)
+      client = Object.new
+      client.define_singleton_method(:call) do |method, params|
+        calls << [method, params]
+        { "state" => "running", "pid" => 42 }
+      end
+      provider = Struct.new(:client).new(client)
+      Struct.new(:id, :provider, :state).new("m-1", provider, Vagrant::MachineState.new(state, state.to_s, ""))
+    end
+
+    let(:ui) { Vagrant::UI::Silent.new }
+
+    {
+      "Suspend" => [{}, ["machine.suspend", { id: "m-1" }]],
+      "SnapshotSave" => [{ snapshot_name: "s1" }, ["machine.snapshot.save", { id: "m-1", name: "s1" }]],
+      "SnapshotRestore" => [{ snapshot_name: "s1" }, ["machine.snapshot.restore", { id: "m-1", name: "s1" }]],
+      "SnapshotDelete" => [{ snapshot_name: "s1" }, ["machine.snapshot.delete", { id: "m-1", name: "s1" }]],
+    }.each do |name, (env, call)|
+      it "#{name} makes one call, #{call[0]}, then goes on" do
+        calls = []
+        reached = false
+        step = ours.const_get(name).new(->(_env) { reached = true }, {})
+        step.call(env.merge(machine: machine_with(calls), ui: ui))
+        expect(calls).to eq([call])
+        expect(reached).to be(true)
+      end
+    end
+
+    it "Start says it resumes a saved machine; machine.start does the resuming" do
+      calls = []
+      ui = Vagrant::UI::Silent.new
+      said = []
+      allow(ui).to receive(:info) { |m| said << m }
+      ours::Start.new(->(_env) {}, {}).call(machine: machine_with(calls, state: :saved), ui: ui)
+      expect(calls).to eq([["machine.start", { id: "m-1" }]])
+      expect(said).to eq(["Resuming the machine from its saved state..."])
     end
   end
 

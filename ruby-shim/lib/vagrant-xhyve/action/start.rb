@@ -1,7 +1,8 @@
 module VagrantPlugins
   module Xhyve
     module Action
-      # machine.start returns as soon as xhyve runs; WaitForSSH waits for the guest.
+      # machine.start returns as soon as xhyve runs (a saved machine: once xhyve has restored its
+      # state); WaitForSSH waits for the guest.
       class Start
         def initialize(app, _env)
           @app = app
@@ -9,7 +10,7 @@ module VagrantPlugins
 
         def call(env)
           m = env[:machine]
-          env[:ui].info("Starting the machine...")
+          env[:ui].info(m.state.id == :saved ? "Resuming the machine from its saved state..." : "Starting the machine...")
           st = m.provider.client.call("machine.start", id: m.id)
           env[:ui].detail("xhyve runs (pid #{st["pid"]})")
           @app.call(env)
