@@ -2,7 +2,7 @@
 //! network in slot 2, disks after it, then the NICs on named networks), the user-mode port
 //! forwards, the control socket and the kexec boot (or `--restore` of a saved state).
 
-use super::record::{MachineRecord, NetworkMode};
+use super::record::{DiskFormat, MachineRecord, NetworkMode};
 use super::{control, ssh};
 use crate::error::{code, Error, Result};
 use crate::network::named::Named;
@@ -100,7 +100,8 @@ pub(super) fn launch(
     }
     if feat.has_pci("virtio-blk") {
         for (i, d) in rec.disks.iter().enumerate() {
-            argv.extend(["-s".into(), format!("{},virtio-blk,{}", i + NET_SLOT + 1, d.path)]);
+            let format = if d.format == DiskFormat::Qcow2 { ",format=qcow2" } else { "" };
+            argv.extend(["-s".into(), format!("{},virtio-blk,{}{format}", i + NET_SLOT + 1, d.path)]);
         }
     } else if !rec.disks.is_empty() {
         notes.push(format!(

@@ -1,12 +1,14 @@
 //! `machine.create` in three steps: check the params into a `Spec` (nothing is on disk yet),
 //! register the machine (its directory and a record in state not_created, under the box lock so
 //! that box.remove either sees it or ran before), then populate it (boot files and disks; state
-//! stopped). A creation that fails leaves nothing behind.
+//! stopped). A creation that fails leaves nothing behind. A box's raw disks become qcow2
+//! overlays on them (linked clones) when xhyve serves qcow2; otherwise, and for `{copy}` disks,
+//! the machine gets sparse copies.
 
 use super::params::{check_uuid, new_uuid, parse_nics, CreateParams, DiskSpec};
-use super::record::{BoxRef, Disk, MachineRecord, Network, State};
+use super::record::{BoxRef, Disk, DiskFormat, MachineRecord, Network, State};
 use super::source::{self, Source};
-use super::{argv::MAX_DISKS, disk, invalid_field, lock, Machines};
+use super::{argv::MAX_DISKS, disk, invalid_field, lock, overlay, process, Machines};
 use crate::boxes::{store, Boxes};
 use crate::error::{code, Error, Result};
 use crate::home::Home;
@@ -23,6 +25,8 @@ use xhyve_contract::{hex::hex, random};
 enum Plan {
     /// A box disk or a `{copy}`: copied (sparse) into the machine.
     Copy(PathBuf),
+    /// A box disk: a qcow2 overlay on it in the machine (a linked clone).
+    Overlay(PathBuf),
     /// `{size}`: a new empty disk in the machine.
     New(DiskSize),
     /// `{path}`: an image used where it is (the machine does not own it).
@@ -69,7 +73,7 @@ impl Spec {
             return Err(invalid_field("cmdline", "has a newline or NUL"));
         }
         let network = parse_nics(p.network.as_ref(), p.nics.as_deref()).map_err(|(f, e)| invalid_field(&f, e))?;
-        let disks = disk_plan(&source, &p.disks)?;
+        let disks = disk_plan(&source, &p.disks, linked_clones())?;
         if disks.len() + network.nics.len() > MAX_DISKS {
             return Err(invalid_field("nics", format!("disks and extra NICs take at most {MAX_DISKS} slots")));
         }
@@ -82,10 +86,20 @@ impl Spec {
     }
 }
 
-/// The machine's disks in order: copies of the box's, then the extra ones (a new empty disk
-/// {size}, an image used in place {path}, or one copied into the machine {copy}).
-fn disk_plan(source: &Source, extra: &[DiskSpec]) -> Result<Vec<Plan>> {
-    let mut plan: Vec<Plan> = source.disks.iter().cloned().map(Plan::Copy).collect();
+/// Whether the xhyve that will run the machine reads qcow2 disks (`--features`).
+fn linked_clones() -> bool {
+    process::find_xhyve().and_then(|x| process::features(&x)).is_ok_and(|f| f.disk_formats.iter().any(|d| d == "qcow2"))
+}
+
+/// The machine's disks in order: the box's (overlays on them when `linked`, else copies), then
+/// the extra ones (a new empty disk {size}, an image used in place {path}, or one copied into
+/// the machine {copy}).
+fn disk_plan(source: &Source, extra: &[DiskSpec], linked: bool) -> Result<Vec<Plan>> {
+    let mut plan = Vec::new();
+    for d in &source.disks {
+        let raw = !overlay::looks_qcow2(d).map_err(|e| Error::internal(format!("reading {}: {e}", d.display())))?;
+        plan.push(if linked && raw { Plan::Overlay(d.clone()) } else { Plan::Copy(d.clone()) });
+    }
     for (i, d) in extra.iter().enumerate() {
         let field = format!("disks[{i}]");
         plan.push(match (&d.size, &d.path, &d.copy) {
@@ -109,7 +123,7 @@ fn disk_plan(source: &Source, extra: &[DiskSpec]) -> Result<Vec<Plan>> {
 /// `disk_size` grows the first disk's copy (sparse), as Packer's disk_size does: never shrinks.
 fn grow_to(v: &Value, disks: &[Plan]) -> Result<DiskSize> {
     let size = DiskSize::from_json(v).map_err(|e| invalid_field("disk_size", e))?;
-    let Some(Plan::Copy(first)) = disks.first() else {
+    let Some(Plan::Copy(first) | Plan::Overlay(first)) = disks.first() else {
         return Err(invalid_field(
             "disk_size",
             "grows the first disk, which must be a copy (a box disk or {copy}); there is none",
@@ -232,11 +246,15 @@ fn new_record(spec: &Spec, id: String, dir: &Path) -> MachineRecord {
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            let own = dir.join(format!("disk{i}.img")).display().to_string();
+            let own = |ext: &str| dir.join(format!("disk{i}.{ext}")).display().to_string();
+            let (raw, from) = (DiskFormat::Raw, |p: &PathBuf| Some(p.display().to_string()));
             match d {
-                Plan::Copy(src) => Disk { path: own, source: Some(src.display().to_string()), owned: true },
-                Plan::New(_) => Disk { path: own, source: None, owned: true },
-                Plan::InPlace(p) => Disk { path: p.display().to_string(), source: None, owned: false },
+                Plan::Copy(src) => Disk { path: own("img"), source: from(src), owned: true, format: raw },
+                Plan::Overlay(src) => {
+                    Disk { path: own("qcow2"), source: from(src), owned: true, format: DiskFormat::Qcow2 }
+                }
+                Plan::New(_) => Disk { path: own("img"), source: None, owned: true, format: raw },
+                Plan::InPlace(p) => Disk { path: p.display().to_string(), source: None, owned: false, format: raw },
             }
         })
         .collect();
@@ -299,12 +317,20 @@ fn populate(spec: &Spec, rec: &MachineRecord, dir: &Path) -> Result<()> {
                     .map_err(|e| Error::internal(format!("copying {} to {}: {e}", from.display(), dst.display())))?;
                 log(&format!("machine {}: {} copied ({how:?})", rec.id, dst.display()));
             }
+            Plan::Overlay(from) => {
+                // disk_size is the overlay's size: it grows past its backing file's end.
+                let size = fs::metadata(from)?.len().max(spec.grow_to.map_or(0, |s| s.bytes()));
+                overlay::create(dst, from, size).map_err(|e| {
+                    Error::internal(format!("making {} an overlay on {}: {e}", dst.display(), from.display()))
+                })?;
+                log(&format!("machine {}: {} is an overlay on {}", rec.id, dst.display(), from.display()));
+            }
             Plan::New(size) => disk::create_empty(dst, size.bytes())
                 .map_err(|e| Error::internal(format!("creating {}: {e}", dst.display())))?,
             Plan::InPlace(_) => {}
         }
     }
-    if let Some(size) = spec.grow_to {
+    if let (Some(size), Some(Plan::Copy(_))) = (spec.grow_to, spec.disks.first()) {
         // set_len past the end adds a hole: the grown disk stays sparse.
         let first = Path::new(&rec.disks[0].path);
         fs::OpenOptions::new()

@@ -21,6 +21,7 @@ mod control;
 mod create;
 pub mod disk;
 mod lifecycle;
+pub mod overlay;
 pub mod package;
 pub mod params;
 pub mod process;

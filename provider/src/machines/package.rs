@@ -1,9 +1,11 @@
 //! `machine.package`: a stopped machine as a new `.box` (tar.gz, the format of
 //! `boxes/README.md`): its kernel, initrd and command line, its current disks, its cpus and
 //! memory as defaults, and a Vagrantfile. `vagrant package` and Packer's export step call it.
+//! A disk that is a qcow2 overlay (a linked clone) goes in flat: the raw disk the guest sees.
 
+use super::overlay::Flat;
 use super::params::PackageParams;
-use super::record::{MachineRecord, State};
+use super::record::{DiskFormat, MachineRecord, State};
 use super::{invalid_field, lock, wrong_state, Machines};
 use crate::boxes::Reporter;
 use crate::error::{Error, Result};
@@ -100,9 +102,27 @@ fn metadata(rec: &MachineRecord, files: &[(String, PathBuf)]) -> Value {
     m
 }
 
-/// Writes the archive to `tmp`; returns its size and sha256.
-fn write_box(tmp: &Path, meta: &Value, files: &[(String, PathBuf)], report: &Reporter) -> io::Result<(u64, String)> {
-    let total: u64 = files.iter().map(|(_, p)| fs::metadata(p).map(|m| m.len())).sum::<io::Result<u64>>()?;
+/// A member's size and contents: `qcow2` ones read flat.
+fn open_member(path: &Path, qcow2: &[PathBuf]) -> io::Result<(u64, Box<dyn Read>)> {
+    let what = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    if qcow2.iter().any(|q| q == path) {
+        let f = Flat::open(path).map_err(what)?;
+        return Ok((f.size(), Box::new(f)));
+    }
+    let f = File::open(path).map_err(what)?;
+    Ok((f.metadata()?.len(), Box::new(f)))
+}
+
+/// Writes the archive to `tmp`; returns its size and sha256. `qcow2`: the members that are
+/// qcow2 overlays.
+fn write_box(
+    tmp: &Path,
+    meta: &Value,
+    files: &[(String, PathBuf)],
+    qcow2: &[PathBuf],
+    report: &Reporter,
+) -> io::Result<(u64, String)> {
+    let total: u64 = files.iter().map(|(_, p)| open_member(p, qcow2).map(|m| m.0)).sum::<io::Result<u64>>()?;
     let out = OpenOptions::new().write(true).create_new(true).mode(0o644).open(tmp)?;
     let hashing = HashingWriter { inner: io::BufWriter::new(out), hash: Sha256::new(), len: 0 };
     // Fast compression: disks are mostly zeros or already-compressed data.
@@ -116,9 +136,9 @@ fn write_box(tmp: &Path, meta: &Value, files: &[(String, PathBuf)], report: &Rep
     let mut done = 0u64;
     report("package", 0, Some(total));
     for (name, path) in files {
-        let f = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let (size, f) = open_member(path, qcow2)?;
         let mut h = tar::Header::new_gnu();
-        h.set_size(f.metadata()?.len());
+        h.set_size(size);
         h.set_mode(0o644);
         h.set_mtime(now());
         let r = ProgressReader { inner: f, done: &mut done, total, report };
@@ -173,7 +193,9 @@ impl Machines {
             std::process::id()
         ));
         let _ = fs::remove_file(&tmp);
-        let written = write_box(&tmp, &meta, &files, &report).and_then(|r| {
+        let qcow2: Vec<PathBuf> =
+            rec.disks.iter().filter(|d| d.format == DiskFormat::Qcow2).map(|d| PathBuf::from(&d.path)).collect();
+        let written = write_box(&tmp, &meta, &files, &qcow2, &report).and_then(|r| {
             fs::rename(&tmp, &output)?;
             File::open(parent)?.sync_all()?;
             Ok(r)
@@ -205,7 +227,12 @@ mod tests {
         let mut r = crate::machines::record::tests::rec();
         r.kernel = dir.join("vmlinux").display().to_string();
         r.initrd = Some(dir.join("initrd.img").display().to_string());
-        r.disks = vec![Disk { path: dir.join("disk-0.img").display().to_string(), source: None, owned: true }];
+        r.disks = vec![Disk {
+            path: dir.join("disk-0.img").display().to_string(),
+            source: None,
+            owned: true,
+            format: Default::default(),
+        }];
         r.bx = Some(BoxRef {
             name: "t".into(),
             version: "0".into(),
@@ -235,7 +262,7 @@ mod tests {
         let report: Reporter = std::sync::Arc::new(move |_: &str, done: u64, _: Option<u64>| {
             *s.lock().unwrap() = done;
         });
-        let (size, sum) = write_box(&out, &meta, &files, &report).unwrap();
+        let (size, sum) = write_box(&out, &meta, &files, &[], &report).unwrap();
         assert_eq!(*seen.lock().unwrap(), 12 + (1 << 20));
         let bytes = fs::read(&out).unwrap();
         assert_eq!(size, bytes.len() as u64);

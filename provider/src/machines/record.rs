@@ -54,6 +54,23 @@ pub struct Disk {
     pub source: Option<String>,
     /// True when the file lives in the machine's directory (and goes with it).
     pub owned: bool,
+    /// `qcow2`: an overlay on `source` (a linked clone, `overlay.rs`); absent: raw.
+    #[serde(default, skip_serializing_if = "DiskFormat::is_raw")]
+    pub format: DiskFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskFormat {
+    #[default]
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn is_raw(&self) -> bool {
+        *self == DiskFormat::Raw
+    }
 }
 
 /// The machine's network: the management NIC (slot 2) of kind `mode`, the ports forwarded to
