@@ -1,17 +1,23 @@
 """machine.suspend, machine.resume and machine.snapshot.* on one real tiny guest (one cold boot,
 ~90 s here, shared by every test of this file, in order): its state saved and resumed with its
 processes, its disk and a forwarded TCP service working after; a damaged saved state refused
-with the machine left saved; a snapshot's disk and memory brought back by a restore."""
+with the machine left saved; a snapshot's disk and memory brought back by a restore. The box
+has a disk, so the machine's is a linked clone: a qcow2 overlay on the box's disk."""
 
 import pathlib
 import shutil
 import socket
+import subprocess
+import tarfile
 import time
 
 import pytest
 
+from provider_util import ROOT
 from test_machines import MARK, Home, alive
-from test_ssh import call_long, exec_, ssh_box_file, wait_ssh  # noqa: F401 (a fixture)
+from test_ssh import call_long, exec_, wait_ssh
+
+DISK_MIB = 16
 
 
 
@@ -66,16 +72,29 @@ def on_disk(path, text):
 
 
 @pytest.fixture(scope="module")
-def machine(provider_bin, ssh_box_file, tmp_path_factory):
-    """The tiny box with a 16 MiB disk of its own and an echo service on guest port 7777
-    forwarded from the host; booted once, up to SSH."""
+def disk_box_file(tiny_box, tmp_path_factory):
+    """The tiny box with an empty 16 MiB disk, which its init formats and mounts on /data."""
+    d = tmp_path_factory.mktemp("diskbox")
+    for name in ("vmlinux", "initrd.img"):
+        shutil.copyfile(tiny_box / name, d / name)
+    with open(d / "disk0.img", "wb") as f:
+        f.truncate(DISK_MIB << 20)
+    out = d / "tiny-disk.box"
+    subprocess.run([str(ROOT / "boxes/package.sh"), str(out), str(d), "--kernel", "vmlinux",
+                    "--cmdline", "console=ttyS0 xhyve.data=vda"], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def machine(provider_bin, disk_box_file, tmp_path_factory):
+    """The tiny box with its disk and an echo service on guest port 7777 forwarded from the
+    host; booted once, up to SSH."""
     h = Home(provider_bin, tmp_path_factory.mktemp("suspend") / "home")
     try:
-        h.call("box.add", {"source": str(ssh_box_file), "name": "xhyve/tiny"})
+        h.call("box.add", {"source": str(disk_box_file), "name": "xhyve/tiny-disk"})
         port = free_port()
         mid = h.call("machine.create", {
-            "box": "xhyve/tiny", "name": "suspend", "disks": [{"size": "16M"}],
-            "cmdline": "console=ttyS0 xhyve.data=vda",
+            "box": "xhyve/tiny-disk", "name": "suspend",
             "network": {"mode": "user", "forwarded_ports": [{"guest": 7777, "host": port}]}})["id"]
         t0 = time.monotonic()
         h.call("machine.start", {"id": mid})
@@ -120,8 +139,10 @@ def test_suspend_and_resume_keep_processes_disk_and_ports(machine):
     assert [m["state"] for m in h.call("machine.list")] == ["saved"]
     assert h.call("machine.ssh_info", {"id": mid}) is None
     assert h.call("machine.suspend", {"id": mid})["state"] == "saved", "suspending a saved machine"
-    # The guest's write reached the host's file before the VMM ended.
-    disk = h.record(mid)["disks"][0]["path"]
+    # The guest's write reached the host's file before the VMM ended: the machine's overlay.
+    d = h.record(mid)["disks"][0]
+    disk = d["path"]
+    assert d["format"] == "qcow2" and disk.endswith("/disk0.qcow2"), d
     assert on_disk(disk, "SUSPENDED-DATA")
 
     r, resume_s, to_ssh_s = resume(h)
@@ -204,6 +225,13 @@ def test_snapshot_restore_brings_back_disk_and_memory(machine):
         f.write(b"CHANGED")
     assert h.call("machine.snapshot.restore", {"id": mid, "name": "cold"})["state"] == "stopped"
     assert disk.read_bytes() == before
+
+    # machine.package writes the linked clone flat: the raw disk the guest saw.
+    out = h.daemon.call("machine.package", {"id": mid, "output": str(h.path.parent / "pkg.box")}, timeout=300)
+    with tarfile.open(out["path"]) as t:
+        flat = t.extractfile("disk0.img").read()
+    assert len(flat) == DISK_MIB << 20 and b"SNAPSHOT-A\n" in flat
+    assert out["metadata"]["disks"] == ["disk0.img"]
 
     names = [s["name"] for s in h.call("machine.snapshot.list", {"id": mid})]
     assert names == ["a", "cold"], names

@@ -1,5 +1,6 @@
 """The vagrant-xhyve gem end to end: Debian's `vagrant` drives the real daemon and the tiny guest.
-One machine's life takes three boots (up, reload, up after halt); the rest needs none."""
+One machine's life takes three boots (up, reload, up after halt); the rest needs none: suspend,
+resume and snapshot restores carry on from saved states."""
 
 import json
 import os
@@ -65,6 +66,57 @@ def run_answering(v, args, answer, timeout=300):
         os.close(master)
 
 
+def mark(v, path, text=None):
+    """Writes (or reads) a file in the guest's /tmp: its RAM, so only a saved state keeps it."""
+    if text is not None:
+        v.run("ssh", "-c", f"echo {text} > {path}")
+    return v.run("ssh", "-c", f"cat {path}").stdout.strip()
+
+
+def suspend_resume_and_snapshots(v, probe, times):
+    """On the running machine: suspend, resume and up of a suspended machine, then snapshot
+    save, push, pop, restore, list and delete. Every resume is of the same guest: what it kept
+    in RAM is there."""
+    mark(v, "/tmp/suspended", "kept")
+    out = v.run("suspend").stdout
+    assert v.state() == "saved", out
+    assert "The machine is suspended" in v.run("status").stdout
+    t = time.monotonic()
+    out = v.run("resume", timeout=BOOT_CMD_TIMEOUT).stdout
+    times["resume"] = time.monotonic() - t
+    assert "Resuming the machine from its saved state" in out and "Machine booted and ready!" in out, out
+    assert v.state() == "running"
+    assert mark(v, "/tmp/suspended") == "kept"
+    assert ssh_banner(probe).startswith(b"SSH-2.0-dropbear"), "the forwarded port after a resume"
+    assert "The machine is not suspended." in v.run("resume").stdout
+
+    v.run("suspend")
+    out = v.run("up", timeout=BOOT_CMD_TIMEOUT).stdout
+    assert "Resuming the machine from its saved state" in out and "Machine already provisioned" in out, out
+    assert mark(v, "/tmp/suspended") == "kept"
+
+    mark(v, "/tmp/snap", "one")
+    out = v.run("snapshot", "save", "one").stdout
+    assert "Snapshot saved!" in out, out
+    assert v.state() == "running", "the machine runs on after a snapshot"
+    mark(v, "/tmp/snap", "two")
+    v.run("snapshot", "push")
+    names = v.run("snapshot", "list").stdout.split()
+    assert "one" in names and any(n.startswith("push_") for n in names), names
+    mark(v, "/tmp/snap", "three")
+    out = v.run("snapshot", "pop", timeout=BOOT_CMD_TIMEOUT).stdout
+    assert "Machine booted and ready!" in out, out
+    assert mark(v, "/tmp/snap") == "two", "pop restores the pushed snapshot"
+    assert not any(n.startswith("push_") for n in v.run("snapshot", "list").stdout.split()), "and deletes it"
+    t = time.monotonic()
+    v.run("snapshot", "restore", "one", timeout=BOOT_CMD_TIMEOUT)
+    times["snapshot_restore"] = time.monotonic() - t
+    assert mark(v, "/tmp/snap") == "one"
+    assert mark(v, "/tmp/suspended") == "kept"
+    v.run("snapshot", "delete", "one")
+    assert "No snapshots have been taken yet!" in v.run("snapshot", "list").stdout
+
+
 def test_machine_life(vagrant, provider_bin, xhyve_bin, box_catalog):
     """Three boots: up, reload, then up again with a Vagrantfile that only names the box."""
     v = vagrant
@@ -105,6 +157,8 @@ def test_machine_life(vagrant, provider_bin, xhyve_bin, box_catalog):
     out = v.run("provision").stdout
     times["provision"] = time.monotonic() - t
     assert "provisioned as vagrant on xhyve-e2e" in out, out
+
+    suspend_resume_and_snapshots(v, probe, times)
 
     t = time.monotonic()
     v.run("reload", timeout=BOOT_CMD_TIMEOUT)
