@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Resume against cold boot (figures, not a test): the tiny box through the real daemon and
+xhyve, SSH as the finish line. One cold machine.start to a working SSH login is the baseline;
+then ROUNDS times machine.suspend and machine.resume, each resume timed to its return and to SSH.
+Prints the state file's size against guest RAM, the suspend and resume times and the ratio of
+cold boot to resume (to SSH). Uses target/release/{xhyve,xhyve-provider} and target/boxes/tiny.
+
+usage: provider/benches/resume.py [ROUNDS]   (default 3)"""
+
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests/provider"))
+from provider_util import Daemon  # noqa: E402
+
+
+def timed(f):
+    t = time.monotonic()
+    r = f()
+    return time.monotonic() - t, r
+
+
+def main():
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    with tempfile.TemporaryDirectory(prefix="xhyve-resume-bench-") as d:
+        d = pathlib.Path(d)
+        box = d / "tiny.box"
+        subprocess.run([str(ROOT / "boxes/package.sh"), str(box), str(ROOT / "target/boxes/tiny"),
+                        "--kernel", "vmlinux", "--cmdline", "console=ttyS0"], check=True,
+                       capture_output=True)
+        daemon = Daemon(ROOT / "target/release/xhyve-provider", d / "home")
+        mid = None
+        try:
+            daemon.call("box.add", {"source": str(box), "name": "tiny"})
+            mid = daemon.call("machine.create", {"box": "tiny", "name": "bench"})["id"]
+
+            def ssh():
+                return daemon.call("machine.wait_ssh", {"id": mid, "timeout": 600}, timeout=700)
+
+            def start():
+                daemon.call("machine.start", {"id": mid})
+                return ssh()
+
+            cold, _ = timed(start)
+            state = d / "home/machines" / mid / "saved.snap"
+            suspends, resumes, to_ssh = [], [], []
+            for _ in range(rounds):
+                t, _ = timed(lambda: daemon.call("machine.suspend", {"id": mid}, timeout=600))
+                suspends.append(t)
+                size = state.stat()
+                t0 = time.monotonic()
+                daemon.call("machine.resume", {"id": mid}, timeout=600)
+                resumes.append(time.monotonic() - t0)
+                ssh()
+                to_ssh.append(time.monotonic() - t0)
+            ram = 256 << 20
+            med = statistics.median
+            print(f"guest RAM {ram >> 20} MiB; state file {size.st_size >> 20} MiB long, "
+                  f"{size.st_blocks * 512 / (1 << 20):.1f} MiB on disk "
+                  f"({size.st_blocks * 512 / ram:.1%} of RAM)")
+            print(f"cold machine.start to SSH: {cold:.2f} s")
+            print(f"machine.suspend: median {med(suspends):.3f} s of {rounds}")
+            print(f"machine.resume returns: median {med(resumes):.3f} s; to SSH: median "
+                  f"{med(to_ssh):.2f} s (all: {', '.join(f'{x:.2f}' for x in to_ssh)})")
+            print(f"cold boot / resume to SSH: {cold / med(to_ssh):.1f}x")
+        finally:
+            if mid:
+                daemon.call("machine.destroy", {"id": mid, "force": True})
+            daemon.stop()
+
+
+if __name__ == "__main__":
+    main()
