@@ -5,7 +5,12 @@ then ROUNDS times machine.suspend and machine.resume, each resume timed to its r
 Prints the state file's size against guest RAM, the suspend and resume times and the ratio of
 cold boot to resume (to SSH). Uses target/release/{xhyve,xhyve-provider} and target/boxes/tiny.
 
-usage: provider/benches/resume.py [ROUNDS]   (default 3)"""
+usage: provider/benches/resume.py [ROUNDS]   (default 3)
+
+Measured 2026-12-06 on the nested kvm_pvm host (2 cores shared with other sessions), 3 rounds:
+state file 256 MiB long, 28.9 MiB on disk (11.3% of RAM); cold machine.start to SSH 85.9 s;
+machine.suspend 2.40 s; machine.resume returns in 0.080 s, reaches SSH in 2.36 s (2.02-2.56):
+cold boot / resume to SSH 36.4x."""
 
 import pathlib
 import statistics
