@@ -1,6 +1,7 @@
 """`packer build` with the real Packer, plugin, provider and VMM: the tiny box boots, a shell
 provisioner writes a file on a disk the template adds, and the exported .box carries it: the
-provider imports that box from the build's catalog, boots it, and the file is there. Then a
+provider imports that box from the build's catalog, boots it, and the file is there; the build
+machine also has a NIC on a named network (`networks`) with its static address. Then a
 Ctrl-C while the guest boots, and a build from a kernel, initrd and disk image.
 
 Guest boots take ~2-3 min on the nested host (BOOT_TIMEOUT bounds every wait)."""
@@ -52,11 +53,15 @@ def source(rpc, provider_bin, tiny_box_file, out, **extra):
 def test_build_then_boot_the_new_box(packer, rpc, provider_bin, tiny_box_file):
     token = secrets.token_hex(8)
     out = packer.work / "out"
+    # The build machine also joins a named network with a static address (its eth1).
+    rpc.call("network.create", {"name": "lab", "subnet": "192.168.56.0/24"})
     src = source(rpc, provider_bin, tiny_box_file, out, cmdline=DATA_CMDLINE,
                  disk_additional_size=["64M"], shutdown_timeout="3m", vm_name="tiny-data",
-                 output_box_version="1.1.0")
+                 output_box_version="1.1.0", networks={"lab": "192.168.56.20"})
+    eth1 = "i=0; until [ -s /run/dhcp-ip.eth1 ]; do i=$((i+1)); [ $i -lt 300 ] || exit 1; sleep 1; done"
     prov = ('  provisioner "shell" {\n'
-            f'    inline = ["echo {token} > /data/hello", "sync", "cat /data/hello"]\n'
+            f'    inline = ["echo {token} > /data/hello", "sync", "cat /data/hello",\n'
+            f'              "{eth1}", "echo eth1=$(cat /run/dhcp-ip.eth1)"]\n'
             '  }\n')
     (packer.work / "t.pkr.hcl").write_text(hcl_template(src, prov))
     t0 = time.monotonic()
@@ -65,6 +70,7 @@ def test_build_then_boot_the_new_box(packer, rpc, provider_bin, tiny_box_file):
     print(f"packer build: {took:.0f} s\n{r.stdout}")
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{packer.log_tail()}"
     assert f"xhyve.tiny: {token}" in r.stdout, "the provisioner's output"
+    assert "xhyve.tiny: eth1=192.168.56.20" in r.stdout, "the named network's static address"
     assert "The guest is off: powered off" in r.stdout, "a clean power-off, not a kill"
     assert rpc.call("machine.list") == [], "no machine outlives the build"
     assert vmm_processes(rpc) == []
