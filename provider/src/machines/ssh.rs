@@ -332,6 +332,7 @@ pub fn wait_login(
     let mut attempts = 0;
     let mut prev: Option<Failure> = None;
     let mut limit = first;
+    let mut refused = Duration::ZERO;
     loop {
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
@@ -356,10 +357,18 @@ pub fn wait_login(
                 _ => fail,
             }));
         }
+        // The user-mode stack accepts at once and drops the connection while the guest does not
+        // listen yet: retry soon, without spinning. A refused key cost the guest a whole login
+        // (a process, a key exchange): retrying it every 250 ms would keep a slow guest too busy
+        // to answer at all, so those retries back off (1, 2, 4, 8 s).
+        let pause = if fail.step == Step::Auth {
+            refused = (refused * 2).clamp(Duration::from_secs(1), Duration::from_secs(8));
+            refused
+        } else {
+            Duration::from_millis(250)
+        };
         prev = Some(fail);
-        // The user-mode stack accepts at once and drops the connection while the guest does not listen yet:
-        // retry soon, without spinning.
-        std::thread::sleep((deadline - now).min(Duration::from_millis(250)));
+        std::thread::sleep((deadline - now).min(pause));
     }
 }
 
