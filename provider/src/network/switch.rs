@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use xhyve_contract::unix_path::with_short_path;
 
 /// How often the thread looks at its stop flag while idle (ms).
 const TICK_MS: i32 = 500;
@@ -42,37 +43,41 @@ fn listen(path: &Path) -> Result<OwnedFd, String> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::FileTypeExt;
     let p = path.display();
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() > 107 {
-        return Err(format!("the switch socket {p} is longer than a unix socket path may be (107 bytes): use a shorter XHYVE_HOME or network name"));
-    }
     // A socket left by a daemon that died: nobody listens on it any more (the home is locked).
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(path);
     }
     let sys = |what: &str| format!("switch socket {p}: {what}: {}", io::Error::last_os_error());
-    // SAFETY: a new socket, owned at once; the sockaddr_un is zeroed, then the path (checked to
-    // fit with its NUL) copied in.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0);
-        if fd < 0 {
-            return Err(sys("socket"));
-        }
-        let owned = OwnedFd::from_raw_fd(fd);
-        let mut addr: libc::sockaddr_un = std::mem::zeroed();
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-            *d = *s as libc::c_char;
-        }
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        if libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
-            return Err(sys("bind"));
-        }
-        if libc::listen(fd, 16) != 0 {
-            return Err(sys("listen"));
-        }
-        Ok(owned)
+    // SAFETY: a new socket, owned at once.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
+    if fd < 0 {
+        return Err(sys("socket"));
     }
+    // SAFETY: `fd` is new and ours.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // A home deep enough for the path not to fit sockaddr_un is bound through its directory.
+    let bind = |short: &Path| {
+        // SAFETY: the sockaddr_un is zeroed, then the path (made to fit, NUL after it) copied in.
+        unsafe {
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (d, s) in addr.sun_path.iter_mut().zip(short.as_os_str().as_bytes()) {
+                *d = *s as libc::c_char;
+            }
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len)
+        }
+    };
+    match with_short_path(path, bind) {
+        Ok(0) => {}
+        Ok(_) => return Err(sys("bind")),
+        Err(e) => return Err(format!("switch socket {p}: {e}")),
+    }
+    // SAFETY: listen on our bound socket.
+    if unsafe { libc::listen(fd, 16) } != 0 {
+        return Err(sys("listen"));
+    }
+    Ok(owned)
 }
 
 impl Switch {

@@ -7,3 +7,4 @@ pub mod hex;
 pub mod mac;
 pub mod random;
 pub mod signals;
+pub mod unix_path;
