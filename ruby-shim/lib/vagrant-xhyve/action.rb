@@ -170,28 +170,26 @@ module VagrantPlugins
       end
 
       def self.action_snapshot_save
-        Vagrant::Action::Builder.new.tap do |b|
-          b.use Call, IsCreated do |env, b2|
-            if env[:result]
-              b2.use SnapshotSave
-            else
-              b2.use Message, I18n.t("vagrant.commands.common.vm_not_created")
-            end
-          end
-        end
+        on_created(SnapshotSave)
       end
 
       def self.action_snapshot_delete
+        on_created(SnapshotDelete)
+      end
+
+      # `step` for a machine that exists; Vagrant's "not created" message otherwise.
+      def self.on_created(step)
         Vagrant::Action::Builder.new.tap do |b|
           b.use Call, IsCreated do |env, b2|
             if env[:result]
-              b2.use SnapshotDelete
+              b2.use step
             else
               b2.use Message, I18n.t("vagrant.commands.common.vm_not_created")
             end
           end
         end
       end
+      private_class_method :on_created
 
       # As VirtualBox's: restore, then (pop) delete the snapshot, then start (the default; a
       # snapshot of a running machine resumes where it was taken).
