@@ -30,6 +30,15 @@ pub fn tap_name(machine_id: &str) -> String {
     format!("{TAP_PREFIX}{id}")
 }
 
+/// The TAP device of the machine's NIC number `index` on a bridge network: `xh-`, the id's first
+/// 10 characters, `-` and the index (`xh-3f9a1c07b2-1`; one character less of the id from index
+/// 10: the kernel's limit).
+pub fn nic_tap_name(machine_id: &str, index: u8) -> String {
+    let suffix = format!("-{index}");
+    let id: String = machine_id.chars().take(IFNAME_MAX - TAP_PREFIX.len() - suffix.len()).collect();
+    format!("{TAP_PREFIX}{id}{suffix}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +59,7 @@ mod tests {
     fn tap_names_fit_the_kernel() {
         assert_eq!(tap_name("3f9a1c07b2e4"), "xh-3f9a1c07b2e4");
         assert_eq!(tap_name("3f9a1c07b2e4ffff").len(), IFNAME_MAX);
+        assert_eq!(nic_tap_name("3f9a1c07b2e4", 1), "xh-3f9a1c07b2-1");
+        assert_eq!(nic_tap_name("3f9a1c07b2e4", 12), "xh-3f9a1c07b-12");
     }
 }

@@ -10,7 +10,10 @@ Everything runs as root inside network namespaces these tests create (the daemon
   restart, clean-up when the VMM ends, is killed or the machine is destroyed;
 - refusals: a daemon without root's network privileges, bad bridge settings;
 - with the real tiny box (two boots): SSH to the leased address, the guest's eth0 has it, and the
-  next boot, after a daemon restart, gets it again.
+  next boot, after a daemon restart, gets it again;
+- a named network of mode bridge (Vagrant's host-only network), with the real tiny box: its bad
+  inputs, the bridge with the host's address, the NIC's TAP device on it, the host's TCP to the
+  guest's static address and back, nothing left after network.remove.
 """
 
 import json
@@ -300,6 +303,11 @@ def test_shared_needs_root(provider_bin, netns, how):
             assert not (h.machine_dir(mid) / "fake-argv").exists()
             assert set(links(netns)) == {"lo"}
             assert not (home / "network").exists()
+            # A named network of mode bridge is refused alike, with nothing made.
+            e = h.error("network.create", {"name": "hb", "subnet": "10.77.0.0/24", "mode": "bridge"})
+            assert e.code == -32012 and "needs root" in e.message and "CAP_NET_ADMIN" in e.message, e.message
+            assert e.data == {"missing": ["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"]}, e.data
+            assert set(links(netns)) == {"lo"} and h.call("network.list") == []
             # Other modes are unaffected.
             none = h.call("machine.create", {"box": "fake", "name": "n", "network": "none"})["id"]
             assert h.call("machine.start", {"id": none})["state"] == "running"
@@ -382,4 +390,119 @@ def test_real_shared_network_same_address_across_restarts(provider_bin, xhyve_bi
         raise
     finally:
         print(f"shared network timings (s): {json.dumps({k: round(v, 1) for k, v in times.items()})}")
+        h.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Real: a named network of mode bridge (Vagrant's host-only network), one boot of the tiny box.
+
+HB_SUBNET, HB_HOST, HB_GUEST = "10.77.0.0/24", "10.77.0.1", "10.77.0.10"
+
+
+def ssh_banner_from_ns(ns, host, timeout):
+    """The first line a TCP client in the namespace reads from host:22, retried until `timeout`
+    (the guest's second NIC may still ask DHCP when SSH over its management NIC answers)."""
+    code = ("import socket,sys\n"
+            f"s = socket.create_connection(({host!r}, 22), timeout=10)\n"
+            "sys.stdout.write(s.recv(200).decode(errors='replace'))\n")
+    deadline = time.monotonic() + timeout
+    while True:
+        r = in_ns(ns, "python3", "-c", code, check=False)
+        if r.returncode == 0 or time.monotonic() > deadline:
+            return r
+        time.sleep(2)
+
+
+def listen_in_ns(ns, host, port):
+    """A TCP server in the namespace on host:port: its stdout is what the first client sent."""
+    code = ("import socket,sys\n"
+            f"srv = socket.create_server(({host!r}, {port}))\n"
+            "print('ready', flush=True)\n"
+            "srv.settimeout(60)\n"
+            "c, _ = srv.accept()\n"
+            "c.settimeout(30)\n"
+            "sys.stdout.write(c.recv(200).decode(errors='replace'))\n")
+    p = subprocess.Popen(["ip", "netns", "exec", ns, "python3", "-c", code], stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def test_real_bridge_network_host_reaches_machine(provider_bin, netns, tiny_box_file, tmp_path):
+    assert (provider_bin.parent / "xhyve").is_file(), "xhyve next to xhyve-provider: build it"
+    h = Home(ns_wrapper(tmp_path / "provider", netns, provider_bin), tmp_path / "home")
+    mid = None
+    times = {}
+    try:
+        # Bad input first: nothing made.
+        for params, code, want in [
+            ({"name": "x", "subnet": "10.78.0.0/24", "bridge": "br-x"}, -32602, "mode \"bridge\" only"),
+            ({"name": "x", "subnet": "10.78.0.0/24", "mode": "bridge", "bridge": "lo"}, -32002,
+             "already has an interface lo"),
+            ({"name": "a-very-long-name", "subnet": "10.78.0.0/24", "mode": "bridge"}, -32602,
+             "too long for an interface name"),
+            ({"name": "x", "subnet": "10.78.0.0/24", "mode": "bridge", "bridge": "xh-mine"}, -32602,
+             "TAP devices"),
+            ({"name": "x", "subnet": "192.168.64.0/25", "mode": "bridge"}, -32002,
+             "overlaps the shared network's"),
+            ({"name": "x", "mode": "hub"}, -32602, "unknown variant"),
+        ]:
+            e = h.error("network.create", params)
+            assert e.code == code and want in e.message, (params, e.code, e.message)
+        assert set(links(netns)) == {"lo"}
+        assert h.call("network.list") == []
+
+        v = h.call("network.create", {"name": "hb", "subnet": HB_SUBNET, "mode": "bridge"})
+        assert v["mode"] == "bridge" and v["bridge"] == "xhn-hb" and v["socket"] is None, v
+        assert v["gateway"] == HB_HOST, v
+        ls = links(netns)
+        assert ls["xhn-hb"]["linkinfo"]["info_kind"] == "bridge" and "UP" in ls["xhn-hb"]["flags"], ls
+        assert addrs(netns, "xhn-hb") == [f"{HB_HOST}/24"]
+        e = h.error("network.create", {"name": "hb2", "subnet": "10.79.0.0/24", "mode": "bridge",
+                                       "bridge": "xhn-hb"})
+        assert e.code == -32002 and "network \"hb\"'s" in e.message, e.message
+
+        h.call("box.add", {"source": str(tiny_box_file), "name": "xhyve/tiny", "version": "1.0.0"})
+        uid = str(uuidlib.uuid4())
+        mid = h.call("machine.create", {"box": "xhyve/tiny", "name": "hostonly", "uuid": uid,
+                                         "nics": ["user", {"network": "hb", "ip": HB_GUEST}]})["id"]
+        tap = f"xh-{mid[:10]}-1"
+        t0 = time.monotonic()
+        h.call("machine.start", {"id": mid})
+        ls = links(netns)
+        assert ls[tap]["linkinfo"]["info_kind"] == "tun" and ls[tap]["master"] == "xhn-hb", ls[tap]
+        wait_ssh_long(h, mid)
+        times["boot_to_ssh"] = time.monotonic() - t0
+        # The host reaches the guest's sshd directly at its static address, the guest the host.
+        r = ssh_banner_from_ns(netns, HB_GUEST, 120)
+        assert r.returncode == 0 and r.stdout.startswith("SSH-2.0-"), (r.returncode, r.stdout, r.stderr)
+        times["host_tcp_to_guest"] = time.monotonic() - t0
+        server = listen_in_ns(netns, HB_HOST, 7003)
+        r, out = exec_(h, mid, f"ip -4 addr show dev eth1; ip route show default; "
+                               f"echo guest-to-host | nc -w 10 {HB_HOST} 7003")
+        assert r == {"exit_status": 0}, (r, out)
+        assert server.communicate(timeout=60)[0].strip() == "guest-to-host"
+        assert f"inet {HB_GUEST}/24" in out["stdout"], out
+        defaults = [line for line in out["stdout"].splitlines() if line.startswith("default")]
+        assert defaults and all("dev eth0" in line for line in defaults), out
+        lease = h.call("network.list")[0]["leases"][0]
+        assert lease["ip"] == HB_GUEST and lease["fixed"] and lease["bound"], lease
+
+        e = h.error("network.remove", {"name": "hb"})
+        assert e.code == -32002, e.message
+        assert h.call("machine.stop", {"id": mid, "timeout": 120})["state"] == "stopped"
+        assert tap not in links(netns), "the TAP device goes with the VMM"
+        assert h.call("machine.destroy", {"id": mid})["state"] == "not_created"
+        mid = None
+        assert h.call("network.remove", {"name": "hb"}) == {"name": "hb", "removed": True}
+        assert set(links(netns)) == {"lo"}, "no bridge, no TAP device left"
+    except BaseException:
+        for name in ("console.log", "vmm.log"):
+            p = h.machine_dir(mid or "none") / name
+            if p.exists():
+                print(f"--- {name}:\n{p.read_text(errors='replace')[-4000:]}")
+        print(f"--- daemon log:\n{h.daemon.log.read_text(errors='replace')[-4000:]}")
+        raise
+    finally:
+        print(f"bridge network timings (s): {json.dumps({k: round(v, 1) for k, v in times.items()})}")
         h.close()

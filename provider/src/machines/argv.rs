@@ -5,7 +5,7 @@
 use super::record::{DiskFormat, MachineRecord, NetworkMode};
 use super::{control, ssh};
 use crate::error::{code, Error, Result};
-use crate::network::named::Named;
+use crate::network::named::{Named, Port};
 use crate::network::{Shared, Tap};
 use std::collections::HashSet;
 use std::path::Path;
@@ -23,8 +23,9 @@ pub(super) struct Launch {
     pub notes: Vec<String>,
     /// The host port forwarded to the guest's SSH (network user).
     pub ssh_port: Option<u16>,
-    /// Shared mode's TAP device: deleted again if the start fails before xhyve runs.
-    pub tap: Option<Tap>,
+    /// The TAP devices of mode shared and of the NICs on bridge networks: deleted again if the
+    /// start fails before xhyve runs.
+    pub taps: Vec<Tap>,
 }
 
 /// The networks a machine's NICs join: mode shared's bridge and the named networks.
@@ -67,7 +68,7 @@ pub(super) fn launch(
     }
     let mut notes = Vec::new();
     let mut ssh_port = None;
-    let mut tap = None;
+    let mut taps = Vec::new();
     match rec.network.mode {
         NetworkMode::User if feat.has_pci("virtio-net") => {
             let port =
@@ -91,7 +92,7 @@ pub(super) fn launch(
             if !rec.network.forwarded_ports.is_empty() {
                 notes.push("forwarded_ports apply to network user only: in network shared the guest's own address is reachable".into());
             }
-            tap = Some(t);
+            taps.push(t);
         }
         NetworkMode::Shared => {
             notes.push(format!("{} has no virtio-tap: the machine has no network (and no SSH)", xhyve.display()))
@@ -112,22 +113,32 @@ pub(super) fn launch(
     }
     // After the disks, so that adding NICs moves no disk; each with the MAC of its index.
     for (k, nic) in rec.network.nics.iter().enumerate() {
-        if !feat.has_pci("virtio-net") || !feat.net_backends.iter().any(|b| b == "socket") {
-            return Err(vmm_err(format!(
-                "{} has no virtio-net socket backend, which the NIC on network {} needs",
-                xhyve.display(),
-                nic.network
-            )));
-        }
         let index = u8::try_from(k + 1).map_err(|_| vmm_err("too many NICs".into()))?;
         let mac = crate::nic::nic_mac_of_uuid(&rec.uuid, index)
             .ok_or_else(|| vmm_err(format!("{:?} is not a UUID", rec.uuid)))?;
-        let sock = named.port(&nic.network)?;
+        let mac = xhyve_contract::mac::format_mac(&mac);
         let slot = NET_SLOT + 1 + rec.disks.len() + k;
-        argv.extend([
-            "-s".into(),
-            format!("{slot},virtio-net,socket={},mac={}", sock.display(), xhyve_contract::mac::format_mac(&mac)),
-        ]);
+        let lacks = |what: &str| {
+            vmm_err(format!("{} has no {what}, which the NIC on network {} needs", xhyve.display(), nic.network))
+        };
+        let dev = match named.port(&nic.network)? {
+            Port::Socket(sock) => {
+                if !feat.has_pci("virtio-net") || !feat.net_backends.iter().any(|b| b == "socket") {
+                    return Err(lacks("virtio-net socket backend"));
+                }
+                format!("{slot},virtio-net,socket={},mac={mac}", sock.display())
+            }
+            Port::Bridge(br) => {
+                if !feat.has_pci("virtio-tap") {
+                    return Err(lacks("virtio-tap"));
+                }
+                let t = Tap::create(crate::nic::nic_tap_name(&rec.id, index), &br)?;
+                let dev = format!("{slot},virtio-tap,{},mac={mac}", t.name());
+                taps.push(t);
+                dev
+            }
+        };
+        argv.extend(["-s".into(), dev]);
     }
     if feat.snapshots {
         // Relative: xhyve runs in the machine's directory, and a long home would not fit a
@@ -143,7 +154,7 @@ pub(super) fn launch(
         "-f".into(),
         format!("kexec,{},{},{}", rec.kernel, rec.initrd.clone().unwrap_or_default(), rec.cmdline),
     ]);
-    Ok(Launch { argv, notes, ssh_port, tap })
+    Ok(Launch { argv, notes, ssh_port, taps })
 }
 
 /// `argv` without its `--restore`: how xhyve starts again after a guest reboot.

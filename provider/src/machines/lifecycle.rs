@@ -75,7 +75,7 @@ impl Machines {
         let console = dir.join("console.log");
         let taken: std::collections::HashSet<u16> =
             self.records().into_iter().filter(|(_, r)| r.id != rec.id).filter_map(|(_, r)| r.ssh_port).collect();
-        let argv::Launch { argv, notes, ssh_port, tap } = argv::launch(
+        let argv::Launch { argv, notes, ssh_port, taps } = argv::launch(
             &xhyve,
             &feat,
             rec,
@@ -127,7 +127,7 @@ impl Machines {
             rec.save(dir)?;
             rec
         };
-        if let Some(t) = tap {
+        for t in taps {
             t.keep();
         }
         for n in notes {
@@ -188,7 +188,7 @@ impl Machines {
             }
         }
         // Before the record says "not running": a start that follows makes a new TAP device.
-        self.net.remove_tap(id);
+        self.net.remove_tap(id, rec.network.nics.len());
         classify(&mut rec, exit.as_ref(), &dir);
         if let Some((state, why)) = refused {
             rec.state = state;
@@ -355,7 +355,7 @@ impl Machines {
             let _g = lock(&slot.rec);
             self.remove_dir(&dir);
         }
-        self.net.remove_tap(&p.id);
+        self.net.remove_tap(&p.id, private.len());
         if let Some(mac) = shared_mac {
             self.net.forget(&mac);
         }
@@ -389,7 +389,7 @@ impl Machines {
         // bridge and DHCP server come back while a shared machine runs.
         let records = self.records();
         for (_, r) in records.iter().filter(|(_, r)| r.state != State::Running) {
-            self.net.remove_tap(&r.id);
+            self.net.remove_tap(&r.id, r.network.nics.len());
         }
         if records.iter().any(|(_, r)| r.state == State::Running && r.network.mode == NetworkMode::Shared) {
             self.net.resume();

@@ -1,5 +1,5 @@
-//! The shared network's DHCP server: one thread, a UDP socket on port 67 bound to the bridge
-//! (SO_BINDTODEVICE), answering DHCPDISCOVER with DHCPOFFER and DHCPREQUEST with DHCPACK (or
+//! The DHCP server of a host bridge (the shared network's, a bridge network's): one thread, a
+//! UDP socket on port 67 bound to the bridge (SO_BINDTODEVICE), answering DHCPDISCOVER with DHCPOFFER and DHCPREQUEST with DHCPACK (or
 //! DHCPNAK when the guest asks for another address than its own), from `Leases`. Replies go to
 //! the limited broadcast address on the bridge (the guest has no address yet), or to the guest's
 //! address when it renews. Options: subnet mask, router and broadcast address (the bridge), lease
@@ -244,6 +244,27 @@ fn bind(bridge: &str) -> Result<UdpSocket, String> {
     }
 }
 
+/// Where the server finds the leases: shared mode loads them on first use, a named network's
+/// are loaded with it.
+pub trait LeaseCell: Send + Sync + 'static {
+    /// Runs `f` on the leases, if they are loaded.
+    fn with_leases(&self, f: &mut dyn FnMut(&mut Leases));
+}
+
+impl LeaseCell for Mutex<Option<Leases>> {
+    fn with_leases(&self, f: &mut dyn FnMut(&mut Leases)) {
+        if let Some(l) = self.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            f(l)
+        }
+    }
+}
+
+impl LeaseCell for Mutex<Leases> {
+    fn with_leases(&self, f: &mut dyn FnMut(&mut Leases)) {
+        f(&mut self.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// A running DHCP server thread.
 pub struct Server {
     ifindex: u32,
@@ -253,7 +274,7 @@ pub struct Server {
 
 impl Server {
     /// Binds the socket (errors come back here) and starts the thread.
-    pub fn start(cfg: Config, ifindex: u32, leases: Arc<Mutex<Option<Leases>>>) -> Result<Server, String> {
+    pub fn start(cfg: Config, ifindex: u32, leases: Arc<dyn LeaseCell>) -> Result<Server, String> {
         let sock = bind(&cfg.bridge)?;
         sock.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| format!("DHCP socket: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -277,7 +298,7 @@ impl Server {
     }
 }
 
-fn serve(sock: UdpSocket, cfg: Config, leases: Arc<Mutex<Option<Leases>>>, stop: Arc<AtomicBool>) {
+fn serve(sock: UdpSocket, cfg: Config, leases: Arc<dyn LeaseCell>, stop: Arc<AtomicBool>) {
     let mut buf = vec![0u8; 4096];
     // Notes of ignored packets: at most one per 10 s, with how many were not logged.
     let mut quiet_until = Instant::now();
@@ -299,15 +320,14 @@ fn serve(sock: UdpSocket, cfg: Config, leases: Arc<Mutex<Option<Leases>>>, stop:
                 continue;
             }
         };
-        let out = {
-            let mut g = leases.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(l) = g.as_mut() else { continue };
-            let out = handle(&buf[..n], &cfg, l, crate::state::now());
+        let mut out = None;
+        leases.with_leases(&mut |l| {
+            out = Some(handle(&buf[..n], &cfg, l, crate::state::now()));
             if let Err(e) = l.flush() {
                 log(&format!("DHCP: cannot write the leases: {e}"));
             }
-            out
-        };
+        });
+        let Some(out) = out else { continue };
         if out.ignored {
             let now = Instant::now();
             if now < quiet_until {

@@ -30,7 +30,7 @@ pub mod switch;
 use crate::error::{code, Error, Result};
 use crate::home::Home;
 use crate::logger::log;
-use crate::nic::{tap_name, Mac};
+use crate::nic::{nic_tap_name, tap_name, Mac};
 pub use config::Config;
 use leases::Leases;
 use serde_json::json;
@@ -65,6 +65,23 @@ pub fn missing_caps() -> Vec<&'static str> {
         .collect()
 }
 
+/// Ok when this process has the capabilities a host bridge needs (`missing_caps`); else the
+/// error `msg` makes of the missing ones, with them in its data.
+pub fn need_caps(msg: impl FnOnce(&str) -> String) -> Result<()> {
+    let missing = missing_caps();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(net_err(msg(&missing.join(" and "))).with_data(json!({"missing": missing})))
+}
+
+/// `(pid N, uid U)` of this daemon, for the errors of `need_caps`.
+pub fn whoami() -> String {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    format!("(pid {}, uid {uid})", std::process::id())
+}
+
 /// A TAP device made for a machine that is about to start: deleted when dropped, unless
 /// `keep` (the VMM started; the supervisor deletes it when the VMM ends).
 pub struct Tap {
@@ -73,6 +90,11 @@ pub struct Tap {
 }
 
 impl Tap {
+    /// A new TAP device `name` on `bridge` (see `bridge::create_tap`).
+    pub fn create(name: String, bridge: &str) -> Result<Tap> {
+        bridge::create_tap(&name, bridge).map_err(net_err)?;
+        Ok(Tap { name, keep: false })
+    }
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -133,24 +155,17 @@ impl Shared {
     /// when the daemon lacks the privileges; a TAP made is deleted again on any later error.
     pub fn prepare(&self, machine_id: &str) -> Result<Tap> {
         let cfg = self.cfg()?.clone();
-        let missing = missing_caps();
-        if !missing.is_empty() {
-            // SAFETY: geteuid cannot fail.
-            let uid = unsafe { libc::geteuid() };
-            return Err(net_err(format!(
-                "network mode shared needs root: this daemon (pid {}, uid {uid}) lacks {}, which the bridge {}, the machine's TAP device and the DHCP server need; run `xhyve-provider serve` as root (as vmnet needs), or use network \"user\"",
-                std::process::id(),
-                missing.join(" and "),
+        need_caps(|missing| {
+            format!(
+                "network mode shared needs root: this daemon {} lacks {missing}, which the bridge {}, the machine's TAP device and the DHCP server need; run `xhyve-provider serve` as root (as vmnet needs), or use network \"user\"",
+                whoami(),
                 cfg.bridge
-            ))
-            .with_data(json!({"missing": missing})));
-        }
+            )
+        })?;
         let _g = lock(&self.setup);
         bridge::ensure_bridge(&cfg).map_err(net_err)?;
         self.ensure_server(&cfg)?;
-        let name = tap_name(machine_id);
-        bridge::create_tap(&name, &cfg.bridge).map_err(net_err)?;
-        Ok(Tap { name, keep: false })
+        Tap::create(tap_name(machine_id), &cfg.bridge)
     }
 
     /// Starts the DHCP server on the bridge, or restarts it when the bridge was made anew.
@@ -171,14 +186,17 @@ impl Shared {
         Ok(())
     }
 
-    /// Deletes the machine's TAP device if there is one (its VMM ended, or it is destroyed).
-    pub fn remove_tap(&self, machine_id: &str) {
-        let name = tap_name(machine_id);
-        if bridge::exists(&name) {
-            let _g = lock(&self.setup);
-            match bridge::delete_link(&name) {
-                Ok(()) => log(&format!("machine {machine_id}: TAP device {name} deleted")),
-                Err(e) => log(&format!("machine {machine_id}: {e}")),
+    /// Deletes the machine's TAP devices that exist (its VMM ended, or it is destroyed): mode
+    /// shared's and those of its `nics` NICs on bridge networks.
+    pub fn remove_tap(&self, machine_id: &str, nics: usize) {
+        let names = (1..=nics).filter_map(|k| Some(nic_tap_name(machine_id, u8::try_from(k).ok()?)));
+        for name in std::iter::once(tap_name(machine_id)).chain(names) {
+            if bridge::exists(&name) {
+                let _g = lock(&self.setup);
+                match bridge::delete_link(&name) {
+                    Ok(()) => log(&format!("machine {machine_id}: TAP device {name} deleted")),
+                    Err(e) => log(&format!("machine {machine_id}: {e}")),
+                }
             }
         }
     }

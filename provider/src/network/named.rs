@@ -1,9 +1,14 @@
-//! Named networks (`network.create|list|remove`): rootless private networks that machines join
-//! with their second and later NICs. Each is a subnet (default 192.168.56.0/21, Vagrant's
-//! host-only range), a DHCP range for NICs without a static address (default: the upper half
-//! of the subnet; `false`: static addresses only) and a switch thread (`switch`) that runs while
-//! the daemon does. Its first host address is the gateway: the switch answers DHCP from it, and
-//! no guest gets it.
+//! Named networks (`network.create|list|remove`): private networks that machines join with
+//! their second and later NICs. Each is a subnet (default 192.168.56.0/21, Vagrant's host-only
+//! range), a DHCP range for NICs without a static address (default: the upper half of the
+//! subnet; `false`: static addresses only) and, while the daemon runs, one of:
+//! - mode `switch` (rootless, the default): a switch thread (`switch`) that answers DHCP itself;
+//! - mode `bridge` (root): a host bridge (`bridge`, default name `xhn-NAME`) with the host's own
+//!   address on it, the NICs as TAP devices on it and a DHCP server (`dhcp`) on it, as the
+//!   shared network has: the host reaches the machines directly (Vagrant's host-only network).
+//!
+//! Its first host address is the gateway: the switch answers DHCP from it, or the host has it
+//! on the bridge; no guest gets it.
 //!
 //! State under `$XHYVE_HOME/networks/`: `networks.json` (the list, written atomically; a change
 //! that cannot be written is not made), `NAME.leases.json` (the network's leases, as the shared
@@ -12,13 +17,14 @@
 //! This module knows networks, MACs and addresses, not machines: the caller names the machines
 //! that use a network when it asks to remove it.
 
-use super::config::Config;
+use super::config::{check_ifname, Config};
 use super::leases::Leases;
 use super::switch::Switch;
+use super::{bridge, dhcp, need_caps, whoami};
 use crate::error::{code, Error, Result};
 use crate::home::Home;
 use crate::logger::log;
-use crate::nic::Mac;
+use crate::nic::{Mac, TAP_PREFIX};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -29,6 +35,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use xhyve_contract::mac::format_mac;
 
 pub const DEFAULT_SUBNET: &str = "192.168.56.0/21";
+/// A bridge network's default interface name: this, then the network's name.
+pub const BRIDGE_PREFIX: &str = "xhn-";
 const NAME_MAX: usize = 40;
 
 /// `network.create`'s params.
@@ -39,6 +47,35 @@ pub struct CreateParams {
     pub subnet: Option<String>,
     /// `{start, end}`, or `false` for static addresses only; default: the subnet's upper half.
     pub dhcp: Option<Value>,
+    pub mode: Option<Mode>,
+    /// Mode bridge: the bridge's interface name (default `xhn-NAME`).
+    pub bridge: Option<String>,
+}
+
+/// How the network's frames travel: a rootless switch in the daemon, or a host bridge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Switch,
+    Bridge,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Switch => "switch",
+            Mode::Bridge => "bridge",
+        }
+    }
+}
+
+/// Where a NIC on the network plugs in.
+pub enum Port {
+    /// The switch's unix socket (xhyve `virtio-net,socket=PATH`).
+    Socket(PathBuf),
+    /// The host bridge a TAP device joins (xhyve `virtio-tap`).
+    Bridge(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +93,11 @@ pub struct Spec {
     /// The DHCP range; None: static addresses only.
     pub dhcp: Option<Range>,
     pub created_at: u64,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Mode bridge's interface name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +134,7 @@ impl Spec {
         // An empty range (start > end) when DHCP hands out only the fixed leases.
         let range = self.dhcp.map(|r| (r.start, r.end)).unwrap_or((Ipv4Addr::BROADCAST, Ipv4Addr::UNSPECIFIED));
         Config {
-            bridge: self.name.clone(),
+            bridge: self.bridge.clone().unwrap_or_else(|| self.name.clone()),
             gateway: Ipv4Addr::from(u32::from(net) + 1),
             prefix,
             router: false,
@@ -106,7 +148,9 @@ impl Spec {
             "name": self.name, "subnet": self.subnet, "gateway": c.gateway.to_string(),
             "netmask": c.netmask().to_string(),
             "dhcp": self.dhcp.map(|r| json!({"start": r.start.to_string(), "end": r.end.to_string()})),
-            "socket": path.display().to_string(), "created_at": self.created_at,
+            "mode": self.mode.as_str(), "bridge": self.bridge,
+            "socket": (self.mode == Mode::Switch).then(|| path.display().to_string()),
+            "created_at": self.created_at,
         })
     }
 
@@ -123,7 +167,29 @@ impl Spec {
         let (net, prefix) =
             parse_subnet(p.subnet.as_deref().unwrap_or(DEFAULT_SUBNET)).map_err(|e| bad("subnet", e))?;
         let subnet = format!("{net}/{prefix}");
-        let mut spec = Spec { name: n.clone(), subnet, dhcp: None, created_at: crate::state::now() };
+        let mode = p.mode.unwrap_or_default();
+        let bridge = match (mode, &p.bridge) {
+            (Mode::Switch, Some(_)) => return Err(bad("bridge", "names the host bridge of mode \"bridge\" only")),
+            (Mode::Switch, None) => None,
+            (Mode::Bridge, Some(b)) => {
+                check_ifname(b).map_err(|e| bad("bridge", e))?;
+                Some(b.clone())
+            }
+            (Mode::Bridge, None) => {
+                let b = format!("{BRIDGE_PREFIX}{n}");
+                check_ifname(&b).map_err(|_| {
+                    bad(
+                        "bridge",
+                        format!("{b:?} (the default) is too long for an interface name (15 characters): give bridge"),
+                    )
+                })?;
+                Some(b)
+            }
+        };
+        if let Some(b) = bridge.as_deref().filter(|b| b.starts_with(TAP_PREFIX)) {
+            return Err(bad("bridge", format!("{b}: names starting with {TAP_PREFIX} are the machines' TAP devices")));
+        }
+        let mut spec = Spec { name: n.clone(), subnet, dhcp: None, created_at: crate::state::now(), mode, bridge };
         let cfg = spec.config();
         let ip = |v: Option<&Value>, what: &str| -> Result<Ipv4Addr> {
             let ip: Ipv4Addr = v
@@ -165,17 +231,44 @@ impl Spec {
     }
 
     fn overlaps(&self, other: &Spec) -> bool {
-        let (a, b) = (self.config(), other.config());
-        let common = a.mask() & b.mask();
-        a.network() & common == b.network() & common
+        overlap(&self.config(), &other.config())
     }
 }
 
-/// A network while the daemon runs: its spec, leases and switch.
+fn overlap(a: &Config, b: &Config) -> bool {
+    let common = a.mask() & b.mask();
+    a.network() & common == b.network() & common
+}
+
+/// What runs for a network: its switch, or its bridge's DHCP server.
+enum Running {
+    Switch(Switch),
+    Bridge(dhcp::Server),
+}
+
+/// A network while the daemon runs: its spec, leases and what runs for it (None: it could not
+/// start; the next machine to join tries again).
 struct Live {
     spec: Spec,
     leases: Arc<Mutex<Leases>>,
-    switch: Option<Switch>,
+    running: Option<Running>,
+}
+
+impl Live {
+    /// Stops what runs; `delete`: the bridge goes too (the network is removed, or its creation
+    /// failed).
+    fn stop(&mut self, delete: bool) {
+        match self.running.take() {
+            Some(Running::Switch(s)) => s.stop(),
+            Some(Running::Bridge(s)) => s.stop(),
+            None => {}
+        }
+        if let (true, Some(br)) = (delete, &self.spec.bridge) {
+            if let Err(e) = bridge::delete_link(br) {
+                log(&format!("network {}: {e}", self.spec.name));
+            }
+        }
+    }
 }
 
 /// The daemon's named networks.
@@ -222,14 +315,44 @@ impl Named {
             .map_err(|e| net_err(format!("writing {}: {e}", self.file().display())))
     }
 
-    /// A network's leases and running switch (started if it is not running).
-    fn live(&self, spec: Spec) -> Result<Live> {
-        let cfg = spec.config();
-        let leases = Leases::load(&self.leases_file(&spec.name), &cfg).map_err(net_err)?;
-        let leases = Arc::new(Mutex::new(leases));
-        let switch = Switch::start(&self.socket(&spec.name), cfg, leases.clone())
-            .map_err(|e| net_err(format!("network {}: {e}", spec.name)))?;
-        Ok(Live { spec, leases, switch: Some(switch) })
+    /// A network's leases, nothing running yet.
+    fn load(&self, spec: Spec) -> Result<Live> {
+        let leases = Leases::load(&self.leases_file(&spec.name), &spec.config()).map_err(net_err)?;
+        Ok(Live { spec, leases: Arc::new(Mutex::new(leases)), running: None })
+    }
+
+    /// Starts the network's switch, or makes its bridge (idempotent: an existing one is kept)
+    /// and starts its DHCP server; a server whose bridge was made anew is restarted.
+    fn start(&self, live: &mut Live) -> Result<()> {
+        let cfg = live.spec.config();
+        let name = live.spec.name.clone();
+        let err = |e: String| net_err(format!("network {name}: {e}"));
+        match live.spec.mode {
+            Mode::Switch if live.running.is_none() => {
+                let s = Switch::start(&self.socket(&name), cfg, live.leases.clone()).map_err(err)?;
+                live.running = Some(Running::Switch(s));
+            }
+            Mode::Switch => {}
+            Mode::Bridge => {
+                need_caps(|missing| {
+                    format!(
+                        "network {name:?} is a host bridge ({}): this daemon {} lacks {missing}, which the bridge, the machines' TAP devices and its DHCP server need; run `xhyve-provider serve` as root, or use a network of mode \"switch\" (rootless)",
+                        cfg.bridge,
+                        whoami()
+                    )
+                })?;
+                bridge::ensure_bridge(&cfg).map_err(err)?;
+                let ifindex = bridge::ifindex(&cfg.bridge).ok_or_else(|| err(format!("{} vanished", cfg.bridge)))?;
+                if matches!(&live.running, Some(Running::Bridge(s)) if s.serves(ifindex)) {
+                    return Ok(());
+                }
+                live.stop(false);
+                let s = dhcp::Server::start(cfg.clone(), ifindex, live.leases.clone()).map_err(err)?;
+                log(&format!("network {name}: bridge {} ({}) with its DHCP server", cfg.bridge, cfg.cidr()));
+                live.running = Some(Running::Bridge(s));
+            }
+        }
+        Ok(())
     }
 
     /// Runs `f` on the networks, loading them (and starting their switches) on first use.
@@ -249,25 +372,26 @@ impl Named {
             let mut nets = BTreeMap::new();
             for spec in file.networks {
                 let name = spec.name.clone();
-                match self.live(spec.clone()) {
-                    Ok(l) => {
-                        log(&format!("network {name} ({}): switch on {}", spec.subnet, self.socket(&name).display()));
-                        nets.insert(name, l);
-                    }
-                    Err(e) => {
-                        // Kept in the list (the machines' NICs name it); its machines cannot start.
-                        log(&e.message);
-                        let leases = Leases::load(&self.leases_file(&name), &spec.config()).map_err(net_err)?;
-                        nets.insert(name, Live { spec, leases: Arc::new(Mutex::new(leases)), switch: None });
-                    }
+                let mut live = self.load(spec)?;
+                // On error it stays in the list (the machines' NICs name it): its machines cannot
+                // start until it can.
+                match self.start(&mut live) {
+                    Ok(()) if live.spec.mode == Mode::Switch => log(&format!(
+                        "network {name} ({}): switch on {}",
+                        live.spec.subnet,
+                        self.socket(&name).display()
+                    )),
+                    Ok(()) => {}
+                    Err(e) => log(&e.message),
                 }
+                nets.insert(name, live);
             }
             *g = Some(nets);
         }
         f(g.as_mut().expect("loaded above"))
     }
 
-    /// At daemon start: the switches of every network.
+    /// At daemon start: the switches and bridges of every network.
     pub fn resume(&self) {
         if let Err(e) = self.with(|_| Ok(())) {
             log(&format!("named networks: {}", e.message));
@@ -290,14 +414,15 @@ impl Named {
                 )
                 .with_data(json!({"network": o.spec.name})));
             }
+            if let Some(br) = &spec.bridge {
+                self.check_bridge(nets, &spec, br)?;
+            }
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
             // A leases file of an earlier network of that name is not this one's.
             let _ = std::fs::remove_file(self.leases_file(&spec.name));
-            let live = self.live(spec.clone())?;
-            if let Err(e) = self.save(nets, Some(&spec), None) {
-                if let Some(s) = live.switch {
-                    s.stop();
-                }
+            let mut live = self.load(spec.clone())?;
+            if let Err(e) = self.start(&mut live).and_then(|()| self.save(nets, Some(&spec), None)) {
+                live.stop(true);
                 return Err(e);
             }
             let v = spec.value(&self.socket(&spec.name));
@@ -305,6 +430,38 @@ impl Named {
             nets.insert(spec.name.clone(), live);
             Ok(v)
         })
+    }
+
+    /// A new bridge network's checks: the daemon may make bridges, its interface is not taken
+    /// (by another network, or anything on the host), its subnet is not the shared network's.
+    fn check_bridge(&self, nets: &BTreeMap<String, Live>, spec: &Spec, br: &str) -> Result<()> {
+        need_caps(|missing| {
+            format!(
+                "mode \"bridge\" needs root: this daemon {} lacks {missing}, which the bridge {br}, the machines' TAP devices and its DHCP server need; run `xhyve-provider serve` as root, or use mode \"switch\" (rootless)",
+                whoami()
+            )
+        })?;
+        let taken = |field: &str, m: String| Err(Error::new(code::IN_USE, m).with_data(json!({"field": field})));
+        if let Some(o) = nets.values().find(|o| o.spec.bridge.as_deref() == Some(br)) {
+            return taken("bridge", format!("bridge {br} is network {:?}'s: give another bridge name", o.spec.name));
+        }
+        if bridge::exists(br) {
+            return taken("bridge", format!("the host already has an interface {br}: give another bridge name"));
+        }
+        if let Ok(shared) = Config::from_env() {
+            if overlap(&shared, &spec.config()) {
+                return taken(
+                    "subnet",
+                    format!(
+                        "subnet {} overlaps the shared network's ({} on {}): give another subnet",
+                        spec.subnet,
+                        shared.cidr(),
+                        shared.bridge
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     pub fn list(&self) -> Result<Value> {
@@ -335,10 +492,8 @@ impl Named {
                 .with_data(json!({"machines": users})));
             }
             self.save(nets, None, Some(name))?;
-            let live = nets.remove(name).expect("checked above");
-            if let Some(s) = live.switch {
-                s.stop();
-            }
+            let mut live = nets.remove(name).expect("checked above");
+            live.stop(true);
             let _ = std::fs::remove_file(self.leases_file(name));
             log(&format!("network {name} removed"));
             Ok(json!({"name": name, "removed": true}))
@@ -402,18 +557,18 @@ impl Named {
         }
     }
 
-    /// The switch socket a NIC on the network connects to; an error when the network is gone
-    /// or its switch could not start.
-    pub fn port(&self, name: &str) -> Result<PathBuf> {
+    /// Where a NIC on the network plugs in (its switch or bridge started again if it is not
+    /// running); an error when the network is gone or cannot start.
+    pub fn port(&self, name: &str) -> Result<Port> {
         self.with(|nets| {
             let live = nets.get_mut(name).ok_or_else(|| {
                 net_err(format!("network {name:?} no longer exists: destroy the machine, or create the network again"))
             })?;
-            if live.switch.is_none() {
-                let again = self.live(live.spec.clone())?;
-                live.switch = again.switch;
-            }
-            Ok(self.socket(name))
+            self.start(live)?;
+            Ok(match &live.spec.bridge {
+                Some(br) => Port::Bridge(br.clone()),
+                None => Port::Socket(self.socket(name)),
+            })
         })
     }
 
@@ -430,7 +585,7 @@ mod tests {
     use super::*;
 
     fn params(name: &str, subnet: Option<&str>, dhcp: Option<Value>) -> CreateParams {
-        CreateParams { name: name.into(), subnet: subnet.map(String::from), dhcp }
+        CreateParams { name: name.into(), subnet: subnet.map(String::from), dhcp, mode: None, bridge: None }
     }
 
     #[test]
