@@ -200,8 +200,8 @@ fn machine_state(p: Params, s: &Session) -> Result<Value> {
 }
 
 fn machine_start(p: Params, s: &Session) -> Result<Value> {
-    let p: machines::params::IdParams = parse(p)?;
-    s.ctx.machines.start(&p.id)
+    let p: machines::params::StartParams = parse(p)?;
+    s.ctx.machines.start(p)
 }
 
 fn machine_stop(p: Params, s: &Session) -> Result<Value> {

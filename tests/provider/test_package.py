@@ -60,6 +60,21 @@ def test_forwarded_ports_tcp_and_udp(net_home):
                 "hostfwd=tcp:0.0.0.0:443-:443"):
         assert fwd in net.split(","), net
     h.call("machine.stop", {"id": mid})
+    listed = next(m for m in h.call("machine.list") if m["id"] == mid)["forwarded_ports"]
+    assert listed[0] == {"guest": 80, "host": 8080, "protocol": "tcp", "host_ip": "127.0.0.1"}, listed
     e = h.error("machine.create", {"box": "fake", "name": "bad", "network": {
         "mode": "user", "forwarded_ports": [{"guest": 80, "host_ip": "localhost,x"}]}})
     assert e.code == -32602 and "IPV4" in e.message, e.message
+
+    # machine.start with forwarded_ports (Vagrant's auto_correct moved one): they replace the
+    # machine's, from this start on; bad ones are refused with the machine left as it was.
+    e = h.error("machine.start", {"id": mid, "forwarded_ports": [{"guest": 0}]})
+    assert e.code == -32602 and e.data == {"field": "forwarded_ports"}, (e.message, e.data)
+    assert h.call("machine.state", {"id": mid})["state"] == "stopped"
+    (h.machine_dir(mid) / "fake-argv").unlink()
+    h.call("machine.start", {"id": mid, "forwarded_ports": [{"guest": 80, "host": 2201}]})
+    net = next(a for a in wait_argv(h, mid) if "virtio-net" in a)
+    assert "hostfwd=tcp:127.0.0.1:2201-:80" in net.split(",") and "8080" not in net, net
+    assert next(m for m in h.call("machine.list") if m["id"] == mid)["forwarded_ports"] == [
+        {"guest": 80, "host": 2201, "protocol": "tcp", "host_ip": "127.0.0.1"}]
+    h.call("machine.stop", {"id": mid})

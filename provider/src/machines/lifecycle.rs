@@ -3,7 +3,7 @@
 //! daemon's recovery of the machines that ran while it was away.
 
 use super::control::Control;
-use super::params::{DestroyParams, StopParams};
+use super::params::{parse_forwarded_ports, DestroyParams, StartParams, StopParams};
 use super::process::{self, ExitRecord};
 use super::reboot::Refused;
 use super::record::{MachineRecord, NetworkMode, Process, State, SAVED_STATE};
@@ -29,12 +29,25 @@ impl Machines {
         Ok(MachineRecord::load(&dir)?.state_value())
     }
 
-    pub fn start(self: &Arc<Self>, id: &str) -> Result<Value> {
+    pub fn start(self: &Arc<Self>, p: StartParams) -> Result<Value> {
+        let id = p.id.as_str();
+        let ports = match &p.forwarded_ports {
+            Some(v) => Some(parse_forwarded_ports(v).map_err(|e| invalid_field("forwarded_ports", e))?),
+            None => None,
+        };
         let dir = self.existing(id)?;
         let slot = self.slot(id);
         let _op = lock(&slot.op);
         let dir = if dir.is_dir() { dir } else { self.existing(id)? };
-        let rec = MachineRecord::load(&dir)?;
+        let mut rec = MachineRecord::load(&dir)?;
+        // New forwarded ports take effect with this start (a running machine keeps its own).
+        if let Some(ports) = ports.filter(|p| rec.state != State::Running && *p != rec.network.forwarded_ports) {
+            let _g = lock(&slot.rec);
+            rec = MachineRecord::load(&dir)?;
+            rec.network.forwarded_ports = ports;
+            rec.save(&dir)?;
+            log(&format!("machine {id}: forwarded ports now {}", json!(rec.network.forwarded_ports)));
+        }
         match rec.state {
             State::Running => Ok(rec.state_value()),
             State::NotCreated => Err(wrong_state(

@@ -46,6 +46,15 @@ pub struct IdParams {
     pub id: String,
 }
 
+/// `machine.start`'s params: `forwarded_ports`, when given, replace the machine's (a Vagrant
+/// plugin passes them after Vagrant moved a taken host port elsewhere, `auto_correct`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartParams {
+    pub id: String,
+    pub forwarded_ports: Option<Value>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotParams {
@@ -135,13 +144,7 @@ pub fn parse_network(v: Option<&Value>) -> std::result::Result<Network, String> 
             };
             let ports = match o.get("forwarded_ports") {
                 None => Vec::new(),
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|p| forwarded_port(p).ok_or_else(|| format!(
-                        "forwarded_ports: {p} is not {{guest: PORT, host?: PORT, protocol?: \"tcp\"|\"udp\", host_ip?: IPV4}}"
-                    )))
-                    .collect::<std::result::Result<_, _>>()?,
-                Some(other) => return Err(format!("forwarded_ports: {other} is not an array")),
+                Some(v) => parse_forwarded_ports(v).map_err(|e| format!("forwarded_ports: {e}"))?,
             };
             (mode, ports)
         }
@@ -197,6 +200,18 @@ fn private_nic(v: &Value) -> Option<PrivateNic> {
 
 /// `{guest, host?, protocol?, host_ip?}` with the defaults filled in (the guest's port, tcp,
 /// 127.0.0.1); None when it is not that.
+/// `[{guest, host?, protocol?, host_ip?}]`, the defaults filled in.
+pub fn parse_forwarded_ports(v: &Value) -> std::result::Result<Vec<ForwardedPort>, String> {
+    let Value::Array(a) = v else { return Err(format!("{v} is not an array")) };
+    a.iter()
+        .map(|p| {
+            forwarded_port(p).ok_or_else(|| {
+                format!("{p} is not {{guest: PORT, host?: PORT, protocol?: \"tcp\"|\"udp\", host_ip?: IPV4}}")
+            })
+        })
+        .collect()
+}
+
 fn forwarded_port(p: &Value) -> Option<ForwardedPort> {
     let o = p.as_object()?;
     if !o.keys().all(|k| ["guest", "host", "protocol", "host_ip"].contains(&k.as_str())) {

@@ -283,6 +283,7 @@ impl MachineRecord {
         v["cpus"] = json!(self.cpus);
         v["memory"] = json!(self.memory);
         v["path"] = json!(dir.display().to_string());
+        v["forwarded_ports"] = json!(self.network.forwarded_ports);
         v
     }
 }
