@@ -14,6 +14,7 @@ module VagrantPlugins
       autoload :ImportBox, File.join(dir, "import_box")
       autoload :IsCreated, File.join(dir, "is_created")
       autoload :Package, File.join(dir, "package")
+      autoload :PrepareForwardedPortCollisionParams, File.join(dir, "prepare_forwarded_port_collision_params")
       autoload :SnapshotDelete, File.join(dir, "snapshot_delete")
       autoload :SnapshotRestore, File.join(dir, "snapshot_restore")
       autoload :SnapshotSave, File.join(dir, "snapshot_save")
@@ -37,7 +38,8 @@ module VagrantPlugins
       end
 
       # Boots a stopped machine (resumes a saved one: machine.start does); provisioners and synced folders run once SSH works (both
-      # middlewares act after the rest of the chain returns).
+      # middlewares act after the rest of the chain returns). Taken host ports of forwarded
+      # ports are Vagrant's to handle first (auto_correct), as with VirtualBox.
       def self.action_start
         Vagrant::Action::Builder.new.tap do |b|
           b.use Call, IsState, :running do |env, b2|
@@ -48,6 +50,8 @@ module VagrantPlugins
             b2.use Provision
             b2.use SyncedFolderCleanup
             b2.use SyncedFolders
+            b2.use PrepareForwardedPortCollisionParams
+            b2.use HandleForwardedPortCollisions
             b2.use Start
             b2.use WaitForSSH
             b2.use WaitForCommunicator, [:running]

@@ -50,6 +50,17 @@ module VagrantPlugins
         [{ name: name, subnet: "#{net}/#{prefix}" }, { network: name, ip: ip.to_s }]
       end
 
+      # config.vm.network "forwarded_port" entries as the provider takes them, except disabled
+      # ones and Vagrant's default SSH forward (id "ssh"): the provider forwards SSH itself, to a
+      # port it picks. The host ports are as Vagrant has them (after auto_correct moved any).
+      def forwarded_ports(vm_networks)
+        vm_networks.filter_map do |type, o|
+          next if type != :forwarded_port || o[:id] == "ssh" || o[:disabled]
+
+          { guest: o[:guest], host: o[:host], protocol: o[:protocol], host_ip: o[:host_ip] }.compact
+        end
+      end
+
       # The networks and NICs of the Vagrantfile's private_networks, in order.
       def private(vm_networks)
         vm_networks.filter_map { |type, o| network_of(o) if type == :private_network }

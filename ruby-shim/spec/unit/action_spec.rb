@@ -7,13 +7,15 @@ RSpec.describe VagrantPlugins::Xhyve::Action do
 
   # The boot steps every chain that starts a machine ends with (action_start): nothing when it
   # runs already; else provisioners and synced folders (both act once the rest has returned,
-  # i.e. after SSH answers), the provider's start, its SSH wait, then Vagrant's communicator.
+  # i.e. after SSH answers), Vagrant's handling of taken forwarded ports (with our settings), the
+  # provider's start, its SSH wait, then Vagrant's communicator.
   def expect_start(item)
     expect(chain([item])).to eq([[builtin::Call, builtin::IsState, :running]])
     expect(chain(branch(item, true)))
       .to eq([[builtin::Message, "The machine is already running."]])
     expect(chain(branch(item, false))).to eq(
       [[builtin::Provision], [builtin::SyncedFolderCleanup], [builtin::SyncedFolders],
+       [ours::PrepareForwardedPortCollisionParams], [builtin::HandleForwardedPortCollisions],
        [ours::Start], [ours::WaitForSSH], [builtin::WaitForCommunicator, [:running]]]
     )
   end
@@ -185,14 +187,17 @@ RSpec.describe VagrantPlugins::Xhyve::Action do
 
   describe "the provider calls" do
     # A machine whose client records the calls; `state` is what the provider reports.
-    def machine_with(calls, state: :running)
+    def machine_with(calls, state: :running, mode: "shared", networks: [])
       client = Object.new
       client.define_singleton_method(:call) do |method, params|
         calls << [method, params]
         { "state" => "running", "pid" => 42 }
       end
       provider = Struct.new(:client).new(client)
-      Struct.new(:id, :provider, :state).new("m-1", provider, Vagrant::MachineState.new(state, state.to_s, ""))
+      config = Struct.new(:vm).new(Struct.new(:networks).new(networks))
+      Struct.new(:id, :provider, :state, :provider_config, :config).new(
+        "m-1", provider, Vagrant::MachineState.new(state, state.to_s, ""), Struct.new(:network_mode).new(mode), config
+      )
     end
 
     let(:ui) { Vagrant::UI::Silent.new }
@@ -221,6 +226,16 @@ RSpec.describe VagrantPlugins::Xhyve::Action do
       ours::Start.new(->(_env) {}, {}).call(machine: machine_with(calls, state: :saved), ui: ui)
       expect(calls).to eq([["machine.start", { id: "m-1" }]])
       expect(said).to eq(["Resuming the machine from its saved state..."])
+    end
+
+    it "Start passes network user's forwarded ports as they are now (auto_correct may have moved one)" do
+      calls = []
+      nets = [[:forwarded_port, { guest: 22, host: 2222, id: "ssh" }],
+              [:forwarded_port, { guest: 80, host: 47_101, auto_correct: true }],
+              [:forwarded_port, { guest: 81, disabled: true }], [:private_network, { ip: "192.168.56.10" }]]
+      m = machine_with(calls, state: :stopped, mode: "user", networks: nets)
+      ours::Start.new(->(_env) {}, {}).call(machine: m, ui: ui)
+      expect(calls).to eq([["machine.start", { id: "m-1", forwarded_ports: [{ guest: 80, host: 47_101 }] }]])
     end
   end
 

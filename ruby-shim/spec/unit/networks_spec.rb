@@ -95,27 +95,42 @@ RSpec.describe VagrantPlugins::Xhyve::Networks do
   end
 
   describe "vagrant port (capability forwarded_ports)" do
-    def machine(networks, mode, ssh)
-      vm = Struct.new(:networks).new(networks)
-      Struct.new(:config, :provider_config, :provider).new(
-        Struct.new(:vm).new(vm), Struct.new(:network_mode).new(mode), Struct.new(:ssh_info).new(ssh)
-      )
+    # A machine whose provider's machine.list has `ports` for it and whose ssh_info is `ssh`.
+    def machine(mode, ssh, ports, id: "m-1")
+      client = Object.new
+      listed = [{ "id" => "other", "forwarded_ports" => [{ "guest" => 1, "host" => 1 }] },
+                { "id" => "m-1", "forwarded_ports" => ports }]
+      client.define_singleton_method(:call) { |method, _params = {}| method == "machine.list" ? listed : nil }
+      provider = Struct.new(:client, :ssh_info).new(client, ssh)
+      Struct.new(:id, :provider_config, :provider).new(id, Struct.new(:network_mode).new(mode), provider)
     end
 
-    let(:nets) do
-      [[:forwarded_port, { guest: 22, host: 2222, id: "ssh" }], [:forwarded_port, { guest: 80, host: 8080 }],
-       [:forwarded_port, { guest: 53 }], [:private_network, { ip: "192.168.56.10" }]]
+    # As machine.list has them: the defaults filled in, host ports as the last start set them.
+    let(:ports) do
+      [{ "guest" => 80, "host" => 2201, "protocol" => "tcp", "host_ip" => "127.0.0.1" },
+       { "guest" => 53, "host" => 53, "protocol" => "udp", "host_ip" => "127.0.0.1" }]
+    end
+    let(:cap) { VagrantPlugins::Xhyve::Cap::ForwardedPorts }
+
+    it "lists the provider's forwarded ports (auto_correct's included) and the SSH port it picked" do
+      expect(cap.forwarded_ports(machine("user", { port: 40123 }, ports))).to eq(2201 => 80, 53 => 53, 40123 => 22)
     end
 
-    it "lists the forwarded ports and the SSH port the provider picked" do
-      ports = VagrantPlugins::Xhyve::Cap::ForwardedPorts.forwarded_ports(machine(nets, "user", { port: 40123 }))
-      expect(ports).to eq(8080 => 80, 53 => 53, 40123 => 22)
+    it "has no SSH forward in network shared or while the machine is down, nothing when not created" do
+      expect(cap.forwarded_ports(machine("shared", { port: 22 }, ports))).to eq(2201 => 80, 53 => 53)
+      expect(cap.forwarded_ports(machine("user", nil, ports))).to eq(2201 => 80, 53 => 53)
+      expect(cap.forwarded_ports(machine("user", nil, ports, id: nil))).to eq({})
     end
+  end
 
-    it "has no SSH forward in network shared or while the machine is down" do
-      cap = VagrantPlugins::Xhyve::Cap::ForwardedPorts
-      expect(cap.forwarded_ports(machine(nets, "shared", { port: 22 }))).to eq(8080 => 80, 53 => 53)
-      expect(cap.forwarded_ports(machine(nets, "user", nil))).to eq(8080 => 80, 53 => 53)
+  describe ".forwarded_ports" do
+    it "gives the provider the Vagrantfile's forwarded ports but SSH's and disabled ones" do
+      nets = [[:forwarded_port, { guest: 22, host: 2222, id: "ssh", auto_correct: true }],
+              [:forwarded_port, { guest: 80, host: 8080, auto_correct: true, protocol: "tcp" }],
+              [:forwarded_port, { guest: 81, host: 8081, disabled: true }],
+              [:forwarded_port, { guest: 53, protocol: "udp", host_ip: "0.0.0.0" }], [:private_network, { ip: "192.168.56.10" }]]
+      expect(described_class.forwarded_ports(nets))
+        .to eq([{ guest: 80, host: 8080, protocol: "tcp" }, { guest: 53, protocol: "udp", host_ip: "0.0.0.0" }])
     end
   end
 end

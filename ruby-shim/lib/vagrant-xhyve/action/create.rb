@@ -18,7 +18,7 @@ module VagrantPlugins
           m = env[:machine]
           box = m.box
           c = m.provider_config
-          management = { mode: c.network_mode, forwarded_ports: forwarded_ports(m) }
+          management = { mode: c.network_mode, forwarded_ports: Networks.forwarded_ports(m.config.vm.networks) }
           private = Networks.private(m.config.vm.networks)
           params = {
             box: { name: box.name, version: box.version.to_s },
@@ -51,15 +51,6 @@ module VagrantPlugins
           host = machine.config.vm.hostname
           return base unless host
           "#{base || DEFAULT_CMDLINE} hostname=#{host}"
-        end
-
-        # config.vm.network "forwarded_port" entries, except Vagrant's default SSH forward (id
-        # "ssh"): the provider forwards SSH itself, to a port it picks.
-        def forwarded_ports(machine)
-          machine.config.vm.networks.filter_map do |type, o|
-            next if type != :forwarded_port || o[:id] == "ssh"
-            { guest: o[:guest], host: o[:host], protocol: o[:protocol], host_ip: o[:host_ip] }.compact
-          end
         end
       end
     end

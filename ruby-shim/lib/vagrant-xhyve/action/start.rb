@@ -1,8 +1,11 @@
+require_relative "../networks"
+
 module VagrantPlugins
   module Xhyve
     module Action
       # machine.start returns as soon as xhyve runs (a saved machine: once xhyve has restored its
-      # state); WaitForSSH waits for the guest.
+      # state); WaitForSSH waits for the guest. In network user it passes the forwarded ports as
+      # they are now: HandleForwardedPortCollisions may have moved a taken host port.
       class Start
         def initialize(app, _env)
           @app = app
@@ -11,7 +14,11 @@ module VagrantPlugins
         def call(env)
           m = env[:machine]
           env[:ui].info(m.state.id == :saved ? "Resuming the machine from its saved state..." : "Starting the machine...")
-          st = m.provider.client.call("machine.start", id: m.id)
+          params = { id: m.id }
+          if m.provider_config.network_mode == "user"
+            params[:forwarded_ports] = Networks.forwarded_ports(m.config.vm.networks)
+          end
+          st = m.provider.client.call("machine.start", params)
           env[:ui].detail("xhyve runs (pid #{st["pid"]})")
           @app.call(env)
         end
