@@ -9,6 +9,7 @@ module VagrantPlugins
 
       dir = File.expand_path("action", __dir__)
       autoload :CheckRunning, File.join(dir, "check_running")
+      autoload :ConfigureNetworks, File.join(dir, "configure_networks")
       autoload :Create, File.join(dir, "create")
       autoload :Destroy, File.join(dir, "destroy")
       autoload :ImportBox, File.join(dir, "import_box")
@@ -39,7 +40,8 @@ module VagrantPlugins
 
       # Boots a stopped machine (resumes a saved one: machine.start does); provisioners and synced folders run once SSH works (both
       # middlewares act after the rest of the chain returns). Taken host ports of forwarded
-      # ports are Vagrant's to handle first (auto_correct), as with VirtualBox.
+      # ports are Vagrant's to handle first (auto_correct), as with VirtualBox; the guest's
+      # private networks are configured once it answers, before the provisioners run.
       def self.action_start
         Vagrant::Action::Builder.new.tap do |b|
           b.use Call, IsState, :running do |env, b2|
@@ -52,6 +54,7 @@ module VagrantPlugins
             b2.use SyncedFolders
             b2.use PrepareForwardedPortCollisionParams
             b2.use HandleForwardedPortCollisions
+            b2.use ConfigureNetworks
             b2.use Start
             b2.use WaitForSSH
             b2.use WaitForCommunicator, [:running]

@@ -66,6 +66,20 @@ module VagrantPlugins
         vm_networks.filter_map { |type, o| network_of(o) if type == :private_network }
       end
 
+      # The private_networks as Vagrant's guest capability configure_networks takes them: the
+      # guest's interface number (its NICs in order: 0 is the management NIC, then one per
+      # private_network), type :static with ip and netmask, or :dhcp; not those with
+      # auto_config: false.
+      def guest_networks(vm_networks)
+        opts = vm_networks.filter_map { |type, o| o if type == :private_network }
+        opts.each_with_index.filter_map do |o, i|
+          next if o[:auto_config] == false
+          next { type: :dhcp, interface: i + 1 } if o[:ip].nil? || o[:ip].to_s.empty?
+
+          { type: :static, ip: o[:ip].to_s, netmask: o[:netmask] || DEFAULT_NETMASK, interface: i + 1 }
+        end
+      end
+
       # network.create for each network (one that exists already is used as it is).
       def ensure(client, networks)
         networks.uniq.each do |n|

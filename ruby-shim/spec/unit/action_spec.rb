@@ -8,7 +8,8 @@ RSpec.describe VagrantPlugins::Xhyve::Action do
   # The boot steps every chain that starts a machine ends with (action_start): nothing when it
   # runs already; else provisioners and synced folders (both act once the rest has returned,
   # i.e. after SSH answers), Vagrant's handling of taken forwarded ports (with our settings), the
-  # provider's start, its SSH wait, then Vagrant's communicator.
+  # guest's private networks (once the rest returned), the provider's start, its SSH wait, then
+  # Vagrant's communicator.
   def expect_start(item)
     expect(chain([item])).to eq([[builtin::Call, builtin::IsState, :running]])
     expect(chain(branch(item, true)))
@@ -16,7 +17,7 @@ RSpec.describe VagrantPlugins::Xhyve::Action do
     expect(chain(branch(item, false))).to eq(
       [[builtin::Provision], [builtin::SyncedFolderCleanup], [builtin::SyncedFolders],
        [ours::PrepareForwardedPortCollisionParams], [builtin::HandleForwardedPortCollisions],
-       [ours::Start], [ours::WaitForSSH], [builtin::WaitForCommunicator, [:running]]]
+       [ours::ConfigureNetworks], [ours::Start], [ours::WaitForSSH], [builtin::WaitForCommunicator, [:running]]]
     )
   end
 
