@@ -235,23 +235,30 @@ def test_bad_values_are_explained(vagrant, provider_bin, xhyve_bin):
 
 def test_private_network_multi_machine(vagrant, provider_bin, xhyve_bin, box_catalog):
     """Two machines with private_network static addresses (one boot each, in parallel): they
-    reach each other (TCP both ways), `vagrant port` lists the forwards, and destroy removes the
-    network with the last machine."""
+    reach each other (TCP both ways), a forwarded port whose host port is taken moves elsewhere
+    (auto_correct), `vagrant port` lists the forwards as they are, and destroy removes the network
+    with the last machine."""
     v = vagrant
     v.run("box", "add", box_catalog)
-    v.vagrantfile(vagrantfile(provider_bin, xhyve_bin, """
+    held = socket.create_server(("127.0.0.1", 0))  # a host port that is taken during `up`
+    taken = held.getsockname()[1]
+    v.vagrantfile(vagrantfile(provider_bin, xhyve_bin, f"""
   config.vm.define "a" do |a|
     a.vm.network "private_network", ip: "192.168.56.10"
-    a.vm.network "forwarded_port", guest: 80, host: 18080
+    a.vm.network "forwarded_port", guest: 7080, host: {taken}, auto_correct: true
   end
   config.vm.define "b" do |b|
     b.vm.network "private_network", ip: "192.168.56.11"
   end
 """))
     t = time.monotonic()
-    out = v.run("up", "--provider=xhyve", timeout=BOOT_CMD_TIMEOUT).stdout
+    try:
+        out = v.run("up", "--provider=xhyve", timeout=BOOT_CMD_TIMEOUT).stdout
+    finally:
+        held.close()
     up = time.monotonic() - t
     assert out.count("Machine booted and ready!") == 2, out
+    assert f"Fixed port collision for 7080 => {taken}" in out, out
     nets = v.call("network.list")
     assert [(n["name"], n["subnet"]) for n in nets] == [("vagrant-192.168.56.0-24", "192.168.56.0/24")], nets
     assert sorted(lease["ip"] for lease in nets[0]["leases"]) == ["192.168.56.10", "192.168.56.11"], nets
@@ -273,13 +280,48 @@ def test_private_network_multi_machine(vagrant, provider_bin, xhyve_bin, box_cat
         assert got == f"from-{client}", (server, got)
 
     out = v.run("port", "a").stdout
-    assert "80 (guest) => 18080 (host)" in out and "22 (guest) =>" in out, out
+    moved = [line for line in out.splitlines() if "7080 (guest) =>" in line]
+    assert len(moved) == 1 and "22 (guest) =>" in out, out
+    port = int(moved[0].split("=>")[1].split()[0])
+    assert port != taken, out
+    # The guest answers on the moved port: a service that speaks first.
+    v.run("ssh", "a", "-c", "setsid sh -c 'echo hello-7080 | nc -l -p 7080' </dev/null >/dev/null 2>&1 &")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                got = c.recv(64)
+            if got or time.monotonic() > deadline:
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(1)
+    assert got.strip() == b"hello-7080", got
 
     v.run("destroy", "-f", "a")
     assert [n["name"] for n in v.call("network.list")] == ["vagrant-192.168.56.0-24"], "b still uses it"
     v.run("destroy", "-f", "b")
     assert v.call("network.list") == [], "the last machine's destroy removes the network"
     print(f"vagrant private network: up of two machines {up:.1f} s")
+
+
+def test_taken_port_without_auto_correct_stops_up(vagrant, provider_bin, xhyve_bin, box_catalog):
+    """A forwarded port whose host port is taken, without auto_correct: Vagrant's collision error,
+    before the machine starts (no boot)."""
+    v = vagrant
+    v.run("box", "add", box_catalog)
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        taken = held.getsockname()[1]
+        v.vagrantfile(vagrantfile(provider_bin, xhyve_bin,
+                                  f'  config.vm.network "forwarded_port", guest: 80, host: {taken}\n'))
+        p = v.run("up", "--provider=xhyve", ok=False)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "Vagrant cannot forward the specified ports on this VM" in p.stderr, p.stderr
+    assert f"The forwarded port to {taken} is already in use" in p.stderr.replace("\n", " "), p.stderr
+    [m] = v.call("machine.list")
+    assert m["state"] == "stopped" and m["forwarded_ports"][0]["host"] == taken, m
+    v.run("destroy", "-f")
 
 
 def test_public_network_is_refused(vagrant, provider_bin, xhyve_bin):
