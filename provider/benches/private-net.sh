@@ -9,7 +9,9 @@
 #   - throughput: NET_MIB MiB with the client's `dd | nc` to the server's `nc -l`, host wall clock
 #     between the client's console markers before and after.
 # The TAP baseline runs in a network namespace of its own (bridge and TAPs made there, the host's
-# network untouched): it needs root. The switch runs in an xhyve-provider daemon of a temporary
+# network untouched): it needs root. It is what a named network of mode bridge runs (a bridge, a
+# TAP device per NIC), made by hand here so that xhyve starts directly and only the NIC backend
+# differs; its figures are the bridge network's. The switch runs in an xhyve-provider daemon of a temporary
 # home (`network.create`), with xhyve started directly so that only the NIC backend differs.
 #   usage: provider/benches/private-net.sh [NET_MIB [PINGS]]   (default 1 and 10; as root; needs
 #          target/release/{xhyve,xhyve-provider} and the tiny box (boxes/tiny/build.sh))
