@@ -234,7 +234,8 @@ def test_bad_values_are_explained(vagrant, provider_bin, xhyve_bin):
 
 
 def test_private_network_multi_machine(vagrant, provider_bin, xhyve_bin, box_catalog):
-    """Two machines with private_network static addresses (one boot each, in parallel): they
+    """Two machines with private_network static addresses (one boot each, in parallel; the guest
+    has no configure_networks, so its DHCP client takes them as fixed leases): they
     reach each other (TCP both ways), a forwarded port whose host port is taken moves elsewhere
     (auto_correct), `vagrant port` lists the forwards as they are, and destroy removes the network
     with the last machine."""
@@ -259,6 +260,8 @@ def test_private_network_multi_machine(vagrant, provider_bin, xhyve_bin, box_cat
     up = time.monotonic() - t
     assert out.count("Machine booted and ready!") == 2, out
     assert f"Fixed port collision for 7080 => {taken}" in out, out
+    # The tiny box's guest (:linux) has no configure_networks: its addresses come by DHCP alone.
+    assert out.count("has no configure_networks capability") == 2, out
     nets = v.call("network.list")
     assert [(n["name"], n["subnet"]) for n in nets] == [("vagrant-192.168.56.0-24", "192.168.56.0/24")], nets
     assert sorted(lease["ip"] for lease in nets[0]["leases"]) == ["192.168.56.10", "192.168.56.11"], nets
