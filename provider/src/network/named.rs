@@ -588,6 +588,10 @@ mod tests {
         CreateParams { name: name.into(), subnet: subnet.map(String::from), dhcp, mode: None, bridge: None }
     }
 
+    fn with_bridge(name: &str, mode: Option<Mode>, bridge: Option<&str>) -> CreateParams {
+        CreateParams { mode, bridge: bridge.map(String::from), ..params(name, Some("10.31.0.0/24"), None) }
+    }
+
     #[test]
     fn create_list_remove_and_bad_input() {
         let dir = tempdir("named");
@@ -597,6 +601,7 @@ mod tests {
         assert_eq!(v["subnet"], "192.168.56.0/21");
         assert_eq!(v["gateway"], "192.168.56.1");
         assert_eq!(v["dhcp"], json!({"start": "192.168.60.0", "end": "192.168.63.254"}));
+        assert_eq!((v["mode"].as_str(), v["bridge"].is_null()), (Some("switch"), true), "{v}");
         assert!(n.socket("vagrant").exists());
         let v = n
             .create(params("lab", Some("10.20.30.40/24"), Some(json!({"start": "10.20.30.10", "end": "10.20.30.20"}))))
@@ -617,6 +622,10 @@ mod tests {
             (params("x", Some("10.30.0.0/24"), Some(json!({"start": "10.30.0.1", "end": "10.30.0.9"}))), "outside"),
             (params("x", Some("10.30.0.0/24"), Some(json!({"start": "10.30.0.9", "end": "10.30.0.5"}))), "is after"),
             (params("x", Some("10.30.0.0/24"), Some(json!("yes"))), "is not {start, end}"),
+            (with_bridge("x", None, Some("br-x")), "mode \"bridge\" only"),
+            (with_bridge("a-long-network", Some(Mode::Bridge), None), "too long for an interface name"),
+            (with_bridge("x", Some(Mode::Bridge), Some("xh-x")), "the machines' TAP devices"),
+            (with_bridge("x", Some(Mode::Bridge), Some("a/b")), "is not an interface name"),
         ] {
             let e = n.create(p).unwrap_err();
             assert!(e.message.contains(want), "{} (wanted {want})", e.message);
