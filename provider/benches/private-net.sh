@@ -82,9 +82,10 @@ def boot(net, prefix, nic, who, script):
 
 
 def marker(proc, console, err, name):
-    """Waits for the guest's `BENCH-name [value]` line: its value."""
+    """Waits for the guest's whole `BENCH-name [value]` line (up to its newline: the console file
+    may end mid-line while the guest writes it): its value."""
     deadline = time.monotonic() + TIMEOUT
-    rx = re.compile(rf"^BENCH-{name}(?: (.*?))?\r?$", re.M)
+    rx = re.compile(rf"^BENCH-{name}(?: (.*?))?\r?\n", re.M)
     while True:
         text = open(console, errors="replace").read() if os.path.exists(console) else ""
         m = rx.search(text)
