@@ -58,10 +58,12 @@ ssh_files() {
 		echo "dir $d 0755 0 0"
 	done
 	echo "file /usr/sbin/dropbear /usr/sbin/dropbear 0755 0 0"
+	# dropbearkey: the identity step's new host keys (xhyve.identity=, see init).
+	echo "file /usr/bin/dropbearkey /usr/bin/dropbearkey 0755 0 0"
 	# scp: the remote end of uploads (Vagrant's and Packer's provisioners; dropbear has none).
 	echo "file /usr/bin/scp /usr/bin/scp 0755 0 0"
 	# The shared libraries ldd lists (and the loader), at the paths ldd resolved.
-	{ ldd /usr/sbin/dropbear && ldd /usr/bin/scp; } | grep -o '/[^ ]*' | sort -u | while read -r lib; do
+	{ ldd /usr/sbin/dropbear && ldd /usr/bin/dropbearkey && ldd /usr/bin/scp; } | grep -o '/[^ ]*' | sort -u | while read -r lib; do
 		d=$(dirname "$lib")
 		case $d in /lib | /lib64 | /lib/x86_64-linux-gnu | /usr/lib) ;; *) echo "dir $d 0755 0 0" ;; esac
 		echo "file $lib $(readlink -f "$lib") 0755 0 0"
@@ -73,8 +75,9 @@ ssh_files() {
 build_initrd() {
 	local list tmp gen
 	list=$(mktemp) tmp=$OUT/initrd.img.tmp.$$ gen=$(mktemp -d)
-	# The vsock test tool (busybox has no vsock client): static, ~700 KB.
+	# The vsock test tool (busybox has no vsock client) and the identity step's agent: static.
 	gcc -static -Os -s -o "$OUT/vsock-echo" "$HERE/vsock-echo.c"
+	gcc -static -Os -s -Wall -Werror -o "$OUT/xhyve-identity" "$HERE/xhyve-identity.c"
 	{
 		for d in /dev /proc /sys /tmp /root /etc /bin /sbin /usr /usr/bin /usr/sbin; do
 			echo "dir $d 0755 0 0"
@@ -84,6 +87,7 @@ build_initrd() {
 		echo "file /bin/busybox /bin/busybox 0755 0 0"
 		echo "file /init $HERE/init 0755 0 0"
 		echo "file /bin/vsock-echo $OUT/vsock-echo 0755 0 0"
+		echo "file /bin/xhyve-identity $OUT/xhyve-identity 0755 0 0"
 		ssh_files "$gen"
 		/bin/busybox --list-full | sort | while read -r a; do
 			[ "$a" = bin/busybox ] || echo "slink /$a /bin/busybox 0777 0 0"
