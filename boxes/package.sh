@@ -6,7 +6,8 @@ set -euo pipefail
 usage() {
 	cat >&2 <<'EOF'
 usage: boxes/package.sh OUT.box DIR [--kernel FILE] [--initrd FILE|--no-initrd] [--cmdline CMDLINE]
-                        [--cpus N] [--memory SIZE] [--disk FILE]... [--include FILE]...
+                        [--cpus N] [--memory SIZE] [--disk FILE]... [--include FILE]... [--fast-start]
+  --fast-start: the box's init runs the identity step (boxes/README.md, "Fast start").
   DIR holds the files; FILE names are relative to DIR.
   Defaults: --kernel vmlinux (else vmlinuz), --initrd initrd.img when present,
             --cmdline console=ttyS0, --cpus 1, --memory 256M, --disk every disk*.img in DIR;
@@ -21,7 +22,7 @@ shift 2
 [ -d "$dir" ] || { echo "package.sh: $dir is not a directory" >&2; exit 2; }
 dir=$(cd "$dir" && pwd)
 kernel= initrd= no_initrd= cmdline=console=ttyS0 cpus=1 memory=256M
-disks=() includes=() disks_given=
+disks=() includes=() disks_given= fast_start=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--kernel) kernel=${2:?}; shift ;;
@@ -32,6 +33,7 @@ while [ $# -gt 0 ]; do
 	--memory) memory=${2:?}; shift ;;
 	--disk) disks+=("${2:?}"); disks_given=1; shift ;;
 	--include) includes+=("${2:?}"); shift ;;
+	--fast-start) fast_start=1 ;;
 	-h | --help) usage ;;
 	*) echo "package.sh: unknown option $1" >&2; usage ;;
 	esac
@@ -80,6 +82,7 @@ if [ ${#disks[@]} -gt 0 ]; then
 	for d in "${disks[@]}"; do meta+="$sep$(jstr "$d")"; sep=", "; done
 	meta+="]"
 fi
+[ -n "$fast_start" ] && meta+=", \"fast_start\": true"
 meta+="}"
 
 tmp=$(mktemp -d)
