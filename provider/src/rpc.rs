@@ -201,7 +201,7 @@ fn machine_state(p: Params, s: &Session) -> Result<Value> {
 
 fn machine_start(p: Params, s: &Session) -> Result<Value> {
     let p: machines::params::StartParams = parse(p)?;
-    s.ctx.machines.start(p)
+    s.ctx.machines.start(p, &s.reporter())
 }
 
 fn machine_stop(p: Params, s: &Session) -> Result<Value> {

@@ -3,7 +3,7 @@
 //! forwards, the control socket and the kexec boot (or `--restore` of a saved state).
 
 use super::record::{DiskFormat, MachineRecord, NetworkMode};
-use super::{control, ssh};
+use super::{control, identity, ssh};
 use crate::error::{code, Error, Result};
 use crate::network::named::{Named, Port};
 use crate::network::{Shared, Tap};
@@ -140,6 +140,14 @@ pub(super) fn launch(
         };
         argv.extend(["-s".into(), dev]);
     }
+    // The identity channel after every other device (boxes/README.md, "Fast start"); without
+    // it the guest is not told of one, and its init skips the identity step.
+    let mut cmdline = rec.cmdline.clone();
+    if rec.fast_start && feat.has_pci("virtio-console") {
+        let slot = NET_SLOT + 1 + rec.disks.len() + rec.network.nics.len();
+        argv.extend(["-s".into(), format!("{slot},virtio-console,socket={}", identity::SOCKET)]);
+        cmdline = format!("{cmdline} {}", identity::CMDLINE).trim_start().to_string();
+    }
     if feat.snapshots {
         // Relative: xhyve runs in the machine's directory, and a long home would not fit a
         // socket address.
@@ -152,7 +160,7 @@ pub(super) fn launch(
         "-l".into(),
         format!("com1,log={}", console.display()),
         "-f".into(),
-        format!("kexec,{},{},{}", rec.kernel, rec.initrd.clone().unwrap_or_default(), rec.cmdline),
+        format!("kexec,{},{},{cmdline}", rec.kernel, rec.initrd.clone().unwrap_or_default()),
     ]);
     Ok(Launch { argv, notes, ssh_port, taps })
 }

@@ -291,6 +291,7 @@ fn new_record(spec: &Spec, id: String, dir: &Path) -> MachineRecord {
         ssh_port: None,
         stop_requested: false,
         suspend_requested: false,
+        fast_start: src.fast_start,
         reboots: 0,
         recent_reboots: Vec::new(),
     }

@@ -7,7 +7,8 @@ use super::params::{parse_forwarded_ports, DestroyParams, StartParams, StopParam
 use super::process::{self, ExitRecord};
 use super::reboot::Refused;
 use super::record::{MachineRecord, NetworkMode, Process, State, SAVED_STATE};
-use super::{argv, invalid_field, lock, wrong_state, Machines};
+use super::{argv, fast_start, invalid_field, lock, wrong_state, Machines};
+use crate::boxes::Reporter;
 use crate::error::{code, Error, Result};
 use crate::logger::log;
 use crate::nic;
@@ -29,7 +30,8 @@ impl Machines {
         Ok(MachineRecord::load(&dir)?.state_value())
     }
 
-    pub fn start(self: &Arc<Self>, p: StartParams) -> Result<Value> {
+    /// `report`: the fast start's progress (`fast_start.rs`).
+    pub fn start(self: &Arc<Self>, p: StartParams, report: &Reporter) -> Result<Value> {
         let id = p.id.as_str();
         let ports = match &p.forwarded_ports {
             Some(v) => Some(parse_forwarded_ports(v).map_err(|e| invalid_field("forwarded_ports", e))?),
@@ -55,7 +57,7 @@ impl Machines {
                 rec.state,
             )),
             State::Saved => self.resume_saved(id, &dir, &rec),
-            State::Stopped | State::Aborted => self.launch(id, &dir, &rec, None),
+            State::Stopped | State::Aborted => self.boot(id, &dir, &rec, report),
         }
     }
 
@@ -247,6 +249,10 @@ impl Machines {
             return Err((State::Aborted, format!("{REBOOTED}; restarting it failed: {}", e.message)));
         }
         log(&format!("machine {id}: guest reboot {n}: xhyve restarted (pid {})", proc.pid));
+        // The guest boots again to its quiet point, where it waits for its identity.
+        if fast_start::has_channel(&argv) {
+            self.identity_at_quiet_point(id, dir, None);
+        }
         self.supervise(id.to_string(), Some(child), proc);
         Ok(())
     }

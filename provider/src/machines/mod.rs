@@ -20,6 +20,8 @@ mod argv;
 mod control;
 mod create;
 pub mod disk;
+mod fast_start;
+mod identity;
 mod lifecycle;
 pub mod overlay;
 pub mod package;

@@ -99,6 +99,10 @@ fn metadata(rec: &MachineRecord, files: &[(String, PathBuf)]) -> Value {
     if rec.initrd.is_some() {
         m["initrd"] = json!(files[1].0);
     }
+    // The same kernel and initrd: the same init, with its identity step.
+    if rec.fast_start {
+        m["fast_start"] = json!(true);
+    }
     m
 }
 
@@ -256,6 +260,10 @@ mod tests {
         assert_eq!(meta["kernel"], "vmlinux");
         assert_eq!(meta["initrd"], "initrd.img");
         assert_eq!(meta["disks"], json!(["disk0.img"]));
+        assert_eq!(meta.get("fast_start"), None);
+        let mut fast = r.clone();
+        fast.fast_start = true;
+        assert_eq!(metadata(&fast, &files)["fast_start"], true);
         let out = dir.join("out.box");
         let seen = std::sync::Arc::new(std::sync::Mutex::new(0u64));
         let s = seen.clone();

@@ -219,6 +219,10 @@ pub struct MachineRecord {
     /// suspend.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend_requested: bool,
+    /// The box's init runs the identity step (box metadata `fast_start`): the machine gets the
+    /// identity channel and may start from the box's saved boot (`fast_start.rs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fast_start: bool,
     /// The guest's reboots since machine.start (each restarted xhyve; see `reboot`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub reboots: u32,

@@ -20,6 +20,8 @@ pub(super) struct Source {
     pub cpus: Option<u32>,
     pub memory: Option<Value>,
     pub disks: Vec<PathBuf>,
+    /// The box's metadata says `fast_start` (boxes/README.md, "Fast start").
+    pub fast_start: bool,
 }
 
 impl Source {
@@ -43,6 +45,7 @@ impl Source {
                 cpus: None,
                 memory: None,
                 disks: Vec::new(),
+                fast_start: false,
             }),
             (Some(_), Some(_)) => {
                 Err(invalid_field("kernel", "give a box or a kernel, not both (a box names its kernel)"))
@@ -135,7 +138,12 @@ fn read_meta(dir: &Path, box_name: &str) -> Result<Source> {
         }
         Some(_) => return Err(bad("\"disks\" is not an array of file names")),
     }
-    Ok(Source { bx: None, kernel, initrd, cmdline, cpus, memory, disks })
+    let fast_start = match v.get("fast_start") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("\"fast_start\" is not true or false")),
+    };
+    Ok(Source { bx: None, kernel, initrd, cmdline, cpus, memory, disks, fast_start })
 }
 
 /// `box` param: `"NAME"` or `{name, version?, architecture?}` (version: a constraint).

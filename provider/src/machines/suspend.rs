@@ -90,6 +90,9 @@ impl Machines {
             .with_data(serde_json::json!({"state": State::Saved.as_str()})));
         }
         let v = self.launch(id, dir, rec, Some(&state))?;
+        if rec.fast_start {
+            self.refresh_identity(id, dir, rec);
+        }
         if let Err(e) = fs::remove_file(&state) {
             log(&format!("machine {id}: removing {}: {e}", state.display()));
         }

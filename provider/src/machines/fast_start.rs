@@ -1,0 +1,270 @@
+//! Fast start from a saved boot (provider/API.md, "Fast start"; the guest's side:
+//! boxes/README.md). A machine of a box whose metadata says `fast_start` gets the identity
+//! channel (`identity.rs`); its guest waits there at a quiet point after boot, before anything
+//! machine-specific. The first machine of a box version (and machine shape) that gets there saves
+//! the whole VM as the box's saved boot, then gets its identity; later machines of that shape run
+//! xhyve from the saved boot and get theirs at once (seconds instead of a boot).
+//!
+//! The saved boot is `saved-boots/KEY.snap` in the box's directory (box.remove deletes it with
+//! the box). KEY hashes what the guest saw before the quiet point and what xhyve's snapshot
+//! shape checks: vCPUs, memory, network mode and NIC count, kernel, initrd and command line. A
+//! machine with disks boots normally: its disks would have to be the saved boot's disks as
+//! they were at the save (qcow2 overlays could share one backing; not done yet). xhyve writes
+//! the file atomically; a lock file beside it lets one machine write it while others boot on.
+//! A saved boot xhyve refuses (damaged, another xhyve's format or shape) is deleted and the
+//! machine boots normally, saving a new one.
+
+use super::identity::{self, Channel, Identity};
+use super::record::{MachineRecord, NetworkMode};
+use super::{lock, Machines};
+use crate::boxes::Reporter;
+use crate::error::{code, Result};
+use crate::logger::log;
+use crate::nic;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The folder of a box's saved boots, in the box's directory.
+pub const SAVED_BOOTS: &str = "saved-boots";
+/// How long a booting guest may take to reach its quiet point.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How long a guest may take to apply its identity.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The saved boot a machine like `rec` starts from; None when it cannot fast-start.
+pub(super) fn saved_boot(rec: &MachineRecord) -> Option<PathBuf> {
+    if !rec.fast_start || !rec.disks.is_empty() {
+        return None;
+    }
+    let bx = rec.bx.as_ref()?;
+    let what = format!(
+        "cpus={}\nmemory={}\nnetwork={}\nnics={}\nkernel={}\ninitrd={}\ncmdline={}\n",
+        rec.cpus,
+        rec.memory,
+        rec.network.mode.as_str(),
+        rec.network.nics.len(),
+        rec.kernel,
+        rec.initrd.as_deref().unwrap_or(""),
+        rec.cmdline
+    );
+    let key: String = Sha256::digest(what.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Some(Path::new(&bx.path).join(SAVED_BOOTS).join(format!("{key}.snap")))
+}
+
+/// Who the machine is, for its guest: its MACs in PCI order (the management NIC's, then each
+/// named network's).
+pub(super) fn identity_of(rec: &MachineRecord) -> Option<Identity> {
+    let fmt = |m: nic::Mac| xhyve_contract::mac::format_mac(&m);
+    let mut macs = Vec::new();
+    if rec.network.mode != NetworkMode::None {
+        macs.push(fmt(nic::mac_of_uuid(&rec.uuid)?));
+    }
+    for k in 0..rec.network.nics.len() {
+        macs.push(fmt(nic::nic_mac_of_uuid(&rec.uuid, u8::try_from(k + 1).ok()?)?));
+    }
+    Some(Identity { machine: rec.id.clone(), hostname: identity::hostname_of(&rec.name), macs })
+}
+
+/// Whether xhyve's command line `argv` carries the identity channel.
+pub(super) fn has_channel(argv: &[String]) -> bool {
+    argv.iter().any(|a| a.ends_with(&format!("virtio-console,socket={}", identity::SOCKET)))
+}
+
+impl Machines {
+    /// `machine.start` of a stopped machine: from the box's saved boot when there is one, else a
+    /// boot (a guest with the identity channel gets its identity at its quiet point, and saves
+    /// the box's boot there when none is saved). The caller holds the `op` lock.
+    pub(super) fn boot(
+        self: &Arc<Self>,
+        id: &str,
+        dir: &Path,
+        rec: &MachineRecord,
+        report: &Reporter,
+    ) -> Result<Value> {
+        let saved = saved_boot(rec);
+        if let Some(boot) = saved.as_deref().filter(|p| p.is_file()) {
+            match self.fast_start(id, dir, rec, boot, report) {
+                Ok(v) => return Ok(v),
+                Err(why) => {
+                    log(&format!(
+                        "machine {id}: no fast start from {}: {why}; it boots, and saves a new one",
+                        boot.display()
+                    ));
+                    if let Err(e) = fs::remove_file(boot) {
+                        log(&format!("machine {id}: removing {}: {e}", boot.display()));
+                    }
+                }
+            }
+        }
+        let v = self.launch(id, dir, rec, None)?;
+        if rec.fast_start {
+            self.identity_at_quiet_point(id, dir, saved);
+        }
+        Ok(v)
+    }
+
+    /// Runs xhyve from the saved boot and gives the guest its identity. Err: why not, with no
+    /// xhyve left running (the caller then boots).
+    fn fast_start(
+        self: &Arc<Self>,
+        id: &str,
+        dir: &Path,
+        rec: &MachineRecord,
+        boot: &Path,
+        report: &Reporter,
+    ) -> std::result::Result<Value, String> {
+        let who = identity_of(rec).ok_or_else(|| format!("{:?} is not a UUID", rec.uuid))?;
+        report("fast start: restoring the saved boot", 0, Some(2));
+        let v = match self.launch(id, dir, rec, Some(boot)) {
+            Ok(v) => v,
+            // Any other failure (no xhyve, a TAP device) would fail a boot just as well.
+            Err(e) if e.code == code::BAD_SAVED_STATE => return Err(e.message),
+            Err(e) => return Err(format!("xhyve did not start: {}", e.message)),
+        };
+        report("fast start: applying the identity", 1, Some(2));
+        let applied = Channel::connect(dir, Duration::from_secs(10))
+            .map_err(|e| format!("the identity channel: {e}"))
+            .and_then(|mut c| c.apply(&who, APPLY_TIMEOUT));
+        if let Err(why) = applied {
+            // Never a machine with the identity of the one that saved the boot.
+            if let Ok(Some(p)) = self.mark_stop_requested(id) {
+                let _ = self.kill_and_wait(id, &p);
+            }
+            return Err(why);
+        }
+        report("fast start: applying the identity", 2, Some(2));
+        log(&format!("machine {id}: fast start from {}: identity applied", boot.display()));
+        Ok(v)
+    }
+
+    /// In the background: waits for the booting guest's quiet point, saves the boot at `save`
+    /// (unless another machine has, or does), then gives the guest its identity.
+    pub(super) fn identity_at_quiet_point(self: &Arc<Self>, id: &str, dir: &Path, save: Option<PathBuf>) {
+        let (me, name, dir) = (self.clone(), id.to_string(), dir.to_path_buf());
+        let r = std::thread::Builder::new().name(format!("identity-{id}")).spawn(move || {
+            if let Err(why) = me.quiet_point(&name, &dir, save.as_deref()) {
+                log(&format!("machine {name}: identity step: {why}"));
+            }
+        });
+        if let Err(e) = r {
+            log(&format!("machine {id}: cannot start its identity step: {e}"));
+        }
+    }
+
+    fn quiet_point(&self, id: &str, dir: &Path, save: Option<&Path>) -> std::result::Result<(), String> {
+        let mut ch =
+            Channel::connect(dir, Duration::from_secs(10)).map_err(|e| format!("the identity channel: {e}"))?;
+        ch.wait_for("WAITING", BOOT_TIMEOUT)?;
+        // Read now: the record the guest's identity comes from, the xhyve to save.
+        let rec = {
+            let slot = self.slot(id);
+            let _g = lock(&slot.rec);
+            MachineRecord::load(dir).map_err(|e| e.message)?
+        };
+        if let (Some(path), Some(p)) = (save, rec.process.as_ref()) {
+            match self.save_boot(id, dir, &p.argv, path) {
+                Ok(Some(detail)) => log(&format!("machine {id}: boot saved to {} ({detail})", path.display())),
+                Ok(None) => {}
+                Err(why) => log(&format!("machine {id}: saving the boot to {} failed: {why}", path.display())),
+            }
+        }
+        let who = identity_of(&rec).ok_or_else(|| format!("{:?} is not a UUID", rec.uuid))?;
+        ch.apply(&who, APPLY_TIMEOUT)?;
+        log(&format!("machine {id}: identity applied"));
+        Ok(())
+    }
+
+    /// Pauses the guest, saves it to `path` and resumes it, unless the file exists or another
+    /// machine holds its lock (Ok(None)).
+    fn save_boot(
+        &self,
+        id: &str,
+        dir: &Path,
+        argv: &[String],
+        path: &Path,
+    ) -> std::result::Result<Option<String>, String> {
+        let folder = path.parent().ok_or("no folder")?;
+        fs::create_dir_all(folder).map_err(|e| format!("creating {}: {e}", folder.display()))?;
+        let lock_path = path.with_extension("lock");
+        let lock_file = File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+        // SAFETY: flock on a descriptor we own; released when `lock_file` is dropped.
+        if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 || path.is_file() {
+            return Ok(None);
+        }
+        let mut ctl = self.control(id, dir, argv).map_err(|e| e.message)?;
+        ctl.ask("pause")?;
+        let saved = ctl.ask(&format!("save {}", path.display()));
+        ctl.ask("resume")?;
+        saved.map(Some)
+    }
+
+    /// After a resume or a snapshot restore: the guest's clock and RNG seed again, in the
+    /// background (its identity step stays on the channel for this).
+    pub(super) fn refresh_identity(self: &Arc<Self>, id: &str, dir: &Path, rec: &MachineRecord) {
+        let Some(who) = identity_of(rec) else { return };
+        let (name, dir) = (id.to_string(), dir.to_path_buf());
+        let r = std::thread::Builder::new().name(format!("identity-{id}")).spawn(move || {
+            let id = name;
+            let applied = Channel::connect(&dir, Duration::from_secs(10))
+                .map_err(|e| format!("the identity channel: {e}"))
+                .and_then(|mut c| c.apply(&who, APPLY_TIMEOUT));
+            match applied {
+                Ok(()) => log(&format!("machine {id}: clock and RNG seed refreshed after the resume")),
+                Err(why) => log(&format!("machine {id}: refreshing clock and RNG seed after the resume: {why}")),
+            }
+        });
+        if let Err(e) = r {
+            log(&format!("machine {id}: cannot start its identity refresh: {e}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machines::record::tests::rec;
+    use crate::machines::record::PrivateNic;
+
+    #[test]
+    fn saved_boot_key_follows_the_shape() {
+        let mut r = rec();
+        assert_eq!(saved_boot(&r), None, "a box without fast_start");
+        r.fast_start = true;
+        let a = saved_boot(&r).unwrap();
+        assert!(a.starts_with("/b/saved-boots") && a.extension().is_some_and(|e| e == "snap"));
+        let mut other = r.clone();
+        other.id = "other".into();
+        other.uuid = "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01".into();
+        other.name = "web".into();
+        assert_eq!(saved_boot(&other), Some(a.clone()), "identity is not part of the key");
+        other.network.nics.push(PrivateNic { network: "n".into(), ip: None });
+        assert_ne!(saved_boot(&other), Some(a.clone()));
+        let mut more = r.clone();
+        more.cpus = 2;
+        assert_ne!(saved_boot(&more), Some(a));
+        more.disks.push(crate::machines::record::Disk {
+            path: "/d".into(),
+            source: None,
+            owned: true,
+            format: Default::default(),
+        });
+        assert_eq!(saved_boot(&more), None, "a machine with disks boots");
+    }
+
+    #[test]
+    fn macs_in_pci_order() {
+        let mut r = rec();
+        r.uuid = "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01".into();
+        r.network.nics.push(PrivateNic { network: "n".into(), ip: None });
+        let who = identity_of(&r).unwrap();
+        assert_eq!(who.macs.len(), 2);
+        assert_eq!(who.macs[0], xhyve_contract::mac::format_mac(&nic::mac_of_uuid(&r.uuid).unwrap()));
+        r.network.mode = NetworkMode::None;
+        assert_eq!(identity_of(&r).unwrap().macs.len(), 1);
+    }
+}

@@ -1,0 +1,169 @@
+//! The identity channel of a box with `fast_start` (boxes/README.md, "Fast start"): a
+//! virtio-console port whose host end is the unix socket `identity.sock` in the machine's
+//! directory (`xhyve -s N,virtio-console,socket=identity.sock`), `hvc0` in the guest, named to
+//! the box's init by `xhyve.identity=hvc0` on the kernel command line.
+//!
+//! The guest says `XHYVE-IDENTITY 1 WAITING` at its quiet point and blocks until the host sends
+//! one message: `KEY=VALUE` lines (`machine`, `hostname`, one `mac` per NIC in PCI order, `time`,
+//! `seed`) and a line `end`; it answers `XHYVE-IDENTITY 1 APPLIED MACHINE`. A later message
+//! (after a resume or a snapshot restore) refreshes the clock and the RNG seed.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The socket's name in the machine's directory (relative: xhyve runs there).
+pub const SOCKET: &str = "identity.sock";
+/// What the kernel command line tells the box's init: the channel's tty.
+pub const CMDLINE: &str = "xhyve.identity=hvc0";
+/// The prefix of the guest's lines.
+const GUEST: &str = "XHYVE-IDENTITY 1 ";
+/// Bytes of host randomness each message carries for the guest's RNG.
+const SEED_BYTES: usize = 64;
+
+/// Who the machine is.
+pub struct Identity {
+    pub machine: String,
+    pub hostname: String,
+    /// `aa:bb:...`, one per NIC in PCI order.
+    pub macs: Vec<String>,
+}
+
+impl Identity {
+    /// The message: the identity, the host's clock and a fresh seed.
+    fn message(&self) -> io::Result<String> {
+        let mut seed = [0u8; SEED_BYTES];
+        File::open("/dev/urandom")?.read_exact(&mut seed)?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let mut m = format!("machine={}\nhostname={}\n", self.machine, self.hostname);
+        for mac in &self.macs {
+            m.push_str(&format!("mac={mac}\n"));
+        }
+        m.push_str(&format!("time={}.{:09}\n", now.as_secs(), now.subsec_nanos()));
+        m.push_str("seed=");
+        for b in seed {
+            m.push_str(&format!("{b:02x}"));
+        }
+        m.push_str("\nend\n");
+        Ok(m)
+    }
+}
+
+/// A host name from the machine's name: letters, digits and `-`, at most 63.
+pub fn hostname_of(name: &str) -> String {
+    let h: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(63).collect();
+    let h = h.trim_matches('-').to_string();
+    if h.is_empty() {
+        "xhyve".into()
+    } else {
+        h
+    }
+}
+
+pub struct Channel {
+    out: UnixStream,
+    lines: BufReader<UnixStream>,
+}
+
+impl Channel {
+    /// Connects to the channel of the machine in `dir`, retrying until `within` passed (xhyve
+    /// binds the socket as it starts). Through `/proc/self/fd`: a home of any length fits.
+    pub fn connect(dir: &Path, within: Duration) -> io::Result<Channel> {
+        let d = File::options().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY).open(dir)?;
+        let deadline = Instant::now() + within;
+        let out = loop {
+            match UnixStream::connect(format!("/proc/self/fd/{}/{SOCKET}", d.as_raw_fd())) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        Ok(Channel { lines: BufReader::new(out.try_clone()?), out })
+    }
+
+    /// Reads the guest's lines until `XHYVE-IDENTITY 1 WORD...`; Ok(what follows WORD). Err when
+    /// the channel ends (xhyve ended) or nothing came within `timeout`.
+    pub fn wait_for(&mut self, word: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        let mut line = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("the guest did not say {word} within {} s", timeout.as_secs()));
+            }
+            self.out.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+            line.clear();
+            match self.lines.read_line(&mut line) {
+                Ok(0) => return Err(format!("the identity channel closed before the guest said {word}")),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+                Err(e) => return Err(format!("reading the identity channel: {e}")),
+            }
+            if let Some(rest) = line.trim_end().strip_prefix(GUEST) {
+                match rest.split_once(' ').unwrap_or((rest, "")) {
+                    (w, detail) if w == word => return Ok(detail.to_string()),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends the identity, then waits (up to `timeout`) until the guest applied it.
+    pub fn apply(&mut self, id: &Identity, timeout: Duration) -> Result<(), String> {
+        let m = id.message().map_err(|e| format!("making the identity message: {e}"))?;
+        self.out.write_all(m.as_bytes()).map_err(|e| format!("sending the identity: {e}"))?;
+        let who = self.wait_for("APPLIED", timeout)?;
+        if who != id.machine {
+            return Err(format!("the guest applied the identity of {who:?}, not {:?}", id.machine));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn hostnames() {
+        assert_eq!(hostname_of("web_1.example"), "web-1-example");
+        assert_eq!(hostname_of("__"), "xhyve");
+        assert_eq!(hostname_of(&"a".repeat(80)).len(), 63);
+    }
+
+    /// The host's side against a guest played by a thread: WAITING, the message, APPLIED.
+    #[test]
+    fn waits_sends_and_reads_the_answer() {
+        let dir = std::env::temp_dir().join(format!("xhyve-identity-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let l = UnixListener::bind(dir.join(SOCKET)).unwrap();
+        let guest = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            w.write_all(b"noise\nXHYVE-IDENTITY 1 WAITING\n").unwrap();
+            let mut got = Vec::new();
+            for line in BufReader::new(s).lines() {
+                let line = line.unwrap();
+                if line == "end" {
+                    break;
+                }
+                got.push(line);
+            }
+            w.write_all(b"XHYVE-IDENTITY 1 APPLIED 0a1b\n").unwrap();
+            got
+        });
+        let mut c = Channel::connect(&dir, Duration::from_secs(5)).unwrap();
+        assert_eq!(c.wait_for("WAITING", Duration::from_secs(5)), Ok(String::new()));
+        let id = Identity { machine: "0a1b".into(), hostname: "h".into(), macs: vec!["02:00:00:00:00:01".into()] };
+        c.apply(&id, Duration::from_secs(5)).unwrap();
+        let got = guest.join().unwrap();
+        assert_eq!(&got[..3], ["machine=0a1b", "hostname=h", "mac=02:00:00:00:00:01"]);
+        assert!(got[3].starts_with("time=") && got[4].len() == "seed=".len() + 2 * SEED_BYTES);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
