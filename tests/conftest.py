@@ -37,9 +37,10 @@ def tiny_box():
 
 @pytest.fixture(scope="session")
 def tiny_box_file(tiny_box, tmp_path_factory):
-    """The tiny box as a .box file: boxes/package.sh's defaults are boxes/tiny/box.sh's options."""
+    """The tiny box as a .box file: boxes/package.sh's defaults and --fast-start are
+    boxes/tiny/box.sh's options."""
     out = tmp_path_factory.mktemp("tinybox") / "tiny.box"
-    subprocess.run([str(ROOT / "boxes/package.sh"), str(out), str(tiny_box)], check=True,
+    subprocess.run([str(ROOT / "boxes/package.sh"), str(out), str(tiny_box), "--fast-start"], check=True,
                    capture_output=True)
     return out
 
