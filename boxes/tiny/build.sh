@@ -58,12 +58,10 @@ ssh_files() {
 		echo "dir $d 0755 0 0"
 	done
 	echo "file /usr/sbin/dropbear /usr/sbin/dropbear 0755 0 0"
-	# dropbearkey: the identity step's new host keys (xhyve.identity=, see init).
-	echo "file /usr/bin/dropbearkey /usr/bin/dropbearkey 0755 0 0"
 	# scp: the remote end of uploads (Vagrant's and Packer's provisioners; dropbear has none).
 	echo "file /usr/bin/scp /usr/bin/scp 0755 0 0"
 	# The shared libraries ldd lists (and the loader), at the paths ldd resolved.
-	{ ldd /usr/sbin/dropbear && ldd /usr/bin/dropbearkey && ldd /usr/bin/scp; } | grep -o '/[^ ]*' | sort -u | while read -r lib; do
+	{ ldd /usr/sbin/dropbear && ldd /usr/bin/scp; } | grep -o '/[^ ]*' | sort -u | while read -r lib; do
 		d=$(dirname "$lib")
 		case $d in /lib | /lib64 | /lib/x86_64-linux-gnu | /usr/lib) ;; *) echo "dir $d 0755 0 0" ;; esac
 		echo "file $lib $(readlink -f "$lib") 0755 0 0"
