@@ -109,7 +109,8 @@ def test_first_machine_boots_and_saves_the_boot(home):
     boots = saved_boots(h)
     assert len(boots) == 1 and "/tiny/1.0.0/" in str(boots[0]).replace("xhyve-VAGRANTSLASH-", "/"), boots
     text = wait_console(h, h.mids["first"], rf"{MARK} ssh-ready")
-    assert text.index(f"{MARK} identity={h.mids['first']}") < text.index(f"{MARK} booted"), text
+    at = text.index(f"{MARK} identity={h.mids['first']}")
+    assert text.index(f"{MARK} date=") < at < text.index(f"{MARK} ready"), text
     assert f"boot saved to {boots[0]}" in h.daemon.log.read_text()
     f = facts(h, h.mids["first"])
     assert f["macs"] == (mac0(h, "first"), nic_mac(h.uuids["first"], 1)), f
