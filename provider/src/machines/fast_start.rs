@@ -120,6 +120,11 @@ impl Machines {
     ) -> std::result::Result<Value, String> {
         let who = identity_of(rec).ok_or_else(|| format!("{:?} is not a UUID", rec.uuid))?;
         report("fast start: restoring the saved boot", 0, Some(2));
+        // A new guest, as after a boot: the previous run's console is kept as console.log.1.
+        let console = dir.join("console.log");
+        if console.exists() {
+            let _ = fs::rename(&console, dir.join("console.log.1"));
+        }
         let v = match self.launch(id, dir, rec, Some(boot)) {
             Ok(v) => v,
             // Any other failure (no xhyve, a TAP device) would fail a boot just as well.
