@@ -526,7 +526,7 @@ def real(provider_bin, tiny_box_file, tmp_path_factory):
             r = h.call("box.add", {"source": str(tiny_box_file), "name": "xhyve/tiny", "version": "1.0.0"})
             meta = json.loads((pathlib.Path(r["path"]) / "metadata.json").read_text())
             assert meta == {"provider": "xhyve", "kernel": "vmlinux", "initrd": "initrd.img",
-                            "cmdline": "console=ttyS0", "cpus": 1, "memory": "256M"}
+                            "cmdline": "console=ttyS0", "cpus": 1, "memory": "256M", "fast_start": True}
             mid = h.call("machine.create", {"box": "xhyve/tiny", "name": name})["id"]
             h.call("machine.start", {"id": mid})
             h.mid = mid
