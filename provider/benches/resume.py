@@ -11,10 +11,12 @@ target/boxes/tiny.
 
 usage: provider/benches/resume.py [ROUNDS]   (default 3)
 
-Measured 2026-12-06 on the nested kvm_pvm host (2 cores shared with other sessions), 3 rounds:
-state file 256 MiB long, 28.9 MiB on disk (11.3% of RAM); cold machine.start to SSH 85.9 s;
-machine.suspend 2.40 s; machine.resume returns in 0.080 s, reaches SSH in 2.36 s (2.02-2.56):
-cold boot / resume to SSH 36.4x."""
+Measured 2026-12-06 on the nested kvm_pvm host (2 cores shared with other sessions, load
+average ~8), 3 rounds: saved boot and state file 256 MiB long, 30.4 and 31.0 MiB on disk (~12%
+of RAM); cold machine.start to SSH 54.5 s; fast start: machine.start returns in 0.93 s, reaches
+SSH in 12.45 s (11.63-12.52): cold boot / fast start to SSH 4.4x; machine.suspend 1.85 s;
+machine.resume returns in 0.072 s, reaches SSH in 2.13 s: cold boot / resume to SSH 25.5x.
+(Earlier, without the fast start, at lower load: cold 85.9 s, resume to SSH 2.36 s.)"""
 
 import pathlib
 import statistics
