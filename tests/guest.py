@@ -1,6 +1,7 @@
 """Drives one real `xhyve` process and reads its guest console."""
 
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -65,6 +66,23 @@ class Guest:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"xhyve still running after {timeout:.0f}s:\n{self.tail()}")
+
+    def assert_sandboxed(self):
+        """Every thread of the running xhyve is under a seccomp filter, with no capability and
+        no way to gain one (vmm/src/sandbox)."""
+        threads = {}
+        for task in pathlib.Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                status = dict(line.split(":\t", 1) for line in (task / "status").read_text().splitlines()
+                              if ":\t" in line)
+            except FileNotFoundError:  # a queue worker that just ended
+                continue
+            threads[status["Name"].strip()] = (status["Seccomp"].strip(), status["NoNewPrivs"].strip(),
+                                               status["CapEff"].strip())
+        assert threads, "no threads"
+        loose = {n: s for n, s in threads.items() if s != ("2", "1", "0000000000000000")}
+        assert not loose, f"threads outside the sandbox (Seccomp, NoNewPrivs, CapEff): {loose}"
+        return sorted(threads)
 
     def signal(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)

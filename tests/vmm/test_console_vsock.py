@@ -102,6 +102,9 @@ def test_console_and_vsock_in_one_boot(guest, tmp_path):
 
     g.wait_for(r"VSOCK-LISTENING")
     ok, echo = _connect_into_guest(vsock, time.monotonic() + 600)
+    # The console input and vsock threads run under their seccomp filters (vmm/src/sandbox).
+    threads = g.assert_sandboxed()
+    assert "vsock-listen" in threads, threads
     g.wait_for(rf"{MARK} cmd-exit=(\d+)")
     g.wait_for(rf"{MARK} poweroff")
     assert g.wait_exit() == 1, g.tail()

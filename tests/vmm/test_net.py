@@ -165,6 +165,9 @@ def test_user_mode_dhcp_hostfwd_nat_and_stable_address(guest, xhyve_bin):
               cmdline=cmdline(DHCP_SCRIPT))
     try:
         a.wait_for(r"(?m)^LISTENING", timeout=1200)
+        # libslirp's thread and passt's log reader run under their seccomp filters.
+        assert "net-slirp" in a.assert_sandboxed()
+        assert "passt-log" in b.assert_sandboxed()
         assert read_greeting(fwd_g, a) == b"HI-GUEST\n", a.tail()
         assert read_forwarded(fwd_a, a).rstrip().endswith(b"\nHELLO-FROM-GUEST"), a.tail()
         a.wait_for(rf"{MARK} poweroff", timeout=1200)

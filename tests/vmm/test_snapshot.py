@@ -93,6 +93,8 @@ def saved(xhyve_bin, tiny_box, tmp_path_factory):
         at_first = max(ticks(g))
         replies["resume"] = ctl("resume")
         g.wait_for(rf"tick {at_first + 2}\b")
+        # Under the sandbox since set-up, the save included (vmm/src/sandbox).
+        threads = g.assert_sandboxed()
         replies["pause2"] = ctl("pause")
         replies["save2"] = ctl(f"save {tmp / 'vm.snap'}")
         last = max(ticks(g))
@@ -109,7 +111,7 @@ def saved(xhyve_bin, tiny_box, tmp_path_factory):
     # After the save, for the restored guest to read.
     write_sector0(tmp / "raw.img", b"RESTORED!")
     return {"tmp": tmp, "flags": flags, "replies": replies, "status": status, "last": last,
-            "guest": g, "found": found}
+            "guest": g, "found": found, "threads": threads}
 
 
 def test_control_socket_pauses_saves_and_quits(saved):
@@ -120,6 +122,14 @@ def test_control_socket_pauses_saves_and_quits(saved):
         assert re.fullmatch(r"ok bytes=\d+ ram_written=\d+ ms=\d+", r[key]), r[key]
     assert saved["status"] == 5, saved["guest"].tail()
     assert "quit through the control socket" in saved["guest"].stderr()
+
+
+def test_every_thread_ran_sandboxed(saved):
+    """The control socket's thread, the vCPU, the disks' queue workers restarted by `resume`."""
+    names = saved["threads"]
+    for name in ("xhyve", "control", "vcpu0", "halt-watch", "launcher"):
+        assert name in names, names
+    assert any(n.startswith("virtio2-q") for n in names), names
 
 
 def test_snapshot_is_sparse(saved):

@@ -1,8 +1,9 @@
 //! Builds a VM from its `Config` in named steps, Firecracker's builder: guest memory, the VM,
-//! the legacy devices, the PCI devices, the vCPUs, the boot payload, and the vCPU threads. Each
-//! step takes what the earlier ones made. With `--restore`, guest memory comes from the snapshot
-//! and `restore_snapshot` takes the place of the boot payload. The result is a running [`Vmm`],
-//! with its control socket when `--control` asks for one.
+//! the legacy devices, the PCI devices, the vCPUs, the boot payload, the vCPU threads, and the
+//! main thread's lock-down (`crate::sandbox`). Each step takes what the earlier ones made. With
+//! `--restore`, guest memory comes from the snapshot and `restore_snapshot` takes the place of the
+//! boot payload. The result is a running [`Vmm`], with its control socket when `--control` asks
+//! for one.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,7 @@ use crate::pause::PauseGate;
 use crate::pci::{self, intx::IntxRoute, BarAllocator, DeviceContext};
 use crate::profile::Profiler;
 use crate::pvm::Pvm;
+use crate::sandbox;
 use crate::snapshot::{self, Shape};
 use crate::vcpu::{self, Shared};
 use crate::virtio::{self, transport::VirtioPci, VirtioDevice};
@@ -75,6 +77,7 @@ pub fn build(cfg: &Config) -> Result<Vmm, String> {
         let control = VmControl::new(vm.clone(), shared.clone(), devices.clone(), threads, shape);
         control::spawn(path, Arc::new(control))?;
     }
+    sandbox::lock_down_main()?;
     Ok(Vmm { vm, shared, devices, signals, vcpu_stats, raw_terminal, started, verbose: cfg.verbose })
 }
 
@@ -132,7 +135,7 @@ fn attach_legacy_devices(
             if *target == ConsoleTarget::Stdio {
                 raw_terminal = Some(RawTerminal::enter());
             }
-            serial::spawn_input(port_dev.clone(), input);
+            serial::spawn_input(port_dev.clone(), input).map_err(|e| format!("{name} input thread: {e}"))?;
         }
         devices.serial.push(port_dev);
     }
@@ -309,9 +312,10 @@ fn start_vcpus(
         threads.push(vcpu::spawn(v, shared.clone()).map_err(|e| format!("vCPU thread: {e}"))?);
     }
     if shared.profiler.is_some() {
-        Profiler::spawn_sampler(threads.clone(), shared.exit.clone(), vcpu::kick);
+        Profiler::spawn_sampler(threads.clone(), shared.exit.clone(), vcpu::kick)
+            .map_err(|e| format!("profile sampler thread: {e}"))?;
     }
-    vcpu::spawn_halt_watch(threads.clone(), shared.exit.clone());
+    vcpu::spawn_halt_watch(threads.clone(), shared.exit.clone()).map_err(|e| format!("halt watch thread: {e}"))?;
     Ok((signals, stats, threads))
 }
 

@@ -45,8 +45,11 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid]
        --restore PATH: carry on from the snapshot at PATH (written by `save`) instead of
            booting; the other flags must describe the same machine (memory, vCPUs, devices)
 exit status: 0 rebooted, 1 powered off, 2 halted, 3 triple fault, 4 error, 5 quit (control socket)
+             (4 includes a system call a seccomp filter forbids)
 signals: SIGTERM presses the ACPI power button (with -A); a second SIGTERM, or no power-off
          within XHYVE_SHUTDOWN_TIMEOUT seconds (default 120), ends the VM (status 1)
+sandbox: every thread runs under a seccomp allow-list once the VM is set up;
+         XHYVE_SECCOMP=on (default) | log (make and log forbidden calls: dmesg) | off
 ";
 
 pub const DEFAULT_MEM: u64 = 256 << 20;

@@ -19,6 +19,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::sandbox::{self, ThreadKind};
+
 /// What the control socket drives.
 pub trait Machine: Send + Sync {
     fn paused(&self) -> bool;
@@ -78,14 +80,12 @@ pub fn spawn(path: &Path, machine: Arc<dyn Machine>) -> Result<(), String> {
         std::fs::remove_file(path).map_err(what)?;
     }
     let listener = UnixListener::bind(path).map_err(what)?;
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                serve(stream, machine.as_ref());
-            }
-        })
-        .map_err(what)?;
+    sandbox::spawn(ThreadKind::Control, "control".into(), move || {
+        for stream in listener.incoming().flatten() {
+            serve(stream, machine.as_ref());
+        }
+    })
+    .map_err(what)?;
     Ok(())
 }
 

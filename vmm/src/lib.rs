@@ -27,6 +27,7 @@ mod pause;
 mod pci;
 mod profile;
 mod pvm;
+mod sandbox;
 mod snapshot;
 mod vcpu;
 pub mod virtio;
@@ -76,7 +77,9 @@ pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
         Ok(Command::Run(cfg)) => {
             // Every failure before the guest starts is an `Error` ending.
-            let reason = builder::build(&cfg).map_or_else(ExitReason::Error, vm::Vmm::run);
+            let reason = sandbox::init(cfg.verbose)
+                .and_then(|()| builder::build(&cfg))
+                .map_or_else(ExitReason::Error, vm::Vmm::run);
             net::passt::kill_all();
             let _ = std::io::stdout().flush();
             logger::log(format!("{reason} (exit status {})", reason.status()));

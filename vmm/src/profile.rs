@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::exit::ExitLatch;
 use crate::hypervisor::Vcpu;
+use crate::sandbox::{self, ThreadKind};
 
 /// How often the vCPUs are sampled.
 const PERIOD: Duration = Duration::from_millis(10);
@@ -40,14 +41,16 @@ impl Profiler {
     }
 
     /// Knocks every vCPU thread (`kick`) every PERIOD until the VM exits.
-    pub fn spawn_sampler(threads: Vec<libc::pthread_t>, exit: Arc<ExitLatch>, kick: fn(&[libc::pthread_t])) {
-        std::thread::Builder::new()
-            .name("profile".into())
-            .spawn(move || {
-                while exit.wait_timeout(PERIOD).is_none() {
-                    kick(&threads);
-                }
-            })
-            .expect("spawn profile sampler");
+    pub fn spawn_sampler(
+        threads: Vec<libc::pthread_t>,
+        exit: Arc<ExitLatch>,
+        kick: fn(&[libc::pthread_t]),
+    ) -> std::io::Result<()> {
+        sandbox::spawn(ThreadKind::Profile, "profile".into(), move || {
+            while exit.wait_timeout(PERIOD).is_none() {
+                kick(&threads);
+            }
+        })
+        .map(drop)
     }
 }

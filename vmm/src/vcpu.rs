@@ -12,6 +12,7 @@ use crate::hypervisor::{Vcpu, VcpuExit};
 use crate::pause::PauseGate;
 use crate::profile::Profiler;
 use crate::pvm::Pvm;
+use crate::sandbox::{self, ThreadKind};
 
 /// Signal used to knock a vCPU out of `run` (its handler does nothing; the EINTR is the point).
 pub fn kick_signal() -> i32 {
@@ -61,7 +62,7 @@ impl Shared {
 /// pthread id for kicks.
 pub fn spawn(mut vcpu: Box<dyn Vcpu>, shared: Arc<Shared>) -> std::io::Result<libc::pthread_t> {
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new().name(format!("vcpu{}", vcpu.id())).spawn(move || {
+    sandbox::spawn(ThreadKind::Vcpu, format!("vcpu{}", vcpu.id()), move || {
         // SAFETY: pthread_self has no preconditions.
         let _ = tx.send(unsafe { libc::pthread_self() });
         if let Err(reason) = run_loop(vcpu.as_mut(), &shared) {
@@ -137,13 +138,11 @@ pub fn kick(threads: &[libc::pthread_t]) {
 }
 
 /// Kicks every vCPU once a second so halted ones get noticed.
-pub fn spawn_halt_watch(threads: Vec<libc::pthread_t>, exit: Arc<ExitLatch>) {
-    std::thread::Builder::new()
-        .name("halt-watch".into())
-        .spawn(move || {
-            while exit.wait_timeout(Duration::from_secs(1)).is_none() {
-                kick(&threads);
-            }
-        })
-        .expect("spawn halt watcher");
+pub fn spawn_halt_watch(threads: Vec<libc::pthread_t>, exit: Arc<ExitLatch>) -> std::io::Result<()> {
+    sandbox::spawn(ThreadKind::HaltWatch, "halt-watch".into(), move || {
+        while exit.wait_timeout(Duration::from_secs(1)).is_none() {
+            kick(&threads);
+        }
+    })
+    .map(drop)
 }

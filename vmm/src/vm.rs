@@ -135,6 +135,10 @@ impl Vmm {
         if self.verbose {
             report(&*self.vm, &self.vcpu_stats, &self.shared, self.started);
         }
+        // The devices live until the process exits, which ends their host sides (files,
+        // sockets, passt): dropped here, the last reference could go on a vCPU thread whose
+        // seccomp filter does not allow what a device's drop does.
+        std::mem::forget(self.devices);
         reason
     }
 }

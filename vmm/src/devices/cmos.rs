@@ -76,6 +76,11 @@ impl Cmos {
         put(MEM_ABOVE_16M_64K, &above_16m.to_le_bytes());
         let above_4g = (mem_above_4g / (64 * KIB)).min(0xff_ffff) as u32;
         put(MEM_ABOVE_4G_64K, &above_4g.to_le_bytes()[..3]);
+        if localtime {
+            // The first localtime_r loads the host's time zone: now, not later on a vCPU thread,
+            // whose seccomp filter opens no file.
+            utc_offset(0);
+        }
         Cmos { index: 0, ram, localtime, offset: 0 }
     }
 

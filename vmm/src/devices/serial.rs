@@ -11,6 +11,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::PioDevice;
+use crate::sandbox::{self, ThreadKind};
 
 /// Raises the UART's interrupt through an irqfd.
 pub struct IrqTrigger(pub EventFd);
@@ -80,24 +81,22 @@ pub fn new_port(irq: EventFd, output: Box<dyn Write + Send>) -> SerialPort {
 }
 
 /// Feeds console input to the UART, waiting while its FIFO is full.
-pub fn spawn_input(port: Arc<Mutex<SerialPort>>, mut input: Box<dyn Read + Send>) {
-    thread::Builder::new()
-        .name("console-in".into())
-        .spawn(move || {
-            let mut buf = [0u8; 64];
-            while let Ok(n) = input.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let mut rest = &buf[..n];
-                while !rest.is_empty() {
-                    let taken = port.lock().unwrap().0.enqueue_raw_bytes(rest).unwrap_or(0);
-                    rest = &rest[taken..];
-                    if !rest.is_empty() {
-                        thread::sleep(Duration::from_millis(5));
-                    }
+pub fn spawn_input(port: Arc<Mutex<SerialPort>>, mut input: Box<dyn Read + Send>) -> io::Result<()> {
+    sandbox::spawn(ThreadKind::ConsoleInput, "console-in".into(), move || {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = input.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let taken = port.lock().unwrap().0.enqueue_raw_bytes(rest).unwrap_or(0);
+                rest = &rest[taken..];
+                if !rest.is_empty() {
+                    thread::sleep(Duration::from_millis(5));
                 }
             }
-        })
-        .expect("spawn console input thread");
+        }
+    })
+    .map(drop)
 }

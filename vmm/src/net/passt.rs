@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use super::user::{HostFwd, DNS, GATEWAY, GUEST_ADDR, MTU};
 use super::{Backend, MAX_FRAME};
+use crate::sandbox::{self, ThreadKind};
 
 /// Where `passt` is, from `XHYVE_PASST` or PATH.
 pub fn find_passt() -> Result<std::path::PathBuf, String> {
@@ -119,7 +120,7 @@ impl Passt {
         let errors = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
         if let Some(stderr) = stderr {
             let errors = errors.clone();
-            let _ = std::thread::Builder::new().name("passt-log".into()).spawn(move || {
+            let _ = sandbox::spawn(ThreadKind::PasstLog, "passt-log".into(), move || {
                 use std::io::BufRead;
                 for line in io::BufReader::new(stderr).lines().map_while(Result::ok) {
                     if line.starts_with("Failed to send") || line.starts_with("Don't run as root") || line.is_empty() {
@@ -151,8 +152,12 @@ impl Passt {
 impl Drop for Passt {
     fn drop(&mut self) {
         let mut c = self.child.lock().unwrap();
-        let _ = c.kill();
-        let _ = c.wait();
+        // Started by root, passt runs as `nobody`, which a VMM that gave up CAP_KILL
+        // (`crate::sandbox`) cannot signal: it leaves by itself when the socket closes (`-1`),
+        // so wait only for a child that was killed.
+        if c.kill().is_ok() {
+            let _ = c.wait();
+        }
     }
 }
 

@@ -36,6 +36,7 @@ use libslirp_sys as sys;
 use super::fd::{seqpacket_pair, FrameFd};
 use super::user::{HostFwd, DNS, GATEWAY, GUEST_ADDR, MTU};
 use super::{Backend, MAX_FRAME};
+use crate::sandbox::{self, ThreadKind};
 
 /// Frames for the guest that wait while the device does not read: at most this many bytes.
 const QUEUE_MAX: usize = 4 << 20;
@@ -61,9 +62,7 @@ impl Slirp {
             stack.add_hostfwd(f)?;
         }
         let stack = SendStack(stack);
-        std::thread::Builder::new()
-            .name("net-slirp".into())
-            .spawn(move || stack.run())
+        sandbox::spawn(ThreadKind::Slirp, "net-slirp".into(), move || stack.run())
             .map_err(|e| format!("cannot start the user-mode network thread: {e}"))?;
         Ok(Slirp { frames: FrameFd::new(ours, "the user-mode network (libslirp) thread") })
     }

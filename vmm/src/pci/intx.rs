@@ -15,6 +15,7 @@
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::hypervisor::Vm;
+use crate::sandbox::{self, ThreadKind};
 use crate::wait;
 
 const FIRST_GSI: u32 = 16;
@@ -68,18 +69,16 @@ impl IntxLine {
     pub fn spawn_resampler(&self, name: String, pending: impl Fn() -> bool + Send + 'static) -> Result<(), String> {
         let clone = |fd: &EventFd| fd.try_clone().map_err(|e| format!("eventfd: {e}"));
         let (trigger, resample, stop) = (clone(&self.trigger)?, clone(&self.resample)?, clone(&self.stop)?);
-        std::thread::Builder::new()
-            .name(name)
-            .spawn(move || {
-                while wait::readable(&[&resample, &stop]) == Some(0) {
-                    let _ = resample.read();
-                    if pending() {
-                        let _ = trigger.write(1);
-                    }
+        sandbox::spawn(ThreadKind::IntxResample, name, move || {
+            while wait::readable(&[&resample, &stop]) == Some(0) {
+                let _ = resample.read();
+                if pending() {
+                    let _ = trigger.write(1);
                 }
-            })
-            .map(drop)
-            .map_err(|e| format!("INTx resampler thread: {e}"))
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("INTx resampler thread: {e}"))
     }
 }
 

@@ -45,6 +45,8 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::sandbox::ThreadKind;
+
 /// Device types (virtio 1.x section 5).
 pub const TYPE_NET: u16 = 1;
 pub const TYPE_BLOCK: u16 = 2;
@@ -100,6 +102,8 @@ pub trait VirtioDevice: Send + Sync {
     fn restore_state(&self, _state: &serde_json::Value) -> Result<(), String> {
         Ok(())
     }
+    /// The kind of thread (and so the seccomp allow-list) its queue workers run as.
+    fn queue_thread(&self) -> ThreadKind;
 }
 
 /// Listens on the unix socket `path`, replacing a socket an earlier run left there (never any

@@ -39,9 +39,13 @@ fn err(op: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
     move |e| Error { op: op.into(), errno: e.errno() }
 }
 
-/// Opens `/dev/kvm` and creates a VM with the in-kernel PIC, IOAPIC, LAPICs and PIT.
+/// Opens `/dev/kvm` and creates a VM with the in-kernel PIC, IOAPIC, LAPICs and PIT. `/dev/kvm`
+/// itself is closed again: what the VM needs from it (the supported CPUID) is read now, so a
+/// running VMM holds no handle that could create another VM.
 pub fn create_vm() -> Result<KvmVm> {
     let kvm = Kvm::new().map_err(err("open /dev/kvm"))?;
+    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
+    let supported_cpuid = cpuid.as_slice().iter().map(|e| cpuid_entry!(CpuidEntry, e)).collect();
     let fd = kvm.create_vm().map_err(err("KVM_CREATE_VM"))?;
     // Real-mode support pages (needed on Intel; harmless elsewhere), kept out of guest RAM.
     fd.set_tss_address(0xfffb_d000).map_err(err("KVM_SET_TSS_ADDR"))?;
@@ -50,7 +54,7 @@ pub fn create_vm() -> Result<KvmVm> {
     fd.create_pit2(kvm_pit_config::default()).map_err(err("KVM_CREATE_PIT2"))?;
     let stats = get_stats_fd(fd.as_raw_fd());
     let msrs_to_save = state::msrs_to_save(&kvm)?.into();
-    Ok(KvmVm { kvm, fd, stats, msrs_to_save })
+    Ok(KvmVm { fd, stats, supported_cpuid, msrs_to_save })
 }
 
 pub fn max_vcpus() -> Result<usize> {
@@ -58,9 +62,9 @@ pub fn max_vcpus() -> Result<usize> {
 }
 
 pub struct KvmVm {
-    kvm: Kvm,
     fd: VmFd,
     stats: Option<OwnedFd>,
+    supported_cpuid: Vec<CpuidEntry>,
     /// What a vCPU's saved state holds of its MSRs.
     msrs_to_save: Arc<[u32]>,
 }
@@ -137,8 +141,7 @@ impl Vm for KvmVm {
     }
 
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
-        let cpuid = self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
-        Ok(cpuid.as_slice().iter().map(|e| cpuid_entry!(CpuidEntry, e)).collect())
+        Ok(self.supported_cpuid.clone())
     }
 
     fn stats(&self) -> Vec<(String, u64)> {
@@ -486,4 +489,79 @@ fn read_stats(fd: &OwnedFd) -> Vec<(String, u64)> {
         }
     }
     out
+}
+
+// The ioctls a running VM makes (numbers as kvm-ioctls defines them, which keeps them private):
+// `crate::sandbox` allows these and no other KVM ioctl once set-up is over.
+vmm_sys_util::ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, kvm_bindings::KVMIO, 0x81, kvm_regs);
+vmm_sys_util::ioctl_iow_nr!(KVM_SET_REGS, kvm_bindings::KVMIO, 0x82, kvm_regs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, kvm_bindings::KVMIO, 0x83, kvm_sregs);
+vmm_sys_util::ioctl_iow_nr!(KVM_SET_SREGS, kvm_bindings::KVMIO, 0x84, kvm_sregs);
+vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, kvm_bindings::KVMIO, 0x88, kvm_bindings::kvm_msrs);
+vmm_sys_util::ioctl_iow_nr!(KVM_SET_MSRS, kvm_bindings::KVMIO, 0x89, kvm_bindings::kvm_msrs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, kvm_bindings::KVMIO, 0x98, kvm_bindings::kvm_mp_state);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, kvm_bindings::KVMIO, 0x9f, kvm_bindings::kvm_vcpu_events);
+vmm_sys_util::ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, kvm_bindings::KVMIO, 0xa0, kvm_bindings::kvm_vcpu_events);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, kvm_bindings::KVMIO, 0xa4, kvm_bindings::kvm_xsave);
+vmm_sys_util::ioctl_iow_nr!(KVM_SET_XSAVE, kvm_bindings::KVMIO, 0xa5, kvm_bindings::kvm_xsave);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_LAPIC, kvm_bindings::KVMIO, 0x8e, kvm_bindings::kvm_lapic_state);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_DEBUGREGS, kvm_bindings::KVMIO, 0xa1, kvm_bindings::kvm_debugregs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, kvm_bindings::KVMIO, 0xa6, kvm_bindings::kvm_xcrs);
+vmm_sys_util::ioctl_io_nr!(KVM_GET_TSC_KHZ, kvm_bindings::KVMIO, 0xa3);
+vmm_sys_util::ioctl_iowr_nr!(KVM_GET_IRQCHIP, kvm_bindings::KVMIO, 0x62, kvm_bindings::kvm_irqchip);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_CLOCK, kvm_bindings::KVMIO, 0x7c, kvm_bindings::kvm_clock_data);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_PIT2, kvm_bindings::KVMIO, 0x9f, kvm_bindings::kvm_pit_state2);
+vmm_sys_util::ioctl_iow_nr!(KVM_IRQ_LINE, kvm_bindings::KVMIO, 0x61, kvm_bindings::kvm_irq_level);
+vmm_sys_util::ioctl_iow_nr!(KVM_SET_GSI_ROUTING, kvm_bindings::KVMIO, 0x6a, kvm_bindings::kvm_irq_routing);
+vmm_sys_util::ioctl_iow_nr!(KVM_IRQFD, kvm_bindings::KVMIO, 0x76, kvm_bindings::kvm_irqfd);
+vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, kvm_bindings::KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
+
+/// What a vCPU's `Vcpu` methods ask of its fd while the guest runs: running it, the register,
+/// event and state access of the PVM fix-ups and the halt check, and a snapshot's reads.
+pub fn vcpu_ioctls() -> Vec<u64> {
+    [
+        KVM_RUN(),
+        KVM_GET_REGS(),
+        KVM_SET_REGS(),
+        KVM_GET_SREGS(),
+        KVM_SET_SREGS(),
+        KVM_GET_MSRS(),
+        KVM_GET_MP_STATE(),
+        KVM_GET_VCPU_EVENTS(),
+        KVM_SET_VCPU_EVENTS(),
+        KVM_GET_XSAVE(),
+        KVM_SET_XSAVE(),
+        // A paused vCPU's state for a snapshot, read by its own thread, and its TSC put back at
+        // resume.
+        KVM_SET_MSRS(),
+        KVM_GET_LAPIC(),
+        KVM_GET_DEBUGREGS(),
+        KVM_GET_XCRS(),
+        KVM_GET_TSC_KHZ(),
+    ]
+    .to_vec()
+}
+
+/// What the `Vm` methods that devices call while the guest runs ask of the VM fd: interrupt
+/// lines, MSI routes, irqfds and ioeventfds (moved when the guest moves a BAR).
+pub fn vm_interrupt_ioctls() -> Vec<u64> {
+    vec![KVM_IRQ_LINE(), KVM_SET_GSI_ROUTING(), KVM_IRQFD(), KVM_IOEVENTFD()]
+}
+
+/// What `Vm::save_state` asks of the VM fd (the control socket's `save`): the interrupt
+/// controllers, the PIT and the KVM clock.
+pub fn vm_state_ioctls() -> Vec<u64> {
+    vec![KVM_GET_IRQCHIP(), KVM_GET_CLOCK(), KVM_GET_PIT2()]
+}
+
+/// `set_irq_line` alone: the main thread's power-button press.
+pub fn irq_line_ioctl() -> u64 {
+    KVM_IRQ_LINE()
+}
+
+/// `set_gsi_routing` alone: MSI-X routes are installed when a vector first fires, by whichever
+/// thread raises it (a queue worker).
+pub fn gsi_routing_ioctl() -> u64 {
+    KVM_SET_GSI_ROUTING()
 }

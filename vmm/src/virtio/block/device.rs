@@ -10,6 +10,7 @@ use super::request::{
 };
 use crate::config::BlockConfig;
 use crate::disk::Disk;
+use crate::sandbox::ThreadKind;
 use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_BLOCK};
 
 // Feature bits.
@@ -197,6 +198,10 @@ fn transfer(
 }
 
 impl VirtioDevice for Block {
+    fn queue_thread(&self) -> ThreadKind {
+        ThreadKind::BlockQueue
+    }
+
     fn device_type(&self) -> u16 {
         TYPE_BLOCK
     }

@@ -8,6 +8,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::input::{Inner, SocketOut};
 use crate::config::ConsoleConfig;
 use crate::console_io;
+use crate::sandbox::{self, ThreadKind};
 use crate::virtio::{drain_queue, fill_queue, listen, QueueBroken, VirtioDevice, TYPE_CONSOLE};
 
 const RX: usize = 0;
@@ -22,7 +23,7 @@ pub struct Console {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
-    std::thread::Builder::new().name(name.into()).spawn(f).map(drop).map_err(|e| format!("{name}: {e}"))
+    sandbox::spawn(ThreadKind::ConsoleInput, name.into(), f).map(drop).map_err(|e| format!("{name}: {e}"))
 }
 
 impl Console {
@@ -101,6 +102,10 @@ impl Console {
 }
 
 impl VirtioDevice for Console {
+    fn queue_thread(&self) -> ThreadKind {
+        ThreadKind::ConsoleQueue
+    }
+
     fn device_type(&self) -> u16 {
         TYPE_CONSOLE
     }

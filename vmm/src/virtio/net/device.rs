@@ -10,6 +10,7 @@ use super::frame::{read_frame, write_frame, HDR_LEN};
 use super::poller::RxWake;
 use crate::config::{BackendConfig, NetConfig};
 use crate::net::{passt, slirp, socket, tap, Backend};
+use crate::sandbox::{self, ThreadKind};
 use crate::virtio::{drain_queue, ConfigNotifier, QueueBroken, VirtioDevice, TYPE_NET};
 
 const F_MAC: u64 = 1 << 5;
@@ -66,9 +67,7 @@ impl Net {
         };
         let net = Net::with_backend(mac, backend)?;
         let (wake, fd) = (net.wake.clone(), net.backend.fd());
-        std::thread::Builder::new()
-            .name("virtio-net-poll".into())
-            .spawn(move || wake.run(fd))
+        sandbox::spawn(ThreadKind::NetPoll, "virtio-net-poll".into(), move || wake.run(fd))
             .map_err(|e| format!("cannot start the network poller: {e}"))?;
         Ok(net)
     }
@@ -147,6 +146,10 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
+    fn queue_thread(&self) -> ThreadKind {
+        ThreadKind::NetQueue
+    }
+
     fn device_type(&self) -> u16 {
         TYPE_NET
     }

@@ -1,6 +1,7 @@
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
+use crate::sandbox::ThreadKind;
 use crate::virtio::{drain_queue, QueueBroken, VirtioDevice, TYPE_RNG};
 
 /// Most bytes one request gets (the driver asks again for more).
@@ -27,6 +28,10 @@ fn fill(chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemor
 }
 
 impl VirtioDevice for Rng {
+    fn queue_thread(&self) -> ThreadKind {
+        ThreadKind::RngQueue
+    }
+
     fn device_type(&self) -> u16 {
         TYPE_RNG
     }

@@ -8,6 +8,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::worker::{Worker, WorkerCtx};
 use super::{Transport, NO_VECTOR};
 use crate::logger::log;
+use crate::sandbox;
 use crate::virtio::F_VERSION_1;
 
 /// Device status bits.
@@ -220,9 +221,8 @@ impl Transport {
                     notify: self.notify[i].clone(),
                     stop: stop.try_clone()?,
                 };
-                let handle = std::thread::Builder::new()
-                    .name(format!("virtio{}-q{i}", self.dev.device_type()))
-                    .spawn(move || ctx.run())?;
+                let name = format!("virtio{}-q{i}", self.dev.device_type());
+                let handle = sandbox::spawn(self.dev.queue_thread(), name, move || ctx.run())?;
                 Ok(Worker { index: i, stop, handle })
             })();
             match worker {

@@ -11,6 +11,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::sandbox::{self, ThreadKind};
+
 use super::packet::{
     Hdr, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN,
     SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
@@ -101,7 +103,7 @@ pub(super) struct Inner {
 }
 
 pub(super) fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> bool {
-    std::thread::Builder::new().name(name.into()).spawn(f).is_ok()
+    sandbox::spawn(ThreadKind::VsockConn, name.into(), f).is_ok()
 }
 
 impl Inner {

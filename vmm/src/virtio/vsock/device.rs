@@ -8,6 +8,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::connections::{spawn, Inner, State, FIRST_HOST_PORT};
 use super::packet::{read_packet, write_packet, HDR_LEN, MAX_TX_PAYLOAD};
 use crate::config::VsockConfig;
+use crate::sandbox::{self, ThreadKind};
 use crate::virtio::{drain_queue, fill_queue, listen, QueueBroken, VirtioDevice, TYPE_VSOCK};
 
 const RX: usize = 0;
@@ -35,15 +36,13 @@ impl Vsock {
             rx_kick: Mutex::default(),
         });
         let i = inner.clone();
-        std::thread::Builder::new()
-            .name("vsock-listen".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let i = i.clone();
-                    spawn("vsock-connect", move || i.host_connect(stream));
-                }
-            })
-            .map_err(|e| format!("{what}: {e}"))?;
+        sandbox::spawn(ThreadKind::VsockListen, "vsock-listen".into(), move || {
+            for stream in listener.incoming().flatten() {
+                let i = i.clone();
+                spawn("vsock-connect", move || i.host_connect(stream));
+            }
+        })
+        .map_err(|e| format!("{what}: {e}"))?;
         Ok(Vsock { inner, reset_pending: AtomicBool::new(false) })
     }
 
@@ -64,6 +63,10 @@ impl Vsock {
 }
 
 impl VirtioDevice for Vsock {
+    fn queue_thread(&self) -> ThreadKind {
+        ThreadKind::VsockQueue
+    }
+
     fn device_type(&self) -> u16 {
         TYPE_VSOCK
     }
