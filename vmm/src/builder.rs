@@ -21,6 +21,7 @@ use crate::cpuid;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::cmos::Cmos;
 use crate::devices::i8042::{ResetToReboot, I8042};
+use crate::devices::pvpanic::PvPanic;
 use crate::devices::serial;
 use crate::exit::ExitLatch;
 use crate::hypervisor::{self, Vcpu, Vm};
@@ -150,6 +151,8 @@ fn attach_legacy_devices(
         let pm = Arc::new(Mutex::new(AcpiPm::new(vm.clone(), exit.clone())));
         pio.insert(PORT_PM1A_EVT.into(), 12, pm.clone())?;
         devices.acpi_pm = Some(pm);
+        // With -A only: the DSDT is how the guest finds it. Stateless, so the bus holds it.
+        pio.insert(PORT_PVPANIC.into(), 1, Arc::new(Mutex::new(PvPanic::new(exit.clone()))))?;
     }
     Ok(raw_terminal)
 }

@@ -13,7 +13,7 @@ use crate::config::{check_readable, Config, ConsoleTarget, DeviceConfig, Kexec, 
 pub const USAGE: &str = "\
 usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid]
              [--control PATH] [--restore PATH] -f <fw>
-       -A: create ACPI tables (and an ACPI power button: SIGTERM presses it)
+       -A: create ACPI tables (and an ACPI power button: SIGTERM presses it; and pvpanic)
        -c: number of vCPUs (default 1)
        -f: kexec,KERNEL,INITRD,\"CMDLINE\"   boot a Linux bzImage or vmlinux directly
            (INITRD may be empty); a bzImage's payload and compressed initrd members (gzip,
@@ -44,8 +44,8 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid]
            pause, resume, save PATH, quit; each answered ok [DETAIL] or error MESSAGE)
        --restore PATH: carry on from the snapshot at PATH (written by `save`) instead of
            booting; the other flags must describe the same machine (memory, vCPUs, devices)
-exit status: 0 rebooted, 1 powered off, 2 halted, 3 triple fault, 4 error, 5 quit (control socket)
-             (4 includes a system call a seccomp filter forbids)
+exit status: 0 rebooted, 1 powered off, 2 halted, 3 triple fault, 4 error, 5 quit (control socket),
+             6 guest kernel panic (pvpanic); 4 includes a system call a seccomp filter forbids
 signals: SIGTERM presses the ACPI power button (with -A); a second SIGTERM, or no power-off
          within XHYVE_SHUTDOWN_TIMEOUT seconds (default 120), ends the VM (status 1)
 sandbox: every thread runs under a seccomp allow-list once the VM is set up;

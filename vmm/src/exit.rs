@@ -12,11 +12,13 @@ pub enum ExitReason {
     Error(String),
     /// `quit` on the control socket: the guest was not told (it is saved, or given up).
     Quit,
+    /// The guest kernel reported a panic through pvpanic (`devices::pvpanic`).
+    GuestPanic,
 }
 
 impl ExitReason {
     /// bhyve's exit status: 0 rebooted, 1 powered off, 2 halted, 3 triple fault, 4 error; and
-    /// ours: 5 quit through the control socket.
+    /// ours: 5 quit through the control socket, 6 guest kernel panic (pvpanic).
     pub fn status(&self) -> i32 {
         match self {
             ExitReason::Reboot => 0,
@@ -25,6 +27,7 @@ impl ExitReason {
             ExitReason::TripleFault => 3,
             ExitReason::Error(_) => 4,
             ExitReason::Quit => 5,
+            ExitReason::GuestPanic => 6,
         }
     }
 }
@@ -38,6 +41,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::TripleFault => write!(f, "guest triple fault"),
             ExitReason::Error(e) => write!(f, "error: {e}"),
             ExitReason::Quit => write!(f, "quit through the control socket"),
+            ExitReason::GuestPanic => write!(f, "guest kernel panicked (pvpanic)"),
         }
     }
 }

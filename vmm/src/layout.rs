@@ -43,6 +43,8 @@ pub const PORT_COM2: u16 = 0x2f8;
 pub const PORT_I8042: u16 = 0x60; // data at 0x60, command/status at 0x64
 pub const PORT_RTC: u16 = 0x70;
 pub const PORT_PCI_CONFIG: u16 = 0xcf8;
+/// QEMU's ISA pvpanic port.
+pub const PORT_PVPANIC: u16 = 0x505;
 /// ACPI fixed hardware: PM1a event block (status+enable), PM1a control, PM timer.
 pub const PORT_PM1A_EVT: u16 = 0x600;
 pub const PORT_PM1A_CNT: u16 = 0x604;

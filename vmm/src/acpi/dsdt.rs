@@ -1,5 +1,5 @@
-//! DSDT: the S5 sleep type that makes Linux register ACPI power-off, and the PCI host bridge
-//! with its interrupt routing.
+//! DSDT: the S5 sleep type that makes Linux register ACPI power-off, the PCI host bridge with its
+//! interrupt routing, and the pvpanic device.
 
 use acpi_tables::aml::{
     AddressSpace, AddressSpaceCacheable, Device, EISAName, Name, Package, PackageBuilder, ResourceTemplate, Scope, IO,
@@ -20,6 +20,7 @@ pub fn dsdt(routes: &[IntxRoute]) -> Sdt {
     let s5 = Package::new(vec![&SLP_TYP_S5, &SLP_TYP_S5, &0u8, &0u8]);
     Name::new("_S5_".into(), &s5).to_aml_bytes(&mut body);
     pci_host_bridge(routes, &mut body);
+    pvpanic(&mut body);
     // Revision 2: 64-bit AML integers.
     let mut t = Sdt::new(*b"DSDT", 36, 2, OEM_ID, *b"BVDSDT  ", OEM_REVISION);
     t.append_slice(&body);
@@ -54,6 +55,20 @@ fn pci_host_bridge(routes: &[IntxRoute], sink: &mut Vec<u8>) {
                 &Name::new("_CRS".into(), &crs),
                 &Name::new("_PRT".into(), &prt),
             ],
+        )],
+    )
+    .to_aml_bytes(sink);
+}
+
+/// \_SB.PEVT: QEMU's pvpanic (`devices::pvpanic`), one I/O port, as QEMU describes it.
+fn pvpanic(sink: &mut Vec<u8>) {
+    let port = IO::new(layout::PORT_PVPANIC, layout::PORT_PVPANIC, 1, 1);
+    let crs = ResourceTemplate::new(vec![&port]);
+    Scope::new(
+        "\\_SB_".into(),
+        vec![&Device::new(
+            "PEVT".into(),
+            vec![&Name::new("_HID".into(), &"QEMU0001"), &Name::new("_CRS".into(), &crs)],
         )],
     )
     .to_aml_bytes(sink);

@@ -151,6 +151,11 @@ mod tests {
             0x12, 0x0c, 0x04, 0x0c, 0xff, 0xff, 0x1f, 0x00, 0x0a, 0x03, 0x00, 0x0a, 18, // slot 31 INTD#
         ];
         assert!(dsdt.windows(prt.len()).any(|w| w == prt), "_PRT");
+        // pvpanic: Name(_HID, "QEMU0001") and an I/O port descriptor (decode16) for 0x505, length 1.
+        let hid = [&[0x08, b'_', b'H', b'I', b'D', 0x0d][..], b"QEMU0001\0"].concat();
+        assert!(dsdt.windows(hid.len()).any(|w| w == hid), "pvpanic _HID");
+        let port = [0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01];
+        assert!(dsdt.windows(port.len()).any(|w| w == port), "pvpanic port");
     }
 
     #[test]

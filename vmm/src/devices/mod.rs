@@ -1,6 +1,7 @@
-//! The machine's legacy devices on port I/O: UARTs, the i8042, the RTC/CMOS and ACPI PM.
+//! The machine's legacy devices on port I/O: UARTs, the i8042, the RTC/CMOS, ACPI PM and pvpanic.
 
 pub mod acpi_pm;
 pub mod cmos;
 pub mod i8042;
+pub mod pvpanic;
 pub mod serial;
