@@ -486,6 +486,17 @@ fn last_vmm_line(dir: &Path) -> Option<String> {
         .map(str::to_string)
 }
 
+/// How many of the console's last lines a panicked machine's reason quotes.
+const PANIC_LINES: usize = 15;
+
+/// The end of the guest's console (console.log) when its kernel panicked: the panic message and
+/// what led to it.
+fn panic_lines(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join("console.log")).ok()?;
+    let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+    (!lines.is_empty()).then(|| lines[lines.len().saturating_sub(PANIC_LINES)..].join("\n"))
+}
+
 /// Sets state, exit status/signal and reason from how the VMM ended.
 fn classify(rec: &mut MachineRecord, exit: Option<&ExitRecord>, dir: &Path) {
     let stop = rec.stop_requested;
@@ -510,6 +521,13 @@ fn classify(rec: &mut MachineRecord, exit: Option<&ExitRecord>, dir: &Path) {
                 match last_vmm_line(dir) {
                     Some(l) => format!("xhyve failed (exit status 4): {l}"),
                     None => "xhyve failed (exit status 4)".into(),
+                },
+            ),
+            6 => (
+                State::Aborted,
+                match panic_lines(dir) {
+                    Some(l) => format!("the guest kernel panicked (exit status 6); its console ended with:\n{l}"),
+                    None => "the guest kernel panicked (exit status 6)".into(),
                 },
             ),
             n => (State::Aborted, format!("xhyve exited with status {n}")),
@@ -557,5 +575,21 @@ mod tests {
         let mut r = rec();
         classify(&mut r, None, dir);
         assert_eq!(r.state, State::Aborted);
+    }
+
+    #[test]
+    fn a_panicked_guest_is_aborted_with_its_last_console_lines() {
+        let dir = std::env::temp_dir().join(format!("xhyve-panic-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let early: String = (0..30).map(|i| format!("boot line {i}\n")).collect();
+        fs::write(dir.join("console.log"), early + "\nKernel panic - not syncing: Attempted to kill init!\n").unwrap();
+        let mut r = rec();
+        classify(&mut r, Some(&ExitRecord { pid: 1, status: Some(6), signal: None, exited_at: 0 }), &dir);
+        let reason = r.exit_reason.unwrap();
+        assert_eq!(r.state, State::Aborted);
+        assert!(reason.starts_with("the guest kernel panicked (exit status 6); its console ended with:\n"), "{reason}");
+        assert!(reason.ends_with("boot line 29\nKernel panic - not syncing: Attempted to kill init!"), "{reason}");
+        assert_eq!(reason.lines().count(), 1 + PANIC_LINES);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
