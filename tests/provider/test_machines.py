@@ -598,3 +598,21 @@ def test_real_guest_reboot_comes_back_and_a_loop_ends(provider_bin, tiny_box_fil
         assert console.count(f"{MARK} booted") == 2 and console.count(f"{MARK} reboot") == 2, console
     finally:
         h.close()
+
+
+def test_real_guest_panic_is_aborted_with_its_console(provider_bin, tiny_box_file, tmp_path):
+    """A guest kernel that panics (no init to run) ends its xhyve with status 6 (pvpanic): the
+    machine is aborted at once, and its reason quotes the end of the console."""
+    h = Home(provider_bin, tmp_path / "home")
+    try:
+        h.call("box.add", {"source": str(tiny_box_file), "name": "xhyve/tiny"})
+        mid = h.call("machine.create", {"box": "xhyve/tiny", "name": "panic",
+                                        "cmdline": "console=ttyS0 rdinit=/nope init=/nope"})["id"]
+        h.call("machine.start", {"id": mid})
+        a = wait_state(h, mid, "aborted", timeout=BOOT_TIMEOUT)
+        reason = a["exit_reason"]
+        assert a["exit_status"] == 6, a
+        assert reason.startswith("the guest kernel panicked (exit status 6); its console ended with:\n"), a
+        assert "Kernel panic - not syncing:" in reason, a
+    finally:
+        h.close()

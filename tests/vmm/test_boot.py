@@ -34,6 +34,15 @@ def test_halt_exits_two(guest):
     assert "guest halted (exit status 2)" in g.stderr()
 
 
+def test_guest_kernel_panic_exits_six(guest):
+    """A guest kernel that panics (no init to run) says so through pvpanic, which -A puts in the
+    DSDT: xhyve ends at once with status 6 instead of leaving the guest spinning."""
+    g = guest("-A", cmdline="console=ttyS0 rdinit=/nope init=/nope")
+    assert g.wait_exit() == 6, g.tail()
+    assert "Kernel panic - not syncing:" in g.text(), g.tail()
+    assert "guest kernel panicked (pvpanic) (exit status 6)" in g.stderr(), g.tail()
+
+
 def test_sigterm_presses_acpi_power_button(guest):
     g = guest("-A", cmdline="console=ttyS0")
     g.wait_for(rf"{MARK} ready")
