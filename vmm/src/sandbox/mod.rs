@@ -117,13 +117,14 @@ pub fn init(verbose: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// glibc's malloc reads /sys/devices/system/cpu/online the first time a thread needs a new
-/// arena, unless the arena limit is set: set it now to glibc's own default (8 per CPU), so that
-/// no thread opens a file for it later (no thread's filter allows opening files).
+/// glibc's malloc opens files from whichever thread needs them, which no filter allows: it reads
+/// /sys/devices/system/cpu/online the first time a thread needs an arena of its own, and
+/// /proc/sys/vm/overcommit_memory the first time it shrinks such an arena's heap (seen: the
+/// libslirp thread, killed by its filter). One arena for every thread (the main one, grown with
+/// brk, trimmed without that file) does neither; the VMM's threads allocate little once running.
 fn fix_malloc_arenas() {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // SAFETY: mallopt only changes a malloc tunable.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, (8 * cpus).min(i32::MAX as usize) as i32) };
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
 }
 
 /// Starts a thread of `kind` named `name` running `body` under the kind's filter, which is in
