@@ -4,50 +4,13 @@
 # Vagrantfile; the first `vagrant up` boots the guest and saves the box's boot, the second starts
 # from that saved boot. Prints both wall times, their ratio and `vagrant status` (Vagrant's own
 # start-up) for scale. It is not a test.
-# usage: tests/vagrant/fast_start_bench.sh   (boots the guest once: minutes here)
+# usage: ruby-shim/benches/fast-start.sh   (boots the guest once: minutes here)
 # Binaries and guest files as the tests take them: XHYVE_PROVIDER_BIN, XHYVE_BIN, XHYVE_TINY.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-provider=${XHYVE_PROVIDER_BIN:-$ROOT/target/release/xhyve-provider}
-xhyve=${XHYVE_BIN:-$ROOT/target/release/xhyve}
-tiny=${XHYVE_TINY:-$ROOT/target/boxes/tiny}
-work=$(mktemp -d)
-export VAGRANT_HOME=$work/vagrant.d XHYVE_HOME=$work/xhyve VAGRANT_CHECKPOINT_DISABLE=1
-
-cleanup() {
-	if [ -S "$XHYVE_HOME/provider.sock" ]; then
-		for p in first second; do
-			[ ! -d "$work/$p" ] || (cd "$work/$p" && vagrant destroy -f >/dev/null 2>&1) || true
-		done
-		pid=$("$provider" call --no-start provider.info 2>/dev/null | sed -n 's/^ *"pid": \([0-9]*\).*/\1/p')
-		[ -z "$pid" ] || kill "$pid"
-	fi
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-now() { date +%s.%N; }
-
-(cd "$ROOT/ruby-shim" && gem build vagrant-xhyve.gemspec --output "$work/shim.gem" >/dev/null 2>&1)
-mkdir "$work/first" "$work/second"
-(cd "$work/first" && vagrant plugin install "$work/shim.gem" --plugin-clean-sources >/dev/null)
-"$ROOT/boxes/package.sh" "$work/tiny.box" "$tiny" --kernel vmlinux --initrd initrd.img \
-	--cmdline console=ttyS0 --cpus 1 --memory 256M --fast-start 2>/dev/null
-vagrant box add --name xhyve/tiny "$work/tiny.box" >/dev/null
-for p in first second; do
-	cat >"$work/$p/Vagrantfile" <<EOF
-Vagrant.configure("2") do |config|
-  config.vm.box = "xhyve/tiny"
-  # This slow host's timeouts; what the tiny guest needs is in the box's Vagrantfile.
-  config.vm.boot_timeout = 900
-  config.ssh.connect_timeout = 120
-  config.vm.provider :xhyve do |x|
-    x.provider_bin = "$provider"
-    x.xhyve_bin = "$xhyve"
-  end
-end
-EOF
-done
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'cleanup_projects first second' EXIT
+setup_projects --fast-start first second
 
 up() {
 	local t log=$work/$1.log

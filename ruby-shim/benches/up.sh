@@ -3,28 +3,14 @@
 # (from the moment xhyve runs to the tiny guest's console line "XHYVE-TINY: ssh-ready", printed
 # once its sshd listens). Each run is a fresh `vagrant up` of the tiny box (create, start, wait for
 # SSH, Vagrant's own SSH check), then `vagrant destroy -f`. Prints figures; it is not a test.
-# usage: tests/vagrant/bench.sh [RUNS]   (default 1; a run boots the guest once: minutes here)
+# usage: ruby-shim/benches/up.sh [RUNS]   (default 1; a run boots the guest once: minutes here)
 # Binaries and guest files as the tests take them: XHYVE_PROVIDER_BIN, XHYVE_BIN, XHYVE_TINY.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 runs=${1:-1}
-provider=${XHYVE_PROVIDER_BIN:-$ROOT/target/release/xhyve-provider}
-xhyve=${XHYVE_BIN:-$ROOT/target/release/xhyve}
-tiny=${XHYVE_TINY:-$ROOT/target/boxes/tiny}
-work=$(mktemp -d)
-export VAGRANT_HOME=$work/vagrant.d XHYVE_HOME=$work/xhyve VAGRANT_CHECKPOINT_DISABLE=1
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'cleanup_projects project' EXIT
 
-cleanup() {
-	if [ -S "$XHYVE_HOME/provider.sock" ]; then
-		(cd "$work/project" && vagrant destroy -f >/dev/null 2>&1) || true
-		pid=$("$provider" call --no-start provider.info 2>/dev/null | sed -n 's/^ *"pid": \([0-9]*\).*/\1/p')
-		[ -z "$pid" ] || kill "$pid"
-	fi
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-now() { date +%s.%N; }
 # Prefixes each line with the seconds since $1.
 stamp() { while IFS= read -r l; do printf '%.2f %s\n' "$(echo "$(now) - $1" | bc)" "$l"; done; }
 # The stamp of the first line matching $2 in file $1.
@@ -35,24 +21,8 @@ watch_ready() {
 	echo "$(now) - $1" | bc
 }
 
-(cd "$ROOT/ruby-shim" && gem build vagrant-xhyve.gemspec --output "$work/shim.gem" >/dev/null 2>&1)
-mkdir "$work/project" && cd "$work/project"
-vagrant plugin install "$work/shim.gem" --plugin-clean-sources >/dev/null
-"$ROOT/boxes/package.sh" "$work/tiny.box" "$tiny" --kernel vmlinux --initrd initrd.img \
-	--cmdline console=ttyS0 --cpus 1 --memory 256M 2>/dev/null
-vagrant box add --name xhyve/tiny "$work/tiny.box" >/dev/null
-cat >Vagrantfile <<EOF
-Vagrant.configure("2") do |config|
-  config.vm.box = "xhyve/tiny"
-  # This slow host's timeouts; what the tiny guest needs is in the box's Vagrantfile.
-  config.vm.boot_timeout = 900
-  config.ssh.connect_timeout = 120
-  config.vm.provider :xhyve do |x|
-    x.provider_bin = "$provider"
-    x.xhyve_bin = "$xhyve"
-  end
-end
-EOF
+setup_projects "" project
+cd "$work/project"
 
 t=$(now); vagrant status >/dev/null; status_s=$(echo "$(now) - $t" | bc)
 printf 'vagrant status (Vagrant start-up, plugin load, one machine.state): %.2f s\n' "$status_s"
