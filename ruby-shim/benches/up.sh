@@ -3,10 +3,14 @@
 # (from the moment xhyve runs to the tiny guest's console line "XHYVE-TINY: ssh-ready", printed
 # once its sshd listens). Each run is a fresh `vagrant up` of the tiny box (create, start, wait for
 # SSH, Vagrant's own SSH check), then `vagrant destroy -f`. Prints figures; it is not a test.
-# usage: ruby-shim/benches/up.sh [RUNS]   (default 1; a run boots the guest once: minutes here)
+# usage: ruby-shim/benches/up.sh [RUNS] [--fast-start]   (default 1; a run boots the guest once:
+# minutes here; with --fast-start the box says fast_start, so runs after the first start from the
+# boot the first one saved: provider/API.md, "Fast start")
 # Binaries and guest files as the tests take them: XHYVE_PROVIDER_BIN, XHYVE_BIN, XHYVE_TINY.
 set -euo pipefail
 runs=${1:-1}
+fast=${2:-}
+case $fast in "" | --fast-start) ;; *) echo "usage: $0 [RUNS] [--fast-start]" >&2 && exit 2 ;; esac
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 trap 'cleanup_projects project' EXIT
@@ -21,7 +25,7 @@ watch_ready() {
 	echo "$(now) - $1" | bc
 }
 
-setup_projects "" project
+setup_projects "$fast" project
 cd "$work/project"
 
 t=$(now); vagrant status >/dev/null; status_s=$(echo "$(now) - $t" | bc)
