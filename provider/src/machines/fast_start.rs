@@ -67,7 +67,16 @@ pub(super) fn identity_of(rec: &MachineRecord) -> Option<Identity> {
     for k in 0..rec.network.nics.len() {
         macs.push(fmt(nic::nic_mac_of_uuid(&rec.uuid, u8::try_from(k + 1).ok()?)?));
     }
-    Some(Identity { machine: rec.id.clone(), hostname: identity::hostname_of(&rec.name), macs })
+    // The host name the machine's command line asks for (Vagrant's config.vm.hostname becomes
+    // `hostname=`), else one made from its name: the identity step must not undo the former.
+    let hostname = rec
+        .cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("hostname="))
+        .filter(|h| h.len() <= 63 && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+        .filter(|h| !h.is_empty())
+        .map_or_else(|| identity::hostname_of(&rec.name), str::to_string);
+    Some(Identity { machine: rec.id.clone(), hostname, macs })
 }
 
 /// Whether xhyve's command line `argv` carries the identity channel.
@@ -271,5 +280,17 @@ mod tests {
         assert_eq!(who.macs[0], xhyve_contract::mac::format_mac(&nic::mac_of_uuid(&r.uuid).unwrap()));
         r.network.mode = NetworkMode::None;
         assert_eq!(identity_of(&r).unwrap().macs.len(), 1);
+    }
+
+    #[test]
+    fn hostname_from_the_command_line_first() {
+        let mut r = rec();
+        r.name = "project_default".into();
+        r.uuid = "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01".into();
+        assert_eq!(identity_of(&r).unwrap().hostname, "project-default");
+        r.cmdline = "console=ttyS0 hostname=web.example".into();
+        assert_eq!(identity_of(&r).unwrap().hostname, "web.example", "Vagrant's config.vm.hostname");
+        r.cmdline = "console=ttyS0 hostname=bad;name".into();
+        assert_eq!(identity_of(&r).unwrap().hostname, "project-default");
     }
 }
