@@ -46,20 +46,11 @@ def home(provider_bin, tiny_box_file, plain_box_file, tmp_path_factory):
         h.call("network.create", {"name": "fs"})
         yield h
     except BaseException:
-        dump(h)
+        h.print_logs()
         raise
     finally:
         print(f"fast start timings (s): {json.dumps({k: round(v, 1) for k, v in h.times.items()})}")
         h.close()
-
-
-def dump(h):
-    for m in h.call("machine.list"):
-        for name in ("console.log", "vmm.log"):
-            p = h.machine_dir(m["id"]) / name
-            if p.exists():
-                print(f"--- {m['name']} {name}:\n{p.read_text(errors='replace')[-3000:]}")
-    print(f"--- daemon log:\n{h.daemon.log.read_text(errors='replace')[-5000:]}")
 
 
 def create(h, name, box="xhyve/tiny"):

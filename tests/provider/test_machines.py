@@ -79,6 +79,17 @@ class Home:
     def record(self, mid):
         return json.loads((self.machine_dir(mid) / "machine.json").read_text())
 
+    def print_logs(self, mids=None):
+        """A failing test's evidence: the ends of the machines' consoles and vmm.log (`mids`,
+        else every machine) and of the daemon's log."""
+        for mid in self.call("machine.list") if mids is None else mids:
+            mid = mid["id"] if isinstance(mid, dict) else mid
+            for name in ("console.log.1", "console.log", "vmm.log"):
+                p = self.machine_dir(mid) / name
+                if p.exists():
+                    print(f"--- {mid} {name}:\n{p.read_text(errors='replace')[-4000:]}")
+        print(f"--- daemon log:\n{self.daemon.log.read_text(errors='replace')[-5000:]}")
+
     def close(self):
         """Keeps each machine's console logs beside the home (destroy deletes the machine's
         directory): tests/conftest.py looks there for guest crashes when a test failed."""

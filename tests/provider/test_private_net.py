@@ -206,12 +206,7 @@ def test_real_two_machines_on_a_private_network(provider_bin, tiny_box_file, tmp
         assert h.call("network.list")[0]["leases"] == []
         h.call("network.remove", {"name": "priv"})
     except BaseException:
-        for mid in mids.values():
-            for name in ("console.log.1", "console.log", "vmm.log"):
-                p = h.machine_dir(mid) / name
-                if p.exists():
-                    print(f"--- {mid} {name}:\n{p.read_text(errors='replace')[-3000:]}")
-        print(f"--- daemon log:\n{h.daemon.log.read_text(errors='replace')[-4000:]}")
+        h.print_logs(list(mids.values()))
         raise
     finally:
         print(f"private network timings (s): {json.dumps({k: round(v, 1) for k, v in times.items()})}")

@@ -382,11 +382,7 @@ def test_real_shared_network_same_address_across_restarts(provider_bin, xhyve_bi
         assert tap not in links(netns)
         assert mac not in leases(home)
     except BaseException:
-        for name in ("console.log.1", "console.log", "vmm.log"):
-            p = h.machine_dir(mid or "none") / name
-            if p.exists():
-                print(f"--- {name}:\n{p.read_text(errors='replace')[-4000:]}")
-        print(f"--- daemon log:\n{h.daemon.log.read_text(errors='replace')[-4000:]}")
+        h.print_logs([mid] if mid else [])
         raise
     finally:
         print(f"shared network timings (s): {json.dumps({k: round(v, 1) for k, v in times.items()})}")
@@ -497,11 +493,7 @@ def test_real_bridge_network_host_reaches_machine(provider_bin, netns, tiny_box_
         assert h.call("network.remove", {"name": "hb"}) == {"name": "hb", "removed": True}
         assert set(links(netns)) == {"lo"}, "no bridge, no TAP device left"
     except BaseException:
-        for name in ("console.log", "vmm.log"):
-            p = h.machine_dir(mid or "none") / name
-            if p.exists():
-                print(f"--- {name}:\n{p.read_text(errors='replace')[-4000:]}")
-        print(f"--- daemon log:\n{h.daemon.log.read_text(errors='replace')[-4000:]}")
+        h.print_logs([mid] if mid else [])
         raise
     finally:
         print(f"bridge network timings (s): {json.dumps({k: round(v, 1) for k, v in times.items()})}")
