@@ -12,6 +12,7 @@ Each machine has the user-mode NIC (SSH) and a NIC on the named network "fs", wh
 gives each MAC its own address."""
 
 import json
+import os
 import subprocess
 import time
 import uuid as uuidlib
@@ -197,3 +198,53 @@ def test_resume_refreshes_clock_and_seed(home):
         assert time.monotonic() < deadline, h.daemon.log.read_text()[-3000:]
         time.sleep(0.5)
     assert run(h, mid, "echo resumed").strip() == "resumed"
+
+
+def test_machines_with_disks_start_on_the_saved_boots_disks(home):
+    """A machine with a disk saves its own shape's boot with the disk as it was at the quiet point
+    (the tiny box mounts it on /data only after it); the next machine starts from that boot on a
+    copy of that disk under its own overlay: it never sees what the first wrote after the save,
+    and what it writes itself stays its own across a stop and start (which boots: its disk is no
+    longer the saved boot's)."""
+    h = home
+    assert "first" in getattr(h, "mids", {}), "needs the first machine"
+    cmdline = h.record(h.mids["first"])["cmdline"] + " xhyve.data=vda"
+    before = set(saved_boots(h))
+
+    def create_with_disk(name):
+        h.uuids[name] = str(uuidlib.uuid4())
+        return h.call("machine.create", {"box": "xhyve/tiny", "name": name, "uuid": h.uuids[name],
+                                         "nics": ["user"], "cmdline": cmdline, "disks": [{"size": "16M"}]})["id"]
+
+    one = h.mids["disk1"] = create_with_disk("disk1")
+    h.call("machine.start", {"id": one})
+    wait_ssh(h, one)
+    [boot] = set(saved_boots(h)) - before
+    assert f"machine {one}: boot saved to {boot}" in h.daemon.log.read_text()
+    [copy] = [boot.parent / d["file"] for d in json.loads(boot.with_suffix(".json").read_text())["disks"]]
+    saved_copy = copy.read_bytes()
+    wait_console(h, one, rf"{MARK} data=/dev/vda")
+    run(h, one, "echo one > /data/one && sync")
+
+    two = h.mids["disk2"] = create_with_disk("disk2")
+    own_disk = h.record(two)["disks"][0]["path"]
+    t0 = time.monotonic()
+    h.call("machine.start", {"id": two})
+    wait_ssh(h, two)
+    h.times["fast_with_disk_to_ssh"] = time.monotonic() - t0
+    assert f"machine {two}: fast start from {boot}: identity applied" in h.daemon.log.read_text()
+    [disk] = h.record(two)["disks"]
+    assert disk["format"] == "qcow2" and disk["source"] == str(copy), disk
+    assert not os.path.exists(own_disk), "its own disk, never run on, is gone"
+    wait_console(h, two, rf"{MARK} data=/dev/vda")
+    assert run(h, two, "ls /data").split() == ["lost+found"], "the first machine's later file leaked"
+    run(h, two, "echo two > /data/two && sync")
+    assert copy.read_bytes() == saved_copy, "the saved boot's disk changed under a machine"
+
+    h.call("machine.stop", {"id": two})
+    h.call("machine.start", {"id": two})
+    wait_ssh(h, two)
+    text = wait_console(h, two, rf"{MARK} data=/dev/vda")
+    assert "Linux version" in text, "a machine that ran boots: its disk is its own"
+    assert run(h, two, "cat /data/two").strip() == "two"
+    assert run(h, one, "cat /data/one").strip() == "one"

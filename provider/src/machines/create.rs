@@ -87,7 +87,7 @@ impl Spec {
 }
 
 /// Whether the xhyve that will run the machine reads qcow2 disks (`--features`).
-fn linked_clones() -> bool {
+pub(super) fn linked_clones() -> bool {
     process::find_xhyve().and_then(|x| process::features(&x)).is_ok_and(|f| f.disk_formats.iter().any(|d| d == "qcow2"))
 }
 
@@ -292,6 +292,7 @@ fn new_record(spec: &Spec, id: String, dir: &Path) -> MachineRecord {
         stop_requested: false,
         suspend_requested: false,
         fast_start: src.fast_start,
+        fresh: true,
         reboots: 0,
         recent_reboots: Vec::new(),
     }
@@ -321,7 +322,7 @@ fn populate(spec: &Spec, rec: &MachineRecord, dir: &Path) -> Result<()> {
             Plan::Overlay(from) => {
                 // disk_size is the overlay's size: it grows past its backing file's end.
                 let size = fs::metadata(from)?.len().max(spec.grow_to.map_or(0, |s| s.bytes()));
-                overlay::create(dst, from, size).map_err(|e| {
+                overlay::create(dst, from, DiskFormat::Raw, size).map_err(|e| {
                     Error::internal(format!("making {} an overlay on {}: {e}", dst.display(), from.display()))
                 })?;
                 log(&format!("machine {}: {} is an overlay on {}", rec.id, dst.display(), from.display()));

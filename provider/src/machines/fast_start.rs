@@ -7,15 +7,16 @@
 //!
 //! The saved boot is `saved-boots/KEY.snap` in the box's directory (box.remove deletes it with
 //! the box). KEY hashes what the guest saw before the quiet point and what xhyve's snapshot
-//! shape checks: vCPUs, memory, network mode and NIC count, kernel, initrd and command line. A
-//! machine with disks boots normally: its disks would have to be the saved boot's disks as
-//! they were at the save (qcow2 overlays could share one backing; not done yet). xhyve writes
-//! the file atomically; a lock file beside it lets one machine write it while others boot on.
-//! A saved boot xhyve refuses (damaged, another xhyve's format or shape) is deleted and the
-//! machine boots normally, saving a new one.
+//! shape checks: vCPUs, memory, network mode and NIC count, kernel, initrd, command line (but
+//! its `hostname=`, which the identity carries) and the disks. A machine with disks saves and
+//! starts from a saved boot only on its first start, on the saved boot's disks
+//! (`boot_disks.rs`). The saved boot is published by a rename once complete; a lock file beside
+//! it lets one machine write it while others boot on. A saved boot xhyve refuses (damaged,
+//! another xhyve's format or shape) is deleted and the machine boots normally, saving a new one.
 
+use super::boot_disks;
 use super::identity::{self, Channel, Identity};
-use super::record::{MachineRecord, NetworkMode};
+use super::record::{Disk, MachineRecord, NetworkMode};
 use super::{lock, Machines};
 use crate::boxes::Reporter;
 use crate::error::{code, Result};
@@ -38,19 +39,22 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The saved boot a machine like `rec` starts from; None when it cannot fast-start.
 pub(super) fn saved_boot(rec: &MachineRecord) -> Option<PathBuf> {
-    if !rec.fast_start || !rec.disks.is_empty() {
+    if !rec.fast_start {
         return None;
     }
     let bx = rec.bx.as_ref()?;
+    let disks = boot_disks::key(rec)?;
+    // The identity step sets the host name: machines that differ only in it share a boot.
+    let cmdline: Vec<&str> = rec.cmdline.split_whitespace().filter(|w| !w.starts_with("hostname=")).collect();
     let what = format!(
-        "cpus={}\nmemory={}\nnetwork={}\nnics={}\nkernel={}\ninitrd={}\ncmdline={}\n",
+        "cpus={}\nmemory={}\nnetwork={}\nnics={}\nkernel={}\ninitrd={}\ncmdline={}\n{disks}",
         rec.cpus,
         rec.memory,
         rec.network.mode.as_str(),
         rec.network.nics.len(),
         rec.kernel,
         rec.initrd.as_deref().unwrap_or(""),
-        rec.cmdline
+        cmdline.join(" ")
     );
     let key: String = Sha256::digest(what.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
     Some(Path::new(&bx.path).join(SAVED_BOOTS).join(format!("{key}.snap")))
@@ -95,7 +99,8 @@ impl Machines {
         rec: &MachineRecord,
         report: &Reporter,
     ) -> Result<Value> {
-        let saved = saved_boot(rec);
+        // A machine with disks runs on overlays: only an xhyve that reads qcow2 can.
+        let saved = saved_boot(rec).filter(|_| rec.disks.is_empty() || super::create::linked_clones());
         if let Some(boot) = saved.as_deref().filter(|p| p.is_file()) {
             match self.fast_start(id, dir, rec, boot, report) {
                 Ok(v) => return Ok(v),
@@ -134,11 +139,29 @@ impl Machines {
         if console.exists() {
             let _ = fs::rename(&console, dir.join("console.log.1"));
         }
-        let v = match self.launch(id, dir, rec, Some(boot)) {
+        // The saved boot's disks under new overlays, in place of the fresh machine's own.
+        let mut run = rec.clone();
+        if !rec.disks.is_empty() {
+            run.disks = boot_disks::overlays(rec, boot, dir)?;
+            if let Err(e) = self.record_disks(id, dir, &run.disks) {
+                boot_disks::remove(&run.disks);
+                return Err(e);
+            }
+        }
+        let undo = |why: String| {
+            if !rec.disks.is_empty() {
+                if let Err(e) = self.record_disks(id, dir, &rec.disks) {
+                    log(&format!("machine {id}: recording its own disks again: {e}"));
+                }
+                boot_disks::remove(&run.disks);
+            }
+            why
+        };
+        let v = match self.launch(id, dir, &run, Some(boot)) {
             Ok(v) => v,
             // Any other failure (no xhyve, a TAP device) would fail a boot just as well.
-            Err(e) if e.code == code::BAD_SAVED_STATE => return Err(e.message),
-            Err(e) => return Err(format!("xhyve did not start: {}", e.message)),
+            Err(e) if e.code == code::BAD_SAVED_STATE => return Err(undo(e.message)),
+            Err(e) => return Err(undo(format!("xhyve did not start: {}", e.message))),
         };
         report("fast start: applying the identity", 1, Some(2));
         let applied = Channel::connect(dir, Duration::from_secs(10))
@@ -149,8 +172,10 @@ impl Machines {
             if let Ok(Some(p)) = self.mark_stop_requested(id) {
                 let _ = self.kill_and_wait(id, &p);
             }
-            return Err(why);
+            return Err(undo(why));
         }
+        // Its own disks were never run on: the saved boot's stand in for them.
+        boot_disks::remove(&rec.disks);
         report("fast start: applying the identity", 2, Some(2));
         log(&format!("machine {id}: fast start from {}: identity applied", boot.display()));
         Ok(v)
@@ -180,8 +205,8 @@ impl Machines {
             let _g = lock(&slot.rec);
             MachineRecord::load(dir).map_err(|e| e.message)?
         };
-        if let (Some(path), Some(p)) = (save, rec.process.as_ref()) {
-            match self.save_boot(id, dir, &p.argv, path) {
+        if let Some(path) = save {
+            match self.save_boot(id, dir, &rec, path) {
                 Ok(Some(detail)) => log(&format!("machine {id}: boot saved to {} ({detail})", path.display())),
                 Ok(None) => {}
                 Err(why) => log(&format!("machine {id}: saving the boot to {} failed: {why}", path.display())),
@@ -193,15 +218,16 @@ impl Machines {
         Ok(())
     }
 
-    /// Pauses the guest, saves it to `path` and resumes it, unless the file exists or another
-    /// machine holds its lock (Ok(None)).
+    /// Pauses the guest, saves it (and its disks) as the saved boot `path` and resumes it,
+    /// unless the file exists or another machine holds its lock (Ok(None)).
     fn save_boot(
         &self,
         id: &str,
         dir: &Path,
-        argv: &[String],
+        rec: &MachineRecord,
         path: &Path,
     ) -> std::result::Result<Option<String>, String> {
+        let p = rec.process.as_ref().ok_or("not running")?;
         let folder = path.parent().ok_or("no folder")?;
         fs::create_dir_all(folder).map_err(|e| format!("creating {}: {e}", folder.display()))?;
         let lock_path = path.with_extension("lock");
@@ -210,11 +236,33 @@ impl Machines {
         if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 || path.is_file() {
             return Ok(None);
         }
-        let mut ctl = self.control(id, dir, argv).map_err(|e| e.message)?;
+        // Published by the rename at the end, once its disks are beside it.
+        let staged = path.with_extension("saving");
+        let mut ctl = self.control(id, dir, &p.argv).map_err(|e| e.message)?;
         ctl.ask("pause")?;
-        let saved = ctl.ask(&format!("save {}", path.display()));
-        ctl.ask("resume")?;
+        // Paused (and flushed by the save), its disks do not change under the copies.
+        let saved = ctl.ask(&format!("save {}", staged.display())).and_then(|detail| {
+            let copies = boot_disks::save(rec, path)?;
+            fs::rename(&staged, path).map(|()| detail).map_err(|e| {
+                copies.iter().for_each(|c| drop(fs::remove_file(c)));
+                format!("publishing {}: {e}", path.display())
+            })
+        });
+        let resumed = ctl.ask("resume");
+        if saved.is_err() {
+            let _ = fs::remove_file(&staged);
+        }
+        resumed?;
         saved.map(Some)
+    }
+
+    /// Records `disks` as the machine's.
+    fn record_disks(&self, id: &str, dir: &Path, disks: &[Disk]) -> std::result::Result<(), String> {
+        let slot = self.slot(id);
+        let _g = lock(&slot.rec);
+        let mut rec = MachineRecord::load(dir).map_err(|e| e.message)?;
+        rec.disks = disks.to_vec();
+        rec.save(dir).map_err(|e| e.message)
     }
 
     /// After a resume or a snapshot restore: the guest's clock and RNG seed again, in the
@@ -256,6 +304,8 @@ mod tests {
         other.uuid = "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01".into();
         other.name = "web".into();
         assert_eq!(saved_boot(&other), Some(a.clone()), "identity is not part of the key");
+        other.cmdline = format!("{} hostname=web", r.cmdline);
+        assert_eq!(saved_boot(&other), Some(a.clone()), "nor the host name the identity sets");
         other.network.nics.push(PrivateNic { network: "n".into(), ip: None });
         assert_ne!(saved_boot(&other), Some(a.clone()));
         let mut more = r.clone();
@@ -267,7 +317,7 @@ mod tests {
             owned: true,
             format: Default::default(),
         });
-        assert_eq!(saved_boot(&more), None, "a machine with disks boots");
+        assert_eq!(saved_boot(&more), None, "a machine that ran has its own data on its disks");
     }
 
     #[test]

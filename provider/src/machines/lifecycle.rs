@@ -134,6 +134,7 @@ impl Machines {
             rec.exit_reason = None;
             rec.stop_requested = false;
             rec.suspend_requested = false;
+            rec.fresh = false;
             rec.reboots = 0;
             rec.recent_reboots.clear();
             if ssh_port.is_some() {

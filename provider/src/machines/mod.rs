@@ -17,6 +17,7 @@
 //! `params`, `process`, ...); of its own submodules this file uses only `record`.
 
 mod argv;
+mod boot_disks;
 mod control;
 mod create;
 pub mod disk;

@@ -3,6 +3,7 @@
 //! nothing and its disk holds only what the machine wrote. Made and read through imago, the
 //! crate xhyve serves qcow2 disks with.
 
+use super::record::DiskFormat;
 use imago::file::File;
 use imago::qcow2::Qcow2;
 use imago::{FormatAccess, FormatCreateBuilder, FormatDriverBuilder, PermissiveImplicitOpenGate, Storage};
@@ -21,11 +22,14 @@ pub fn looks_qcow2(path: &Path) -> io::Result<bool> {
     Ok(n == 4 && head == MAGIC)
 }
 
-/// Makes `path` (which must not exist) a qcow2 image of `size` bytes backed by the raw image
-/// `backing`.
-pub fn create(path: &Path, backing: &Path, size: u64) -> io::Result<()> {
+/// Makes `path` (which must not exist) a qcow2 image of `size` bytes backed by the image
+/// `backing` of format `backing_format`.
+pub fn create(path: &Path, backing: &Path, backing_format: DiskFormat, size: u64) -> io::Result<()> {
     let file = File::create_open(StorageCreateOptions::new().filename(path))?;
-    Qcow2::<File>::create_builder(file).size(size).backing(backing.display().to_string(), "raw".into()).create()?;
+    Qcow2::<File>::create_builder(file)
+        .size(size)
+        .backing(backing.display().to_string(), backing_format.name().into())
+        .create()?;
     std::fs::File::open(path)?.sync_all()
 }
 
@@ -75,8 +79,8 @@ mod tests {
         data[4096..4101].copy_from_slice(b"hello");
         std::fs::write(&base, &data).unwrap();
         let top = dir.join("top.qcow2");
-        create(&top, &base, 2 << 20).unwrap();
-        assert!(create(&top, &base, 2 << 20).is_err(), "never overwrites");
+        create(&top, &base, DiskFormat::Raw, 2 << 20).unwrap();
+        assert!(create(&top, &base, DiskFormat::Raw, 2 << 20).is_err(), "never overwrites");
         assert!(looks_qcow2(&top).unwrap() && !looks_qcow2(&base).unwrap());
         assert!(std::fs::metadata(&top).unwrap().len() < 1 << 20);
         let mut flat = Flat::open(&top).unwrap();

@@ -71,6 +71,14 @@ impl DiskFormat {
     pub fn is_raw(&self) -> bool {
         *self == DiskFormat::Raw
     }
+
+    /// The name qcow2 headers and xhyve's `format=` use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
 }
 
 /// The machine's network: the management NIC (slot 2) of kind `mode`, the ports forwarded to
@@ -223,6 +231,11 @@ pub struct MachineRecord {
     /// identity channel and may start from the box's saved boot (`fast_start.rs`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fast_start: bool,
+    /// No xhyve has run the machine yet: its disks are still as machine.create made them, so a
+    /// fast start may put the saved boot's disks under them (`fast_start.rs`). Absent in older
+    /// records: false, so a disk that may hold data is never replaced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
     /// The guest's reboots since machine.start (each restarted xhyve; see `reboot`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub reboots: u32,
