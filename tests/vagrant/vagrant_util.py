@@ -95,8 +95,8 @@ end
     def vagrantfile(self, text):
         (self.project / "Vagrantfile").write_text(text)
 
-    def run(self, *args, timeout=CMD_TIMEOUT, ok=True):
-        p = subprocess.run(["vagrant", *args], cwd=self.project, env=self.env,
+    def run(self, *args, timeout=CMD_TIMEOUT, ok=True, env=None):
+        p = subprocess.run(["vagrant", *args], cwd=self.project, env=dict(self.env, **(env or {})),
                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
                            timeout=timeout)
         if ok:

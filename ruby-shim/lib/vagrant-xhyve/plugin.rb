@@ -17,6 +17,12 @@ module VagrantPlugins
         Provider
       end
 
+      # SSH that keeps its connection on slow guests (communicator.rb).
+      communicator(:xhyve_ssh) do
+        require_relative "communicator"
+        Communicator
+      end
+
       # `vagrant port`.
       provider_capability(:xhyve, :forwarded_ports) do
         require_relative "cap/forwarded_ports"

@@ -1,0 +1,39 @@
+require "timeout"
+require Vagrant.source_root.join("plugins/communicators/ssh/communicator").to_s
+
+module VagrantPlugins
+  module Xhyve
+    # Vagrant's SSH communicator (`config.vm.communicator = "xhyve_ssh"`, which the boxes built
+    # here set) with one change: before it re-uses its kept connection, Vagrant checks it by
+    # running an empty command within 5 s. On a slow guest (a nested kvm_pvm host) the process
+    # that command starts takes longer, so every step of `vagrant up` dropped the connection and
+    # logged in again. This checks it with an SSH keepalive request instead, which the guest's SSH
+    # server answers itself, without a process; should that fail, Vagrant's own check runs.
+    class Communicator < VagrantPlugins::CommunicatorSSH::Communicator
+      # As long as Vagrant gives its own check.
+      ALIVE_TIMEOUT = 5
+
+      protected
+
+      def connect(**opts)
+        return super unless @connection && !@connection.closed? && answers?(@connection)
+
+        @logger.debug("Re-using SSH connection (it answered a keepalive request).")
+        block_given? ? yield(@connection) : nil
+      end
+
+      # Whether the server answers a global request (either way: a reply is an answer).
+      def answers?(connection)
+        answered = false
+        Timeout.timeout(ALIVE_TIMEOUT) do
+          connection.send_global_request("keepalive@openssh.com") { answered = true }
+          connection.loop(0.05) { !answered }
+        end
+        answered
+      rescue StandardError, Timeout::Error => e
+        @logger.info("Kept SSH connection did not answer a keepalive request: #{e.class}")
+        false
+      end
+    end
+  end
+end
