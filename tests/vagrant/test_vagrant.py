@@ -242,21 +242,24 @@ def test_bad_values_are_explained(vagrant, provider_bin, xhyve_bin):
 
 def test_private_network_multi_machine(vagrant, provider_bin, xhyve_bin, box_catalog):
     """Two machines with private_network static addresses (one boot each, in parallel; the guest
-    has no configure_networks, so its DHCP client takes them as fixed leases): they
-    reach each other (TCP both ways), a forwarded port whose host port is taken moves elsewhere
-    (auto_correct), `vagrant port` lists the forwards as they are, and destroy removes the network
-    with the last machine."""
+    has no configure_networks, so its DHCP client takes them as fixed leases): `vagrant ssh NAME`
+    reaches NAME's guest, they reach each other (TCP both ways), a forwarded port whose host port
+    is taken moves elsewhere (auto_correct), `vagrant port` lists the forwards as they are, and
+    destroy removes the network with the last machine."""
     v = vagrant
     v.run("box", "add", box_catalog)
     held = socket.create_server(("127.0.0.1", 0))  # a host port that is taken during `up`
     taken = held.getsockname()[1]
+    # Names with a letter outside 0-9a-f: Vagrant reads a name given to its commands first as the
+    # prefix of a global machine id (random hex, `vagrant global-status`), so with machines "a"
+    # and "b", `vagrant ssh a` reached b whenever b's id began with "a" (about 1 run in 16 each way).
     v.vagrantfile(vagrantfile(provider_bin, xhyve_bin, f"""
-  config.vm.define "a" do |a|
-    a.vm.network "private_network", ip: "192.168.56.10"
-    a.vm.network "forwarded_port", guest: 7080, host: {taken}, auto_correct: true
+  config.vm.define "one" do |m|
+    m.vm.network "private_network", ip: "192.168.56.10"
+    m.vm.network "forwarded_port", guest: 7080, host: {taken}, auto_correct: true
   end
-  config.vm.define "b" do |b|
-    b.vm.network "private_network", ip: "192.168.56.11"
+  config.vm.define "two" do |m|
+    m.vm.network "private_network", ip: "192.168.56.11"
   end
 """))
     t = time.monotonic()
@@ -273,14 +276,27 @@ def test_private_network_multi_machine(vagrant, provider_bin, xhyve_bin, box_cat
     assert [(n["name"], n["subnet"]) for n in nets] == [("vagrant-192.168.56.0-24", "192.168.56.0/24")], nets
     assert sorted(lease["ip"] for lease in nets[0]["leases"]) == ["192.168.56.10", "192.168.56.11"], nets
 
-    def eth1(name):
-        # The tiny box configures eth1 in the background after SSH is up: wait for its lease.
-        return v.run("ssh", name, "-c", "for i in $(seq 120); do [ -s /run/dhcp-ip.eth1 ] && break; "
-                     "sleep 1; done; cat /run/dhcp-ip.eth1").stdout.strip()
+    def guest(name):
+        # Who answers `vagrant ssh NAME`: its host name (the identity step makes it of the
+        # machine's name), MACs and eth1's address, which the tiny box leases in the background
+        # after SSH is up (waited for).
+        out = v.run("ssh", name, "-c", "hostname; cat /sys/class/net/eth0/address /sys/class/net/eth1/address; "
+                    "for i in $(seq 120); do [ -s /run/dhcp-ip.eth1 ] && break; sleep 1; done; "
+                    "cat /run/dhcp-ip.eth1").stdout.split()
+        return {"hostname": out[0], "macs": out[1:3], "eth1": out[3] if len(out) > 3 else None}
 
-    ports = {name: v.run("ssh-config", name).stdout for name in ("a", "b")}
-    assert (eth1("a"), eth1("b")) == ("192.168.56.10", "192.168.56.11"), ports
-    for server, client, ip, port in (("b", "a", "192.168.56.11", 7001), ("a", "b", "192.168.56.10", 7002)):
+    seen = {name: guest(name) for name in ("one", "two")}
+
+    def vagrant_side(name):
+        conf = dict(line.split(None, 1) for line in v.run("ssh-config", name).stdout.splitlines() if line.strip())
+        index_id = (v.project / f".vagrant/machines/{name}/xhyve/index_uuid").read_text()
+        return f"Vagrant's global id {index_id}, ssh-config Host {conf['Host']} Port {conf['Port']}"
+
+    # A string, so pytest shows it whole: what tells a wrong machine from a wrong address.
+    why = "\n".join([*(f"{n}: {vagrant_side(n)}; guest {g}" for n, g in seen.items()), f"leases {nets[0]['leases']}"])
+    assert [(g["hostname"], g["eth1"]) for g in seen.values()] == [
+        ("project-one", "192.168.56.10"), ("project-two", "192.168.56.11")], why
+    for server, client, ip, port in (("two", "one", "192.168.56.11", 7001), ("one", "two", "192.168.56.10", 7002)):
         listen = f"until [ -s /tmp/in ]; do nc -l -p {port} >>/tmp/in; done"  # until data came
         v.run("ssh", server, "-c", f"setsid sh -c '{listen}' </dev/null >/dev/null 2>&1 &")
         v.run("ssh", client, "-c", f"for i in 1 2 3 4 5; do echo from-{client} | nc -w 30 {ip} {port} "
@@ -289,13 +305,13 @@ def test_private_network_multi_machine(vagrant, provider_bin, xhyve_bin, box_cat
                     "cat /tmp/in").stdout.strip()
         assert got == f"from-{client}", (server, got)
 
-    out = v.run("port", "a").stdout
+    out = v.run("port", "one").stdout
     moved = [line for line in out.splitlines() if "7080 (guest) =>" in line]
     assert len(moved) == 1 and "22 (guest) =>" in out, out
     port = int(moved[0].split("=>")[1].split()[0])
     assert port != taken, out
     # The guest answers on the moved port: a service that speaks first.
-    v.run("ssh", "a", "-c", "setsid sh -c 'echo hello-7080 | nc -l -p 7080' </dev/null >/dev/null 2>&1 &")
+    v.run("ssh", "one", "-c", "setsid sh -c 'echo hello-7080 | nc -l -p 7080' </dev/null >/dev/null 2>&1 &")
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -309,9 +325,9 @@ def test_private_network_multi_machine(vagrant, provider_bin, xhyve_bin, box_cat
         time.sleep(1)
     assert got.strip() == b"hello-7080", got
 
-    v.run("destroy", "-f", "a")
-    assert [n["name"] for n in v.call("network.list")] == ["vagrant-192.168.56.0-24"], "b still uses it"
-    v.run("destroy", "-f", "b")
+    v.run("destroy", "-f", "one")
+    assert [n["name"] for n in v.call("network.list")] == ["vagrant-192.168.56.0-24"], "two still uses it"
+    v.run("destroy", "-f", "two")
     assert v.call("network.list") == [], "the last machine's destroy removes the network"
     print(f"vagrant private network: up of two machines {up:.1f} s")
 
