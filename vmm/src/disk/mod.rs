@@ -65,6 +65,19 @@ pub(crate) mod tests {
 
     use super::*;
 
+    /// Creates a qcow2 image of `size` bytes at `path` (which must not exist), optionally as an
+    /// overlay on `backing` (a path relative to the new image's directory, or absolute) of
+    /// `backing_format` ("raw" or "qcow2").
+    pub fn create_qcow2(path: &Path, size: u64, backing: Option<(&str, &str)>) -> std::io::Result<()> {
+        use imago::{file::File, qcow2::Qcow2, FormatCreateBuilder, Storage, StorageCreateOptions};
+        let storage = File::create_open(StorageCreateOptions::new().filename(path).size(0))?;
+        let mut builder = Qcow2::<File>::create_builder(storage).size(size);
+        if let Some((file, format)) = backing {
+            builder = builder.backing(file.into(), format.into());
+        }
+        builder.create()
+    }
+
     pub fn tempdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("xhyve-disk-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);

@@ -100,22 +100,9 @@ impl Disk for Qcow2 {
 mod tests {
     use std::os::unix::fs::FileExt;
 
-    use super::super::tests::{behaves_like_a_disk, get, put, tempdir};
+    use super::super::tests::{behaves_like_a_disk, create_qcow2 as create, get, put, tempdir};
     use super::super::{open, Format};
     use super::*;
-
-    /// Creates a qcow2 image of `size` bytes at `path` (which must not exist), optionally as an
-    /// overlay on `backing` (a path relative to the new image's directory, or absolute) of
-    /// `backing_format` ("raw" or "qcow2").
-    fn create(path: &Path, size: u64, backing: Option<(&str, &str)>) -> io::Result<()> {
-        use imago::{FormatCreateBuilder, StorageCreateOptions};
-        let storage = File::create_open(StorageCreateOptions::new().filename(path).size(0))?;
-        let mut builder = Image::<File>::create_builder(storage).size(size);
-        if let Some((file, format)) = backing {
-            builder = builder.backing(file.into(), format.into());
-        }
-        builder.create()
-    }
 
     #[test]
     fn plain_image() {

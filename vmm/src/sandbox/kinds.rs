@@ -161,7 +161,10 @@ impl ThreadKind {
                 .calls(&[newfstatat, fstat, statx, lseek, pwrite64, pread64, ftruncate, fallocate])
                 .calls(&[fsync, fdatasync, rename, renameat, renameat2, unlink, unlinkat]),
             ThreadKind::BlockQueue => {
-                queue_worker(every).calls(&[pread64, pwrite64, preadv, pwritev, fdatasync, fsync, fallocate, lseek])
+                // ftruncate: imago grows a qcow2 image's file when a zeroing request reaches past
+                // its end.
+                queue_worker(every)
+                    .calls(&[pread64, pwrite64, preadv, pwritev, fdatasync, fsync, fallocate, ftruncate, lseek])
             }
             // TAP: read/write; passt: recv/send on its socket, poll while its buffer is full.
             ThreadKind::NetQueue => queue_worker(every).calls(&[recvfrom, sendto, readv, writev]),

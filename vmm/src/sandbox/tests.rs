@@ -25,6 +25,9 @@ enum Try {
     KvmCreateVm,
     /// getpid: every kind may.
     Allowed,
+    /// Everything a virtio-blk queue does to a raw and a qcow2 image (opened before the filter):
+    /// reads, writes, flushes, discards and zeroing, within and past the files' ends.
+    DiskWork,
 }
 
 impl Try {
@@ -34,6 +37,7 @@ impl Try {
             "Exec" => Try::Exec,
             "ExecMemory" => Try::ExecMemory,
             "KvmCreateVm" => Try::KvmCreateVm,
+            "DiskWork" => Try::DiskWork,
             _ => Try::Allowed,
         }
     }
@@ -44,7 +48,7 @@ impl Try {
             Try::Exec => Sysno::execve,
             Try::ExecMemory => Sysno::mmap,
             Try::KvmCreateVm => Sysno::ioctl,
-            Try::Allowed => Sysno::getpid,
+            Try::Allowed | Try::DiskWork => Sysno::getpid,
         }
     }
 
@@ -71,7 +75,7 @@ impl Try {
                 Try::KvmCreateVm => {
                     libc::syscall(libc::SYS_ioctl, 0, 0xae01u64, 0);
                 }
-                Try::Allowed => {
+                Try::Allowed | Try::DiskWork => {
                     libc::getpid();
                 }
             }
@@ -85,8 +89,12 @@ fn child(spec: &str) -> ! {
     let kind = *ALL.iter().find(|k| k.name() == kind).unwrap();
     let what = Try::parse(what);
     init(false).unwrap();
+    let disks = matches!(what, Try::DiskWork).then(open_disks);
     let probe = move || {
-        what.run();
+        match &disks {
+            Some(disks) => disks.iter().for_each(|d| disk_work(d.as_ref())),
+            None => what.run(),
+        }
         eprintln!("CHILD-SURVIVED");
     };
     if kind == ThreadKind::Main {
@@ -96,6 +104,33 @@ fn child(spec: &str) -> ! {
         spawn(kind, "probe".into(), probe).unwrap().join().unwrap();
     }
     std::process::exit(0)
+}
+
+/// A raw and a qcow2 image of 1 MiB in a new directory, opened as a virtio-blk device opens them.
+fn open_disks() -> Vec<Box<dyn crate::disk::Disk>> {
+    use crate::disk::{self, tests, Format};
+    let dir = tests::tempdir("sandbox");
+    let (raw, qcow2) = (dir.join("disk.img"), dir.join("disk.qcow2"));
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    tests::create_qcow2(&qcow2, 1 << 20, None).unwrap();
+    vec![disk::open(&raw, Format::Raw, false).unwrap(), disk::open(&qcow2, Format::Qcow2, false).unwrap()]
+}
+
+/// What a guest's requests make a disk do; an error is fine (the guest gets it), a filter
+/// violation is not.
+fn disk_work(d: &dyn crate::disk::Disk) {
+    use crate::disk::tests::{get, put};
+    let end = d.size();
+    put(d, 0, &[7; 4096]).unwrap();
+    put(d, end - 65536, &[9; 65536]).unwrap();
+    assert_eq!(get(d, 0, 4096), vec![7; 4096]);
+    for unmap in [false, true] {
+        let _ = d.write_zeroes(8192, 65536, unmap);
+        let _ = d.write_zeroes(end - 131072, 131072, unmap); // reaches the file's end
+    }
+    let _ = d.discard(4096, 65536);
+    let _ = d.discard(end - 65536, 65536);
+    d.flush().unwrap();
 }
 
 fn run_child(kind: ThreadKind, what: Try, mode: &str) -> Output {
@@ -140,6 +175,7 @@ fn forbidden_calls_end_the_vmm_and_name_the_call() {
     for (kind, what, mode) in [
         (ThreadKind::Vcpu, Try::Allowed, "on"),
         (ThreadKind::Main, Try::Allowed, "on"),
+        (ThreadKind::BlockQueue, Try::DiskWork, "on"),
         (ThreadKind::Vcpu, Try::InetSocket, "log"),
         (ThreadKind::Vcpu, Try::InetSocket, "off"),
     ] {
