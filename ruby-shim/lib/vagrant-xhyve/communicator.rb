@@ -4,14 +4,27 @@ require Vagrant.source_root.join("plugins/communicators/ssh/communicator").to_s
 module VagrantPlugins
   module Xhyve
     # Vagrant's SSH communicator (`config.vm.communicator = "xhyve_ssh"`, which the boxes built
-    # here set) with one change: before it re-uses its kept connection, Vagrant checks it by
-    # running an empty command within 5 s. On a slow guest (a nested kvm_pvm host) the process
-    # that command starts takes longer, so every step of `vagrant up` dropped the connection and
-    # logged in again. This checks it with an SSH keepalive request instead, which the guest's SSH
-    # server answers itself, without a process; should that fail, Vagrant's own check runs.
+    # here set) with two changes for slow guests (a nested kvm_pvm host), where each command
+    # Vagrant runs costs the guest a process and seconds:
+    # - before it re-uses its kept connection, Vagrant checks it by running an empty command
+    #   within 5 s; that took longer, so every step of `vagrant up` dropped the connection and
+    #   logged in again. This checks it with an SSH keepalive request instead, which the guest's
+    #   SSH server answers itself; should that fail, Vagrant's own check runs.
+    # - `ready?` runs an empty command to verify the shell each time it is asked (three times in
+    #   an `up`); once per connection is enough.
     class Communicator < VagrantPlugins::CommunicatorSSH::Communicator
       # As long as Vagrant gives its own check.
       ALIVE_TIMEOUT = 5
+
+      def ready?
+        if @verified && @verified.equal?(@connection) && !@connection.closed? && answers?(@connection)
+          return true
+        end
+
+        ready = super
+        @verified = @connection if ready
+        ready
+      end
 
       protected
 
