@@ -66,6 +66,7 @@ pub fn serve(home: &Home) -> Result<(), String> {
     let reboot_limit = crate::machines::reboot::RebootLimit::from_env()?;
     crate::network::Config::from_env()?;
     // Scratch space of a daemon that died mid-job; the lock says none is running now.
+    crate::machines::package::remove_partials(home);
     let _ = home::clear_dir(&home.tmp());
     let socket = home.socket();
     let _ = fs::remove_file(&socket);
@@ -82,6 +83,7 @@ pub fn serve(home: &Home) -> Result<(), String> {
     }
     let machines = Machines::new(home.clone(), reboot_limit);
     machines.networks.resume();
+    machines.drop_unfinished();
     machines.recover();
     let ctx = Arc::new(Ctx {
         boxes: Boxes { home: home.clone(), limits, http_timeout, lock: Mutex::new(()) },

@@ -35,6 +35,30 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Removes the temp files in `dir` that `write_atomic` calls of dead processes left (a crash
+/// between create and rename); those of live processes (a VMM's runner writing its exit record)
+/// are theirs to rename.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = temp_writer(&name) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The pid in a `write_atomic` temp name, `.NAME.tmp.PID.SEQ`.
+fn temp_writer(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp.")?;
+    let (pid, seq) = tail.split_once('.')?;
+    seq.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
 /// `write_atomic` of a value as pretty JSON with a trailing newline.
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let mut data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
@@ -61,6 +85,25 @@ mod tests {
         assert_eq!(fs::read_to_string(&p).unwrap(), "{\n  \"a\": 1\n}\n");
         let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("box.json")]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stale_temps_of_dead_writers_go() {
+        let dir = std::env::temp_dir().join(format!("xhyve-state-temps-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // pid_max is at most 2^22: this pid cannot be alive.
+        let dead = dir.join(".machine.json.tmp.4194305.0");
+        let live = dir.join(format!(".exit.json.tmp.{}.3", std::process::id()));
+        for p in [&dead, &live, &dir.join("machine.json"), &dir.join(".x.tmp.y")] {
+            fs::write(p, b"{").unwrap();
+        }
+        remove_stale_temps(&dir);
+        let mut names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        let want: Vec<std::ffi::OsString> =
+            vec![live.file_name().unwrap().into(), ".x.tmp.y".into(), "machine.json".into()];
+        assert_eq!(names, want);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,7 +1,8 @@
 //! `machine.create` in three steps: check the params into a `Spec` (nothing is on disk yet),
 //! register the machine (its directory and a record in state not_created, under the box lock so
 //! that box.remove either sees it or ran before), then populate it (boot files and disks; state
-//! stopped). A creation that fails leaves nothing behind. A box's raw disks become qcow2
+//! stopped). A creation that fails leaves nothing behind, nor does one that a crash cut short
+//! (`drop_unfinished`, at the next start). A box's raw disks become qcow2
 //! overlays on them (linked clones) when xhyve serves qcow2; otherwise, and for `{copy}` disks,
 //! the machine gets sparse copies.
 
@@ -168,6 +169,33 @@ impl Machines {
             "id": rec.id, "name": rec.name, "uuid": rec.uuid, "state": rec.state.as_str(),
             "path": dir.display().to_string(),
         }))
+    }
+
+    /// At daemon start, before any call: a creation that a crash cut short left a directory
+    /// without a record, or with one still not_created beside half-copied disks. Both go (with
+    /// the static leases the creation may have fixed), so machine.list shows only machines
+    /// that were fully made; the others lose only the temp files of record writes cut short.
+    pub fn drop_unfinished(&self) {
+        let Ok(rd) = fs::read_dir(self.home.machines()) else { return };
+        for dir in rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()) {
+            match MachineRecord::load(&dir) {
+                Ok(rec) if rec.state == State::NotCreated => {
+                    for (i, nic) in rec.network.nics.iter().enumerate() {
+                        let mac = u8::try_from(i + 1).ok().and_then(|n| crate::nic::nic_mac_of_uuid(&rec.uuid, n));
+                        if let Some(mac) = mac {
+                            self.networks.forget(&nic.network, &mac);
+                        }
+                    }
+                    self.remove_dir(&dir);
+                    log(&format!("machine {} ({}): its creation was interrupted; removed", rec.id, rec.name));
+                }
+                Err(e) if e.code == code::NOT_FOUND => {
+                    self.remove_dir(&dir);
+                    log(&format!("{}: a machine directory without a record; removed", dir.display()));
+                }
+                _ => state::remove_stale_temps(&dir),
+            }
+        }
     }
 
     /// The MACs of the NICs on named networks (index 1 on), once their networks exist and their

@@ -2,13 +2,16 @@
 //! `boxes/README.md`): its kernel, initrd and command line, its current disks, its cpus and
 //! memory as defaults, and a Vagrantfile. `vagrant package` and Packer's export step call it.
 //! A disk that is a qcow2 overlay (a linked clone) goes in flat: the raw disk the guest sees.
+//! The box is written beside its output and renamed into place; one that a crash cut short is
+//! removed at the daemon's next start (`remove_partials`).
 
 use super::overlay::Flat;
 use super::params::PackageParams;
 use super::record::{DiskFormat, MachineRecord, State};
 use super::{invalid_field, lock, wrong_state, Machines};
-use crate::boxes::Reporter;
+use crate::boxes::{store, Reporter};
 use crate::error::{Error, Result};
+use crate::home::Home;
 use crate::logger::log;
 use crate::state::now;
 use flate2::write::GzEncoder;
@@ -16,6 +19,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use xhyve_contract::hex::hex;
@@ -155,6 +159,46 @@ fn write_box(
     Ok((hashing.len, hex(&hashing.hash.finalize())))
 }
 
+/// The note in `tmp/` that names a box being written beside its output (a rename into place
+/// must stay on one file system), so that the daemon removes it at its next start when a crash
+/// cut the writing short (`remove_partials`). Removed when dropped.
+struct Partial(PathBuf);
+
+const NOTE: &str = "package-partial";
+
+impl Partial {
+    fn note(home: &Home, partial: &Path) -> Result<Partial> {
+        let note = store::tempdir_path(home, NOTE);
+        crate::state::write_atomic(&note, partial.as_os_str().as_bytes())
+            .map_err(|e| Error::internal(format!("writing {}: {e}", note.display())))?;
+        Ok(Partial(note))
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// At daemon start, before `tmp/` is cleared: removes the half-written boxes its notes name
+/// (only files named as `package` names them, `.NAME.partial-PID`).
+pub fn remove_partials(home: &Home) {
+    let Ok(rd) = fs::read_dir(home.tmp()) else { return };
+    for e in rd.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with(NOTE)) {
+        let Ok(text) = fs::read(e.path()) else { continue };
+        let partial = PathBuf::from(std::ffi::OsStr::from_bytes(&text));
+        let ours = partial
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .is_some_and(|n| n.starts_with('.') && n.contains(".partial-"));
+        if ours && partial.is_absolute() && fs::remove_file(&partial).is_ok() {
+            log(&format!("removed {}, a box that a crash left half-written", partial.display()));
+        }
+        let _ = fs::remove_file(e.path());
+    }
+}
+
 impl Machines {
     pub fn package(&self, p: PackageParams, report: Reporter) -> Result<Value> {
         let output = absolute("output", &p.output)?;
@@ -197,6 +241,7 @@ impl Machines {
             std::process::id()
         ));
         let _ = fs::remove_file(&tmp);
+        let note = Partial::note(&self.home, &tmp)?;
         let qcow2: Vec<PathBuf> =
             rec.disks.iter().filter(|d| d.format == DiskFormat::Qcow2).map(|d| PathBuf::from(&d.path)).collect();
         let written = write_box(&tmp, &meta, &files, &qcow2, &report).and_then(|r| {
@@ -204,6 +249,7 @@ impl Machines {
             File::open(parent)?.sync_all()?;
             Ok(r)
         });
+        drop(note);
         let (size, sha256) = match written {
             Ok(r) => r,
             Err(e) => {
@@ -244,6 +290,28 @@ mod tests {
             path: dir.display().to_string(),
         });
         r
+    }
+
+    #[test]
+    fn a_crash_leaves_no_partial_box() {
+        let dir = std::env::temp_dir().join(format!("xhyve-package-partial-{}", std::process::id()));
+        let home = Home { root: dir.join("home") };
+        home.create().unwrap();
+        let out = dir.join("out");
+        fs::create_dir_all(&out).unwrap();
+        let partial = out.join(".my.box.partial-123");
+        let other = out.join("my.box");
+        fs::write(&partial, b"half").unwrap();
+        fs::write(&other, b"a user's file").unwrap();
+        std::mem::forget(Partial::note(&home, &partial).unwrap()); // the crash: no drop
+        std::mem::forget(Partial::note(&home, &other).unwrap()); // not a name package writes
+        let done = Partial::note(&home, &out.join(".done.box.partial-1")).unwrap();
+        drop(done);
+        assert_eq!(fs::read_dir(home.tmp()).unwrap().count(), 2, "a finished package drops its note");
+        remove_partials(&home);
+        assert!(!partial.exists() && other.exists());
+        assert_eq!(fs::read_dir(home.tmp()).unwrap().count(), 0);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
