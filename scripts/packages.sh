@@ -28,7 +28,7 @@ xz-utils | box | unpacks linux-source-6.1's tarball
 kmod | box | the guest kernel build
 debootstrap | box | the Debian 12 box's root file system (boxes/debian12)
 debian-archive-keyring | box | debootstrap checks the Debian archive's signatures with it (boxes/debian12)
-e2fsprogs | box | mkfs.ext4 -d makes the Debian 12 box's root file system image
+e2fsprogs | box test | mkfs.ext4 -d makes the Debian 12 box's root file system image; e2fsck and debugfs check a killed guest's disk (tests/provider/test_crash.py)
 fdisk | box | sfdisk writes the Debian 12 box's GPT
 dosfstools | box | mkfs.vfat makes the Debian 12 box's EFI system partition
 mtools | box | mmd writes into the EFI system partition image without mounting it
