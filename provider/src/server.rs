@@ -84,6 +84,7 @@ pub fn serve(home: &Home) -> Result<(), String> {
     let machines = Machines::new(home.clone(), reboot_limit);
     machines.networks.resume();
     machines.drop_unfinished();
+    machines.finish_restores();
     machines.recover();
     let ctx = Arc::new(Ctx {
         boxes: Boxes { home: home.clone(), limits, http_timeout, lock: Mutex::new(()) },

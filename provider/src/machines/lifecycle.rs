@@ -41,6 +41,7 @@ impl Machines {
         let slot = self.slot(id);
         let _op = lock(&slot.op);
         let dir = if dir.is_dir() { dir } else { self.existing(id)? };
+        self.roll_forward(id, &dir)?;
         let mut rec = MachineRecord::load(&dir)?;
         // New forwarded ports take effect with this start (a running machine keeps its own).
         if let Some(ports) = ports.filter(|p| rec.state != State::Running && *p != rec.network.forwarded_ports) {

@@ -14,7 +14,8 @@
 //! This file holds what every method shares (the registry of machine directories and the
 //! locks); the methods live in the modules below, each an `impl Machines` block of its own.
 //! Dependencies point one way: the method modules use this file and the leaf modules (`record`,
-//! `params`, `process`, ...); of its own submodules this file uses only `record`.
+//! `params`, `process`, ...); of its own submodules this file uses only `record` and
+//! `restore_journal`.
 
 mod argv;
 mod boot_disks;
@@ -30,6 +31,7 @@ pub mod params;
 pub mod process;
 pub mod reboot;
 pub mod record;
+mod restore_journal;
 mod snapshots;
 mod source;
 pub mod ssh;
@@ -39,6 +41,7 @@ mod suspend;
 use crate::boxes::store;
 use crate::error::{code, Error, Result};
 use crate::home::Home;
+use crate::logger::log;
 use crate::network;
 use record::{MachineRecord, State};
 use serde_json::{json, Value};
@@ -141,6 +144,27 @@ impl Machines {
             }
             Err(_) => {
                 let _ = fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    /// Finishes the snapshot restore that a crash or a failed rename cut short on machine `id`,
+    /// if any (`restore_journal.rs`); the caller holds its `op` lock. Every call that uses the
+    /// machine's disks or boots it does this first.
+    fn roll_forward(&self, id: &str, dir: &Path) -> Result<()> {
+        let slot = self.slot(id);
+        let _g = lock(&slot.rec);
+        if let Some(name) = restore_journal::finish(dir)? {
+            log(&format!("machine {id}: the restore of snapshot {name} that was cut short is finished"));
+        }
+        Ok(())
+    }
+
+    /// At daemon start, before any call: `roll_forward` of every machine.
+    pub fn finish_restores(&self) {
+        for (dir, rec) in self.records() {
+            if let Err(e) = self.roll_forward(&rec.id, &dir) {
+                log(&format!("machine {}: {}", rec.id, e.message));
             }
         }
     }

@@ -211,6 +211,7 @@ impl Machines {
         let dir = self.existing(&p.id)?;
         let slot = self.slot(&p.id);
         let _op = lock(&slot.op);
+        self.roll_forward(&p.id, &dir)?;
         let rec = MachineRecord::load(&dir)?;
         if rec.state == State::Running || rec.state == State::NotCreated {
             return Err(wrong_state(

@@ -4,11 +4,13 @@
 //! what the machine changed) and, when the machine ran or was saved, its VM state
 //! (`state.snap`). A running machine is paused for the save (its state and disks then agree)
 //! and runs on after it. A restore copies the snapshot's disks beside the machine's and only
-//! once all are complete renames them over the current ones; the machine ends `saved` (a
-//! snapshot with a VM state: `machine.start` carries on from it) or `stopped`.
+//! once all are complete renames them over the current ones, rolling forward from a journal
+//! (`restore_journal.rs`) when cut short; the machine ends `saved` (a snapshot with a VM state:
+//! `machine.start` carries on from it) or `stopped`.
 
 use super::disk;
 use super::record::{MachineRecord, State, SAVED_STATE};
+use super::restore_journal::{self, restoring};
 use super::{invalid_field, lock, wrong_state, Machines};
 use crate::boxes::store;
 use crate::error::{code, Error, Result};
@@ -110,6 +112,7 @@ impl Machines {
         let target = self.snapshot_dir(&dir, name)?;
         let slot = self.slot(id);
         let _op = lock(&slot.op);
+        self.roll_forward(id, &dir)?;
         let rec = MachineRecord::load(&dir)?;
         if rec.state == State::NotCreated {
             return Err(wrong_state(format!("machine {id} was not fully created: destroy it"), rec.state));
@@ -196,6 +199,7 @@ impl Machines {
         let snap = self.snapshot_dir(&dir, name)?;
         let slot = self.slot(id);
         let _op = lock(&slot.op);
+        self.roll_forward(id, &dir)?;
         let meta = self.load_meta(id, &snap, name)?;
         let rec = MachineRecord::load(&dir)?;
         if rec.state == State::NotCreated {
@@ -241,27 +245,26 @@ impl Machines {
                 return Err(e);
             }
         }
-        for (tmp, to) in &ready {
-            fs::rename(tmp, to).map_err(io_err("renaming into place", to))?;
+        // Committed: from the journal on, a crash or a failed rename rolls forward (the next
+        // call on the machine, or the daemon's next start, finishes it).
+        let journal = restore_journal::Journal {
+            snapshot: name.to_string(),
+            renames: ready
+                .iter()
+                .map(|(from, to)| restore_journal::Rename { from: from.clone(), to: to.clone() })
+                .collect(),
+            state: if meta.vm_state { State::Saved } else { State::Stopped },
+        };
+        if let Err(e) = restore_journal::begin(&dir, &journal) {
+            cleanup(&ready);
+            return Err(e);
         }
         let _g = lock(&slot.rec);
-        let mut rec = MachineRecord::load(&dir)?;
-        if !meta.vm_state {
-            let _ = fs::remove_file(dir.join(SAVED_STATE));
-        }
-        rec.state = if meta.vm_state { State::Saved } else { State::Stopped };
-        rec.exit_reason = Some(format!("restored from snapshot {name}"));
-        rec.save(&dir)?;
+        restore_journal::finish(&dir)?;
+        let rec = MachineRecord::load(&dir)?;
         log(&format!("machine {id}: snapshot {name} restored ({})", rec.state.as_str()));
         Ok(rec.state_value())
     }
-}
-
-/// Where a restore builds the file that replaces `path`.
-fn restoring(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".restoring");
-    path.with_file_name(name)
 }
 
 /// Copies the machine's own disks into `to`; their entries for `snapshot.json`.

@@ -67,6 +67,7 @@ impl Machines {
         let dir = self.existing(id)?;
         let slot = self.slot(id);
         let _op = lock(&slot.op);
+        self.roll_forward(id, &dir)?;
         let rec = MachineRecord::load(&dir)?;
         match rec.state {
             State::Saved => self.resume_saved(id, &dir, &rec),
