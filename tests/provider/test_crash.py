@@ -176,10 +176,11 @@ def test_box_add_killed_mid_download_and_mid_unpack(provider_bin, tmp_path):
         h.close()
 
 
-def test_create_and_package_killed_midway(fake_xhyve_home, tmp_path):
-    """machine.create killed while it copies a disk in, machine.package while it writes the box:
-    the daemon started again lists only the machine made before (which still starts and stops),
-    and neither a half machine nor a half box is left anywhere."""
+def test_create_package_and_restore_killed_midway(fake_xhyve_home, tmp_path):
+    """machine.create killed while it copies a disk in, machine.package while it writes the box,
+    machine.snapshot.restore while it copies the snapshot's disks: the daemon started again lists
+    only the machine made before (which still starts and stops, its disks as they were), and no
+    half machine, half box or half restore is left anywhere."""
     h = fake_xhyve_home(tmp_path / "home")
     try:
         big = pattern_file(tmp_path / "big.img", 512 * MIB)
@@ -232,6 +233,29 @@ def test_create_and_package_killed_midway(fake_xhyve_home, tmp_path):
         assert [m["id"] for m in h.call("machine.list")] == [keep]
         r = h.call("machine.package", {"id": keep, "output": str(out / "keep.box")})
         assert [p.name for p in out.iterdir()] == ["keep.box"] and r["size"] == (out / "keep.box").stat().st_size
+
+        # Killed while snapshot.restore copies the snapshot's disks beside keep's (disk0's copy
+        # complete, disk1's under way), before it commits: keep's disks stay as they were, the
+        # copies go; the restore then works.
+        d = h.machine_dir(keep)
+        h.call("machine.snapshot.save", {"id": keep, "name": "s"})
+        before = (d / "disk0.img").read_bytes()
+        with open(d / "disk0.img", "r+b") as f:
+            f.write(b"AFTER-THE-SNAPSHOT")
+        c = send(h, "machine.snapshot.restore", {"id": keep, "name": "s"})
+        while not ((d / "disk1.img.restoring").exists() and (d / "disk1.img.restoring").stat().st_blocks > 0):
+            pass
+        h.daemon.proc.send_signal(signal.SIGKILL)
+        h.daemon.proc.wait()
+        c.close()
+        assert not (d / "restoring.json").exists(), "killed after the commit"
+        h.daemon = Daemon(h.bin, h.path, h.env)
+        # The socket listens before the start-up clean-up; calls are served after it.
+        assert h.call("machine.state", {"id": keep})["state"] == "stopped"
+        assert sorted(p.name for p in d.glob("*.restoring")) == []
+        assert (d / "disk0.img").read_bytes()[:18] == b"AFTER-THE-SNAPSHOT"
+        assert h.call("machine.snapshot.restore", {"id": keep, "name": "s"})["state"] == "stopped"
+        assert (d / "disk0.img").read_bytes() == before
     except BaseException:
         h.print_logs()
         raise
