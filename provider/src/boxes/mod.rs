@@ -398,37 +398,35 @@ fn finish(u: Unpacked) -> Result<Value> {
     Ok(v)
 }
 
-/// Renames the verified box into place (replacing the boxes it replaces with `force`).
+/// Puts the verified box into place, replacing the boxes it replaces with `force`. The old box
+/// at the target trades places with the new one in one step (RENAME_EXCHANGE): a crash leaves
+/// one of the two installed, never neither; it then goes with the job's scratch. Old boxes at
+/// another spelling of the version go after the new one is in.
 fn install(b: &Boxes, root: &Path, target: &Path, force: bool, plan: &Plan) -> Result<()> {
     let _g = b.lock.lock().unwrap_or_else(|e| e.into_inner());
-    // Moved aside (to be put back if the new box cannot be renamed in).
-    let mut trash: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let put_back = |trash: &[(PathBuf, PathBuf)]| {
-        for (dir, t) in trash.iter().rev() {
-            let _ = fs::rename(t, dir);
-        }
-    };
-    for (dir, _) in replaced(b, plan, force)? {
-        let t = store::tempdir_path(&b.home, "replaced");
-        if let Err(e) = fs::rename(&dir, &t) {
-            put_back(&trash);
-            return Err(Error::from(e).context(format!("moving the old {} aside", dir.display())));
-        }
-        trash.push((dir, t));
-    }
+    let old = replaced(b, plan, force)?;
     let parent = target.parent().expect("box dir has a parent");
-    let r = fs::create_dir_all(parent).and_then(|_| fs::rename(root, target));
+    let swap = old.iter().any(|(dir, _)| dir == target);
+    let r = fs::create_dir_all(parent).and_then(|_| {
+        if swap {
+            store::exchange(root, target)
+        } else {
+            fs::rename(root, target)
+        }
+    });
     if let Err(e) = r {
-        put_back(&trash);
         store::prune_empty(&b.home, target);
         return Err(Error::from(e).context(format!("installing into {}", target.display())));
     }
     if let Ok(p) = fs::File::open(parent) {
         let _ = p.sync_all();
     }
-    for (dir, t) in trash {
-        let _ = fs::remove_dir_all(t);
-        store::prune_empty(&b.home, &dir);
+    for (dir, _) in old.iter().filter(|(dir, _)| dir != target) {
+        let t = store::tempdir_path(&b.home, "replaced");
+        if fs::rename(dir, &t).is_ok() {
+            let _ = fs::remove_dir_all(t);
+            store::prune_empty(&b.home, dir);
+        }
     }
     Ok(())
 }

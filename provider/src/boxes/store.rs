@@ -268,6 +268,20 @@ pub fn prune_empty(home: &Home, box_dir: &Path) {
     }
 }
 
+/// Swaps two directories in one step (renameat2 RENAME_EXCHANGE): each name always names one.
+pub fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// A fresh, unused path in `tmp/`.
 pub fn tempdir_path(home: &Home, what: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -280,6 +294,20 @@ pub fn tempdir_path(home: &Home, what: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exchange_swaps_two_directories() {
+        let root = std::env::temp_dir().join(format!("xhyve-store-exchange-{}", std::process::id()));
+        let (a, b) = (root.join("a"), root.join("b"));
+        for (d, f) in [(&a, "new"), (&b, "old")] {
+            fs::create_dir_all(d).unwrap();
+            fs::write(d.join(f), b"").unwrap();
+        }
+        exchange(&a, &b).unwrap();
+        assert!(a.join("old").exists() && b.join("new").exists());
+        assert!(exchange(&a, &root.join("nope")).is_err(), "both must exist");
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn names() {
