@@ -150,12 +150,13 @@ def test_box_add_killed_mid_download_and_mid_unpack(provider_bin, tmp_path):
         finally:
             server.close()
 
-        # Mid-unpack: a big local box, killed once its reading has begun and before it ends.
+        # Mid-unpack: a big local box, killed once its big file has begun to unpack.
         big = build_box(tmp_path / "big.tar", fmt="tar",
                         files={"metadata.json": json.dumps({"provider": "xhyve"}).encode(),
                                "vmlinuz": b"kernel", "disk.img": os.urandom(160 * MIB)})
         c = send(h, "box.add", {"source": str(big), "name": "big"})
-        progressed(c, "read")
+        while not any(p.stat().st_size > 0 for p in (h.path / "tmp").glob("add-*/box/disk.img")):
+            pass
         h.daemon.proc.send_signal(signal.SIGKILL)
         h.daemon.proc.wait()
         c.close()
