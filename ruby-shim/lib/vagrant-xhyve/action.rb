@@ -163,12 +163,19 @@ module VagrantPlugins
       end
 
       # `vagrant resume` (and `vagrant up` of a suspended machine, through action_start).
+      # As VirtualBox resumes: the guest carries on as it was (its folders mounted, its networks
+      # set, its SSH up), so only the ports are checked before machine.start resumes it, and
+      # Vagrant's communicator is the one wait (each guest command costs seconds on slow hosts).
       def self.action_resume
         Vagrant::Action::Builder.new.tap do |b|
           b.use ConfigValidate
           b.use Call, IsState, :saved do |env, b2|
             if env[:result]
-              b2.use action_start
+              b2.use Provision
+              b2.use PrepareForwardedPortCollisionParams
+              b2.use HandleForwardedPortCollisions
+              b2.use Start
+              b2.use WaitForCommunicator, [:running]
             else
               b2.use Message, "The machine is not suspended."
             end
