@@ -49,6 +49,8 @@ install -m 0600 -o vagrant -g vagrant /run/vagrant.pub /home/vagrant/.ssh/author
 # Units. Every process a guest starts costs seconds on a nested host (README.md: boot time), so
 # the box runs what a Vagrant machine needs and skips what it can go without.
 systemctl enable systemd-networkd.service systemd-resolved.service ssh-hostkeys.service
+# The fast start's identity step (only with xhyve.identity= on the kernel command line).
+systemctl enable xhyve-identity.service
 # The login prompt on the serial console (the masked getty generator would add it from console=).
 systemctl enable serial-getty@ttyS0.service
 # A box never prompts on its console (systemd-firstboot asks for a locale on a first boot).
