@@ -68,6 +68,12 @@ ln -sf ../run/systemd/resolve/stub-resolv.conf /etc/resolv.conf
 
 # No message of the day at each SSH login (pam_motd runs /etc/update-motd.d: a process per login).
 sed -i 's/^session[[:space:]]\+optional[[:space:]]\+pam_motd\.so/# (box: no motd) &/' /etc/pam.d/sshd
+# SSH logins get no logind session (Debian's common-session-noninteractive, what cron and sudo
+# use, instead of common-session: no pam_systemd). pam_systemd made sshd wait for logind and the
+# user's systemd instance (user@1000: a dozen processes) before opening a channel, minutes on a
+# nested host. The cost: no XDG_RUNTIME_DIR, `systemctl --user` or `loginctl` session over SSH.
+sed -i 's/^@include common-session$/@include common-session-noninteractive # (box: no pam_systemd)/' /etc/pam.d/sshd
+grep -q '^@include common-session-noninteractive' /etc/pam.d/sshd
 # Units a Vagrant machine goes without: the VMM seeds the kernel's RNG at every boot (no seed file
 # to carry), and no utmp boot and runlevel records (`who -b`, `last reboot`).
 systemctl mask systemd-random-seed.service systemd-update-utmp.service systemd-update-utmp-runlevel.service
