@@ -34,6 +34,11 @@ SSH_OPTS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
             "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=60", "-o", "LogLevel=ERROR"]
 
 
+def machine_id_of(mid):
+    """The guest's /etc/machine-id for provider machine `mid` (xhyve-identity-step's rule)."""
+    return hashlib.sha256(mid.encode()).hexdigest()[:32]
+
+
 class Machine:
     """The booted machine: provider calls, machine.exec, and plain ssh/rsync with any key."""
 
@@ -141,6 +146,12 @@ sec kernel; uname -r
 sec cloud; dpkg-query -W -f='${Status} ${Version}\n' linux-image-cloud-amd64; ls /boot
 sec machineid; cat /etc/machine-id
 sec hostkeys; ls /etc/ssh/
+sec hostkey; ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub
+sec hostname; hostname; cat /etc/hostname; getent hosts "$(hostname)"
+sec identity; systemctl is-active xhyve-identity.service
+sec identitylog; journalctl -m -o short-monotonic -u xhyve-identity.service --no-pager
+sec journaldirs; ls /var/log/journal
+sec sessions; loginctl list-sessions --no-legend
 sec end
 """
     status, out, err = debian.exec(script)
@@ -209,6 +220,32 @@ def test_machine_made_its_own_identity(report):
         assert f"ssh_host_{t}_key" in keys and f"ssh_host_{t}_key.pub" in keys, keys
 
 
+def test_identity_step_at_the_quiet_point(debian, report):
+    """The box is a fast_start box: xhyve-identity.service took the identity the provider sent
+    (boxes/README.md, "Fast start"): the host name from the machine's name, the machine id from
+    its id, and journald restarted under that id."""
+    assert report["identity"] == "active", report
+    want_id = machine_id_of(debian.id)
+    assert report["machineid"] == want_id, (report["machineid"], debian.id)
+    assert want_id in report["journaldirs"].split(), report["journaldirs"]
+    assert report["hostname"].split()[:2] == ["debian", "debian"], report["hostname"]
+    assert re.match(r"127\.0\.1\.1\s+debian$", report["hostname"].splitlines()[2]), report["hostname"]
+    log = report["identitylog"]
+    m = re.search(r"\[\s*([0-9.]+)\].*identity: machine " + re.escape(debian.id), log)
+    assert m, log
+    print(f"debian12: identity step done {float(m.group(1)):.0f} s after the guest kernel started")
+
+
+def test_ssh_login_without_a_logind_session(debian, report):
+    """sshd's PAM stack has no pam_systemd (boxes/debian12/customize.sh): a login waits for no
+    logind session and no user systemd instance. The time of one login with a command."""
+    assert report["sessions"] == "", report["sessions"]
+    t0 = time.monotonic()
+    p = debian.ssh(INSECURE_KEY, "echo $((6 * 7))")
+    assert p.returncode == 0 and p.stdout.strip() == "42", p
+    print(f"debian12: one SSH login and command: {time.monotonic() - t0:.1f} s")
+
+
 def test_rsync_into_the_guest_with_sudo(debian, tmp_path):
     """What Vagrant's rsync synced folder does: rsync over ssh, `sudo rsync` on the guest."""
     src = tmp_path / "project"
@@ -256,3 +293,26 @@ def test_power_button_powers_off(debian):
     rec = json.loads((debian.dir / "machine.json").read_text())
     assert rec.get("exit_status") == 1, f"{rec.get('exit_reason')}\n{debian.console_tail()}"
     assert "reboot: Power down" in debian.console(), debian.console_tail()
+
+
+def test_second_machine_has_its_own_identity(debian, report):
+    """A second machine of the box (after the first stopped: one Debian guest at a time here)
+    reaches SSH, runs commands and has its own host name, machine id and SSH host key."""
+    daemon = debian.daemon
+    created = daemon.call("machine.create", {"box": "xhyve/debian12", "name": "debian-two",
+                                             "disk_size": DISK_SIZE})
+    two = Machine(daemon, created["id"], debian.home)
+    t0 = time.monotonic()
+    two.call("machine.start", {})
+    resp, _ = daemon.call_full("machine.wait_ssh", {"id": two.id, "timeout": BOOT_TIMEOUT},
+                               BOOT_TIMEOUT + 120)
+    assert "result" in resp, f"no SSH: {resp}\n{two.console_tail()}"
+    print(f"debian12: second machine SSH {time.monotonic() - t0:.0f} s after machine.start")
+    status, out, err = two.exec("hostname; cat /etc/machine-id; "
+                                "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub; sudo -n id -un")
+    assert status == 0, (status, out, err)
+    lines = out.splitlines()
+    assert lines[0] == "debian-two", out
+    assert lines[1] == machine_id_of(two.id) != report["machineid"], (out, report["machineid"])
+    assert lines[2] != report["hostkey"], (out, report["hostkey"])
+    assert lines[3] == "root", out
