@@ -297,7 +297,9 @@ def test_power_button_powers_off(debian):
 
 def test_second_machine_has_its_own_identity(debian, report):
     """A second machine of the box (after the first stopped: one Debian guest at a time here)
-    reaches SSH, runs commands and has its own host name, machine id and SSH host key."""
+    starts from the boot the first saved at its quiet point (a fast start: the saved boot's disks
+    under its overlay), reaches SSH, runs commands and has its own host name, machine id and SSH
+    host key."""
     daemon = debian.daemon
     created = daemon.call("machine.create", {"box": "xhyve/debian12", "name": "debian-two",
                                              "disk_size": DISK_SIZE})
@@ -308,6 +310,9 @@ def test_second_machine_has_its_own_identity(debian, report):
                                BOOT_TIMEOUT + 120)
     assert "result" in resp, f"no SSH: {resp}\n{two.console_tail()}"
     print(f"debian12: second machine SSH {time.monotonic() - t0:.0f} s after machine.start")
+    log = daemon.log.read_text()
+    assert f"machine {debian.id}: boot saved to " in log, log[-3000:]
+    assert f"machine {two.id}: fast start from " in log and "identity applied" in log, log[-3000:]
     status, out, err = two.exec("hostname; cat /etc/machine-id; "
                                 "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub; sudo -n id -un")
     assert status == 0, (status, out, err)
