@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -50,9 +50,15 @@ impl Home {
         self.root.join("tmp")
     }
 
-    /// Creates the home (mode 0700) and its sub-directories.
+    /// Creates the home (mode 0700) and its sub-directories. A home that already exists with
+    /// access for group or others (a `mkdir` under umask 022) loses it: other local users must
+    /// neither list it nor reach the socket, boxes or machines in it.
     pub fn create(&self) -> io::Result<()> {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root)?;
+        let mode = fs::metadata(&self.root)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            fs::set_permissions(&self.root, fs::Permissions::from_mode(mode & !0o077))?;
+        }
         for d in [self.boxes(), self.machines(), self.tmp()] {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(d)?;
         }
