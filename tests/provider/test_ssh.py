@@ -215,6 +215,13 @@ def test_real_ssh_life(provider_bin, ssh_box_file, tmp_path):
         assert "Linux" in out["stdout"], out
         r, out = exec_(h, mid, "id -un; echo oops >&2; exit 7")
         assert r["exit_status"] == 7 and out == {"stdout": "vagrant\n", "stderr": "oops\n"}, (r, out)
+        # The command reaches the guest's shell verbatim: quotes, `$`, `;` and newlines are the
+        # guest shell's to read, none is the daemon's (SECURITY.md).
+        tricky = ("printf '%s|' \"a b\" 'it'\\''s' \"$((6 * 7))\" '$HOME' '$(id)' \";\"\n"
+                  "echo \"two\nlines\"")
+        r, out = exec_(h, mid, tricky)
+        assert r == {"exit_status": 0} and out == {
+            "stdout": "a b|it's|42|$HOME|$(id)|;|two\nlines\n", "stderr": ""}, (r, out)
         # machine.exec runs on the session the last login left: the same client port each time.
         first_run = [exec_(h, mid, "echo $SSH_CONNECTION")[1]["stdout"].split() for _ in range(2)]
         assert len(first_run[0]) == 4 and first_run[0] == first_run[1], first_run
