@@ -3,7 +3,8 @@
 //! The library is the whole VMM: the `xhyve` binary only hands its command line to
 //! [`run_command_line`], which parses it (`cli`, into a `config::Config`), builds the VM
 //! (`builder`) and runs it until it ends (`vm`). `config` and `virtio` are public for the fuzz
-//! targets (vmm/fuzz), which drive the devices' queue handling with hostile guest memory.
+//! targets (vmm/fuzz), which drive the devices' queue handling with hostile guest memory;
+//! `fuzzing` holds their entry points into the parts that are not public (PCI, PVM fix-ups).
 
 mod acpi;
 mod boot;
@@ -17,6 +18,7 @@ mod cpuid;
 mod devices;
 pub mod disk;
 mod exit;
+pub mod fuzzing;
 mod hypervisor;
 mod layout;
 mod logger;

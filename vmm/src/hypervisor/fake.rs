@@ -1,4 +1,5 @@
-//! A `Vm` for unit tests: records routes, irqfds and ioeventfds instead of calling KVM.
+//! A `Vm` for unit tests and the fuzz targets: records routes, irqfds and ioeventfds instead of
+//! calling KVM.
 
 use std::sync::Mutex;
 
@@ -15,6 +16,7 @@ pub struct FakeVm {
     pub ioevents: Mutex<Vec<u64>>,
 }
 
+#[cfg(test)]
 impl FakeVm {
     /// The `i`th level-triggered irqfd: (GSI, trigger, resample), as KVM would hold them.
     pub fn resample_irqfd(&self, i: usize) -> (u32, EventFd, EventFd) {

@@ -2,7 +2,6 @@
 //! Hypervisor.framework backend can be added beside `kvm` without touching boot or device code.
 //! Register and exit types are our own (x86-64 shaped), not a backend's.
 
-#[cfg(test)]
 pub mod fake;
 pub mod kvm;
 

@@ -36,7 +36,7 @@
 
 mod cmdline;
 mod cpuid;
-mod fixup;
+pub(crate) mod fixup;
 mod guest_mem;
 #[cfg(test)]
 mod kvm_test;
