@@ -1,27 +1,13 @@
-//! `xhyve-provider`: the JSON-RPC daemon the Vagrant and Packer shims drive, and its client.
+//! `xhyve-provider`: the JSON-RPC daemon the Vagrant and Packer shims drive, and its client: the
+//! command line here, the rest in the library (`src/lib.rs`).
 
-mod boxes;
-mod client;
-mod error;
-mod home;
-mod jsonrpc;
-mod logger;
-mod machines;
-mod network;
-mod nic;
-mod rpc;
-#[cfg(test)]
-mod schema_tests;
-mod server;
-mod size;
-mod state;
-
-use client::CallError;
-use home::Home;
 use lexopt::prelude::*;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use xhyve_provider::client::{self, CallError};
+use xhyve_provider::home::Home;
+use xhyve_provider::{machines, server};
 
 const USAGE: &str = "\
 usage:

@@ -93,33 +93,56 @@ type Handler = fn(Params, &Session) -> Result<Value>;
 pub struct Method {
     pub name: &'static str,
     pub handler: Handler,
+    /// The handler's first step alone: its params parsed into their type (no side effects; the
+    /// fuzz targets run it).
+    pub check: fn(Params) -> Result<()>,
+}
+
+fn check<T: DeserializeOwned>(p: Params) -> Result<()> {
+    parse::<T>(p).map(drop)
 }
 
 /// Every method the daemon serves (`provider/api-schema.json` must list exactly these).
 pub const METHODS: &[Method] = &[
-    Method { name: "provider.info", handler: provider_info },
-    Method { name: "box.add", handler: box_add },
-    Method { name: "box.list", handler: box_list },
-    Method { name: "box.remove", handler: box_remove },
-    Method { name: "machine.create", handler: machine_create },
-    Method { name: "machine.list", handler: machine_list },
-    Method { name: "machine.state", handler: machine_state },
-    Method { name: "machine.start", handler: machine_start },
-    Method { name: "machine.stop", handler: machine_stop },
-    Method { name: "machine.destroy", handler: machine_destroy },
-    Method { name: "machine.ssh_info", handler: machine_ssh_info },
-    Method { name: "machine.wait_ssh", handler: machine_wait_ssh },
-    Method { name: "machine.exec", handler: machine_exec },
-    Method { name: "machine.package", handler: machine_package },
-    Method { name: "network.create", handler: network_create },
-    Method { name: "network.list", handler: network_list },
-    Method { name: "network.remove", handler: network_remove },
-    Method { name: "machine.suspend", handler: machine_suspend },
-    Method { name: "machine.resume", handler: machine_resume },
-    Method { name: "machine.snapshot.save", handler: machine_snapshot_save },
-    Method { name: "machine.snapshot.restore", handler: machine_snapshot_restore },
-    Method { name: "machine.snapshot.list", handler: machine_snapshot_list },
-    Method { name: "machine.snapshot.delete", handler: machine_snapshot_delete },
+    Method { name: "provider.info", handler: provider_info, check: check::<NoParams> },
+    Method { name: "box.add", handler: box_add, check: check::<boxes::AddParams> },
+    Method { name: "box.list", handler: box_list, check: check::<NoParams> },
+    Method { name: "box.remove", handler: box_remove, check: check::<boxes::RemoveParams> },
+    Method { name: "machine.create", handler: machine_create, check: check::<machines::params::CreateParams> },
+    Method { name: "machine.list", handler: machine_list, check: check::<NoParams> },
+    Method { name: "machine.state", handler: machine_state, check: check::<machines::params::IdParams> },
+    Method { name: "machine.start", handler: machine_start, check: check::<machines::params::StartParams> },
+    Method { name: "machine.stop", handler: machine_stop, check: check::<machines::params::StopParams> },
+    Method { name: "machine.destroy", handler: machine_destroy, check: check::<machines::params::DestroyParams> },
+    Method { name: "machine.ssh_info", handler: machine_ssh_info, check: check::<machines::params::IdParams> },
+    Method { name: "machine.wait_ssh", handler: machine_wait_ssh, check: check::<machines::params::WaitParams> },
+    Method { name: "machine.exec", handler: machine_exec, check: check::<machines::params::ExecParams> },
+    Method { name: "machine.package", handler: machine_package, check: check::<machines::params::PackageParams> },
+    Method { name: "network.create", handler: network_create, check: check::<network::named::CreateParams> },
+    Method { name: "network.list", handler: network_list, check: check::<NoParams> },
+    Method { name: "network.remove", handler: network_remove, check: check::<network::named::NameParams> },
+    Method { name: "machine.suspend", handler: machine_suspend, check: check::<machines::params::IdParams> },
+    Method { name: "machine.resume", handler: machine_resume, check: check::<machines::params::IdParams> },
+    Method {
+        name: "machine.snapshot.save",
+        handler: machine_snapshot_save,
+        check: check::<machines::params::SnapshotParams>,
+    },
+    Method {
+        name: "machine.snapshot.restore",
+        handler: machine_snapshot_restore,
+        check: check::<machines::params::SnapshotParams>,
+    },
+    Method {
+        name: "machine.snapshot.list",
+        handler: machine_snapshot_list,
+        check: check::<machines::params::IdParams>,
+    },
+    Method {
+        name: "machine.snapshot.delete",
+        handler: machine_snapshot_delete,
+        check: check::<machines::params::SnapshotParams>,
+    },
 ];
 
 pub fn method_names() -> Vec<&'static str> {

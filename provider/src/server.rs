@@ -3,10 +3,10 @@
 
 use crate::boxes::{unpack::Limits, Boxes};
 use crate::home::{self, Home};
-use crate::jsonrpc::{self, Response};
+use crate::jsonrpc::{self, Request, Response};
 use crate::logger::log;
 use crate::machines::Machines;
-use crate::rpc::{self, Ctx, Session};
+use crate::rpc::{self, Ctx, Method, Session};
 use crate::size::parse_size;
 use serde_json::Value;
 use std::fs;
@@ -161,6 +161,15 @@ fn to_line<T: serde::Serialize>(v: &T) -> String {
 /// Handles one line: a request or a batch. Returns the response line (None when there is
 /// nothing to answer: notifications only).
 fn handle(line: &[u8], session: &Session) -> Option<String> {
+    answer_line(line, |m, req| run(m, req, session))
+}
+
+/// A line's response line, with `call` answering each valid request to a known method (the
+/// daemon runs it; the fuzz targets only check its params).
+pub(crate) fn answer_line(
+    line: &[u8],
+    mut call: impl FnMut(&'static Method, Request) -> Option<Response>,
+) -> Option<String> {
     let v: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
         Err(e) => {
@@ -176,14 +185,14 @@ fn handle(line: &[u8], session: &Session) -> Option<String> {
         }
         // Each element on its own: an invalid one gets its -32600, the others run.
         Value::Array(a) => {
-            let outs: Vec<Response> = a.into_iter().filter_map(|v| handle_one(v, session)).collect();
+            let outs: Vec<Response> = a.into_iter().filter_map(|v| handle_one(v, &mut call)).collect();
             (!outs.is_empty()).then(|| to_line(&outs))
         }
-        v => handle_one(v, session).map(|r| to_line(&r)),
+        v => handle_one(v, &mut call).map(|r| to_line(&r)),
     }
 }
 
-fn handle_one(v: Value, base: &Session) -> Option<Response> {
+fn handle_one(v: Value, call: &mut impl FnMut(&'static Method, Request) -> Option<Response>) -> Option<Response> {
     let req = match jsonrpc::parse_request(v) {
         Ok(r) => r,
         Err(invalid) => return Some(invalid),
@@ -192,6 +201,11 @@ fn handle_one(v: Value, base: &Session) -> Option<Response> {
         let msg = format!("Method not found: {:?} (methods: {})", req.method, rpc::method_names().join(", "));
         return req.id.map(|id| Response::error(id, jsonrpc::METHOD_NOT_FOUND, msg));
     };
+    call(m, req)
+}
+
+/// Runs a request's method in its own session (the request's id for its notifications).
+fn run(m: &Method, req: Request, base: &Session) -> Option<Response> {
     let mut s = base.clone();
     s.request_id = req.id.clone();
     let start = Instant::now();

@@ -13,7 +13,7 @@ impl Cancel {
         Cancel(Arc::new(f))
     }
 
-    #[cfg(test)]
+    /// For jobs no client waits on (tests, the fuzz targets).
     pub fn never() -> Cancel {
         Cancel::when(|| false)
     }

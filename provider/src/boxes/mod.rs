@@ -190,6 +190,16 @@ fn drain_decoded(mut r: impl Read) -> Result<()> {
     Ok(())
 }
 
+/// Unpacks a tar stream, gzip-compressed or not, into `ex`.
+pub(crate) fn untar(gzip: bool, r: impl Read, ex: &mut Extractor) -> Result<()> {
+    if !gzip {
+        return unpack::untar(r, ex);
+    }
+    let mut gz = flate2::read::GzDecoder::new(r);
+    unpack::untar(&mut gz, ex)?;
+    drain_decoded(gz)
+}
+
 /// Installs a box; stops when `cancel` says so (its client has gone), leaving nothing behind.
 pub fn add(b: &Boxes, p: AddParams, report: Reporter, cancel: Cancel) -> Result<Value> {
     let fetch = Fetch { timeout: b.http_timeout, cancel: cancel.clone() };
@@ -219,12 +229,8 @@ pub fn add(b: &Boxes, p: AddParams, report: Reporter, cancel: Cancel) -> Result<
     );
     let mut ex = Extractor::new(&root, b.limits, h.counter(), cancel.clone());
     match format {
-        Format::Gzip => {
-            let mut gz = flate2::read::GzDecoder::new(&mut h);
-            unpack::untar(&mut gz, &mut ex)?;
-            drain_decoded(gz)?;
-        }
-        Format::Tar => unpack::untar(&mut h, &mut ex)?,
+        Format::Gzip => untar(true, &mut h, &mut ex)?,
+        Format::Tar => untar(false, &mut h, &mut ex)?,
         Format::Zip => {
             // zip needs random access: hash while copying to disk (or reading the local file),
             // check the checksum, then unpack from the file.

@@ -155,7 +155,7 @@ impl Spec {
     }
 
     /// Checks the params into a spec.
-    fn check(p: &CreateParams) -> Result<Spec> {
+    pub(crate) fn check(p: &CreateParams) -> Result<Spec> {
         let n = &p.name;
         let name_ok = !n.is_empty()
             && n.len() <= NAME_MAX

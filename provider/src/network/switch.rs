@@ -230,29 +230,48 @@ impl Ports {
 
     /// Answers a DHCP request on the port it came from.
     fn dhcp(&mut self, from: u64, req: &[u8]) {
-        let out = {
+        let (frame, notes) = {
             let mut l = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-            let out = dhcp::handle(req, &self.cfg, &mut l, crate::state::now());
+            let out = dhcp_answer(&self.cfg, self.mac, &mut l, req, crate::state::now());
             if let Err(e) = l.flush() {
                 log(&format!("network {}: cannot write the leases: {e}", self.cfg.bridge));
             }
             out
         };
-        if !out.ignored {
-            log(&format!("network {}: DHCP: {}", self.cfg.bridge, out.note));
+        for note in notes {
+            log(&format!("network {}: DHCP: {note}", self.cfg.bridge));
         }
-        let Some((msg, dest)) = out.reply else { return };
-        let bytes = match dhcp::encode(&msg) {
-            Ok(b) => b,
-            Err(e) => return log(&format!("network {}: DHCP: encoding a reply: {e}", self.cfg.bridge)),
-        };
-        let client: Mac = msg.chaddr().get(..6).and_then(|m| m.try_into().ok()).unwrap_or([0xff; 6]);
-        let dst_mac = if dest == Ipv4Addr::BROADCAST { [0xff; 6] } else { client };
-        let frame = frames::dhcp_reply((self.mac, self.cfg.gateway), (dst_mac, dest), &bytes);
-        if let Some(port) = self.ports.iter().find(|q| q.id == from) {
+        if let (Some(frame), Some(port)) = (frame, self.ports.iter().find(|q| q.id == from)) {
             send(port.fd.as_raw_fd(), &frame);
         }
     }
+}
+
+/// The gateway's (`mac`) answer to a DHCP request (a UDP payload to port 67): the frame to send
+/// back, if any, and the lines for the log.
+pub fn dhcp_answer(
+    cfg: &Config,
+    mac: Mac,
+    leases: &mut Leases,
+    req: &[u8],
+    now: u64,
+) -> (Option<Vec<u8>>, Vec<String>) {
+    let out = dhcp::handle(req, cfg, leases, now);
+    let mut notes = Vec::new();
+    if !out.ignored {
+        notes.push(out.note);
+    }
+    let Some((msg, dest)) = out.reply else { return (None, notes) };
+    let bytes = match dhcp::encode(&msg) {
+        Ok(b) => b,
+        Err(e) => {
+            notes.push(format!("encoding a reply: {e}"));
+            return (None, notes);
+        }
+    };
+    let client: Mac = msg.chaddr().get(..6).and_then(|m| m.try_into().ok()).unwrap_or([0xff; 6]);
+    let dst_mac = if dest == Ipv4Addr::BROADCAST { [0xff; 6] } else { client };
+    (Some(frames::dhcp_reply((mac, cfg.gateway), (dst_mac, dest), &bytes)), notes)
 }
 
 #[cfg(test)]
