@@ -82,17 +82,6 @@ impl Version {
         parts.join(".")
     }
 
-    /// The version without its pre-release part (`2.0.0.beta` -> `2.0.0`).
-    fn release_version(&self) -> Version {
-        Version::numeric(self.release())
-    }
-
-    fn numeric(r: Vec<u64>) -> Version {
-        let text = r.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".");
-        let segs: Vec<Segment> = r.into_iter().map(Segment::Num).collect();
-        Version { text, canonical: canonical(&segs), segs }
-    }
-
     /// The numeric release segments before any pre-release part.
     fn release(&self) -> Vec<u64> {
         self.segs
@@ -104,16 +93,29 @@ impl Version {
             .collect()
     }
 
-    /// RubyGems' `bump`: drop the last release segment (unless only one) and increment the new last.
-    fn bump(&self) -> Version {
+    /// RubyGems' `bump`: drop the last release segment (unless only one) and increment the new
+    /// last. Returns the segments kept and the incremented one (which may exceed u64: RubyGems
+    /// has big numbers).
+    fn bump(&self) -> (Vec<u64>, u128) {
         let mut r = self.release();
         if r.len() > 1 {
             r.pop();
         }
-        if let Some(last) = r.last_mut() {
-            *last += 1;
+        let last = r.pop().map_or(0, |n| u128::from(n) + 1);
+        (r, last)
+    }
+
+    /// Whether `v` is below `self.bump()`, the upper bound of `~> self`.
+    fn below_bump(&self, v: &Version) -> bool {
+        let (prefix, last) = self.bump();
+        let vr = v.release();
+        let seg = |i: usize| vr.get(i).copied().unwrap_or(0);
+        for (i, p) in prefix.iter().enumerate() {
+            if seg(i) != *p {
+                return seg(i) < *p;
+            }
         }
-        Version::numeric(r)
+        u128::from(seg(prefix.len())) < last
     }
 }
 
@@ -235,7 +237,7 @@ impl Requirement {
             Op::Ge => v >= r,
             Op::Lt => v < r,
             Op::Le => v <= r,
-            Op::Pessimistic => v >= r && v.release_version() < r.bump(),
+            Op::Pessimistic => v >= r && r.below_bump(v),
         })
     }
 }
@@ -321,5 +323,9 @@ mod tests {
         assert!(m("~> 1", "1.9"));
         assert!(!m("~> 1", "2.0"));
         assert!(!m("~> 1.2", "2.0.0.beta"));
+        // A segment at u64's end: the bound is past it, not a wrapped 0 (nor an overflow panic).
+        assert!(m("~> 18446744073709551615", "18446744073709551615.3"));
+        assert!(m("~> 1.18446744073709551615.0", "1.18446744073709551615.7"));
+        assert!(!m("~> 1.18446744073709551615.0", "2.0"));
     }
 }
