@@ -145,8 +145,9 @@ impl Block {
     /// Byte offset of `len` bytes at `sector`, if a whole number of sectors inside the disk.
     fn range(&self, sector: u64, len: u64) -> Option<u64> {
         let sectors = len / SECTOR;
+        // `then`, not `then_some`: the offset of a sector far past the end does not fit a u64.
         (len.is_multiple_of(SECTOR) && len <= MAX_REQUEST && sector.checked_add(sectors)? <= self.capacity)
-            .then_some(sector * SECTOR)
+            .then(|| sector * SECTOR)
     }
 
     fn discard_or_zero(&self, req: &Request, kind: u32, mem: &GuestMemoryMmap) -> u8 {
@@ -414,6 +415,10 @@ mod tests {
         expect(&mut t, &[(HDR, 16, 0), (DATA, u32::MAX, W), (STATUS, 1, W)], None, "chain over 4 GiB");
         header(&mem, T_IN, u64::MAX - 1);
         expect(&mut t, &[(HDR, 16, 0), (DATA, 1024, W), (STATUS, 1, W)], Some(S_IOERR), "sector overflow");
+        // Found by the fuzzer (vmm/fuzz/seeds/block_request/sector_offset_overflow): the offset
+        // of a sector this far out overflowed (a panic with overflow checks) before the refusal.
+        header(&mem, T_IN, 1 << 60);
+        expect(&mut t, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)], Some(S_IOERR), "offset overflow");
         header(&mem, T_IN, 2047);
         expect(&mut t, &[(HDR, 16, 0), (DATA, 1024, W), (STATUS, 1, W)], Some(S_IOERR), "past the end");
         // A descriptor loop: 0 -> 1 -> 0 ... ends at the queue size, no hang, no status.
