@@ -279,12 +279,14 @@ fn host_random(n: usize) -> Option<u64> {
     xhyve_contract::random::fill(&mut b[..n]).ok().map(|()| u64::from_le_bytes(b))
 }
 
+/// SYSRET's user CS and SS from STAR[63:48]; the selector arithmetic wraps at 16 bits, as the
+/// CPU's does.
 fn user_segments(star: u64, long: bool) -> (Segment, Segment) {
     let base = ((star >> 48) & 0xfffc) as u16;
     let cs = Segment {
         base: 0,
         limit: 0xffff_ffff,
-        selector: if long { base + 16 } else { base } | 3,
+        selector: if long { base.wrapping_add(16) } else { base } | 3,
         type_: 0xb,
         present: true,
         dpl: 3,
@@ -295,7 +297,7 @@ fn user_segments(star: u64, long: bool) -> (Segment, Segment) {
         avl: false,
         unusable: false,
     };
-    let ss = Segment { selector: (base + 8) | 3, type_: 3, db: true, l: false, ..cs };
+    let ss = Segment { selector: base.wrapping_add(8) | 3, type_: 3, db: true, l: false, ..cs };
     (cs, ss)
 }
 
