@@ -89,10 +89,41 @@ fn destination(req: &Message, t: MessageType) -> Ipv4Addr {
     }
 }
 
+/// Options whose length dhcproto's decoder takes for granted (a `debug_assert!` there, a misread
+/// without it): (code, length, whether it is exact or a minimum).
+const SIZED_OPTIONS: [(u8, usize, bool); 7] =
+    [(80, 0, true), (81, 3, false), (94, 3, true), (152, 4, true), (153, 4, true), (154, 4, true), (155, 4, true)];
+
+/// The first option in `options` (the bytes after the magic cookie) whose length breaks
+/// `SIZED_OPTIONS`: a guest's message with one is refused before it is decoded.
+fn misfit_option(options: &[u8]) -> Option<u8> {
+    let mut i = 0;
+    while let Some(&code) = options.get(i) {
+        match code {
+            0 => i += 1,
+            255 => return None,
+            _ => {
+                let len = usize::from(*options.get(i + 1)?);
+                let misfit = SIZED_OPTIONS
+                    .iter()
+                    .any(|&(c, want, exact)| c == code && if exact { len != want } else { len < want });
+                if misfit {
+                    return Some(code);
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    None
+}
+
 /// Handles one datagram that arrived on port 67.
 pub fn handle(buf: &[u8], cfg: &Config, leases: &mut Leases, now: u64) -> Outcome {
     if buf.len() < 240 || buf[236..240] != v4::MAGIC {
         return ignored(format!("ignored a {}-byte datagram: not a DHCP message", buf.len()));
+    }
+    if let Some(code) = misfit_option(&buf[240..]) {
+        return ignored(format!("ignored a DHCP message: option {code} has a length it cannot have"));
     }
     let req = match Message::decode(&mut Decoder::new(buf)) {
         Ok(m) => m,
@@ -378,6 +409,17 @@ mod tests {
         let cfg = Config::default();
         let l = Leases::load(&dir.join("leases.json"), &cfg).unwrap();
         (dir, cfg, l)
+    }
+
+    #[test]
+    fn options_of_a_length_the_decoder_assumes_otherwise_are_refused() {
+        assert_eq!(misfit_option(&[53, 1, 1, 80, 0, 255]), None);
+        assert_eq!(misfit_option(&[53, 1, 1, 0, 81, 3, 0, 0, 0, 255]), None);
+        assert_eq!(misfit_option(&[53, 1, 1, 155, 2, 0, 0, 255]), Some(155));
+        assert_eq!(misfit_option(&[80, 1, 0]), Some(80));
+        assert_eq!(misfit_option(&[81, 2, 0, 0]), Some(81));
+        assert_eq!(misfit_option(&[94, 9]), Some(94), "its length byte is enough to refuse it");
+        assert_eq!(misfit_option(&[12, 200, 1]), None, "a truncated option is the decoder's to refuse");
     }
 
     fn decoded(o: &Outcome) -> (Message, Ipv4Addr) {
