@@ -15,9 +15,26 @@ use crate::hypervisor::fake::FakeVm;
 use crate::hypervisor::{Regs, Segment, SpecialRegs};
 use crate::layout::PCI_MMIO_START;
 use crate::pci::{self, msix::GsiRouting, BarAllocator, DeviceContext};
-use crate::pvm::fixup::{self, CpuExtra, CpuState, MSR_LSTAR, MSR_STAR};
+use crate::pvm::fixup::{self, CpuState, FakeExtra};
 use crate::virtio::rng::Rng;
 use crate::virtio::transport::{VirtioPci, BAR_SIZE};
+
+/// The queue size of the virtio targets' queues.
+pub const QUEUE_SIZE: u16 = 16;
+
+/// A ready split virtqueue of [`QUEUE_SIZE`] entries whose descriptor table, available ring and
+/// used ring lie at `base`, `base + 0x100` and `base + 0x200` of guest memory, where the virtio
+/// targets' inputs put them.
+pub fn queue(base: u64) -> virtio_queue::Queue {
+    use virtio_queue::QueueT;
+    let mut q = virtio_queue::Queue::new(QUEUE_SIZE).expect("a power of two");
+    q.set_size(QUEUE_SIZE);
+    q.set_desc_table_address(Some(base as u32), Some(0));
+    q.set_avail_ring_address(Some((base + 0x100) as u32), Some(0));
+    q.set_used_ring_address(Some((base + 0x200) as u32), Some(0));
+    q.set_ready(true);
+    q
+}
 
 /// Takes bytes off the front of the input; past its end everything reads as zero.
 struct Input<'a>(&'a [u8]);
@@ -99,30 +116,6 @@ pub fn pci_bus(data: &[u8]) {
     }
     // The queue workers a DRIVER_OK started end here, as for a snapshot.
     let _ = rng.lock().unwrap().pause();
-}
-
-/// MXCSR, STAR and LSTAR from the input; any other MSR is an error, as a failing ioctl is.
-struct Extra {
-    mxcsr: u32,
-    star: u64,
-    lstar: u64,
-}
-
-impl CpuExtra for Extra {
-    fn mxcsr(&mut self) -> Result<u32, String> {
-        Ok(self.mxcsr)
-    }
-    fn set_mxcsr(&mut self, value: u32) -> Result<(), String> {
-        self.mxcsr = value;
-        Ok(())
-    }
-    fn msr(&mut self, index: u32) -> Result<u64, String> {
-        match index {
-            MSR_STAR => Ok(self.star),
-            MSR_LSTAR => Ok(self.lstar),
-            _ => Err(format!("msr {index:#x}")),
-        }
-    }
 }
 
 /// Guest RAM of the PVM target and its fixed page tables (4-level, identity): va 0-2 MiB in
@@ -208,7 +201,7 @@ pub fn pvm_fixup(data: &[u8]) {
         }
         _ => {}
     }
-    let mut extra = Extra { mxcsr, star, lstar };
+    let mut extra = FakeExtra { mxcsr, star, lstar };
     let mut cpu = CpuState { regs, sregs, sregs_dirty: false, extra: &mut extra };
     let _ = fixup::emulate(&mut cpu, &mem, &code[..fetched.min(code.len())]);
 }

@@ -5,19 +5,17 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use xhyve::config::BlockConfig;
 use xhyve::disk::Format;
+use xhyve::fuzzing::queue;
 use xhyve::virtio::block;
 use xhyve::virtio::VirtioDevice;
 
 const MEM: usize = 1 << 20;
-const QSIZE: u16 = 16;
-// The ring layout: descriptor table, avail ring, used ring; everything else is data.
-const DESC: u64 = 0;
-const AVAIL: u64 = 0x100;
-const USED: u64 = 0x200;
+// The ring layout (xhyve::fuzzing::queue(0)): descriptor table at 0, avail ring at 0x100, used
+// ring at 0x200; everything else is data.
 
 fn device() -> &'static block::Block {
     static DEV: OnceLock<block::Block> = OnceLock::new();
@@ -35,12 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
     let n = data.len().min(MEM);
     mem.write_slice(&data[..n], GuestAddress(0)).unwrap();
-    let mut q = Queue::new(QSIZE).unwrap();
-    q.set_size(QSIZE);
-    q.set_desc_table_address(Some(DESC as u32), Some(0));
-    q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-    q.set_used_ring_address(Some(USED as u32), Some(0));
-    q.set_ready(true);
+    let mut q = queue(0);
     if !q.is_valid(&mem) {
         return;
     }

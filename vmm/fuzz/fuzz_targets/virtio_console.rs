@@ -9,30 +9,20 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use xhyve::config::{ConsoleConfig, ConsoleTarget};
+use xhyve::fuzzing::queue;
 use xhyve::virtio::console::Console;
 use xhyve::virtio::VirtioDevice;
 
 const MEM: usize = 1 << 20;
-const QSIZE: u16 = 16;
 const RX: usize = 0;
 const TX: usize = 1;
 
 fn device() -> &'static Console {
     static DEV: OnceLock<Console> = OnceLock::new();
     DEV.get_or_init(|| Console::open(&ConsoleConfig::Target(ConsoleTarget::Log("/dev/null".into()))).unwrap())
-}
-
-fn queue(base: u64) -> Queue {
-    let mut q = Queue::new(QSIZE).unwrap();
-    q.set_size(QSIZE);
-    q.set_desc_table_address(Some(base as u32), Some(0));
-    q.set_avail_ring_address(Some((base + 0x100) as u32), Some(0));
-    q.set_used_ring_address(Some((base + 0x200) as u32), Some(0));
-    q.set_ready(true);
-    q
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -3,24 +3,19 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use xhyve::fuzzing::queue;
 use xhyve::virtio::rng::Rng;
 use xhyve::virtio::VirtioDevice;
 
 const MEM: usize = 1 << 20;
-const QSIZE: u16 = 16;
 
 fuzz_target!(|data: &[u8]| {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
     let n = data.len().min(MEM);
     mem.write_slice(&data[..n], GuestAddress(0)).unwrap();
-    let mut q = Queue::new(QSIZE).unwrap();
-    q.set_size(QSIZE);
-    q.set_desc_table_address(Some(0), Some(0));
-    q.set_avail_ring_address(Some(0x100), Some(0));
-    q.set_used_ring_address(Some(0x200), Some(0));
-    q.set_ready(true);
+    let mut q = queue(0);
     if !q.is_valid(&mem) {
         return;
     }

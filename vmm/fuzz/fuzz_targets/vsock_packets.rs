@@ -5,14 +5,14 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use xhyve::config::VsockConfig;
+use xhyve::fuzzing::queue;
 use xhyve::virtio::vsock;
 use xhyve::virtio::VirtioDevice;
 
 const MEM: usize = 1 << 20;
-const QSIZE: u16 = 16;
 
 fn device() -> &'static vsock::Vsock {
     static DEV: OnceLock<vsock::Vsock> = OnceLock::new();
@@ -23,16 +23,6 @@ fn device() -> &'static vsock::Vsock {
         let _ = std::fs::remove_dir_all(&dir); // the listener lives on
         dev
     })
-}
-
-fn queue(base: u64) -> Queue {
-    let mut q = Queue::new(QSIZE).unwrap();
-    q.set_size(QSIZE);
-    q.set_desc_table_address(Some(base as u32), Some(0));
-    q.set_avail_ring_address(Some((base + 0x100) as u32), Some(0));
-    q.set_used_ring_address(Some((base + 0x200) as u32), Some(0));
-    q.set_ready(true);
-    q
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -523,35 +523,37 @@ fn exec(
     Ok((kind, exception))
 }
 
+/// MXCSR, STAR and LSTAR as given (the fix-up tests and the pvm_fixup fuzz target make it); any other
+/// MSR is an error, as a failing ioctl is.
+#[derive(Default)]
+pub(crate) struct FakeExtra {
+    pub mxcsr: u32,
+    pub star: u64,
+    pub lstar: u64,
+}
+
+impl CpuExtra for FakeExtra {
+    fn mxcsr(&mut self) -> Result<u32, String> {
+        Ok(self.mxcsr)
+    }
+    fn set_mxcsr(&mut self, value: u32) -> Result<(), String> {
+        self.mxcsr = value;
+        Ok(())
+    }
+    fn msr(&mut self, index: u32) -> Result<u64, String> {
+        match index {
+            MSR_STAR => Ok(self.star),
+            MSR_LSTAR => Ok(self.lstar),
+            _ => Err(format!("msr {index:#x}")),
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::pvm::guest_mem::tests::{build_tables, long_mode_sregs, mem};
     use vm_memory::{Bytes, GuestAddress};
-
-    #[derive(Default)]
-    pub struct FakeExtra {
-        pub mxcsr: u32,
-        pub star: u64,
-        pub lstar: u64,
-    }
-
-    impl CpuExtra for FakeExtra {
-        fn mxcsr(&mut self) -> Result<u32, String> {
-            Ok(self.mxcsr)
-        }
-        fn set_mxcsr(&mut self, value: u32) -> Result<(), String> {
-            self.mxcsr = value;
-            Ok(())
-        }
-        fn msr(&mut self, index: u32) -> Result<u64, String> {
-            match index {
-                MSR_STAR => Ok(self.star),
-                MSR_LSTAR => Ok(self.lstar),
-                _ => Err(format!("msr {index:#x}")),
-            }
-        }
-    }
 
     /// Code goes to va 0x20_1000 (2 MiB kernel page, gpa 0x20_1000); data page at va 0x5000
     /// (gpa 0x10_0000).

@@ -110,7 +110,7 @@ pub fn pf_entry(cpu: &mut CpuState, mem: &GuestMemoryMmap, nop_len: usize) -> Re
 mod tests {
     use super::*;
     use crate::hypervisor::{DescriptorTable, Regs};
-    use crate::pvm::fixup::tests::FakeExtra;
+    use crate::pvm::fixup::FakeExtra;
     use crate::pvm::guest_mem::tests::{build_tables, long_mode_sregs, mem};
 
     /// Kernel-half alias: PML4[256] maps like PML4[0], so 0xffff_8000_0020_0000 is gpa 0x20_0000.
