@@ -15,10 +15,11 @@ PANIC = "Kernel panic - not syncing"
 
 class Guest:
     def __init__(self, xhyve_bin, box, tmp_path, *flags, cmdline="console=ttyS0",
-                 kernel="vmlinux", initrd=True, console="log", env=None):
+                 kernel="vmlinux", initrd=True, console="log", env=None, pass_fds=()):
         """console="log" uses `-l com1,log=FILE`; "stdio" uses `-l com1,stdio` with a pipe on
         stdin (see `type`) and stdout captured to the same file. `initrd`: True for the box's,
-        False for none, or a path; `env`: variables added to xhyve's environment."""
+        False for none, or a path; `env`: variables added to xhyve's environment; `pass_fds`:
+        descriptors xhyve inherits beyond 0-2."""
         self.console = tmp_path / f"console-{time.monotonic_ns()}.log"
         self.stderr_path = self.console.with_suffix(".stderr")
         initrd_path = str(box / "initrd.img") if initrd is True else str(initrd or "")
@@ -30,7 +31,7 @@ class Guest:
                                      stdin=subprocess.PIPE if stdio else subprocess.DEVNULL,
                                      stdout=open(self.console, "wb") if stdio else subprocess.DEVNULL,
                                      stderr=open(self.stderr_path, "w"),
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, pass_fds=pass_fds)
 
     def type(self, text):
         """Sends keystrokes to the guest console (stdio mode)."""

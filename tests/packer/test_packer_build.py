@@ -9,6 +9,7 @@ Guest boots take ~2-3 min on the nested host (BOOT_TIMEOUT bounds every wait).""
 import hashlib
 import json
 import os
+import re
 import secrets
 import tarfile
 import time
@@ -146,3 +147,27 @@ def test_build_from_kernel_initrd_and_disk(packer, rpc, provider_bin, tiny_box_f
         assert t.extractfile("vmlinux").read() == (src_dir / "vmlinux").read_bytes()
     assert disk.stat().st_size == 1 << 20, "disk_image itself is never changed"
     assert rpc.call("machine.list") == []
+
+
+def test_guest_panic_fails_the_build_and_leaves_nothing(packer, rpc, provider_bin, tiny_box_file):
+    """A guest kernel that panics (its init does not exist): the build fails once xhyve ends
+    (pvpanic), not after ssh_timeout, its error quoting the console's last lines; no machine,
+    VMM or output is left."""
+    out = packer.work / "out"
+    src = source(rpc, provider_bin, tiny_box_file, out, cmdline="console=ttyS0 rdinit=/nope init=/nope")
+    (packer.work / "t.pkr.hcl").write_text(hcl_template(src))
+    t0 = time.monotonic()
+    r = packer.run("build", "-color=false", "t.pkr.hcl", timeout=2 * BOOT_TIMEOUT)
+    took = time.monotonic() - t0
+    text = r.stdout + r.stderr
+    assert r.returncode != 0, text
+    assert re.search(r"--> xhyve\.tiny: machine \w+ ended before SSH was up: the guest kernel panicked "
+                     r"\(exit status 6\); its console ended with:\n", text), f"{text}\n{packer.log_tail()}"
+    # The error's own lines (Packer prefixes each with "==>"; the console dump that follows has
+    # "    " instead) end with the panic.
+    assert re.search(r"(?m)^==> xhyve\.tiny: \[[ \d.]+\] Kernel panic - not syncing:", text), text
+    assert "Destroying machine" in text, text
+    assert rpc.call("machine.list") == [], text
+    assert vmm_processes(rpc) == []
+    assert not out.exists(), "the output directory is removed"
+    print(f"packer build of a panicking guest failed after {took:.0f} s")

@@ -357,3 +357,26 @@ def test_public_network_is_refused(vagrant, provider_bin, xhyve_bin):
         p = v.run(*args, ok=False)
         assert p.returncode == 1 and "public_network is not supported by xhyve" in p.stderr, (args, p.stderr)
     assert not v.xhyve_home.exists(), "refused before the shim calls the provider"
+
+
+def test_guest_panic_fails_up_and_shows_in_status(vagrant, provider_bin, xhyve_bin, box_catalog):
+    """A guest kernel that panics (its init does not exist): `vagrant up` fails once xhyve ends
+    (pvpanic), with the shim's error quoting the console's last lines instead of an SSH timeout
+    after boot_timeout; `vagrant status` shows the machine aborted with the same lines."""
+    v = vagrant
+    v.run("box", "add", box_catalog)
+    v.vagrantfile(vagrantfile(provider_bin, xhyve_bin, provider='    x.cmdline = "console=ttyS0 rdinit=/nope init=/nope"\n'))
+    t = time.monotonic()
+    p = v.run("up", "--provider=xhyve", ok=False, timeout=BOOT_CMD_TIMEOUT)
+    took = time.monotonic() - t
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert ("The machine's VMM ended before the guest answered SSH: the machine is aborted: "
+            "the guest kernel panicked (exit status 6); its console ended with:\n") in p.stderr, p.stderr
+    assert "Kernel panic - not syncing:" in p.stderr, p.stderr
+    assert v.state() == "aborted"
+    out = v.run("status").stdout
+    assert "aborted (xhyve)" in out and "the guest kernel panicked (exit status 6)" in out, out
+    assert "Kernel panic - not syncing:" in out, out
+    v.run("destroy", "-f")
+    assert v.call("machine.list") == []
+    print(f"vagrant up of a panicking guest failed after {took:.1f} s:\n{p.stderr}\n{out}")

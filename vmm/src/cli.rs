@@ -49,7 +49,8 @@ exit status: 0 rebooted, 1 powered off, 2 halted, 3 triple fault, 4 error, 5 qui
 signals: SIGTERM presses the ACPI power button (with -A); a second SIGTERM, or no power-off
          within XHYVE_SHUTDOWN_TIMEOUT seconds (default 120), ends the VM (status 1)
 sandbox: every thread runs under a seccomp allow-list once the VM is set up;
-         XHYVE_SECCOMP=on (default) | log (make and log forbidden calls: dmesg) | off
+         XHYVE_SECCOMP=on (default) | log (make and log forbidden calls: dmesg) | off;
+         descriptors inherited beyond 0-2 are closed then (close-on-exec from the start)
 ";
 
 pub const DEFAULT_MEM: u64 = 256 << 20;

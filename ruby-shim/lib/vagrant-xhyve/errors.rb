@@ -24,6 +24,7 @@ module VagrantPlugins
         NOT_FOUND = -32001
         IN_USE = -32002
         ALREADY_EXISTS = -32003
+        WRONG_STATE = -32009
 
         attr_reader :code, :data
 

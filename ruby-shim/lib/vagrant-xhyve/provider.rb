@@ -13,8 +13,8 @@ module VagrantPlugins
         running: "The machine runs. `vagrant halt` stops it; `vagrant ssh` logs in.",
         saved: "The machine is suspended (its state is saved). `vagrant up` or `vagrant resume` " \
                "resumes it; `vagrant halt` drops the state.",
-        aborted: "The machine's VMM ended on its own (a crash, a kill, a triple fault). " \
-                 "`vagrant up` starts it again; its console.log and vmm.log say more.",
+        aborted: "The machine's VMM ended on its own (a guest kernel panic, a crash, a kill, a " \
+                 "triple fault). `vagrant up` starts it again; its console.log and vmm.log say more.",
       }.freeze
 
       # xhyve-rs runs on Linux KVM.

@@ -2,7 +2,8 @@
 //! filter of its own kind that allows only the system calls that kind needs (with the argument
 //! values it uses, for ioctl, socket, fcntl, kill, tgkill, prctl, mmap and mprotect: no thread
 //! can map executable memory or make a KVM ioctl other than the running VM's), no thread holds a
-//! capability or may gain one through exec, and descriptors inherited from the parent are closed.
+//! capability or may gain one through exec, and descriptors inherited from the parent are closed
+//! (close-on-exec from `init` on, so that no program run during set-up, passt, inherits them).
 //!
 //! - `kinds.rs`: every thread kind and its allow-list, the one place to change.
 //! - `allow.rs`: the allow-list type, compiled to BPF with `seccompiler`.
@@ -74,7 +75,8 @@ struct Sandbox {
     mode: Mode,
     /// Each kind's filter, compiled once (empty when the mode is Off).
     programs: HashMap<ThreadKind, BpfProgram>,
-    /// Descriptors open before the VMM opened any: closed by `lock_down_main`.
+    /// Descriptors open before the VMM opened any: close-on-exec from `init`, closed by
+    /// `lock_down_main`.
     inherited: Vec<RawFd>,
     launcher: OnceLock<Launcher>,
 }
@@ -99,7 +101,7 @@ pub fn init(verbose: bool) -> Result<(), String> {
     }
     report::install()?;
     fix_malloc_arenas();
-    let sandbox = Sandbox { mode, programs, inherited: privileges::open_fds(), launcher: OnceLock::new() };
+    let sandbox = Sandbox { mode, programs, inherited: privileges::inherited_fds(), launcher: OnceLock::new() };
     SANDBOX.set(sandbox).map_err(|_| "the sandbox is set up once".to_string())?;
     let launcher = Launcher::start()?;
     let _ = SANDBOX.get().map(|s| s.launcher.set(launcher));

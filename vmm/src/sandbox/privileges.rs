@@ -24,15 +24,16 @@ pub fn drop_for_this_thread() -> Result<(), String> {
     Ok(())
 }
 
-/// The descriptors above stderr open now: at start, those are inherited from whoever ran us.
-pub fn open_fds() -> Vec<RawFd> {
+/// The descriptors above stderr open now (at start: those inherited from whoever ran us), each
+/// marked close-on-exec at once: a program the VMM runs during set-up (passt) gets none of them.
+pub fn inherited_fds() -> Vec<RawFd> {
     let listed: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
         Ok(dir) => dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect(),
         Err(_) => return Vec::new(),
     };
-    // The directory's own descriptor was in the listing and is closed now.
-    // SAFETY: F_GETFD only asks whether the descriptor is open.
-    listed.into_iter().filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0).collect()
+    // The directory's own descriptor was in the listing and is closed now (EBADF: left out).
+    // SAFETY: FD_CLOEXEC is the only descriptor flag; setting it changes nothing else.
+    listed.into_iter().filter(|&fd| unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0).collect()
 }
 
 /// Closes inherited descriptors once set-up has opened what it needs (a path like /dev/fd/N in
