@@ -45,7 +45,7 @@ python3-pytest | test | runs the end-to-end tests
 python3-pytest-xdist | test | runs them two at a time
 python3-pytest-rerunfailures | test | reruns a test whose guest hit the nested host's process crash
 strace | test | proves that a rejected command line creates no VM
-iproute2 | test | network namespaces, bridges and TAP devices of the networking tests; the provider's shared network mode runs ip
+iproute2 | test | network namespaces, bridges and TAP devices of the networking tests; the provider's shared network mode runs ip; ss lists the load test's sockets
 procps | test | pgrep: the tests check which xhyve and passt processes are left
 vagrant | test | Debian's Vagrant 2.3.4: the Vagrant plugin's end-to-end and unit tests
 ruby | test | gem builds the Vagrant plugin; ruby -wc checks every Ruby file

@@ -193,6 +193,8 @@ impl Machines {
             slot.cv.notify_all();
             return;
         }
+        // Its SSH session reached the xhyve that ended: closed now, not kept until another login.
+        self.ssh_pool.forget(id);
         let exit = process::read_exit(&dir).filter(|e| e.pid == p.pid);
         let mut refused = None;
         if exit.as_ref().is_some_and(|e| e.status == Some(0)) && !rec.stop_requested && !rec.suspend_requested {
@@ -383,6 +385,7 @@ impl Machines {
         for (network, mac) in private {
             self.networks.forget(&network, &mac);
         }
+        self.ssh_pool.forget(&p.id);
         lock(&self.slots).remove(&p.id);
         log(&format!("machine {} destroyed", p.id));
         Ok(json!({"id": p.id, "state": "not_created"}))
