@@ -12,6 +12,9 @@
 //! Functions on one GSI share KVM's resampler: the line drops for all of them, and each raises it
 //! again for itself.
 
+use std::sync::OnceLock;
+use std::thread::JoinHandle;
+
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::hypervisor::Vm;
@@ -44,6 +47,8 @@ pub struct IntxLine {
     resample: EventFd,
     /// Ends the resampler thread when the line is dropped.
     stop: EventFd,
+    /// The resampler thread, joined when the line is dropped: nothing of it outlives the device.
+    resampler: OnceLock<JoinHandle<()>>,
 }
 
 impl IntxLine {
@@ -52,7 +57,7 @@ impl IntxLine {
         let eventfd = || EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"));
         let (trigger, resample, stop) = (eventfd()?, eventfd()?, eventfd()?);
         vm.register_irqfd_with_resample(&trigger, &resample, gsi).map_err(|e| format!("INTx: {e}"))?;
-        Ok(IntxLine { gsi, trigger, resample, stop })
+        Ok(IntxLine { gsi, trigger, resample, stop, resampler: OnceLock::new() })
     }
 
     pub fn gsi(&self) -> u32 {
@@ -69,7 +74,7 @@ impl IntxLine {
     pub fn spawn_resampler(&self, name: String, pending: impl Fn() -> bool + Send + 'static) -> Result<(), String> {
         let clone = |fd: &EventFd| fd.try_clone().map_err(|e| format!("eventfd: {e}"));
         let (trigger, resample, stop) = (clone(&self.trigger)?, clone(&self.resample)?, clone(&self.stop)?);
-        sandbox::spawn(ThreadKind::IntxResample, name, move || {
+        let thread = sandbox::spawn(ThreadKind::IntxResample, name, move || {
             while wait::readable(&[&resample, &stop]) == Some(0) {
                 let _ = resample.read();
                 if pending() {
@@ -77,14 +82,20 @@ impl IntxLine {
                 }
             }
         })
-        .map(drop)
-        .map_err(|e| format!("INTx resampler thread: {e}"))
+        .map_err(|e| format!("INTx resampler thread: {e}"))?;
+        self.resampler.set(thread).map_err(|_| "INTx: the resampler runs already".to_string())
     }
 }
 
 impl Drop for IntxLine {
     fn drop(&mut self) {
         let _ = self.stop.write(1);
+        if let Some(t) = self.resampler.take() {
+            // Its check upgrades a weak reference, so the thread itself may drop the line last.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
     }
 }
 
