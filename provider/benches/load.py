@@ -23,16 +23,16 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests/provider")]
-from load_scenario import namespace, report, run, warm_up, wrong_answers  # noqa: E402
+from load_scenario import report, run, warm_up, wrong_answers  # noqa: E402
 from test_machines import Home  # noqa: E402
-from test_shared_net import ns_wrapper  # noqa: E402
+from test_shared_net import namespace, ns_wrapper  # noqa: E402
 
 
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     provider = ROOT / "target/release/xhyve-provider"
     xhyve = ROOT / "target/release/xhyve"
-    with tempfile.TemporaryDirectory(prefix="xhyve-load-bench-") as d, namespace() as ns:
+    with tempfile.TemporaryDirectory(prefix="xhyve-load-bench-") as d, namespace("xhyve-load") as ns:
         d = pathlib.Path(d)
         box = d / "tiny.box"
         subprocess.run([str(ROOT / "boxes/package.sh"), str(box), str(ROOT / "target/boxes/tiny"),

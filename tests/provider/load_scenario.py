@@ -11,8 +11,8 @@ daemon's bridge and a DHCP lease, and SSH goes straight to the leased address, s
 or a TCP session left behind shows in the namespace and nowhere else. A first machine boots
 alone and saves the box's boot (provider/API.md, "Fast start"); the N start from it."""
 
-import contextlib
 import json
+from collections import Counter
 import os
 import pathlib
 import statistics
@@ -23,9 +23,9 @@ import traceback
 import uuid as uuidlib
 
 from guest import BOOT_TIMEOUT
-from provider_util import RpcError
+from provider_util import RpcError, leftovers
 from test_machines import Home
-from test_shared_net import in_ns, leases, links, ns_wrapper, sh
+from test_shared_net import in_ns, leases, links
 
 # Long enough for any call under load (wait_ssh has its own timeout inside): the test's bound on
 # "every call answers", never a measure of speed.
@@ -39,18 +39,6 @@ IDLE_POLL = 5
 # How long the daemon may take to let go of what the machines held once the last destroy
 # answered (threads ending, sockets closing): a wait for quiet, not a measure.
 SETTLE = 30
-
-
-@contextlib.contextmanager
-def namespace():
-    """A fresh network namespace, deleted at the end with every device in it."""
-    ns = f"xhyve-load-{uuidlib.uuid4().hex[:8]}"
-    sh("ip", "netns", "add", ns)
-    try:
-        in_ns(ns, "ip", "link", "set", "lo", "up")
-        yield ns
-    finally:
-        sh("ip", "netns", "del", ns, check=False)
 
 
 def call(h, method, params, timeout=CALL_TIMEOUT):
@@ -178,7 +166,7 @@ def ns_sockets(ns, owned=True):
 
 def home_files(home):
     """Every file under the machines' folders and the scratch folder."""
-    return sorted(str(p.relative_to(home)) for sub in ("machines", "tmp") for p in (home / sub).rglob("*"))
+    return sorted(leftovers(home, ("machines", "tmp")))
 
 
 def inventory(h, ns):
@@ -202,14 +190,7 @@ def leaks(before, after):
         if isinstance(v, int):
             out[k] = max(0, v - before[k])
         else:
-            rest = list(before[k])
-            extra = []
-            for item in v:
-                if item in rest:
-                    rest.remove(item)
-                else:
-                    extra.append(item)
-            out[k] = extra
+            out[k] = sorted((Counter(v) - Counter(before[k])).elements())
     return out
 
 

@@ -146,10 +146,10 @@ def daemon(daemon_factory, home):
     return daemon_factory(home)
 
 
-def leftovers(home):
-    """Everything under boxes/ and tmp/ (a failed add must leave nothing)."""
+def leftovers(home, subs=("boxes", "tmp")):
+    """Everything under boxes/ and tmp/ (a failed add must leave nothing), or under `subs`."""
     out = []
-    for sub in ("boxes", "tmp"):
+    for sub in subs:
         d = home / sub
         if d.exists():
             out += [str(p.relative_to(home)) for p in d.rglob("*")]

@@ -9,9 +9,9 @@ host is not a failure)."""
 
 import os
 
-from load_scenario import leak_count, namespace, report, run, warm_up, wrong_answers
+from load_scenario import leak_count, report, run, warm_up, wrong_answers
 from test_machines import Home
-from test_shared_net import ns_wrapper
+from test_shared_net import namespace, ns_wrapper
 
 MACHINES = int(os.environ.get("XHYVE_LOAD_MACHINES", "20"))
 
@@ -19,7 +19,7 @@ MACHINES = int(os.environ.get("XHYVE_LOAD_MACHINES", "20"))
 def test_twenty_machines_through_one_daemon_at_once(provider_bin, tiny_box_file, tmp_path):
     xhyve = provider_bin.parent / "xhyve"
     assert xhyve.is_file(), "xhyve next to xhyve-provider: build it"
-    with namespace() as ns:
+    with namespace("xhyve-load") as ns:
         h = Home(ns_wrapper(tmp_path / "provider", ns, provider_bin), tmp_path / "home")
         try:
             print(f"first machine, booted alone, to SSH: {warm_up(h, tiny_box_file, xhyve):.1f} s")

@@ -16,6 +16,7 @@ Everything runs as root inside network namespaces these tests create (the daemon
   guest's static address and back, nothing left after network.remove.
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -62,14 +63,22 @@ def in_ns(ns, *cmd, check=True):
     return sh("ip", "netns", "exec", ns, *map(str, cmd), check=check)
 
 
+@contextlib.contextmanager
+def namespace(prefix="xhyve-sh"):
+    """A fresh network namespace with lo up, deleted at the end with every device in it."""
+    ns = f"{prefix}-{uuidlib.uuid4().hex[:8]}"
+    sh("ip", "netns", "add", ns)
+    try:
+        in_ns(ns, "ip", "link", "set", "lo", "up")
+        yield ns
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
+
+
 @pytest.fixture
 def netns():
-    """A fresh network namespace (deleted at the end, with every device in it)."""
-    ns = f"xhyve-sh-{uuidlib.uuid4().hex[:8]}"
-    sh("ip", "netns", "add", ns)
-    in_ns(ns, "ip", "link", "set", "lo", "up")
-    yield ns
-    sh("ip", "netns", "del", ns, check=False)
+    with namespace() as ns:
+        yield ns
 
 
 def links(ns):
