@@ -34,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::user::{HostFwd, DNS, GATEWAY, GUEST_ADDR, MTU};
+use super::user::{HostFwd, DNS, GATEWAY, GUEST_ADDR, MTU, PREFIX_LEN};
 use super::{Backend, MAX_FRAME};
 use crate::sandbox::{self, ThreadKind};
 
@@ -85,7 +85,7 @@ impl Passt {
         let fd = theirs.as_raw_fd();
         let mut cmd = Command::new(&exe);
         cmd.args(["-f", "-q", "-1", "-4", "-F", &fd.to_string()])
-            .args(["-a", &GUEST_ADDR.to_string(), "-n", "24", "-g", &GATEWAY.to_string()])
+            .args(["-a", &GUEST_ADDR.to_string(), "-n", &PREFIX_LEN.to_string(), "-g", &GATEWAY.to_string()])
             .args(["-m", &MTU.to_string(), "--dns-forward", &DNS.to_string(), "-D", &DNS.to_string()]);
         for f in fwds {
             let spec = match f.host_addr {

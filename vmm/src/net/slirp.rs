@@ -34,7 +34,7 @@ use std::time::Instant;
 use libslirp_sys as sys;
 
 use super::fd::{seqpacket_pair, FrameFd};
-use super::user::{HostFwd, DNS, GATEWAY, GUEST_ADDR, MTU};
+use super::user::{HostFwd, DNS, GATEWAY, GUEST_ADDR, MTU, PREFIX_LEN};
 use super::{Backend, MAX_FRAME};
 use crate::sandbox::{self, ThreadKind};
 
@@ -177,7 +177,7 @@ impl Stack {
             restricted: 0,
             in_enabled: true,
             vnetwork: in_addr(std::net::Ipv4Addr::new(10, 0, 2, 0)),
-            vnetmask: in_addr(std::net::Ipv4Addr::new(255, 255, 255, 0)),
+            vnetmask: in_addr(std::net::Ipv4Addr::from(u32::MAX << (32 - PREFIX_LEN))),
             vhost: in_addr(GATEWAY),
             // IPv4 only, as the passt backend (`-4`): no router advertisements to time.
             in6_enabled: false,

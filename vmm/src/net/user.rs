@@ -1,16 +1,12 @@
 //! What the user-mode backends (`slirp`, `passt`) share: the slirp addressing convention and
 //! QEMU's `hostfwd=` syntax.
 //!
-//! Fixed addressing, the same on every boot for every UUID: guest 10.0.2.15/24 (the backend's
-//! DHCP server hands it out), gateway 10.0.2.2, which also stands for the host's loopback (a
-//! guest reaches a host service on 127.0.0.1:PORT at 10.0.2.2:PORT), DNS 10.0.2.3 (forwarded to
-//! the host's resolver).
+//! The addressing (guest 10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3) is the contract's
+//! (`xhyve_contract::user_net`): the provider hands it to fast-started guests too.
 
 use std::net::Ipv4Addr;
+pub use xhyve_contract::user_net::{DNS, GATEWAY, GUEST_ADDR, PREFIX_LEN};
 
-pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
-pub const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 /// The link MTU of the user-mode network: the device offers no mergeable or big RX buffers.
 pub const MTU: u32 = 1500;
 
