@@ -15,7 +15,7 @@
 //! another xhyve's format or shape) is deleted and the machine boots normally, saving a new one.
 
 use super::boot_disks;
-use super::identity::{self, Channel, Identity};
+use super::identity::{self, Channel, Identity, Ipv4Config};
 use super::record::{Disk, MachineRecord, NetworkMode};
 use super::{lock, Machines};
 use crate::boxes::Reporter;
@@ -29,6 +29,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use xhyve_contract::user_net;
 
 /// The folder of a box's saved boots, in the box's directory.
 pub const SAVED_BOOTS: &str = "saved-boots";
@@ -80,7 +81,16 @@ pub(super) fn identity_of(rec: &MachineRecord) -> Option<Identity> {
         .filter(|h| h.len() <= 63 && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
         .filter(|h| !h.is_empty())
         .map_or_else(|| identity::hostname_of(&rec.name), str::to_string);
-    Some(Identity { machine: rec.id.clone(), hostname, macs })
+    // The user-mode network's addressing is fixed (the VMM's DHCP hands out the same): given here,
+    // the guest skips a DHCP exchange. A shared network's lease is the daemon's DHCP server's
+    // to record, so there the guest asks.
+    let ipv4 = (rec.network.mode == NetworkMode::User).then_some(Ipv4Config {
+        address: user_net::GUEST_ADDR,
+        prefix_len: user_net::PREFIX_LEN,
+        router: user_net::GATEWAY,
+        dns: user_net::DNS,
+    });
+    Some(Identity { machine: rec.id.clone(), hostname, macs, ipv4 })
 }
 
 /// Whether xhyve's command line `argv` carries the identity channel.
@@ -330,6 +340,22 @@ mod tests {
         assert_eq!(who.macs[0], xhyve_contract::mac::format_mac(&nic::mac_of_uuid(&r.uuid).unwrap()));
         r.network.mode = NetworkMode::None;
         assert_eq!(identity_of(&r).unwrap().macs.len(), 1);
+    }
+
+    #[test]
+    fn static_address_only_on_the_user_mode_network() {
+        let mut r = rec();
+        r.uuid = "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01".into();
+        r.network.mode = NetworkMode::User;
+        let c = identity_of(&r).unwrap().ipv4.expect("user mode: the fixed address");
+        assert_eq!(
+            (c.address, c.prefix_len, c.router, c.dns),
+            (user_net::GUEST_ADDR, 24, user_net::GATEWAY, user_net::DNS)
+        );
+        for mode in [NetworkMode::Shared, NetworkMode::None] {
+            r.network.mode = mode;
+            assert!(identity_of(&r).unwrap().ipv4.is_none(), "a shared network's lease is asked for by DHCP");
+        }
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! the box's init by `xhyve.identity=hvc0` on the kernel command line.
 //!
 //! The guest says `XHYVE-IDENTITY 1 WAITING` at its quiet point and blocks until the host sends
-//! one message: `KEY=VALUE` lines (`machine`, `hostname`, one `mac` per NIC in PCI order, `time`,
-//! `seed`) and a line `end`; it answers `XHYVE-IDENTITY 1 APPLIED MACHINE`. A later message
+//! one message: `KEY=VALUE` lines (`machine`, `hostname`, one `mac` per NIC in PCI order, for a
+//! first NIC on the user-mode network its fixed `address`, `router` and `dns`, `time`, `seed`)
+//! and a line `end`; it answers `XHYVE-IDENTITY 1 APPLIED MACHINE`. A later message
 //! (after a resume or a snapshot restore) refreshes the clock and the RNG seed.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -31,6 +33,17 @@ pub struct Identity {
     pub hostname: String,
     /// `aa:bb:...`, one per NIC in PCI order.
     pub macs: Vec<String>,
+    /// The first NIC's IPv4 configuration when the host knows it (the user-mode network's is
+    /// fixed): the guest sets it instead of asking DHCP, which costs it seconds here.
+    pub ipv4: Option<Ipv4Config>,
+}
+
+/// A NIC's static IPv4 configuration.
+pub struct Ipv4Config {
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub router: Ipv4Addr,
+    pub dns: Ipv4Addr,
 }
 
 impl Identity {
@@ -42,6 +55,9 @@ impl Identity {
         let mut m = format!("machine={}\nhostname={}\n", self.machine, self.hostname);
         for mac in &self.macs {
             m.push_str(&format!("mac={mac}\n"));
+        }
+        if let Some(c) = &self.ipv4 {
+            m.push_str(&format!("address={}/{}\nrouter={}\ndns={}\n", c.address, c.prefix_len, c.router, c.dns));
         }
         m.push_str(&format!("time={}.{:09}\n", now.as_secs(), now.subsec_nanos()));
         m.push_str("seed=");
@@ -159,11 +175,23 @@ mod tests {
         });
         let mut c = Channel::connect(&dir, Duration::from_secs(5)).unwrap();
         assert_eq!(c.wait_for("WAITING", Duration::from_secs(5)), Ok(String::new()));
-        let id = Identity { machine: "0a1b".into(), hostname: "h".into(), macs: vec!["02:00:00:00:00:01".into()] };
+        let ipv4 = Ipv4Config {
+            address: Ipv4Addr::new(10, 0, 2, 15),
+            prefix_len: 24,
+            router: Ipv4Addr::new(10, 0, 2, 2),
+            dns: Ipv4Addr::new(10, 0, 2, 3),
+        };
+        let id = Identity {
+            machine: "0a1b".into(),
+            hostname: "h".into(),
+            macs: vec!["02:00:00:00:00:01".into()],
+            ipv4: Some(ipv4),
+        };
         c.apply(&id, Duration::from_secs(5)).unwrap();
         let got = guest.join().unwrap();
-        assert_eq!(&got[..3], ["machine=0a1b", "hostname=h", "mac=02:00:00:00:00:01"]);
-        assert!(got[3].starts_with("time=") && got[4].len() == "seed=".len() + 2 * SEED_BYTES);
+        let head = ["machine=0a1b", "hostname=h", "mac=02:00:00:00:00:01", "address=10.0.2.15/24", "router=10.0.2.2"];
+        assert_eq!(&got[..6], [&head[..], &["dns=10.0.2.3"]].concat());
+        assert!(got[6].starts_with("time=") && got[7].len() == "seed=".len() + 2 * SEED_BYTES);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
