@@ -1,25 +1,35 @@
 /* xhyve-identity: the tiny box's side of the identity channel (boxes/README.md, "Fast start").
  *
- *   xhyve-identity DEV    DEV: the identity channel's tty (a virtio console, e.g. /dev/hvc0)
+ *   xhyve-identity [--net] DEV    DEV: the identity channel's tty (a virtio console, /dev/hvc0)
  *
  * Says "XHYVE-IDENTITY 1 WAITING" on DEV and waits for the host's message: lines KEY=VALUE up to
  * a line "end". It sets the wall clock from time= and mixes seed= into the kernel's RNG with a
  * forced reseed (a guest restored from a saved state must not reuse the random state it was
- * saved with), prints machine=, hostname= and macs= (every mac= line, in order) as shell
- * assignments on stdout (values checked: the caller evals them) and says
+ * saved with). With --net it also sets the NICs' MACs (the mac= lines, in order: eth0, eth1,
+ * ...; each NIC still down) and eth0's static address=, router= and dns= when the host sent
+ * them, brings eth0 up then, and writes /etc/resolv.conf: ioctls, where `ip` would cost the
+ * guest a process each (seconds here), and all done before the host hears APPLIED, so that the
+ * host's first connection finds the guest's address. It prints machine=, hostname=, macs=
+ * (every mac= line) and address= (eth0's, set by --net; else empty: the guest asks DHCP) as
+ * shell assignments on stdout (values checked: the caller evals them) and says
  * "XHYVE-IDENTITY 1 APPLIED MACHINE" on DEV. Then it forks: the parent exits 0 so /init goes
  * on, the child stays on DEV and applies time= and seed= of every later message (the host sends
  * one after each restore, e.g. `vagrant resume`). Exit status 1 when DEV cannot be used, the
  * first message is malformed or none comes within WAIT_SECONDS (a host that does not speak the
  * protocol: the guest must not hang). Built static. */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <fcntl.h>
 #include <linux/random.h>
+#include <net/if.h>
+#include <net/if_arp.h>
+#include <net/route.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,7 +40,7 @@
 #define WAIT_SECONDS 120
 
 struct message {
-	char machine[64], hostname[64], macs[MAX_MACS][18];
+	char machine[64], hostname[64], macs[MAX_MACS][18], address[19], router[16], dns[16];
 	int n_macs;
 	double time;
 	unsigned char seed[MAX_SEED];
@@ -93,6 +103,9 @@ static int read_message(struct message *m) {
 			     take(m->macs[m->n_macs], sizeof m->macs[0], v, "0123456789abcdefABCDEF:");
 			m->n_macs += ok;
 		}
+		else if (strcmp(line, "address") == 0) ok = take(m->address, sizeof m->address, v, "0123456789./");
+		else if (strcmp(line, "router") == 0) ok = take(m->router, sizeof m->router, v, "0123456789.");
+		else if (strcmp(line, "dns") == 0) ok = take(m->dns, sizeof m->dns, v, "0123456789.");
 		else if (strcmp(line, "time") == 0) m->time = strtod(v, NULL);
 		else if (strcmp(line, "seed") == 0) {
 			size_t n = strlen(v) / 2;
@@ -126,16 +139,106 @@ static void apply(const struct message *m) {
 	}
 }
 
+/* An IPv4 socket address for the ioctls below; 0 when `text` is not a dotted quad. */
+static int inet(struct sockaddr *out, const char *text) {
+	struct sockaddr_in *a = (struct sockaddr_in *)out;
+	memset(a, 0, sizeof *a);
+	a->sin_family = AF_INET;
+	return inet_pton(AF_INET, text, &a->sin_addr) == 1;
+}
+
+static int net_ioctl(int s, unsigned long req, void *arg, const char *what, const char *dev) {
+	if (ioctl(s, req, arg) == 0) return 1;
+	fprintf(stderr, "xhyve-identity: %s of %s: ", what, dev);
+	perror(NULL);
+	return 0;
+}
+
+/* MAC of ethI for each mac= line (a NIC that is missing is skipped). */
+static void set_macs(int s, const struct message *m) {
+	for (int i = 0; i < m->n_macs; i++) {
+		struct ifreq r;
+		unsigned int b[6];
+		memset(&r, 0, sizeof r);
+		snprintf(r.ifr_name, IFNAMSIZ, "eth%d", i);
+		if (if_nametoindex(r.ifr_name) == 0) continue;
+		if (sscanf(m->macs[i], "%x:%x:%x:%x:%x:%x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) != 6) continue;
+		r.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+		for (int k = 0; k < 6; k++) r.ifr_hwaddr.sa_data[k] = (char)b[k];
+		net_ioctl(s, SIOCSIFHWADDR, &r, "setting the MAC", r.ifr_name);
+	}
+}
+
+/* eth0's static address, up, default route, resolver; 0 (and the guest asks DHCP) on a failure.
+ * The address is set while the link is down and arp_notify is on, so the link coming up
+ * announces it: the host's side of the network learns the MAC before the first connection. */
+static int set_ipv4(int s, const struct message *m) {
+	char addr[sizeof m->address], *slash;
+	struct ifreq r;
+	struct rtentry rt;
+	memcpy(addr, m->address, sizeof addr);
+	slash = strchr(addr, '/');
+	int prefix = slash ? atoi(slash + 1) : 32;
+	if (slash) *slash = 0;
+	memset(&r, 0, sizeof r);
+	strcpy(r.ifr_name, "eth0");
+	if (prefix < 1 || prefix > 32 || !inet(&r.ifr_addr, addr)) return 0;
+	int f = open("/proc/sys/net/ipv4/conf/eth0/arp_notify", O_WRONLY);
+	if (f >= 0) {
+		if (write(f, "1\n", 2) != 2) perror("xhyve-identity: arp_notify");
+		close(f);
+	}
+	if (!net_ioctl(s, SIOCSIFADDR, &r, "setting the address", "eth0")) return 0;
+	struct sockaddr_in *mask = (struct sockaddr_in *)&r.ifr_netmask;
+	mask->sin_family = AF_INET;
+	mask->sin_addr.s_addr = htonl(~0u << (32 - prefix));
+	if (!net_ioctl(s, SIOCSIFNETMASK, &r, "setting the netmask", "eth0")) return 0;
+	if (!net_ioctl(s, SIOCGIFFLAGS, &r, "reading the flags", "eth0")) return 0;
+	r.ifr_flags |= IFF_UP;
+	if (!net_ioctl(s, SIOCSIFFLAGS, &r, "bringing up", "eth0")) return 0;
+	if (m->router[0]) {
+		memset(&rt, 0, sizeof rt);
+		inet(&rt.rt_dst, "0.0.0.0");
+		inet(&rt.rt_genmask, "0.0.0.0");
+		if (!inet(&rt.rt_gateway, m->router)) return 0;
+		rt.rt_flags = RTF_UP | RTF_GATEWAY;
+		rt.rt_dev = "eth0";
+		if (!net_ioctl(s, SIOCADDRT, &rt, "adding the default route", "eth0")) return 0;
+	}
+	if (m->dns[0]) {
+		FILE *out = fopen("/etc/resolv.conf.tmp", "w");
+		if (!out || fprintf(out, "nameserver %s\n", m->dns) < 0 || fclose(out) ||
+		    rename("/etc/resolv.conf.tmp", "/etc/resolv.conf"))
+			perror("xhyve-identity: /etc/resolv.conf");
+	}
+	return 1;
+}
+
+/* What --net sets; whether eth0 got its static address. */
+static int set_network(const struct message *m) {
+	int s = socket(AF_INET, SOCK_DGRAM, 0), ok = 0;
+	if (s < 0) {
+		perror("xhyve-identity: socket");
+		return 0;
+	}
+	set_macs(s, m);
+	if (m->address[0] && if_nametoindex("eth0")) ok = set_ipv4(s, m);
+	close(s);
+	return ok;
+}
+
 int main(int argc, char **argv) {
 	struct message m;
 	struct termios t;
-	if (argc != 2) {
-		fprintf(stderr, "usage: xhyve-identity DEV\n");
+	int net = argc == 3 && strcmp(argv[1], "--net") == 0;
+	if (argc != 2 + net) {
+		fprintf(stderr, "usage: xhyve-identity [--net] DEV\n");
 		return 2;
 	}
-	fd = open(argv[1], O_RDWR | O_NOCTTY);
+	const char *dev = argv[1 + net];
+	fd = open(dev, O_RDWR | O_NOCTTY);
 	if (fd < 0) {
-		perror(argv[1]);
+		perror(dev);
 		return 1;
 	}
 	/* Raw: no echo of the host's message back to it, no line editing. */
@@ -152,9 +255,10 @@ int main(int argc, char **argv) {
 		return 1;
 	}
 	apply(&m);
+	int addressed = net && set_network(&m);
 	printf("machine=%s\nhostname=%s\nmacs='", m.machine, m.hostname);
 	for (int i = 0; i < m.n_macs; i++) printf("%s%s", i ? " " : "", m.macs[i]);
-	printf("'\n");
+	printf("'\naddress=%s\n", addressed ? m.address : "");
 	fflush(stdout);
 	say("APPLIED", m.machine);
 	if (fork() != 0) return 0;

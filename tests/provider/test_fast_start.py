@@ -4,7 +4,8 @@ the real tiny box, in one home shared by the tests of this file, in order:
 - the first machine of the box boots (cold) and saves the box's boot at the quiet point; a
   machine of a box without fast_start boots beside it as it always did (no identity channel);
 - two machines started from that saved boot answer SSH with their own MACs, DHCP addresses on a
-  named network, SSH host keys, host names and random state;
+  named network, SSH host keys, host names and random state, and the user-mode network's address
+  from their identity (no DHCP on that NIC);
 - a damaged saved boot: the next machine boots normally and saves a new one in its place;
 - a resumed machine gets a new clock and RNG seed through the same channel.
 
@@ -141,6 +142,9 @@ def test_two_machines_fast_start_with_their_own_identity(home):
         text = wait_console(h, h.mids[n], rf"{MARK} ssh-ready")
         # Restored after the quiet point: no kernel boot in its console, straight to its identity.
         assert "Linux version" not in text and f"{MARK} identity={h.mids[n]}" in text, text
+        # Network user's fixed address came with the identity: eth0 asked no DHCP.
+        assert f"{MARK} ip=10.0.2.15 (from the identity)" in text, text
+        assert run(h, h.mids[n], "ls /var/log/udhcpc*.log").split() == ["/var/log/udhcpc.eth1.log"]
         got[n] = facts(h, h.mids[n])
         assert got[n]["macs"] == (mac0(h, n), nic_mac(h.uuids[n], 1)), got[n]
         assert got[n]["hostname"] == n, got[n]
