@@ -270,7 +270,7 @@ def test_private_network_multi_machine(vagrant, provider_bin, xhyve_bin, box_cat
     up = time.monotonic() - t
     assert out.count("Machine booted and ready!") == 2, out
     assert f"Fixed port collision for 7080 => {taken}" in out, out
-    # The tiny box's guest (:linux) has no configure_networks: its addresses come by DHCP alone.
+    # The tiny box's guest (:xhyve_tiny, a Linux) has no configure_networks: its addresses come by DHCP alone.
     assert out.count("has no configure_networks capability") == 2, out
     nets = v.call("network.list")
     assert [(n["name"], n["subnet"]) for n in nets] == [("vagrant-192.168.56.0-24", "192.168.56.0/24")], nets

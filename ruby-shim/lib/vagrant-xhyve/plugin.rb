@@ -23,6 +23,17 @@ module VagrantPlugins
         Communicator
       end
 
+      # The tiny box's guest (guest/tiny.rb): Linux whose root is rebuilt at every boot.
+      guest(:xhyve_tiny, :linux) do
+        require_relative "guest/tiny"
+        Guest::Tiny
+      end
+
+      guest_capability(:xhyve_tiny, :persist_mount_shared_folder) do
+        require_relative "guest/tiny"
+        Guest::Tiny
+      end
+
       # `vagrant port`.
       provider_capability(:xhyve, :forwarded_ports) do
         require_relative "cap/forwarded_ports"
