@@ -22,6 +22,7 @@ module VagrantPlugins
       autoload :Start, File.join(dir, "start")
       autoload :Stop, File.join(dir, "stop")
       autoload :Suspend, File.join(dir, "suspend")
+      autoload :WaitForReady, File.join(dir, "wait_for_ready")
       autoload :WaitForSSH, File.join(dir, "wait_for_ssh")
 
       def self.action_up
@@ -57,7 +58,7 @@ module VagrantPlugins
             b2.use ConfigureNetworks
             b2.use Start
             b2.use WaitForSSH
-            b2.use WaitForCommunicator, [:running]
+            b2.use WaitForReady
           end
         end
       end
@@ -175,7 +176,7 @@ module VagrantPlugins
               b2.use PrepareForwardedPortCollisionParams
               b2.use HandleForwardedPortCollisions
               b2.use Start
-              b2.use WaitForCommunicator, [:running]
+              b2.use WaitForReady
             else
               b2.use Message, "The machine is not suspended."
             end

@@ -17,7 +17,7 @@ RSpec.describe VagrantPlugins::Xhyve::Action do
     expect(chain(branch(item, false))).to eq(
       [[builtin::Provision], [builtin::SyncedFolderCleanup], [builtin::SyncedFolders],
        [ours::PrepareForwardedPortCollisionParams], [builtin::HandleForwardedPortCollisions],
-       [ours::ConfigureNetworks], [ours::Start], [ours::WaitForSSH], [builtin::WaitForCommunicator, [:running]]]
+       [ours::ConfigureNetworks], [ours::Start], [ours::WaitForSSH], [ours::WaitForReady]]
     )
   end
 
@@ -152,7 +152,7 @@ RSpec.describe VagrantPlugins::Xhyve::Action do
       expect(chain(resume)).to eq([[builtin::ConfigValidate], [builtin::Call, builtin::IsState, :saved]])
       expect(chain(branch(resume.stack[1], true))).to eq(
         [[builtin::Provision], [ours::PrepareForwardedPortCollisionParams],
-         [builtin::HandleForwardedPortCollisions], [ours::Start], [builtin::WaitForCommunicator, [:running]]]
+         [builtin::HandleForwardedPortCollisions], [ours::Start], [ours::WaitForReady]]
       )
       expect(chain(branch(resume.stack[1], false))).to eq([[builtin::Message, "The machine is not suspended."]])
     end

@@ -1,8 +1,8 @@
 module VagrantPlugins
   module Xhyve
     module Action
-      # The provider logs in until it works (up to config.vm.boot_timeout); Vagrant's own
-      # WaitForCommunicator, next in the chain, then connects at once. A machine whose VMM ends
+      # The provider logs in until it works (up to config.vm.boot_timeout); Vagrant's
+      # communicator (WaitForReady, next in the chain) then connects at once. A machine whose VMM ends
       # meanwhile (a guest kernel panic, a crash) ends the wait at once: the error quotes how it
       # ended (for a panic, the console's last lines), as `vagrant status` then shows it.
       class WaitForSSH
