@@ -42,6 +42,8 @@ pub struct Exception {
 pub trait CpuExtra {
     fn mxcsr(&mut self) -> Result<u32, String>;
     fn set_mxcsr(&mut self, value: u32) -> Result<(), String>;
+    fn fcw(&mut self) -> Result<u16, String>;
+    fn set_fcw(&mut self, value: u16) -> Result<(), String>;
     fn msr(&mut self, index: u32) -> Result<u64, String>;
 }
 
@@ -360,6 +362,7 @@ fn kind_of(m: Mnemonic) -> Option<Kind> {
         Mnemonic::Clac | Mnemonic::Stac => Kind::ClacStac,
         Mnemonic::Ldmxcsr | Mnemonic::Vldmxcsr => Kind::Ldmxcsr,
         Mnemonic::Stmxcsr | Mnemonic::Vstmxcsr => Kind::Stmxcsr,
+        Mnemonic::Fldcw | Mnemonic::Fnstcw | Mnemonic::Fstcw => Kind::X87Control,
         Mnemonic::Popcnt => Kind::Popcnt,
         Mnemonic::Lzcnt => Kind::Lzcnt,
         Mnemonic::Tzcnt => Kind::Tzcnt,
@@ -434,6 +437,17 @@ fn exec(
         Mnemonic::Stmxcsr | Mnemonic::Vstmxcsr => {
             let addr = mem_addr(cpu, insn, 0, bitness)?;
             let v = cpu.extra.mxcsr().map_err(Fail::Fatal)?;
+            GuestView::new(mem, &cpu.sregs, cpu.regs.rflags).write(addr, &v.to_le_bytes())?;
+            cpu.regs.rip = next;
+        }
+        Mnemonic::Fldcw => {
+            let v = read_src(cpu, mem, insn, 0, 2, bitness)? as u16;
+            cpu.extra.set_fcw(v).map_err(Fail::Fatal)?;
+            cpu.regs.rip = next;
+        }
+        Mnemonic::Fnstcw | Mnemonic::Fstcw => {
+            let addr = mem_addr(cpu, insn, 0, bitness)?;
+            let v = cpu.extra.fcw().map_err(Fail::Fatal)?;
             GuestView::new(mem, &cpu.sregs, cpu.regs.rflags).write(addr, &v.to_le_bytes())?;
             cpu.regs.rip = next;
         }
@@ -523,11 +537,12 @@ fn exec(
     Ok((kind, exception))
 }
 
-/// MXCSR, STAR and LSTAR as given (the fix-up tests and the pvm_fixup fuzz target make it); any other
+/// MXCSR, the x87 control word, STAR and LSTAR as given (the fix-up tests and the pvm_fixup fuzz target make it); any other
 /// MSR is an error, as a failing ioctl is.
 #[derive(Default)]
 pub(crate) struct FakeExtra {
     pub mxcsr: u32,
+    pub fcw: u16,
     pub star: u64,
     pub lstar: u64,
 }
@@ -538,6 +553,13 @@ impl CpuExtra for FakeExtra {
     }
     fn set_mxcsr(&mut self, value: u32) -> Result<(), String> {
         self.mxcsr = value;
+        Ok(())
+    }
+    fn fcw(&mut self) -> Result<u16, String> {
+        Ok(self.fcw)
+    }
+    fn set_fcw(&mut self, value: u16) -> Result<(), String> {
+        self.fcw = value;
         Ok(())
     }
     fn msr(&mut self, index: u32) -> Result<u64, String> {

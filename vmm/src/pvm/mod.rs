@@ -43,7 +43,7 @@ mod kvm_test;
 mod syscall;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,8 @@ pub enum Kind {
     ClacStac,
     Ldmxcsr,
     Stmxcsr,
+    /// fldcw, fnstcw: the x87 control word (UEFI firmware sets it up).
+    X87Control,
     Popcnt,
     Lzcnt,
     Tzcnt,
@@ -91,6 +93,7 @@ const NAMES: [&str; KINDS] = [
     "clac/stac",
     "ldmxcsr",
     "stmxcsr",
+    "fldcw/fnstcw",
     "popcnt",
     "lzcnt",
     "tzcnt",
@@ -137,6 +140,9 @@ pub struct Pvm {
     /// Per vCPU id: RIP of the last code-changed retry and how many in a row there.
     retry_rip: [AtomicU64; 256],
     retry_streak: [AtomicU64; 256],
+    /// Guest RAM with the firmware images, when firmware runs from outside RAM: what fix-ups
+    /// fetch and read through instead of RAM alone.
+    view: OnceLock<GuestMemoryMmap>,
 }
 
 /// What a snapshot keeps of the PVM layer: the #PF patch. Its int3 lives in guest RAM, so a
@@ -176,7 +182,13 @@ impl Pvm {
             patch: Mutex::new(PatchState::Pending),
             retry_rip: std::array::from_fn(|_| AtomicU64::new(0)),
             retry_streak: std::array::from_fn(|_| AtomicU64::new(0)),
+            view: OnceLock::new(),
         }
+    }
+
+    /// Fix-ups see `mem` (RAM and firmware images) instead of the RAM the run loop passes.
+    pub fn set_memory_view(&self, mem: GuestMemoryMmap) {
+        let _ = self.view.set(mem);
     }
 
     /// 0: quiet; 1: log the first 3 fix-ups of each kind and the #PF patch; 2: log every one.
@@ -216,6 +228,7 @@ impl Pvm {
         if self.patch_final.load(Ordering::Relaxed) {
             return;
         }
+        let mem = self.view.get().unwrap_or(mem);
         let now = self.epoch.elapsed().as_nanos() as u64;
         let last = self.last_poll.load(Ordering::Relaxed);
         let period = if self.pf_va.load(Ordering::Relaxed) != 0 { VERIFY_POLL_NS } else { PATCH_POLL_NS };
@@ -289,6 +302,7 @@ impl Pvm {
     /// Handles `VcpuExit::EmulationFailure`: performs the instruction at RIP (or completes a
     /// SYSCALL at the patched #PF entry) and updates the vCPU. Err when the vCPU cannot go on.
     pub fn handle_emulation_failure(&self, vcpu: &dyn Vcpu, mem: &GuestMemoryMmap, insn: &[u8]) -> Result<(), String> {
+        let mem = self.view.get().unwrap_or(mem);
         let regs = vcpu.regs().map_err(|e| e.to_string())?;
         let sregs = vcpu.sregs().map_err(|e| e.to_string())?;
         let mut extra = VcpuExtra { vcpu, mxcsr: None };
@@ -404,6 +418,14 @@ impl CpuExtra for VcpuExtra<'_> {
         self.vcpu.set_mxcsr(value).map_err(|e| e.to_string())?;
         self.mxcsr = Some(value);
         Ok(())
+    }
+
+    fn fcw(&mut self) -> Result<u16, String> {
+        self.vcpu.fcw().map_err(|e| e.to_string())
+    }
+
+    fn set_fcw(&mut self, value: u16) -> Result<(), String> {
+        self.vcpu.set_fcw(value).map_err(|e| e.to_string())
     }
 
     fn msr(&mut self, index: u32) -> Result<u64, String> {
