@@ -28,6 +28,8 @@
 //!   the host's shadow MMU (`kvm.flush_on_reuse=N`, `eager_zap_unsync_children=N` here,
 //!   read-only) serving a stale translation for a page of a new process. The test suite reruns
 //!   once a test whose guest shows such a crash (`tests/conftest.py`).
+//! - UEFI firmware (OVMF) needs fwait, fldcw and ldmxcsr/stmxcsr for its FPU set-up, and runs at
+//!   about 2 million instructions a second here: see `firmware` for what that costs.
 //! - The tiny box (vmlinux, 1 vCPU, 256 MiB) reaches /init in about 90 s with these fix-ups:
 //!   about 300 SYSCALLs through the #PF path, a few fwait and one int3 (`-v` prints the counts).
 //!
