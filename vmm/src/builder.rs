@@ -44,6 +44,9 @@ use crate::vm_control::VmControl;
 pub fn build(cfg: &Config) -> Result<Vmm, String> {
     let started = Instant::now();
     let pvm = pvm(cfg);
+    if let Some(p) = &pvm {
+        p.prepare_host_exec()?;
+    }
     let shape = Shape::of(cfg, pvm.is_some());
     let saved = cfg.restore.as_deref().map(|p| snapshot::load(p, &shape)).transpose()?;
     let mem = match &saved {

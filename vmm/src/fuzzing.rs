@@ -201,7 +201,7 @@ pub fn pvm_fixup(data: &[u8]) {
         }
         _ => {}
     }
-    let mut extra = FakeExtra { mxcsr, fcw: 0x37f, star, lstar };
+    let mut extra = FakeExtra { mxcsr, star, lstar, ..Default::default() };
     let mut cpu = CpuState { regs, sregs, sregs_dirty: false, extra: &mut extra };
     let _ = fixup::emulate(&mut cpu, &mem, &code[..fetched.min(code.len())]);
 }

@@ -19,7 +19,8 @@
 //!   space with 2 MiB pages: 32768 entries, each asking dynamic PCDs through the PEI services.
 //!   Stock OVMF does not use 1 GiB pages there (`PcdUse1GPageTable` is FALSE), and this host's
 //!   `KVM_SET_CPUID2` would not pass `pdpe1gb` anyway; OVMF's minimum address width is 36 bits.
-//! - Fix-ups firmware needs: fwait, fldcw, ldmxcsr/stmxcsr (SEC's and DXE's FPU set-up).
+//! - Fix-ups firmware needs: fwait, ldmxcsr/stmxcsr, and x87/SSE instructions run on the host CPU
+//!   (`pvm`: its FPU set-up, OpenSSL in TlsDxe, systemd-boot).
 //!
 //! On a normal KVM host none of this applies and `preload.rs` is not used.
 

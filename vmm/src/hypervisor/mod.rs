@@ -238,9 +238,10 @@ pub trait Vcpu: Send {
     fn init_lapic_lints(&self) -> Result<()>;
     fn mxcsr(&self) -> Result<u32>;
     fn set_mxcsr(&self, value: u32) -> Result<()>;
-    /// The x87 control word.
-    fn fcw(&self) -> Result<u16>;
-    fn set_fcw(&self, value: u16) -> Result<()>;
+    /// The x87 and SSE state in FXSAVE's 512-byte layout (64-bit pointers), components in
+    /// their init state filled in as FXSAVE would store them.
+    fn fxsave(&self) -> Result<[u8; 512]>;
+    fn set_fxsave(&self, image: &[u8; 512]) -> Result<()>;
     /// Queues an exception for delivery at the next entry.
     fn inject_exception(&self, vector: u8, error_code: Option<u32>) -> Result<()>;
     /// True when the vCPU sits in HLT and cannot be woken by an interrupt (IF clear).

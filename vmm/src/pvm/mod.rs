@@ -28,7 +28,8 @@
 //!   the host's shadow MMU (`kvm.flush_on_reuse=N`, `eager_zap_unsync_children=N` here,
 //!   read-only) serving a stale translation for a page of a new process. The test suite reruns
 //!   once a test whose guest shows such a crash (`tests/conftest.py`).
-//! - UEFI firmware (OVMF) needs fwait, fldcw and ldmxcsr/stmxcsr for its FPU set-up, and runs at
+//! - UEFI firmware (OVMF) needs fwait, ldmxcsr/stmxcsr and x87 instructions (its FPU set-up; OpenSSL
+//!   in TlsDxe computes with x87; `host_exec.rs` runs those and SSE on the host CPU), and runs at
 //!   about 2 million instructions a second here: see `firmware` for what that costs.
 //! - The tiny box (vmlinux, 1 vCPU, 256 MiB) reaches /init in about 90 s with these fix-ups:
 //!   about 300 SYSCALLs through the #PF path, a few fwait and one int3 (`-v` prints the counts).
@@ -40,6 +41,7 @@ mod cmdline;
 mod cpuid;
 pub(crate) mod fixup;
 mod guest_mem;
+mod host_exec;
 #[cfg(test)]
 mod kvm_test;
 mod syscall;
@@ -65,8 +67,10 @@ pub enum Kind {
     ClacStac,
     Ldmxcsr,
     Stmxcsr,
-    /// fldcw, fnstcw: the x87 control word (UEFI firmware sets it up).
-    X87Control,
+    /// x87 instructions (UEFI firmware's FPU set-up and floating point), run on the host CPU.
+    X87,
+    /// SSE and MMX instructions (boot loaders), run on the host CPU.
+    Sse,
     Popcnt,
     Lzcnt,
     Tzcnt,
@@ -95,7 +99,8 @@ const NAMES: [&str; KINDS] = [
     "clac/stac",
     "ldmxcsr",
     "stmxcsr",
-    "fldcw/fnstcw",
+    "x87",
+    "sse",
     "popcnt",
     "lzcnt",
     "tzcnt",
@@ -186,6 +191,12 @@ impl Pvm {
             retry_streak: std::array::from_fn(|_| AtomicU64::new(0)),
             view: OnceLock::new(),
         }
+    }
+
+    /// Makes the page the host-run x87/SSE instructions are written to (`host_exec.rs`), during
+    /// set-up: the sandbox lets no thread map executable memory once the guest runs.
+    pub fn prepare_host_exec(&self) -> Result<(), String> {
+        host_exec::stub_page().map(drop)
     }
 
     /// Fix-ups see `mem` (RAM and firmware images) instead of the RAM the run loop passes.
@@ -422,12 +433,12 @@ impl CpuExtra for VcpuExtra<'_> {
         Ok(())
     }
 
-    fn fcw(&mut self) -> Result<u16, String> {
-        self.vcpu.fcw().map_err(|e| e.to_string())
+    fn fxsave(&mut self) -> Result<[u8; 512], String> {
+        self.vcpu.fxsave().map_err(|e| e.to_string())
     }
 
-    fn set_fcw(&mut self, value: u16) -> Result<(), String> {
-        self.vcpu.set_fcw(value).map_err(|e| e.to_string())
+    fn set_fxsave(&mut self, image: &[u8; 512]) -> Result<(), String> {
+        self.vcpu.set_fxsave(image).map_err(|e| e.to_string())
     }
 
     fn msr(&mut self, index: u32) -> Result<u64, String> {

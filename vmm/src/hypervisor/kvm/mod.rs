@@ -371,17 +371,33 @@ impl Vcpu for KvmVcpu {
         unsafe { self.fd.set_xsave(&x) }.map_err(err("KVM_SET_XSAVE"))
     }
 
-    fn fcw(&self) -> Result<u16> {
-        // FCW: the first 16 bits of the legacy XSAVE area.
+    fn fxsave(&self) -> Result<[u8; 512]> {
+        // The XSAVE area starts with the legacy (FXSAVE) region; XSTATE_BV (byte 512) says which
+        // components hold values rather than their init state.
         let x = self.fd.get_xsave().map_err(err("KVM_GET_XSAVE"))?;
-        Ok(x.region[0] as u16)
+        let mut image = [0u8; 512];
+        for (i, w) in x.region[..128].iter().enumerate() {
+            image[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        if x.region[128] & 1 == 0 {
+            // x87 init: FCW 0x37f, everything else (status, tags, pointers, registers) zero.
+            image[..24].fill(0);
+            image[..2].copy_from_slice(&0x37fu16.to_le_bytes());
+            image[32..160].fill(0);
+        }
+        if x.region[128] & 2 == 0 {
+            image[160..416].fill(0);
+        }
+        Ok(image)
     }
 
-    fn set_fcw(&self, value: u16) -> Result<()> {
+    fn set_fxsave(&self, image: &[u8; 512]) -> Result<()> {
         let mut x = self.fd.get_xsave().map_err(err("KVM_GET_XSAVE"))?;
-        x.region[0] = (x.region[0] & 0xffff_0000) | u32::from(value);
-        // XSTATE_BV bit 0: the x87 state is present.
-        x.region[128] |= 1;
+        for (i, w) in x.region[..128].iter_mut().enumerate() {
+            *w = u32::from_le_bytes(image[i * 4..i * 4 + 4].try_into().unwrap());
+        }
+        // XSTATE_BV bits 0 and 1: the x87 and SSE state are present, or KVM ignores them.
+        x.region[128] |= 3;
         // SAFETY: the region came from KVM_GET_XSAVE on this vCPU and keeps its size.
         unsafe { self.fd.set_xsave(&x) }.map_err(err("KVM_SET_XSAVE"))
     }
