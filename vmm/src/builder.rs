@@ -31,7 +31,7 @@ use crate::logger::log;
 use crate::memory;
 use crate::pause::PauseGate;
 use crate::pci::{self, intx::IntxRoute, q35::Ecam, BarAllocator, Chipset, DeviceContext};
-use crate::profile::Profiler;
+use crate::profile::{Profiler, SampleDetail};
 use crate::pvm::Pvm;
 use crate::sandbox;
 use crate::snapshot::{self, Shape};
@@ -59,10 +59,14 @@ pub fn build(cfg: &Config) -> Result<Vmm, String> {
     let raw_terminal = attach_legacy_devices(cfg, &vm, &exit, &mut devices)?;
     attach_pci_devices(cfg, &mem, &vm, &mut devices)?;
     let vcpus = create_vcpus(cfg, &*vm, pvm.as_deref(), saved.is_none())?;
+    let mut sample_detail: Option<Box<dyn SampleDetail>> = None;
     match (&saved, &cfg.boot) {
         (Some(s), _) => restore_snapshot(cfg, &*vm, &vcpus, pvm.as_deref(), &devices, &s.state)?,
         (None, Boot::Kexec(k)) => load_kernel(cfg, k, &mem, &vcpus, pvm.as_deref(), &devices.pci_intx_routes())?,
-        (None, Boot::Bootrom(b)) => load_firmware(cfg, b, &mem, &vm, pvm.as_deref(), &mut devices)?,
+        (None, Boot::Bootrom(b)) => {
+            let view = load_firmware(cfg, b, &mem, &vm, pvm.as_deref(), &mut devices)?;
+            sample_detail = Some(Box::new(firmware::profile::Images::new(view)));
+        }
     }
     let shared = Arc::new(Shared {
         mem,
@@ -75,7 +79,7 @@ pub fn build(cfg: &Config) -> Result<Vmm, String> {
         unclaimed_io: AtomicU64::new(0),
         ignored_msrs: AtomicU64::new(0),
         verbose: cfg.verbose,
-        profiler: Profiler::from_env()?,
+        profiler: Profiler::from_env(sample_detail)?,
     });
     let devices = Arc::new(devices);
     let (signals, vcpu_stats, threads) = start_vcpus(vcpus, &shared)?;
@@ -308,7 +312,8 @@ fn restore_snapshot(
 }
 
 /// The boot payload of `-f bootrom`: the firmware images mapped below 4 GiB and what the
-/// firmware reads (fw_cfg); the vCPUs stay at the reset vector, in real mode.
+/// firmware reads (fw_cfg); the vCPUs stay at the reset vector, in real mode. Returns guest
+/// memory as the firmware sees it (RAM and its images), for `XHYVE_PROFILE`'s samples.
 fn load_firmware(
     cfg: &Config,
     b: &Bootrom,
@@ -316,15 +321,16 @@ fn load_firmware(
     vm: &Arc<dyn Vm>,
     pvm: Option<&Pvm>,
     devices: &mut Devices,
-) -> Result<(), String> {
+) -> Result<GuestMemoryMmap, String> {
     let cmos = devices.cmos.as_ref().ok_or("firmware needs the RTC")?;
     let platform = firmware::Platform { vm, mem, pio: &devices.pio, mmio: &devices.mmio, cmos, preload: pvm.is_some() };
     let fw = firmware::install(platform, cfg, b, &devices.pci_intx_routes())?;
+    let view = fw.memory_view(mem)?;
     if let Some(p) = pvm {
-        p.set_memory_view(fw.memory_view(mem)?);
+        p.set_memory_view(view.clone());
     }
     devices.firmware = Some(fw);
-    Ok(())
+    Ok(view)
 }
 
 /// Adds kernel parameters before any ` -- ` (after it, words are arguments for init).

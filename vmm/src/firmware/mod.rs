@@ -4,7 +4,7 @@
 //! - the firmware image at the top of 4 GiB, read-only; the variable store just below it as the
 //!   CFI flash OVMF's QEMU flash driver probes and programs (`flash.rs`), kept in the VARS file;
 //! - a Q35 host bridge and ICH9 LPC bridge at 0:0.0 and 0:1f.0 (where xhyve command lines put
-//!   `hostbridge` and `lpc`) with the MMCONFIG window and the ACPI PM base (`q35.rs`);
+//!   `hostbridge` and `lpc`) with the MMCONFIG window and the ACPI PM base (`pci::q35`);
 //! - QEMU's fw_cfg with the memory map, CPU count and ACPI tables (`devices::fw_cfg`,
 //!   `table_loader.rs`).
 //!
@@ -23,9 +23,13 @@
 //!   (`pvm`: its FPU set-up, OpenSSL in TlsDxe, systemd-boot).
 //!
 //! On a normal KVM host none of this applies and `preload.rs` is not used.
+//!
+//! `XHYVE_PROFILE=FILE` samples where the firmware runs (`profile.rs`);
+//! `tests/tools/firmware_profile.py` names the modules.
 
 mod flash;
 mod preload;
+pub mod profile;
 pub mod table_loader;
 
 use std::fs::{File, OpenOptions};
