@@ -107,12 +107,7 @@ fn create_vm(cfg: &Config, mem: &GuestMemoryMmap) -> Result<Arc<dyn Vm>, String>
 
 /// The PVM work-arounds, when they apply: detected, or forced with XHYVE_PVM=on|off.
 fn pvm(cfg: &Config) -> Option<Arc<Pvm>> {
-    let on = match std::env::var("XHYVE_PVM").as_deref() {
-        Ok("on") | Ok("1") => true,
-        Ok("off") | Ok("0") => false,
-        _ => Pvm::detect(),
-    };
-    on.then(|| {
+    Pvm::wanted().then(|| {
         let p = Pvm::new();
         p.set_verbose(u8::from(cfg.verbose));
         Arc::new(p)

@@ -177,6 +177,21 @@ impl Pvm {
         std::path::Path::new("/sys/module/kvm_pvm").exists()
     }
 
+    /// Whether the work-arounds apply: detected, or forced with XHYVE_PVM=on|off.
+    pub fn wanted() -> bool {
+        match std::env::var("XHYVE_PVM").as_deref() {
+            Ok("on") | Ok("1") => true,
+            Ok("off") | Ok("0") => false,
+            _ => Pvm::detect(),
+        }
+    }
+
+    /// The kernel parameters every Linux guest needs here (without the TSC rate, which needs a
+    /// vCPU to ask): what a firmware-booted guest's own boot entry has to carry.
+    pub fn guest_kernel_params() -> Vec<String> {
+        cmdline::additions("", None)
+    }
+
     pub fn new() -> Pvm {
         Pvm {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
