@@ -31,6 +31,7 @@ debian-archive-keyring | box | debootstrap checks the Debian archive's signature
 e2fsprogs | box test | mkfs.ext4 -d makes the Debian 12 box's root file system image; e2fsck and debugfs check a killed guest's disk (tests/provider/test_crash.py)
 fdisk | box | sfdisk writes the Debian 12 box's GPT
 dosfstools | box | mkfs.vfat makes the Debian 12 box's EFI system partition
+systemd-boot-efi | box | Debian's systemd-boot as an EFI application: the boot loader on the tiny EFI test disk's ESP (boxes/tiny/efi-disk.sh)
 mtools | box | mmd writes into the EFI system partition image without mounting it
 util-linux | box test | unshare: the Debian 12 box's chroot mounts live in a private mount namespace; setpriv: the -f bootrom test of a VARS file root may not write
 busybox-static | box | the guest's userland: one static binary in the initramfs
