@@ -66,7 +66,11 @@ pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
                 boot: vec!["kexec".into(), "bootrom".into()],
                 snapshots: true,
                 disk_formats: ["raw", "qcow2"].map(String::from).to_vec(),
-                guest_kernel_params: if pvm::Pvm::wanted() { pvm::Pvm::guest_kernel_params() } else { Vec::new() },
+                guest_kernel_params: if pvm::Pvm::wanted() {
+                    pvm::Pvm::guest_kernel_params(hypervisor::tsc_khz().ok())
+                } else {
+                    Vec::new()
+                },
             };
             println!("{}", features.to_line());
             0

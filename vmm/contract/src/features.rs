@@ -23,8 +23,8 @@ pub struct Features {
     /// Formats of `-s N,virtio-blk,PATH,format=F` (`raw`, `qcow2`).
     pub disk_formats: Vec<String>,
     /// Kernel parameters a Linux guest needs on this host (the nested `kvm_pvm` host's
-    /// work-arounds; none on plain KVM). `-f kexec` adds them itself; a guest booted through
-    /// firmware gets only what its own boot entry says.
+    /// work-arounds with the vCPUs' TSC rate as `tsc_early_khz`; none on plain KVM). `-f kexec`
+    /// adds them itself; a guest booted through firmware gets only what its own boot entry says.
     pub guest_kernel_params: Vec<String>,
 }
 

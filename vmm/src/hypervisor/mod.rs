@@ -15,6 +15,11 @@ pub fn max_vcpus() -> Result<usize> {
     kvm::max_vcpus()
 }
 
+/// The TSC rate of a vCPU on this host, in kHz.
+pub fn tsc_khz() -> Result<u32> {
+    kvm::tsc_khz()
+}
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

@@ -186,10 +186,12 @@ impl Pvm {
         }
     }
 
-    /// The kernel parameters every Linux guest needs here (without the TSC rate, which needs a
-    /// vCPU to ask): what a firmware-booted guest's own boot entry has to carry.
-    pub fn guest_kernel_params() -> Vec<String> {
-        cmdline::additions("", None)
+    /// The kernel parameters every Linux guest needs here, with the vCPUs' TSC rate (`tsc_khz`,
+    /// when known): what a firmware-booted guest's own boot entry has to carry. Without the rate
+    /// the kernel calibrates its TSC against the PIT, which hangs here (measured: a kernel booted
+    /// through OVMF stopped for good in its IO-APIC timer check).
+    pub fn guest_kernel_params(tsc_khz: Option<u32>) -> Vec<String> {
+        cmdline::additions("", tsc_khz)
     }
 
     pub fn new() -> Pvm {

@@ -62,6 +62,13 @@ pub fn max_vcpus() -> Result<usize> {
     Ok(Kvm::new().map_err(err("open /dev/kvm"))?.get_max_vcpus())
 }
 
+/// The TSC rate a vCPU of this host runs at: KVM answers it per vCPU, so one is made and dropped.
+pub fn tsc_khz() -> Result<u32> {
+    let vm = Kvm::new().map_err(err("open /dev/kvm"))?.create_vm().map_err(err("KVM_CREATE_VM"))?;
+    let vcpu = vm.create_vcpu(0).map_err(err("KVM_CREATE_VCPU"))?;
+    vcpu.get_tsc_khz().map_err(err("KVM_GET_TSC_KHZ"))
+}
+
 pub struct KvmVm {
     fd: VmFd,
     stats: Option<OwnedFd>,
