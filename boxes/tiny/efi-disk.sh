@@ -3,10 +3,11 @@
 # the removable-media boot loader (\EFI\BOOT\BOOTX64.EFI), the tiny EFI kernel and initramfs
 # (boxes/tiny/build.sh --efi), and one systemd-boot entry per NAME=OPTIONS argument.
 #   usage: boxes/tiny/efi-disk.sh BOXDIR OUT.img NAME=OPTIONS...
-# The first entry is the default (entries sort by name); `timeout 0` boots it without a menu
-# unless the LoaderEntryDefault variable names another. Options are the kernel's whole command
-# line: on the nested PVM host add `xhyve --features`' guest_kernel_params. No root, no loop
-# devices: the ESP is made in a file with mtools and copied into the disk.
+# The first entry is loader.conf's default; `timeout 0` boots it without a menu unless
+# systemd-boot's LoaderEntryDefault EFI variable names another (the variable wins). Options are
+# the kernel's whole command line: on the nested PVM host add `xhyve --features`'
+# guest_kernel_params. No root, no loop devices: the ESP is made in a file with mtools and copied
+# into the disk.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -35,7 +36,7 @@ mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
 mcopy -i "$esp" "$SDBOOT" ::/EFI/BOOT/BOOTX64.EFI
 mcopy -i "$esp" "$BOX/vmlinuz" ::/vmlinuz
 mcopy -i "$esp" "$BOX/initrd.img" ::/initrd.img
-printf 'timeout 0\n' >"$tmp/loader.conf"
+printf 'timeout 0\ndefault %s.conf\n' "${1%%=*}" >"$tmp/loader.conf"
 mcopy -i "$esp" "$tmp/loader.conf" ::/loader/loader.conf
 for entry in "$@"; do
 	name=${entry%%=*} options=${entry#*=}
