@@ -31,8 +31,9 @@ debian-archive-keyring | box | debootstrap checks the Debian archive's signature
 e2fsprogs | box test | mkfs.ext4 -d makes the Debian 12 box's root file system image; e2fsck and debugfs check a killed guest's disk (tests/provider/test_crash.py)
 fdisk | box | sfdisk writes the Debian 12 box's GPT
 dosfstools | box | mkfs.vfat makes the Debian 12 box's EFI system partition
+systemd-boot-efi | box | Debian's systemd-boot as an EFI application: the boot loader on the tiny EFI test disk's ESP (boxes/tiny/efi-disk.sh)
 mtools | box | mmd writes into the EFI system partition image without mounting it
-util-linux | box | unshare: the Debian 12 box's chroot mounts live in a private mount namespace
+util-linux | box test | unshare: the Debian 12 box's chroot mounts live in a private mount namespace; setpriv: the -f bootrom test of a VARS file root may not write
 busybox-static | box | the guest's userland: one static binary in the initramfs
 dropbear-bin | box | the tiny box's SSH server, copied into its initramfs with its libraries
 openssh-client | box test | scp in the tiny box (the remote end of Vagrant's and Packer's uploads); ssh for `vagrant ssh`
@@ -56,6 +57,7 @@ zstd | test | compresses test kernels and initrds: the VMM's host-side decompres
 lz4 | box test | the tiny kernel's bzImage payload is LZ4; the decompression tests (Debian's cloud kernels are lz4)
 bzip2 | test | the same, for bzip2
 qemu-utils | test | qemu-img makes and checks the qcow2 overlays of the snapshot tests
+ovmf | test | Debian's stock UEFI firmware (OVMF_CODE_4M.fd, OVMF_VARS_4M.fd, OVMF.fd): the -f bootrom unit and end-to-end tests
 LIST
 }
 

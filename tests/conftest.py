@@ -36,6 +36,15 @@ def tiny_box():
 
 
 @pytest.fixture(scope="session")
+def tiny_efi_box():
+    """The tiny kernel with the EFI stub and its initramfs (boxes/tiny/build.sh --efi)."""
+    path = pathlib.Path(os.environ.get("XHYVE_TINY_EFI", ROOT / "target/boxes/tiny-efi"))
+    for name in ("vmlinuz", "initrd.img"):
+        assert (path / name).is_file(), f"{path / name} missing: run boxes/tiny/build.sh --efi"
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_box_file(tiny_box, tmp_path_factory):
     """The tiny box as a .box file: boxes/package.sh's defaults and --fast-start are
     boxes/tiny/box.sh's options."""

@@ -1,14 +1,22 @@
 #!/bin/bash
 # Build the "tiny" guest box: a tinyconfig Linux 6.1 kernel (Debian linux-source-6.1) plus a
-# busybox initramfs.  usage: boxes/tiny/build.sh [OUTDIR]   (default: <repo>/target/boxes/tiny)
+# busybox initramfs.  usage: boxes/tiny/build.sh [--efi] [OUTDIR]   (default: <repo>/target/boxes/tiny,
+# with --efi <repo>/target/boxes/tiny-efi)
 # Writes OUTDIR/{vmlinux,vmlinuz,initrd.img,kernel.config} and the box's Vagrantfile; the initramfs
 # carries Debian's dropbear (SSH for user vagrant with Vagrant's insecure key, boxes/tiny/vagrant.pub).
-# Results are cached in $XHYVE_BOX_CACHE (default /var/cache/xhyve-rs)/tiny/<key>/; see README.md.
+# --efi adds efi.config to the kernel (its bzImage is then an EFI application, see efi-disk.sh).
+# Results are cached in $XHYVE_BOX_CACHE (default /var/cache/xhyve-rs)/tiny[-efi]/<key>/; see README.md.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-OUT=${1:-$REPO/target/boxes/tiny}
+# The kernel's config fragments, and the cache (and default output) they build into.
+FRAGMENTS=("$HERE/kernel.config") NAME=tiny
+if [ "${1:-}" = --efi ]; then
+	FRAGMENTS+=("$HERE/efi.config") NAME=tiny-efi
+	shift
+fi
+OUT=${1:-$REPO/target/boxes/$NAME}
 BOX_TAG=tiny-box
 # shellcheck source=../lib/common.sh
 . "$HERE/../lib/common.sh"
@@ -21,7 +29,7 @@ need_packages box
 # --- 2. the kernel (cached; see ../lib/common.sh), bump KERNEL_RECIPE when its steps change.
 #     The initramfs is rebuilt every run, in under a second. ---
 KERNEL_RECIPE=2
-ENTRY=$(kernel_build tiny "$KERNEL_RECIPE" "$HERE/kernel.config")
+ENTRY=$(kernel_build "$NAME" "$KERNEL_RECIPE" "${FRAGMENTS[@]}")
 
 # The SSH server's files (dropbear, its libraries, host keys, the vagrant user) as
 # gen_init_cpio lines on stdout; generated files go to $1.

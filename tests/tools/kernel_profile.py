@@ -43,7 +43,7 @@ def main():
     with open(a.profile) as f:
         for line in f:
             try:
-                ms, _vcpu, rip = line.split()
+                ms, _vcpu, rip = line.split()[:3]
                 ms, rip = int(ms), int(rip, 16)
             except ValueError:
                 continue  # a line cut by the VMM's exit

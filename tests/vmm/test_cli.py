@@ -1,6 +1,8 @@
 """The command line: bad values give one line naming the flag, status 4, and no VM at all."""
 
+import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -16,6 +18,25 @@ def run(xhyve_bin, *args):
 
 def kexec(box, kernel="vmlinux"):
     return f"kexec,{box / kernel},{box / 'initrd.img'},console=ttyS0"
+
+
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+OVMF_UNIFIED = "/usr/share/ovmf/OVMF.fd"
+SLOTS = ["-s", "0,hostbridge", "-s", "31,lpc"]
+
+
+def odd_sized(tmp):
+    path = tmp / "odd.fd"
+    path.write_bytes(b"\0" * 5000)
+    return path
+
+
+def vars_copy(tmp, mode=0o644):
+    path = tmp / "vars.fd"
+    shutil.copy(OVMF_VARS, path)
+    path.chmod(mode)
+    return path
 
 
 BAD = [
@@ -35,7 +56,20 @@ BAD = [
     (lambda box, tmp: ["-s", "0,hostbridge", "-s", "0,lpc", "-f", kexec(box)],
      r"-s 0,lpc: slot 0:0 already holds hostbridge"),
     (lambda box, tmp: ["-l", "com3,stdio", "-f", kexec(box)], r"-l com3,stdio: unknown LPC device"),
-    (lambda box, tmp: ["-f", f"bootrom,{box / 'vmlinux'}"], r"-f bootrom: UEFI firmware boot is not supported"),
+    (lambda box, tmp: [*SLOTS, "-f", "bootrom,/nonexistent/OVMF.fd"],
+     r"-f bootrom: /nonexistent/OVMF.fd: No such file or directory"),
+    (lambda box, tmp: [*SLOTS, "-l", "bootrom,/nonexistent/OVMF.fd"],
+     r"-l bootrom: /nonexistent/OVMF.fd: No such file or directory"),
+    (lambda box, tmp: [*SLOTS, "-f", f"bootrom,{odd_sized(tmp)}"],
+     r"-f bootrom: .*odd.fd: 5000 bytes is not a firmware image size"),
+    (lambda box, tmp: [*SLOTS, "-f", f"bootrom,{OVMF_UNIFIED},{OVMF_VARS}"],
+     r"-f bootrom: .*OVMF.fd is a unified image that holds its own variable store"),
+    (lambda box, tmp: [*SLOTS, "-f", f"bootrom,{OVMF_CODE},{OVMF_CODE}"],
+     r"-f bootrom: .*OVMF_CODE_4M.fd: not a UEFI variable store"),
+    (lambda box, tmp: ["-f", f"bootrom,{OVMF_UNIFIED}"],
+     r"-f bootrom,.*OVMF.fd: UEFI firmware needs -s 0,hostbridge and -s 31,lpc"),
+    (lambda box, tmp: [*SLOTS, "--restore", box / "vmlinux", "-f", f"bootrom,{OVMF_CODE},{vars_copy(tmp)}"],
+     r"--restore: not supported with -f bootrom yet \(firmware machines cannot be saved\)"),
     (lambda box, tmp: ["-A"], r"-f: missing"),
     (lambda box, tmp: ["-M"], r"-M: needs -U"),
 ]
@@ -45,6 +79,16 @@ BAD = [
 def test_bad_command_line(case, xhyve_bin, tiny_box, tmp_path):
     args, expected = BAD[case]
     assert_rejected([xhyve_bin, *args(tiny_box, tmp_path)], expected, tmp_path / "trace")
+
+
+def test_vars_not_writable(xhyve_bin, tmp_path):
+    """A VARS file xhyve may not write (mode 0444; as root, without CAP_DAC_OVERRIDE) is named with
+    what to do, before any VM exists."""
+    no_override = ["setpriv", "--bounding-set=-dac_override"] if os.geteuid() == 0 else []
+    args = [*SLOTS, "-f", f"bootrom,{OVMF_CODE},{vars_copy(tmp_path, 0o444)}"]
+    assert_rejected([*no_override, xhyve_bin, *args],
+                    r"-f bootrom: .*vars.fd: Permission denied: the firmware writes its variables there; "
+                    r"give a writable copy of OVMF_VARS\*.fd", tmp_path / "trace")
 
 
 def test_help_documents_exit_statuses(xhyve_bin):

@@ -1,9 +1,9 @@
 //! Builds a VM from its `Config` in named steps, Firecracker's builder: guest memory, the VM,
-//! the legacy devices, the PCI devices, the vCPUs, the boot payload, the vCPU threads, and the
-//! main thread's lock-down (`crate::sandbox`). Each step takes what the earlier ones made. With
-//! `--restore`, guest memory comes from the snapshot and `restore_snapshot` takes the place of the
-//! boot payload. The result is a running [`Vmm`], with its control socket when `--control` asks
-//! for one.
+//! the legacy devices, the PCI devices, the vCPUs, the boot payload (a kernel loaded by the VMM,
+//! or UEFI firmware), the vCPU threads, and the main thread's lock-down (`crate::sandbox`). Each
+//! step takes what the earlier ones made. With `--restore`, guest memory comes from the snapshot
+//! and `restore_snapshot` takes the place of the boot payload. The result is a running [`Vmm`],
+//! with its control socket when `--control` asks for one.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use xhyve_contract::signals::TermSignals;
 
 use crate::boot;
-use crate::config::{Config, ConsoleTarget, DeviceConfig, PciSlot};
+use crate::config::{Boot, Bootrom, Config, ConsoleTarget, DeviceConfig, Kexec, PciSlot};
 use crate::console_io::{self, RawTerminal};
 use crate::control;
 use crate::cpuid;
@@ -24,13 +24,14 @@ use crate::devices::i8042::{ResetToReboot, I8042};
 use crate::devices::pvpanic::PvPanic;
 use crate::devices::serial;
 use crate::exit::ExitLatch;
+use crate::firmware;
 use crate::hypervisor::{self, Vcpu, Vm};
 use crate::layout::*;
 use crate::logger::log;
 use crate::memory;
 use crate::pause::PauseGate;
-use crate::pci::{self, intx::IntxRoute, BarAllocator, DeviceContext};
-use crate::profile::Profiler;
+use crate::pci::{self, intx::IntxRoute, q35::Ecam, BarAllocator, Chipset, DeviceContext};
+use crate::profile::{Profiler, SampleDetail};
 use crate::pvm::Pvm;
 use crate::sandbox;
 use crate::snapshot::{self, Shape};
@@ -43,6 +44,9 @@ use crate::vm_control::VmControl;
 pub fn build(cfg: &Config) -> Result<Vmm, String> {
     let started = Instant::now();
     let pvm = pvm(cfg);
+    if let Some(p) = &pvm {
+        p.prepare_host_exec()?;
+    }
     let shape = Shape::of(cfg, pvm.is_some());
     let saved = cfg.restore.as_deref().map(|p| snapshot::load(p, &shape)).transpose()?;
     let mem = match &saved {
@@ -55,9 +59,14 @@ pub fn build(cfg: &Config) -> Result<Vmm, String> {
     let raw_terminal = attach_legacy_devices(cfg, &vm, &exit, &mut devices)?;
     attach_pci_devices(cfg, &mem, &vm, &mut devices)?;
     let vcpus = create_vcpus(cfg, &*vm, pvm.as_deref(), saved.is_none())?;
-    match &saved {
-        Some(s) => restore_snapshot(cfg, &*vm, &vcpus, pvm.as_deref(), &devices, &s.state)?,
-        None => load_kernel(cfg, &mem, &vcpus, pvm.as_deref(), &devices.pci_intx_routes())?,
+    let mut sample_detail: Option<Box<dyn SampleDetail>> = None;
+    match (&saved, &cfg.boot) {
+        (Some(s), _) => restore_snapshot(cfg, &*vm, &vcpus, pvm.as_deref(), &devices, &s.state)?,
+        (None, Boot::Kexec(k)) => load_kernel(cfg, k, &mem, &vcpus, pvm.as_deref(), &devices.pci_intx_routes())?,
+        (None, Boot::Bootrom(b)) => {
+            let view = load_firmware(cfg, b, &mem, &vm, pvm.as_deref(), &mut devices)?;
+            sample_detail = Some(Box::new(firmware::profile::Images::new(view)));
+        }
     }
     let shared = Arc::new(Shared {
         mem,
@@ -70,7 +79,7 @@ pub fn build(cfg: &Config) -> Result<Vmm, String> {
         unclaimed_io: AtomicU64::new(0),
         ignored_msrs: AtomicU64::new(0),
         verbose: cfg.verbose,
-        profiler: Profiler::from_env()?,
+        profiler: Profiler::from_env(sample_detail)?,
     });
     let devices = Arc::new(devices);
     let (signals, vcpu_stats, threads) = start_vcpus(vcpus, &shared)?;
@@ -98,12 +107,7 @@ fn create_vm(cfg: &Config, mem: &GuestMemoryMmap) -> Result<Arc<dyn Vm>, String>
 
 /// The PVM work-arounds, when they apply: detected, or forced with XHYVE_PVM=on|off.
 fn pvm(cfg: &Config) -> Option<Arc<Pvm>> {
-    let on = match std::env::var("XHYVE_PVM").as_deref() {
-        Ok("on") | Ok("1") => true,
-        Ok("off") | Ok("0") => false,
-        _ => Pvm::detect(),
-    };
-    on.then(|| {
+    Pvm::wanted().then(|| {
         let p = Pvm::new();
         p.set_verbose(u8::from(cfg.verbose));
         Arc::new(p)
@@ -158,6 +162,7 @@ fn attach_legacy_devices(
 }
 
 /// PCI bus 0 behind ports 0xcf8-0xcff, with the `-s` functions and, when needed, a host bridge.
+/// For firmware the bridges are Q35's, and the MMCONFIG window leads to the same functions.
 fn attach_pci_devices(
     cfg: &Config,
     mem: &GuestMemoryMmap,
@@ -167,13 +172,21 @@ fn attach_pci_devices(
     let ctx = DeviceContext { mem: mem.clone(), routing: pci::msix::GsiRouting::new(vm.clone()) };
     let mut bars = BarAllocator::default();
     let mut virtio = Vec::new();
-    let bus = pci::build_bus(&machine_slots(&cfg.slots), Some(devices.mmio.clone()), |s| {
+    let chipset = match cfg.boot {
+        Boot::Kexec(_) => Chipset::Bhyve,
+        Boot::Bootrom(_) => Chipset::Q35(Arc::new(AtomicU64::new(0))),
+    };
+    let bus = pci::build_bus(&machine_slots(&cfg.slots), &chipset, Some(devices.mmio.clone()), |s| {
         let dev = Arc::new(Mutex::new(VirtioPci::new(virtio_device(s, cfg)?, s.slot, &ctx, &mut bars)?));
         virtio.push(dev.clone());
         Ok(dev)
     })?;
     let bus = Arc::new(Mutex::new(bus));
     devices.pio.insert(PORT_PCI_CONFIG.into(), 8, bus.clone())?;
+    if let Chipset::Q35(pciexbar) = chipset {
+        let (base, len) = Ecam::range();
+        devices.mmio.insert(base, len, Arc::new(Ecam::new(pciexbar, bus.clone())))?;
+    }
     devices.pci = Some(bus);
     devices.virtio = virtio;
     Ok(())
@@ -234,12 +247,13 @@ fn create_vcpus(cfg: &Config, vm: &dyn Vm, pvm: Option<&Pvm>, fresh: bool) -> Re
 /// line in guest memory, and the boot vCPU at the kernel's entry.
 fn load_kernel(
     cfg: &Config,
+    kexec: &Kexec,
     mem: &GuestMemoryMmap,
     vcpus: &[Box<dyn Vcpu>],
     pvm: Option<&Pvm>,
     intx_routes: &[IntxRoute],
 ) -> Result<(), String> {
-    let mut cmdline = cfg.kexec.cmdline.clone();
+    let mut cmdline = kexec.cmdline.clone();
     if let Some(p) = pvm {
         // Needs the vCPUs: the additions depend on the TSC rate.
         let added = p.cmdline_additions(&cmdline, vcpus[0].tsc_khz());
@@ -250,7 +264,7 @@ fn load_kernel(
     }
     boot::mptable::write(mem, cfg.cpus, intx_routes)?;
     let rsdp = if cfg.acpi { Some(crate::acpi::write_tables(mem, cfg.cpus, intx_routes)?) } else { None };
-    let entry = boot::load_linux(mem, &cfg.kexec.kernel, cfg.kexec.initrd.as_deref(), &cmdline, rsdp)?;
+    let entry = boot::load_linux(mem, &kexec.kernel, kexec.initrd.as_deref(), &cmdline, rsdp)?;
     entry.notes.iter().for_each(log);
     boot::cpu::write_tables(mem)?;
     boot::cpu::setup_boot_vcpu(vcpus[0].as_ref(), entry.rip)?;
@@ -290,6 +304,28 @@ fn restore_snapshot(
         log(format!("restored from {}", path.display()));
     }
     Ok(())
+}
+
+/// The boot payload of `-f bootrom`: the firmware images mapped below 4 GiB and what the
+/// firmware reads (fw_cfg); the vCPUs stay at the reset vector, in real mode. Returns guest
+/// memory as the firmware sees it (RAM and its images), for `XHYVE_PROFILE`'s samples.
+fn load_firmware(
+    cfg: &Config,
+    b: &Bootrom,
+    mem: &GuestMemoryMmap,
+    vm: &Arc<dyn Vm>,
+    pvm: Option<&Pvm>,
+    devices: &mut Devices,
+) -> Result<GuestMemoryMmap, String> {
+    let cmos = devices.cmos.as_ref().ok_or("firmware needs the RTC")?;
+    let platform = firmware::Platform { vm, mem, pio: &devices.pio, mmio: &devices.mmio, cmos, preload: pvm.is_some() };
+    let fw = firmware::install(platform, cfg, b, &devices.pci_intx_routes())?;
+    let view = fw.memory_view(mem)?;
+    if let Some(p) = pvm {
+        p.set_memory_view(view.clone());
+    }
+    devices.firmware = Some(fw);
+    Ok(view)
 }
 
 /// Adds kernel parameters before any ` -- ` (after it, words are arguments for init).
@@ -353,7 +389,13 @@ mod tests {
             assert_eq!(machine_slots(&explicit), explicit);
         }
         // The bridge adds no interrupt route: the MP table and DSDT stay as they were.
-        let bus = pci::build_bus(&machine_slots(&[slot(31, 0, DeviceConfig::Lpc)]), None, |_| unreachable!()).unwrap();
+        let bus = pci::build_bus(
+            &machine_slots(&[slot(31, 0, DeviceConfig::Lpc)]),
+            &pci::Chipset::Bhyve,
+            None,
+            |_| unreachable!(),
+        )
+        .unwrap();
         assert!(bus.intx_routes().is_empty());
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use uuid::Uuid;
 
-use crate::config::{check_readable, Config, ConsoleTarget, DeviceConfig, Kexec, PciSlot};
+use crate::config::{check_readable, Boot, Bootrom, Config, ConsoleTarget, DeviceConfig, PciSlot};
 
 pub const USAGE: &str = "\
 usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid]
@@ -19,10 +19,12 @@ usage: xhyve [-AHMPuvw] [-c vcpus] [-l <lpc>] [-m mem] [-s <pci>] [-U uuid]
            (INITRD may be empty); a bzImage's payload and compressed initrd members (gzip,
            zstd, xz, lzma, bzip2, lz4) are decompressed on the host; XHYVE_HOST_DECOMPRESS=off
            leaves that to the guest kernel
+           bootrom,FIRMWARE[,VARS]   boot UEFI firmware (OVMF_CODE*.fd with a VARS file that
+           keeps the variables, or OVMF.fd alone); needs -s 0,hostbridge -s 31,lpc
        -h: help
        --features: what this build supports, as one JSON line (read by xhyve-provider)
        -H: vCPUs sleep in the host on HLT (always so with KVM)
-       -l: com1|com2,stdio | com1|com2,autopty | com1|com2,log=PATH
+       -l: com1|com2,stdio | com1|com2,autopty | com1|com2,log=PATH | bootrom,FIRMWARE[,VARS]
        -m: memory size, SIZE[K|M|G] (MiB when no suffix; default 256M)
        -M: print the MAC address derived from -U (the first network device's) and exit
        -P: vCPUs yield on PAUSE loops (always so with KVM)
@@ -98,7 +100,7 @@ pub fn parse(
     let mut uuid = None;
     let (mut com1, mut com2) = (None, None);
     let mut slots: Vec<PciSlot> = Vec::new();
-    let mut kexec = None;
+    let mut boot = None;
     let (mut control, mut restore) = (None, None);
     let mut any_vm_flag = false;
 
@@ -154,11 +156,12 @@ pub fn parse(
             }
             Some('l') => {
                 let v = value()?;
-                let (port, target) = parse_lpc(&v).map_err(|e| bad(format!("-l {v}"), e))?;
-                if port == 1 {
-                    com1 = Some(target)
-                } else {
-                    com2 = Some(target)
+                // Firmware errors name the file themselves.
+                let shown = if first_field(&v) == "bootrom" { "bootrom" } else { &v };
+                match parse_lpc(&v).map_err(|e| bad(format!("-l {shown}"), e))? {
+                    Lpc::Com(1, target) => com1 = Some(target),
+                    Lpc::Com(_, target) => com2 = Some(target),
+                    Lpc::Bootrom(b) => boot = Some(Boot::Bootrom(b)),
                 }
             }
             Some('s') => {
@@ -172,7 +175,8 @@ pub fn parse(
             }
             Some('f') => {
                 let v = value()?;
-                kexec = Some(Kexec::parse(&v).map_err(|e| bad(format!("-f {}", first_field(&v)), e))?);
+                let b = Boot::parse(&v).and_then(check_firmware);
+                boot = Some(b.map_err(|e| bad(format!("-f {}", first_field(&v)), e))?);
             }
             _ => return Err(bad(flag, "unknown flag (see xhyve -h)")),
         }
@@ -185,7 +189,15 @@ pub fn parse(
     if verbose && !any_vm_flag {
         return Ok(Command::Version);
     }
-    let kexec = kexec.ok_or_else(|| bad("-f", "missing: give -f kexec,KERNEL,INITRD,CMDLINE"))?;
+    let boot =
+        boot.ok_or_else(|| bad("-f", "missing: give -f kexec,KERNEL,INITRD,CMDLINE or -f bootrom,FIRMWARE[,VARS]"))?;
+    if let Boot::Bootrom(b) = &boot {
+        crate::firmware::check_slots(&slots).map_err(|e| bad(format!("-f bootrom,{}", b.firmware.display()), e))?;
+        if restore.is_some() {
+            // fw_cfg and the flash keep no snapshot state yet, so no firmware machine is saved.
+            return Err(bad("--restore", "not supported with -f bootrom yet (firmware machines cannot be saved)"));
+        }
+    }
     let cpus = match cpus {
         None => 1,
         Some((v, n)) => {
@@ -208,7 +220,7 @@ pub fn parse(
         com1,
         com2,
         slots,
-        kexec,
+        boot,
         rtc_utc,
         ignore_msrs,
         verbose,
@@ -243,16 +255,31 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-fn parse_lpc(s: &str) -> Result<(u8, ConsoleTarget), String> {
-    let (dev, target) = s.split_once(',').ok_or("expected com1,TARGET")?;
+/// What an `-l` option configures.
+enum Lpc {
+    Com(u8, ConsoleTarget),
+    Bootrom(Bootrom),
+}
+
+fn parse_lpc(s: &str) -> Result<Lpc, String> {
+    let (dev, target) = s.split_once(',').ok_or("expected com1,TARGET or bootrom,FIRMWARE[,VARS]")?;
     let port = match dev {
         "com1" => 1,
         "com2" => 2,
-        _ => return Err(format!("unknown LPC device '{dev}' (com1, com2)")),
+        "bootrom" => return Bootrom::parse(target).and_then(|b| crate::firmware::check(&b).map(|_| Lpc::Bootrom(b))),
+        _ => return Err(format!("unknown LPC device '{dev}' (com1, com2, bootrom)")),
     };
     let target =
         ConsoleTarget::parse(target).ok_or_else(|| format!("unknown target '{target}' (stdio, autopty, log=PATH)"))?;
-    Ok((port, target))
+    Ok(Lpc::Com(port, target))
+}
+
+/// Checks firmware images as the command line is parsed (kind, size, VARS writable).
+fn check_firmware(boot: Boot) -> Result<Boot, String> {
+    if let Boot::Bootrom(b) = &boot {
+        crate::firmware::check(b)?;
+    }
+    Ok(boot)
 }
 
 fn parse_slot(s: &str) -> Result<PciSlot, String> {
@@ -330,8 +357,9 @@ mod tests {
         assert_eq!(c.com1, Some(ConsoleTarget::Log("/tmp/x.log".into())));
         assert_eq!(c.slots.len(), 2);
         assert_eq!(c.slots[1].slot, 31);
-        assert_eq!(c.kexec.initrd, None);
-        assert_eq!(c.kexec.cmdline, "console=ttyS0 quiet");
+        let Boot::Kexec(k) = &c.boot else { panic!("kexec expected") };
+        assert_eq!(k.initrd, None);
+        assert_eq!(k.cmdline, "console=ttyS0 quiet");
     }
 
     #[test]
@@ -355,7 +383,8 @@ mod tests {
         assert_eq!(config(&["-s", &format!("2,virtio-blk,{k},ro"), "-s", "3,virtio-rnd", "-f", &f]).slots.len(), 2);
         assert!(e(&["-s", "0,lpc", "-s", "0,hostbridge", "-f", &f]).problem.contains("already holds"));
         assert!(e(&["-f", "kexec,/nonexistent,,"]).problem.contains("No such file"));
-        assert!(e(&["-f", "bootrom,/x"]).problem.contains("not supported"));
+        assert!(e(&["-f", "bootrom,/x"]).problem.contains("No such file"));
+        assert!(e(&["-f", "boot,/x"]).problem.contains("(kexec, bootrom)"));
         assert_eq!(e(&["-A"]).flag, "-f");
     }
 

@@ -83,7 +83,7 @@ pub fn pci_bus(data: &[u8]) {
     let slots = [slot(0, "hostbridge"), slot(PCI_RNG_SLOT, "virtio-rnd"), slot(31, "lpc")];
     let mmio = Arc::new(Bus::default());
     let r = rng.clone();
-    let mut io = pci::build_bus(&slots, Some(mmio.clone()), move |_| Ok(r.clone())).unwrap();
+    let mut io = pci::build_bus(&slots, &pci::Chipset::Bhyve, Some(mmio.clone()), move |_| Ok(r.clone())).unwrap();
     let mut input = Input(data);
     let len = |b: u8| (1usize << (b >> 2 & 3)).min(4);
     while let Some(op) = input.u8() {
@@ -201,7 +201,7 @@ pub fn pvm_fixup(data: &[u8]) {
         }
         _ => {}
     }
-    let mut extra = FakeExtra { mxcsr, star, lstar };
+    let mut extra = FakeExtra { mxcsr, star, lstar, ..Default::default() };
     let mut cpu = CpuState { regs, sregs, sregs_dirty: false, extra: &mut extra };
     let _ = fixup::emulate(&mut cpu, &mem, &code[..fetched.min(code.len())]);
 }

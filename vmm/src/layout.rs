@@ -24,10 +24,13 @@ pub const ACPI_TABLES_END: u64 = 0x100000;
 /// Where the kernel is loaded.
 pub const HIMEM: u64 = 0x100000;
 /// RAM below 4 GiB ends here; the rest of RAM is placed from 4 GiB up.
-pub const MMIO_HOLE: u64 = 0xc000_0000;
+pub const MMIO_HOLE: u64 = 0xb000_0000;
 pub const FOUR_GIB: u64 = 0x1_0000_0000;
+/// The Q35 MMCONFIG window (256 buses) where UEFI firmware enables it, at the start of the hole.
+pub const PCIE_ECAM: u64 = MMIO_HOLE;
+pub const PCIE_ECAM_SIZE: u64 = 0x1000_0000;
 /// 32-bit PCI BAR window inside the hole, below the IOAPIC.
-pub const PCI_MMIO_START: u64 = MMIO_HOLE;
+pub const PCI_MMIO_START: u64 = PCIE_ECAM + PCIE_ECAM_SIZE;
 pub const PCI_MMIO_END: u64 = 0xfec0_0000;
 pub const IOAPIC: u64 = 0xfec0_0000;
 pub const LAPIC: u64 = 0xfee0_0000;

@@ -18,6 +18,7 @@ mod cpuid;
 mod devices;
 pub mod disk;
 mod exit;
+mod firmware;
 pub mod fuzzing;
 mod hypervisor;
 mod layout;
@@ -62,9 +63,14 @@ pub fn run_command_line(args: impl IntoIterator<Item = OsString>) -> i32 {
                 version: env!("CARGO_PKG_VERSION").into(),
                 pci: config::PCI_EMULATIONS.iter().map(|e| e.to_string()).collect(),
                 net_backends: ["user", "passt", "socket"].map(String::from).to_vec(),
-                boot: vec!["kexec".into()],
+                boot: vec!["kexec".into(), "bootrom".into()],
                 snapshots: true,
                 disk_formats: ["raw", "qcow2"].map(String::from).to_vec(),
+                guest_kernel_params: if pvm::Pvm::wanted() {
+                    pvm::Pvm::guest_kernel_params(hypervisor::tsc_khz().ok())
+                } else {
+                    Vec::new()
+                },
             };
             println!("{}", features.to_line());
             0

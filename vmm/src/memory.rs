@@ -50,6 +50,6 @@ mod tests {
         assert_eq!(ram_ranges(256 << 20), vec![(GuestAddress(0), 256 << 20)]);
         let r = ram_ranges(4 << 30);
         assert_eq!(r[0], (GuestAddress(0), MMIO_HOLE as usize));
-        assert_eq!(r[1], (GuestAddress(FOUR_GIB), (1 << 30) as usize));
+        assert_eq!(r[1], (GuestAddress(FOUR_GIB), ((4 << 30) - MMIO_HOLE) as usize));
     }
 }

@@ -3,7 +3,8 @@
 //! `tests/tools/kernel_profile.py` maps the RIPs to the guest kernel's symbols (user mode, below
 //! the kernel half, counts as one bucket). On a nested `kvm_pvm` host every guest kernel
 //! instruction is emulated, so the kernel functions that hold the most samples are what a box
-//! kernel or its command line can save.
+//! kernel or its command line can save. A firmware machine's lines say more (`SampleDetail`,
+//! `firmware::profile`): RIP is linear there, as real-mode firmware needs.
 
 use std::fs::File;
 use std::io::Write;
@@ -11,32 +12,47 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::exit::ExitLatch;
-use crate::hypervisor::Vcpu;
+use crate::hypervisor::{Vcpu, RSP};
 use crate::sandbox::{self, ThreadKind};
 
 /// How often the vCPUs are sampled.
 const PERIOD: Duration = Duration::from_millis(10);
 
+/// More fields for a sample's line, from the linear RIP and stack pointer.
+pub trait SampleDetail: Send + Sync {
+    fn detail(&self, rip: u64, sp: u64) -> String;
+}
+
 pub struct Profiler {
     out: Mutex<File>,
     started: Instant,
+    detail: Option<Box<dyn SampleDetail>>,
 }
 
 impl Profiler {
-    /// A profiler writing to the file `XHYVE_PROFILE` names, if set.
-    pub fn from_env() -> Result<Option<Arc<Profiler>>, String> {
+    /// A profiler writing to the file `XHYVE_PROFILE` names, if set, adding `detail` to each line.
+    pub fn from_env(detail: Option<Box<dyn SampleDetail>>) -> Result<Option<Arc<Profiler>>, String> {
         let Some(path) = std::env::var_os("XHYVE_PROFILE") else { return Ok(None) };
         let f = File::create(&path).map_err(|e| format!("XHYVE_PROFILE {}: {e}", path.to_string_lossy()))?;
-        Ok(Some(Arc::new(Profiler { out: Mutex::new(f), started: Instant::now() })))
+        Ok(Some(Arc::new(Profiler { out: Mutex::new(f), started: Instant::now(), detail })))
     }
 
     /// One sample of `vcpu`, knocked out of the guest.
     pub fn sample(&self, vcpu: &dyn Vcpu) {
         let Ok(regs) = vcpu.regs() else { return };
         let ms = self.started.elapsed().as_millis();
+        let mut line = format!("{ms} {}", vcpu.id());
+        match (&self.detail, vcpu.sregs()) {
+            (Some(d), Ok(sregs)) => {
+                let rip = sregs.cs.base.wrapping_add(regs.rip);
+                let sp = sregs.ss.base.wrapping_add(regs.gpr[RSP]);
+                line += &format!(" {rip:#x} {}", d.detail(rip, sp));
+            }
+            _ => line += &format!(" {:#x}", regs.rip),
+        }
         if let Ok(mut f) = self.out.lock() {
             // A lost line costs one sample: the profile is a statistic.
-            let _ = writeln!(f, "{ms} {} {:#x}", vcpu.id(), regs.rip);
+            let _ = writeln!(f, "{line}");
         }
     }
 

@@ -16,6 +16,7 @@ use crate::devices::cmos::{Cmos, CmosState};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialPort, SerialPortState};
 use crate::exit::{ExitLatch, ExitReason};
+use crate::firmware::Firmware;
 use crate::hypervisor::{StatsReader, Vm};
 use crate::logger::log;
 use crate::pci::intx::IntxRoute;
@@ -41,6 +42,8 @@ pub struct Devices {
     pub pci: Option<Arc<Mutex<PciConfigIo>>>,
     /// The virtio functions on that bus.
     pub virtio: Vec<Arc<Mutex<VirtioPci>>>,
+    /// With `-f bootrom`: the firmware's images and variable store.
+    pub firmware: Option<Firmware>,
 }
 
 /// Every device's state in a snapshot. The i8042 has none worth keeping (guests use it only
@@ -80,6 +83,11 @@ impl Devices {
 
     /// The state of every device; they are paused.
     pub fn save_state(&self) -> Result<DevicesState, String> {
+        if self.firmware.is_some() {
+            return Err("a machine booted through UEFI firmware (-f bootrom) cannot be saved yet: its fw_cfg \
+                        and flash devices keep no snapshot state"
+                .into());
+        }
         Ok(DevicesState {
             serial: self.serial.iter().map(|s| s.lock().unwrap().save()).collect(),
             cmos: self.cmos.as_ref().map(|c| c.lock().unwrap().save()),

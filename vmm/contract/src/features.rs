@@ -22,6 +22,10 @@ pub struct Features {
     pub snapshots: bool,
     /// Formats of `-s N,virtio-blk,PATH,format=F` (`raw`, `qcow2`).
     pub disk_formats: Vec<String>,
+    /// Kernel parameters a Linux guest needs on this host (the nested `kvm_pvm` host's
+    /// work-arounds with the vCPUs' TSC rate as `tsc_early_khz`; none on plain KVM). `-f kexec`
+    /// adds them itself; a guest booted through firmware gets only what its own boot entry says.
+    pub guest_kernel_params: Vec<String>,
 }
 
 impl Features {
@@ -53,6 +57,7 @@ mod tests {
             boot: vec!["kexec".into()],
             snapshots: true,
             disk_formats: vec!["raw".into(), "qcow2".into()],
+            guest_kernel_params: vec!["noxsave".into()],
         };
         assert_eq!(Features::from_output(&(f.to_line() + "\n")).unwrap(), f);
         let newer = r#"{"version":"9","pci":["virtio-blk"],"migration":true}"#;

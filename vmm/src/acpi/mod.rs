@@ -19,48 +19,86 @@ use crate::pci::intx::IntxRoute;
 const OEM_ID: [u8; 6] = *b"BHYVE ";
 const OEM_REVISION: u32 = 1;
 
-/// Writes the tables and returns the RSDP's address, for `boot_params.acpi_rsdp_addr`.
-pub fn write_tables(mem: &GuestMemoryMmap, ncpus: u8, routes: &[IntxRoute]) -> Result<GuestAddress, String> {
+/// FADT fields holding the FACS's and the DSDT's 64-bit addresses.
+const FADT_X_FIRMWARE_CTRL: usize = 132;
+const FADT_X_DSDT: usize = 140;
+/// Where the XSDT's entries start, and the RSDP's XSDT address.
+const XSDT_ENTRIES: usize = 36;
+const RSDP_XSDT: usize = 24;
+
+/// A field holding the address of a place in [`Tables::blob`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pointer {
+    /// In the RSDP rather than in the blob.
+    pub in_rsdp: bool,
+    pub offset: usize,
+    pub size: u8,
+}
+
+/// The tables for `-A`, laid out back to back as if loaded at `base`, and the links between them,
+/// so that firmware can load them elsewhere (QEMU's table loader, `firmware::table_loader`).
+pub struct Tables {
+    /// FACS, DSDT, FADT, MADT, XSDT.
+    pub blob: Vec<u8>,
+    pub rsdp: Vec<u8>,
+    pub pointers: Vec<Pointer>,
+    /// (offset, length) of every table in the blob with a header checksum (all but the FACS).
+    pub checksummed: Vec<(usize, usize)>,
+}
+
+/// Builds the tables as if the blob were loaded at `base` (64-byte aligned, for the FACS).
+pub fn build(ncpus: u8, routes: &[IntxRoute], base: u64) -> Result<Tables, String> {
     if ncpus == 0 {
         return Err("ACPI tables need at least one vCPU".into());
     }
-    // The RSDP comes first so that a legacy scan of 0xe0000.. finds it; it is written last, once the
-    // XSDT's address is known.
-    let rsdp = layout::ACPI_TABLES;
-    let mut area = Area { mem, next: rsdp + Rsdp::len() as u64 };
-    let facs = area.put(&FACS::new(), 64)?; // the FACS must be 64-byte aligned
-    let dsdt = area.put(&dsdt::dsdt(routes), 16)?;
-    let fadt = area.put(&fadt::fadt(dsdt, facs), 16)?;
-    let madt = area.put(&madt::madt(ncpus), 16)?;
+    let mut t = Tables { blob: Vec::new(), rsdp: Vec::new(), pointers: Vec::new(), checksummed: Vec::new() };
+    let facs = t.put(&FACS::new(), 64, false);
+    let dsdt = t.put(&dsdt::dsdt(routes), 16, true);
+    let fadt = t.put(&fadt::fadt(base + dsdt as u64, base + facs as u64), 16, true);
+    t.link(fadt + FADT_X_FIRMWARE_CTRL, false);
+    t.link(fadt + FADT_X_DSDT, false);
+    let madt = t.put(&madt::madt(ncpus), 16, true);
     let mut xsdt = XSDT::new(OEM_ID, *b"BVXSDT  ", OEM_REVISION);
-    xsdt.add_entry(fadt);
-    xsdt.add_entry(madt);
-    let xsdt = area.put(&xsdt, 16)?;
-    Area { mem, next: rsdp }.put(&Rsdp::new(OEM_ID, xsdt), 16)?;
-    Ok(GuestAddress(rsdp))
+    xsdt.add_entry(base + fadt as u64);
+    xsdt.add_entry(base + madt as u64);
+    let xsdt_at = t.put(&xsdt, 16, true);
+    t.link(xsdt_at + XSDT_ENTRIES, false);
+    t.link(xsdt_at + XSDT_ENTRIES + 8, false);
+    Rsdp::new(OEM_ID, base + xsdt_at as u64).to_aml_bytes(&mut t.rsdp);
+    t.link(RSDP_XSDT, true);
+    Ok(t)
 }
 
-/// Lays tables out one after another in the BIOS area.
-struct Area<'a> {
-    mem: &'a GuestMemoryMmap,
-    next: u64,
-}
-
-impl Area<'_> {
-    fn put(&mut self, table: &dyn Aml, align: u64) -> Result<u64, String> {
-        let mut bytes = Vec::new();
-        table.to_aml_bytes(&mut bytes);
-        let addr = self.next.next_multiple_of(align);
-        let end = addr + bytes.len() as u64;
-        if end > layout::ACPI_TABLES_END {
-            return Err(format!("ACPI tables do not fit below {:#x}", layout::ACPI_TABLES_END));
+impl Tables {
+    /// Appends `table` at the next multiple of `align`; returns its offset.
+    fn put(&mut self, table: &dyn Aml, align: usize, checksummed: bool) -> usize {
+        let at = self.blob.len().next_multiple_of(align);
+        self.blob.resize(at, 0);
+        table.to_aml_bytes(&mut self.blob);
+        if checksummed {
+            self.checksummed.push((at, self.blob.len() - at));
         }
-        self.mem
-            .write_slice(&bytes, GuestAddress(addr))
-            .map_err(|e| format!("writing ACPI table at {addr:#x}: {e}"))?;
-        self.next = end;
-        Ok(addr)
+        at
     }
+
+    fn link(&mut self, offset: usize, in_rsdp: bool) {
+        self.pointers.push(Pointer { in_rsdp, offset, size: 8 });
+    }
+}
+
+/// Writes the tables into the BIOS area (the RSDP first, so that a legacy scan of 0xe0000..
+/// finds it) and returns the RSDP's address, for `boot_params.acpi_rsdp_addr`.
+pub fn write_tables(mem: &GuestMemoryMmap, ncpus: u8, routes: &[IntxRoute]) -> Result<GuestAddress, String> {
+    let rsdp = layout::ACPI_TABLES;
+    let base = (rsdp + Rsdp::len() as u64).next_multiple_of(64);
+    let t = build(ncpus, routes, base)?;
+    if base + t.blob.len() as u64 > layout::ACPI_TABLES_END {
+        return Err(format!("ACPI tables do not fit below {:#x}", layout::ACPI_TABLES_END));
+    }
+    for (bytes, at) in [(&t.rsdp, rsdp), (&t.blob, base)] {
+        mem.write_slice(bytes, GuestAddress(at)).map_err(|e| format!("writing ACPI tables at {at:#x}: {e}"))?;
+    }
+    Ok(GuestAddress(rsdp))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ mod vsock;
 use uuid::Uuid;
 
 pub use block::BlockConfig;
-pub use boot::{check_readable, Kexec};
+pub use boot::{check_readable, Boot, Bootrom, Kexec};
 pub use console::ConsoleConfig;
 pub use net::{BackendConfig, NetConfig};
 pub use vsock::VsockConfig;
@@ -39,7 +39,7 @@ pub struct Config {
     pub com1: Option<ConsoleTarget>,
     pub com2: Option<ConsoleTarget>,
     pub slots: Vec<PciSlot>,
-    pub kexec: Kexec,
+    pub boot: Boot,
     pub rtc_utc: bool,
     pub ignore_msrs: bool,
     pub verbose: bool,

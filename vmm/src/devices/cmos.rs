@@ -19,6 +19,9 @@ const REG_A: u8 = 0x0a;
 const REG_B: u8 = 0x0b;
 const REG_C: u8 = 0x0c;
 const REG_D: u8 = 0x0d;
+/// Shutdown status: 0xfe tells OVMF's SEC and PEI that this is an S3 resume.
+const SHUTDOWN_STATUS: u8 = 0x0f;
+pub const SHUTDOWN_S3_RESUME: u8 = 0xfe;
 const CENTURY: u8 = 0x32;
 const TIME_REGS: [u8; 8] = [SEC, MIN, HOUR, WEEKDAY, DAY, MONTH, YEAR, CENTURY];
 
@@ -59,6 +62,8 @@ pub struct Cmos {
     localtime: bool,
     /// Seconds the guest's clock runs ahead of the host's.
     offset: i64,
+    /// What the next read of the shutdown status returns, once (`firmware::preload`).
+    shutdown_status_once: Option<u8>,
 }
 
 impl Cmos {
@@ -81,7 +86,12 @@ impl Cmos {
             // whose seccomp filter opens no file.
             utc_offset(0);
         }
-        Cmos { index: 0, ram, localtime, offset: 0 }
+        Cmos { index: 0, ram, localtime, offset: 0, shutdown_status_once: None }
+    }
+
+    /// The next read of the shutdown status register (and only that one) returns `value`.
+    pub fn set_shutdown_status_once(&mut self, value: u8) {
+        self.shutdown_status_once = Some(value);
     }
 
     pub fn save(&self) -> CmosState {
@@ -183,6 +193,7 @@ impl Cmos {
             }
             REG_C => 0,
             REG_D => VRT,
+            SHUTDOWN_STATUS => self.shutdown_status_once.take().unwrap_or(self.ram[usize::from(reg)]),
             _ => self.ram[usize::from(reg)],
         }
     }
@@ -329,6 +340,17 @@ mod tests {
         );
         assert!(rtc == before || rtc == gmtime(), "{rtc:?} vs {before:?}");
         assert_eq!((read(&mut c, REG_A), read(&mut c, REG_B), read(&mut c, REG_D)), (0x26, 0x02, 0x80));
+    }
+
+    #[test]
+    fn shutdown_status_once() {
+        let mut c = Cmos::new(MIB, 0, false);
+        assert_eq!(read(&mut c, SHUTDOWN_STATUS), 0);
+        c.set_shutdown_status_once(SHUTDOWN_S3_RESUME);
+        assert_eq!(read(&mut c, SHUTDOWN_STATUS), SHUTDOWN_S3_RESUME);
+        assert_eq!(read(&mut c, SHUTDOWN_STATUS), 0, "only the first read");
+        write(&mut c, SHUTDOWN_STATUS, 5);
+        assert_eq!(read(&mut c, SHUTDOWN_STATUS), 5);
     }
 
     #[test]

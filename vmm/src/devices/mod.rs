@@ -2,6 +2,8 @@
 
 pub mod acpi_pm;
 pub mod cmos;
+pub mod debugcon;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod pvpanic;
 pub mod serial;

@@ -30,6 +30,12 @@ impl Vm for FakeVm {
     unsafe fn map_memory(&self, _: u32, _: u64, _: u64, _: u64) -> Result<()> {
         Ok(())
     }
+    unsafe fn map_readonly_memory(&self, _: u32, _: u64, _: u64, _: u64) -> Result<()> {
+        Ok(())
+    }
+    fn unmap_memory(&self, _: u32) -> Result<()> {
+        Ok(())
+    }
     fn create_vcpu(&self, _: u8) -> Result<Box<dyn Vcpu>> {
         Err(Error { op: "fake".into(), errno: libc::ENOSYS })
     }

@@ -15,6 +15,11 @@ pub fn max_vcpus() -> Result<usize> {
     kvm::max_vcpus()
 }
 
+/// The TSC rate of a vCPU on this host, in kHz.
+pub fn tsc_khz() -> Result<u32> {
+    kvm::tsc_khz()
+}
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -184,6 +189,14 @@ pub trait Vm: Send + Sync {
     /// # Safety
     /// The host range must stay mapped and valid for the VM's lifetime.
     unsafe fn map_memory(&self, slot: u32, gpa: u64, size: u64, host_addr: u64) -> Result<()>;
+    /// Like `map_memory`, but guest writes to the range exit as `MmioWrite` (firmware ROM and
+    /// flash).
+    ///
+    /// # Safety
+    /// As for `map_memory`.
+    unsafe fn map_readonly_memory(&self, slot: u32, gpa: u64, size: u64, host_addr: u64) -> Result<()>;
+    /// Removes the mapping in `slot`: accesses to its range exit as MMIO from now on.
+    fn unmap_memory(&self, slot: u32) -> Result<()>;
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>>;
     /// Drives an interrupt line of the in-kernel interrupt controllers.
     fn set_irq_line(&self, irq: u32, level: bool) -> Result<()>;
@@ -230,6 +243,10 @@ pub trait Vcpu: Send {
     fn init_lapic_lints(&self) -> Result<()>;
     fn mxcsr(&self) -> Result<u32>;
     fn set_mxcsr(&self, value: u32) -> Result<()>;
+    /// The x87 and SSE state in FXSAVE's 512-byte layout (64-bit pointers), components in
+    /// their init state filled in as FXSAVE would store them.
+    fn fxsave(&self) -> Result<[u8; 512]>;
+    fn set_fxsave(&self, image: &[u8; 512]) -> Result<()>;
     /// Queues an exception for delivery at the next entry.
     fn inject_exception(&self, vector: u8, error_code: Option<u32>) -> Result<()>;
     /// True when the vCPU sits in HLT and cannot be woken by an interrupt (IF clear).

@@ -44,6 +44,16 @@ impl PciConfigIo {
         self.bus.restore_state(&s.functions)
     }
 
+    /// Dword `reg` of a function's configuration space (the MMCONFIG window's way in).
+    pub fn read_config(&self, slot: u8, func: u8, reg: usize) -> u32 {
+        self.bus.read(slot, func, reg)
+    }
+
+    /// Writes `data` at byte `offset` of dword `reg` of a function's configuration space.
+    pub fn write_config(&self, slot: u8, func: u8, reg: usize, offset: u8, data: &[u8]) {
+        self.bus.write(slot, func, reg, offset, data)
+    }
+
     /// (slot, function, dword) the address register selects, if enabled and on bus 0.
     fn target(&self) -> Option<(u8, u8, usize)> {
         let a = self.address;

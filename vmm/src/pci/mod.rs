@@ -9,8 +9,10 @@ mod config_io;
 pub mod header;
 pub mod intx;
 pub mod msix;
+pub mod q35;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -178,10 +180,19 @@ impl PciBus {
     }
 }
 
-/// Builds bus 0 from the `-s` options: the bridges here, every other function by `make`.
-/// Functions that place BARs there need `mmio`.
+/// Which bridges `hostbridge` and `lpc` are.
+pub enum Chipset {
+    /// bhyve's, for kexec boots.
+    Bhyve,
+    /// Q35's, for UEFI firmware (`q35.rs`); the MCH's PCIEXBAR register goes to the cell.
+    Q35(Arc<AtomicU64>),
+}
+
+/// Builds bus 0 from the `-s` options: the bridges of `chipset` here, every other function by
+/// `make`. Functions that place BARs there need `mmio`.
 pub fn build_bus(
     slots: &[PciSlot],
+    chipset: &Chipset,
     mmio: Option<Arc<Bus>>,
     mut make: impl FnMut(&PciSlot) -> Result<Arc<Mutex<dyn PciDevice>>, String>,
 ) -> Result<PciConfigIo, String> {
@@ -190,10 +201,12 @@ pub fn build_bus(
     }
     let mut bus = PciBus { mmio, ..Default::default() };
     for s in slots {
-        let dev: Arc<Mutex<dyn PciDevice>> = match s.device {
-            DeviceConfig::HostBridge => Arc::new(Mutex::new(header::host_bridge())),
-            DeviceConfig::AmdHostBridge => Arc::new(Mutex::new(header::amd_host_bridge())),
-            DeviceConfig::Lpc => Arc::new(Mutex::new(header::lpc())),
+        let dev: Arc<Mutex<dyn PciDevice>> = match (&s.device, chipset) {
+            (DeviceConfig::HostBridge, Chipset::Q35(pciexbar)) => Arc::new(Mutex::new(q35::mch(pciexbar.clone()))),
+            (DeviceConfig::Lpc, Chipset::Q35(_)) => Arc::new(Mutex::new(q35::lpc())),
+            (DeviceConfig::HostBridge, _) => Arc::new(Mutex::new(header::host_bridge())),
+            (DeviceConfig::AmdHostBridge, _) => Arc::new(Mutex::new(header::amd_host_bridge())),
+            (DeviceConfig::Lpc, _) => Arc::new(Mutex::new(header::lpc())),
             _ => make(s).map_err(|e| format!("-s {},{}: {e}", s.slot, s.device.emulation()))?,
         };
         bus.add(s.slot, s.func, dev)?;
@@ -211,7 +224,7 @@ mod tests {
 
     /// Only bridges: no other function can be made without a VM.
     pub(super) fn bridges(slots: &[PciSlot]) -> Result<PciConfigIo, String> {
-        build_bus(slots, None, |_| Err("needs a VM".into()))
+        build_bus(slots, &Chipset::Bhyve, None, |_| Err("needs a VM".into()))
     }
 
     #[test]

@@ -8,6 +8,7 @@ use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter, 
 use vm_memory::GuestMemoryMmap;
 
 use super::guest_mem::{cpl, AccessKind, GuestView, MemFault};
+use super::host_exec::{self, Effects, Fxsave, HostInsn};
 use super::Kind;
 use crate::hypervisor::{Regs, Segment, SpecialRegs, R11, RAX, RBX, RCX, RDX};
 
@@ -25,8 +26,11 @@ const FL_ARITH: u64 = FL_CF | FL_PF | FL_AF | FL_ZF | FL_SF | FL_OF;
 
 pub const VEC_BP: u8 = 3;
 pub const VEC_UD: u8 = 6;
+pub const VEC_NM: u8 = 7;
 pub const VEC_GP: u8 = 13;
 pub const VEC_PF: u8 = 14;
+pub const VEC_MF: u8 = 16;
+pub const VEC_XM: u8 = 19;
 
 /// MXCSR bits a guest may set (MXCSR_MASK with DAZ).
 const MXCSR_MASK: u32 = 0xffff;
@@ -42,6 +46,9 @@ pub struct Exception {
 pub trait CpuExtra {
     fn mxcsr(&mut self) -> Result<u32, String>;
     fn set_mxcsr(&mut self, value: u32) -> Result<(), String>;
+    /// The x87/SSE state in FXSAVE's layout (`host_exec.rs` runs instructions on it).
+    fn fxsave(&mut self) -> Result<[u8; 512], String>;
+    fn set_fxsave(&mut self, image: &[u8; 512]) -> Result<(), String>;
     fn msr(&mut self, index: u32) -> Result<u64, String>;
 }
 
@@ -325,11 +332,21 @@ pub fn emulate(cpu: &mut CpuState, mem: &GuestMemoryMmap, insn: &[u8]) -> Result
         return Err(format!("cannot decode: {}", describe(rip, &code, bitness)));
     }
     let saved = cpu.regs;
-    match exec(cpu, mem, &instr, bitness) {
+    // Instructions with a fix-up of their own first; x87/MMX/SSE ones the host CPU runs.
+    let host = if kind_of(instr.mnemonic()).is_none() { host_exec::prepare(&instr).ok() } else { None };
+    let result = match &host {
+        Some(h) => exec_on_host(cpu, mem, &instr, h, bitness),
+        None => exec(cpu, mem, &instr, bitness),
+    };
+    match result {
         Ok((kind, exception)) => Ok(Outcome::Done { kind, exception }),
         Err(fail) => {
             cpu.regs = saved;
-            let kind = kind_of(instr.mnemonic()).unwrap_or(Kind::FaultInjected);
+            let kind = match &host {
+                Some(h) => Some(if h.x87 { Kind::X87 } else { Kind::Sse }),
+                None => kind_of(instr.mnemonic()),
+            };
+            let kind = kind.unwrap_or(Kind::FaultInjected);
             match fail {
                 Fail::Exc(e) => Ok(Outcome::Done { kind, exception: Some(e) }),
                 Fail::Mem(MemFault::PageFault { addr, code }) => {
@@ -372,6 +389,70 @@ fn kind_of(m: Mnemonic) -> Option<Kind> {
     })
 }
 
+/// The no-wait x87 forms: they run even with an exception pending.
+fn x87_no_wait(m: Mnemonic) -> bool {
+    use Mnemonic::*;
+    matches!(m, Fninit | Fnclex | Fnstsw | Fnstcw | Fnstenv | Fnsave | Fndisi | Fneni | Fnsetpm)
+}
+
+/// Runs an x87, MMX or SSE instruction on the host CPU with the guest's FPU state
+/// (`host_exec.rs`).
+fn exec_on_host(
+    cpu: &mut CpuState,
+    mem: &GuestMemoryMmap,
+    insn: &Instruction,
+    host: &HostInsn,
+    bitness: u32,
+) -> Result<(Kind, Option<Exception>), Fail> {
+    const CR0_EM: u64 = 1 << 2;
+    const CR0_TS: u64 = 1 << 3;
+    const CR4_OSXMMEXCPT: u64 = 1 << 10;
+    let m = insn.mnemonic();
+    let kind = if host.x87 { Kind::X87 } else { Kind::Sse };
+    if cpu.sregs.cr0 & CR0_TS != 0 || (host.x87 && cpu.sregs.cr0 & CR0_EM != 0) {
+        return Err(Fail::Exc(Exception { vector: VEC_NM, error_code: None }));
+    }
+    if !host.x87 && cpu.sregs.cr0 & CR0_EM != 0 {
+        return Err(ud());
+    }
+    let mut image = Fxsave(cpu.extra.fxsave().map_err(Fail::Fatal)?);
+    if host.x87 && host_exec::x87_exception_pending(&image) && !x87_no_wait(m) {
+        return Err(Fail::Exc(Exception { vector: VEC_MF, error_code: None }));
+    }
+    let view = GuestView::new(mem, &cpu.sregs, cpu.regs.rflags);
+    let mem_op = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory);
+    let addr = mem_op.map(|op| mem_addr(cpu, insn, op, bitness)).transpose()?;
+    let (size, read, write) = host.mem.unwrap_or((0, false, false));
+    let mut operand = vec![0u8; size];
+    if let (Some(a), true) = (addr, read) {
+        view.read(a, &mut operand, AccessKind::Read)?;
+    }
+    let rax = host.gpr.and_then(|(r, _)| read_reg(&cpu.regs, r)).unwrap_or(0);
+    let effects = host_exec::run(host, &mut image, &mut operand, rax, cpu.regs.rflags).map_err(Fail::Fatal)?;
+    let (rax, rflags) = match effects {
+        Effects::Done { rax, rflags } => (rax, rflags),
+        Effects::SimdException if cpu.sregs.cr4 & CR4_OSXMMEXCPT != 0 => {
+            return Err(Fail::Exc(Exception { vector: VEC_XM, error_code: None }))
+        }
+        Effects::SimdException => return Err(ud()),
+    };
+    if let (Some(a), true) = (addr, write) {
+        view.write(a, &operand)?;
+    }
+    if host.x87 {
+        // The last instruction and data pointers as the guest would see them, not the stub's.
+        image.0[8..16].copy_from_slice(&linear_rip(&cpu.sregs, cpu.regs.rip).to_le_bytes());
+        image.0[16..24].copy_from_slice(&addr.unwrap_or(0).to_le_bytes());
+    }
+    cpu.extra.set_fxsave(&image.0).map_err(Fail::Fatal)?;
+    if let Some((r, true)) = host.gpr {
+        write_reg(&mut cpu.regs, r, rax)?;
+    }
+    cpu.regs.rflags = (cpu.regs.rflags & !host.flags) | (rflags & host.flags);
+    cpu.regs.rip = insn.next_ip();
+    Ok((kind, None))
+}
+
 /// Performs one decoded instruction; on error the caller restores the registers.
 fn exec(
     cpu: &mut CpuState,
@@ -382,12 +463,6 @@ fn exec(
     let m = insn.mnemonic();
     let Some(kind) = kind_of(m) else {
         let why = match m {
-            Mnemonic::Movdqu
-            | Mnemonic::Movdqa
-            | Mnemonic::Movd
-            | Mnemonic::Movq
-            | Mnemonic::Movups
-            | Mnemonic::Movaps => "SSE move: needs XMM register access, which the hypervisor traits lack",
             Mnemonic::Xrstor | Mnemonic::Xsave | Mnemonic::Xsaveopt | Mnemonic::Xrstors | Mnemonic::Xsaves => {
                 "XSAVE family: boot the guest with `noxsave`"
             }
@@ -523,13 +598,22 @@ fn exec(
     Ok((kind, exception))
 }
 
-/// MXCSR, STAR and LSTAR as given (the fix-up tests and the pvm_fixup fuzz target make it); any other
-/// MSR is an error, as a failing ioctl is.
-#[derive(Default)]
+/// MXCSR, the FXSAVE image (x87 control word 0x37f, MXCSR 0x1f80 by default), STAR and LSTAR as
+/// given (the fix-up tests and the pvm_fixup fuzz target make it); any other MSR is an error, as a
+/// failing ioctl is.
 pub(crate) struct FakeExtra {
     pub mxcsr: u32,
+    pub fx: [u8; 512],
     pub star: u64,
     pub lstar: u64,
+}
+
+impl Default for FakeExtra {
+    fn default() -> Self {
+        let mut fx = [0; 512];
+        fx[..2].copy_from_slice(&0x37fu16.to_le_bytes());
+        FakeExtra { mxcsr: 0x1f80, fx, star: 0, lstar: 0 }
+    }
 }
 
 impl CpuExtra for FakeExtra {
@@ -538,6 +622,13 @@ impl CpuExtra for FakeExtra {
     }
     fn set_mxcsr(&mut self, value: u32) -> Result<(), String> {
         self.mxcsr = value;
+        Ok(())
+    }
+    fn fxsave(&mut self) -> Result<[u8; 512], String> {
+        Ok(self.fx)
+    }
+    fn set_fxsave(&mut self, image: &[u8; 512]) -> Result<(), String> {
+        self.fx = *image;
         Ok(())
     }
     fn msr(&mut self, index: u32) -> Result<u64, String> {
@@ -639,6 +730,41 @@ pub(crate) mod tests {
         m.write_obj(0x7u32, GuestAddress(CODE + 8 + 0x10)).unwrap();
         run_in(&m, &[0xf3, 0x0f, 0xb8, 0x05, 0x10, 0, 0, 0], &mut r, &mut x).0.unwrap();
         assert_eq!(r.gpr[RAX], 3);
+    }
+
+    #[test]
+    fn x87_on_the_host_fpu() {
+        let m = mem();
+        build_tables(&m);
+        let mut x = FakeExtra::default();
+        let mut r = Regs { rflags: 2, ..Default::default() };
+        r.gpr[4] = DATA; // rsp
+                         // fild dword [rsp+0x1c] (OpenSSL in OVMF's TlsDxe), fmul st, st(0), fistp qword [rsp+8]
+        m.write_obj(-9i32, GuestAddress(DATA_GPA + 0x1c)).unwrap();
+        assert_eq!(run_in(&m, &[0xdb, 0x44, 0x24, 0x1c], &mut r, &mut x).0, done(Kind::X87));
+        assert_eq!(r.rip, CODE + 4);
+        run_in(&m, &[0xd8, 0xc8], &mut r, &mut x).0.unwrap();
+        run_in(&m, &[0x48, 0xdf, 0x7c, 0x24, 0x08], &mut r, &mut x).0.unwrap();
+        assert_eq!(m.read_obj::<i64>(GuestAddress(DATA_GPA + 8)).unwrap(), 81);
+        // The guest sees its own instruction and data pointers.
+        assert_eq!(u64::from_le_bytes(x.fx[8..16].try_into().unwrap()), CODE);
+        assert_eq!(u64::from_le_bytes(x.fx[16..24].try_into().unwrap()), DATA + 8);
+        // fldcw [rsp+0x1c] / fnstcw [rsp+0x20]: the control word round trip.
+        m.write_obj(0x27fu16, GuestAddress(DATA_GPA + 0x1c)).unwrap();
+        run_in(&m, &[0xd9, 0x6c, 0x24, 0x1c], &mut r, &mut x).0.unwrap();
+        run_in(&m, &[0xd9, 0x7c, 0x24, 0x20], &mut r, &mut x).0.unwrap();
+        assert_eq!(m.read_obj::<u16>(GuestAddress(DATA_GPA + 0x20)).unwrap(), 0x27f);
+        // fnstsw ax merges into rax (TOP back at 0 after the fistp).
+        r.gpr[RAX] = 0xffff_ffff_ffff_ffff;
+        run_in(&m, &[0xdf, 0xe0], &mut r, &mut x).0.unwrap();
+        assert_eq!(r.gpr[RAX], 0xffff_ffff_ffff_0000);
+        // A pending unmasked exception: waiting instructions raise #MF, no-wait ones run.
+        x.fx[2] |= 0x80;
+        let mf = Ok(Outcome::Done { kind: Kind::X87, exception: Some(Exception { vector: VEC_MF, error_code: None }) });
+        assert_eq!(run_in(&m, &[0xd9, 0xee], &mut r, &mut x).0, mf);
+        assert_eq!(r.rip, CODE, "not performed");
+        assert_eq!(run_in(&m, &[0xdb, 0xe2], &mut r, &mut x).0, done(Kind::X87), "fnclex");
+        assert_eq!(x.fx[2] & 0x80, 0);
     }
 
     #[test]
@@ -780,8 +906,8 @@ pub(crate) mod tests {
         let mut cpu = CpuState { regs: r, sregs: long_mode_sregs(), sregs_dirty: false, extra: &mut x };
         assert_eq!(emulate(&mut cpu, &m, &[0xcc, 0x1f]), Ok(Outcome::Retry));
         assert_eq!(cpu.regs, r);
-        // movdqu xmm0, [rax]: no fix-up, described
-        let e = run(&[0xf3, 0x0f, 0x6f, 0x00], &mut r, &mut x).0.unwrap_err();
-        assert!(e.contains("movdqu xmm0,[rax]") && e.contains("f3 0f 6f 00") && e.contains("0x201000"), "{e}");
+        // vmovdqu xmm0, [rax] (AVX, which the host does not run for the guest): no fix-up, described
+        let e = run(&[0xc5, 0xfa, 0x6f, 0x00], &mut r, &mut x).0.unwrap_err();
+        assert!(e.contains("vmovdqu xmm0,[rax]") && e.contains("c5 fa 6f 00") && e.contains("0x201000"), "{e}");
     }
 }

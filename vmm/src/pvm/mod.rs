@@ -28,6 +28,9 @@
 //!   the host's shadow MMU (`kvm.flush_on_reuse=N`, `eager_zap_unsync_children=N` here,
 //!   read-only) serving a stale translation for a page of a new process. The test suite reruns
 //!   once a test whose guest shows such a crash (`tests/conftest.py`).
+//! - UEFI firmware (OVMF) needs fwait, ldmxcsr/stmxcsr and x87 instructions (its FPU set-up; OpenSSL
+//!   in TlsDxe computes with x87; `host_exec.rs` runs those and SSE on the host CPU), and runs at
+//!   about 2 million instructions a second here: see `firmware` for what that costs.
 //! - The tiny box (vmlinux, 1 vCPU, 256 MiB) reaches /init in about 90 s with these fix-ups:
 //!   about 300 SYSCALLs through the #PF path, a few fwait and one int3 (`-v` prints the counts).
 //!
@@ -38,12 +41,13 @@ mod cmdline;
 mod cpuid;
 pub(crate) mod fixup;
 mod guest_mem;
+mod host_exec;
 #[cfg(test)]
 mod kvm_test;
 mod syscall;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -63,6 +67,10 @@ pub enum Kind {
     ClacStac,
     Ldmxcsr,
     Stmxcsr,
+    /// x87 instructions (UEFI firmware's FPU set-up and floating point), run on the host CPU.
+    X87,
+    /// SSE and MMX instructions (boot loaders), run on the host CPU.
+    Sse,
     Popcnt,
     Lzcnt,
     Tzcnt,
@@ -91,6 +99,8 @@ const NAMES: [&str; KINDS] = [
     "clac/stac",
     "ldmxcsr",
     "stmxcsr",
+    "x87",
+    "sse",
     "popcnt",
     "lzcnt",
     "tzcnt",
@@ -137,6 +147,9 @@ pub struct Pvm {
     /// Per vCPU id: RIP of the last code-changed retry and how many in a row there.
     retry_rip: [AtomicU64; 256],
     retry_streak: [AtomicU64; 256],
+    /// Guest RAM with the firmware images, when firmware runs from outside RAM: what fix-ups
+    /// fetch and read through instead of RAM alone.
+    view: OnceLock<GuestMemoryMmap>,
 }
 
 /// What a snapshot keeps of the PVM layer: the #PF patch. Its int3 lives in guest RAM, so a
@@ -164,6 +177,23 @@ impl Pvm {
         std::path::Path::new("/sys/module/kvm_pvm").exists()
     }
 
+    /// Whether the work-arounds apply: detected, or forced with XHYVE_PVM=on|off.
+    pub fn wanted() -> bool {
+        match std::env::var("XHYVE_PVM").as_deref() {
+            Ok("on") | Ok("1") => true,
+            Ok("off") | Ok("0") => false,
+            _ => Pvm::detect(),
+        }
+    }
+
+    /// The kernel parameters every Linux guest needs here, with the vCPUs' TSC rate (`tsc_khz`,
+    /// when known): what a firmware-booted guest's own boot entry has to carry. Without the rate
+    /// the kernel calibrates its TSC against the PIT, which hangs here (measured: a kernel booted
+    /// through OVMF stopped for good in its IO-APIC timer check).
+    pub fn guest_kernel_params(tsc_khz: Option<u32>) -> Vec<String> {
+        cmdline::additions("", tsc_khz)
+    }
+
     pub fn new() -> Pvm {
         Pvm {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -176,7 +206,19 @@ impl Pvm {
             patch: Mutex::new(PatchState::Pending),
             retry_rip: std::array::from_fn(|_| AtomicU64::new(0)),
             retry_streak: std::array::from_fn(|_| AtomicU64::new(0)),
+            view: OnceLock::new(),
         }
+    }
+
+    /// Makes the page the host-run x87/SSE instructions are written to (`host_exec.rs`), during
+    /// set-up: the sandbox lets no thread map executable memory once the guest runs.
+    pub fn prepare_host_exec(&self) -> Result<(), String> {
+        host_exec::stub_page().map(drop)
+    }
+
+    /// Fix-ups see `mem` (RAM and firmware images) instead of the RAM the run loop passes.
+    pub fn set_memory_view(&self, mem: GuestMemoryMmap) {
+        let _ = self.view.set(mem);
     }
 
     /// 0: quiet; 1: log the first 3 fix-ups of each kind and the #PF patch; 2: log every one.
@@ -216,6 +258,7 @@ impl Pvm {
         if self.patch_final.load(Ordering::Relaxed) {
             return;
         }
+        let mem = self.view.get().unwrap_or(mem);
         let now = self.epoch.elapsed().as_nanos() as u64;
         let last = self.last_poll.load(Ordering::Relaxed);
         let period = if self.pf_va.load(Ordering::Relaxed) != 0 { VERIFY_POLL_NS } else { PATCH_POLL_NS };
@@ -289,6 +332,7 @@ impl Pvm {
     /// Handles `VcpuExit::EmulationFailure`: performs the instruction at RIP (or completes a
     /// SYSCALL at the patched #PF entry) and updates the vCPU. Err when the vCPU cannot go on.
     pub fn handle_emulation_failure(&self, vcpu: &dyn Vcpu, mem: &GuestMemoryMmap, insn: &[u8]) -> Result<(), String> {
+        let mem = self.view.get().unwrap_or(mem);
         let regs = vcpu.regs().map_err(|e| e.to_string())?;
         let sregs = vcpu.sregs().map_err(|e| e.to_string())?;
         let mut extra = VcpuExtra { vcpu, mxcsr: None };
@@ -404,6 +448,14 @@ impl CpuExtra for VcpuExtra<'_> {
         self.vcpu.set_mxcsr(value).map_err(|e| e.to_string())?;
         self.mxcsr = Some(value);
         Ok(())
+    }
+
+    fn fxsave(&mut self) -> Result<[u8; 512], String> {
+        self.vcpu.fxsave().map_err(|e| e.to_string())
+    }
+
+    fn set_fxsave(&mut self, image: &[u8; 512]) -> Result<(), String> {
+        self.vcpu.set_fxsave(image).map_err(|e| e.to_string())
     }
 
     fn msr(&mut self, index: u32) -> Result<u64, String> {

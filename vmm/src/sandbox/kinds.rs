@@ -125,6 +125,8 @@ impl ThreadKind {
                 .call_with(prctl, 0, &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64]),
             ThreadKind::Vcpu => every
                 .call_with(ioctl, 1, &[kvm::vcpu_ioctls(), kvm::vm_interrupt_ioctls()].concat())
+                // UEFI firmware's flash maps its variable store in and out (`firmware::flash`).
+                .call_with(ioctl, 1, &[kvm::memory_region_ioctl()])
                 // Device emulation: console output, eventfds (irqfds, queue notifications, a
                 // queue worker's stop fd at DRIVER_OK).
                 .calls(&[read, write, eventfd2, dup])

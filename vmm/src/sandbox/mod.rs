@@ -4,6 +4,8 @@
 //! can map executable memory or make a KVM ioctl other than the running VM's), no thread holds a
 //! capability or may gain one through exec, and descriptors inherited from the parent are closed
 //! (close-on-exec from `init` on, so that no program run during set-up, passt, inherits them).
+//! The one executable page made at set-up is the PVM layer's, for x87/SSE instructions it runs on
+//! the host CPU (`pvm/host_exec.rs`: code that module encodes, never the guest's bytes).
 //!
 //! - `kinds.rs`: every thread kind and its allow-list, the one place to change.
 //! - `allow.rs`: the allow-list type, compiled to BPF with `seccompiler`.

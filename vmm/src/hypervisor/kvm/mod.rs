@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
-    kvm_userspace_memory_region, CpuId, Msrs, KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED,
-    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_userspace_memory_region, CpuId, Msrs, KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
+    KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuExit as KvmExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -47,9 +47,10 @@ pub fn create_vm() -> Result<KvmVm> {
     let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
     let supported_cpuid = cpuid.as_slice().iter().map(|e| cpuid_entry!(CpuidEntry, e)).collect();
     let fd = kvm.create_vm().map_err(err("KVM_CREATE_VM"))?;
-    // Real-mode support pages (needed on Intel; harmless elsewhere), kept out of guest RAM.
-    fd.set_tss_address(0xfffb_d000).map_err(err("KVM_SET_TSS_ADDR"))?;
-    fd.set_identity_map_address(0xfffb_c000).map_err(err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    // Real-mode support pages (needed on Intel; harmless elsewhere), kept out of guest RAM and
+    // below where firmware images go (the top 16 MiB), where QEMU puts them.
+    fd.set_tss_address(0xfeff_d000).map_err(err("KVM_SET_TSS_ADDR"))?;
+    fd.set_identity_map_address(0xfeff_c000).map_err(err("KVM_SET_IDENTITY_MAP_ADDR"))?;
     fd.create_irq_chip().map_err(err("KVM_CREATE_IRQCHIP"))?;
     fd.create_pit2(kvm_pit_config::default()).map_err(err("KVM_CREATE_PIT2"))?;
     let stats = get_stats_fd(fd.as_raw_fd());
@@ -61,6 +62,13 @@ pub fn max_vcpus() -> Result<usize> {
     Ok(Kvm::new().map_err(err("open /dev/kvm"))?.get_max_vcpus())
 }
 
+/// The TSC rate a vCPU of this host runs at: KVM answers it per vCPU, so one is made and dropped.
+pub fn tsc_khz() -> Result<u32> {
+    let vm = Kvm::new().map_err(err("open /dev/kvm"))?.create_vm().map_err(err("KVM_CREATE_VM"))?;
+    let vcpu = vm.create_vcpu(0).map_err(err("KVM_CREATE_VCPU"))?;
+    vcpu.get_tsc_khz().map_err(err("KVM_GET_TSC_KHZ"))
+}
+
 pub struct KvmVm {
     fd: VmFd,
     stats: Option<OwnedFd>,
@@ -69,17 +77,36 @@ pub struct KvmVm {
     msrs_to_save: Arc<[u32]>,
 }
 
-impl Vm for KvmVm {
-    unsafe fn map_memory(&self, slot: u32, gpa: u64, size: u64, host_addr: u64) -> Result<()> {
+impl KvmVm {
+    /// # Safety
+    /// The host range must stay mapped for the VM's lifetime (unless `size` is 0).
+    unsafe fn set_region(&self, slot: u32, gpa: u64, size: u64, host_addr: u64, flags: u32) -> Result<()> {
         let region = kvm_userspace_memory_region {
             slot,
             guest_phys_addr: gpa,
             memory_size: size,
             userspace_addr: host_addr,
-            flags: 0,
+            flags,
         };
-        // SAFETY: the caller guarantees the host range outlives the VM.
+        // SAFETY: the caller guarantees the host range.
         unsafe { self.fd.set_user_memory_region(region) }.map_err(err("KVM_SET_USER_MEMORY_REGION"))
+    }
+}
+
+impl Vm for KvmVm {
+    unsafe fn map_memory(&self, slot: u32, gpa: u64, size: u64, host_addr: u64) -> Result<()> {
+        // SAFETY: the caller guarantees the host range outlives the VM.
+        unsafe { self.set_region(slot, gpa, size, host_addr, 0) }
+    }
+
+    unsafe fn map_readonly_memory(&self, slot: u32, gpa: u64, size: u64, host_addr: u64) -> Result<()> {
+        // SAFETY: as for map_memory.
+        unsafe { self.set_region(slot, gpa, size, host_addr, KVM_MEM_READONLY) }
+    }
+
+    fn unmap_memory(&self, slot: u32) -> Result<()> {
+        // SAFETY: a zero-sized region deletes the slot; no host memory is handed over.
+        unsafe { self.set_region(slot, 0, 0, 0, 0) }
     }
 
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>> {
@@ -351,6 +378,37 @@ impl Vcpu for KvmVcpu {
         unsafe { self.fd.set_xsave(&x) }.map_err(err("KVM_SET_XSAVE"))
     }
 
+    fn fxsave(&self) -> Result<[u8; 512]> {
+        // The XSAVE area starts with the legacy (FXSAVE) region; XSTATE_BV (byte 512) says which
+        // components hold values rather than their init state.
+        let x = self.fd.get_xsave().map_err(err("KVM_GET_XSAVE"))?;
+        let mut image = [0u8; 512];
+        for (i, w) in x.region[..128].iter().enumerate() {
+            image[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        if x.region[128] & 1 == 0 {
+            // x87 init: FCW 0x37f, everything else (status, tags, pointers, registers) zero.
+            image[..24].fill(0);
+            image[..2].copy_from_slice(&0x37fu16.to_le_bytes());
+            image[32..160].fill(0);
+        }
+        if x.region[128] & 2 == 0 {
+            image[160..416].fill(0);
+        }
+        Ok(image)
+    }
+
+    fn set_fxsave(&self, image: &[u8; 512]) -> Result<()> {
+        let mut x = self.fd.get_xsave().map_err(err("KVM_GET_XSAVE"))?;
+        for (i, w) in x.region[..128].iter_mut().enumerate() {
+            *w = u32::from_le_bytes(image[i * 4..i * 4 + 4].try_into().unwrap());
+        }
+        // XSTATE_BV bits 0 and 1: the x87 and SSE state are present, or KVM ignores them.
+        x.region[128] |= 3;
+        // SAFETY: the region came from KVM_GET_XSAVE on this vCPU and keeps its size.
+        unsafe { self.fd.set_xsave(&x) }.map_err(err("KVM_SET_XSAVE"))
+    }
+
     fn inject_exception(&self, vector: u8, error_code: Option<u32>) -> Result<()> {
         let mut ev = self.fd.get_vcpu_events().map_err(err("KVM_GET_VCPU_EVENTS"))?;
         ev.exception.injected = 1;
@@ -516,6 +574,12 @@ vmm_sys_util::ioctl_iow_nr!(KVM_IRQ_LINE, kvm_bindings::KVMIO, 0x61, kvm_binding
 vmm_sys_util::ioctl_iow_nr!(KVM_SET_GSI_ROUTING, kvm_bindings::KVMIO, 0x6a, kvm_bindings::kvm_irq_routing);
 vmm_sys_util::ioctl_iow_nr!(KVM_IRQFD, kvm_bindings::KVMIO, 0x76, kvm_bindings::kvm_irqfd);
 vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, kvm_bindings::KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_SET_USER_MEMORY_REGION,
+    kvm_bindings::KVMIO,
+    0x46,
+    kvm_bindings::kvm_userspace_memory_region
+);
 
 /// What a vCPU's `Vcpu` methods ask of its fd while the guest runs: running it, the register,
 /// event and state access of the PVM fix-ups and the halt check, and a snapshot's reads.
@@ -547,6 +611,13 @@ pub fn vcpu_ioctls() -> Vec<u64> {
 /// lines, MSI routes, irqfds and ioeventfds (moved when the guest moves a BAR).
 pub fn vm_interrupt_ioctls() -> Vec<u64> {
     vec![KVM_IRQ_LINE(), KVM_SET_GSI_ROUTING(), KVM_IRQFD(), KVM_IOEVENTFD()]
+}
+
+/// `map_readonly_memory` and `unmap_memory`: UEFI firmware's flash (`firmware::flash`) maps its
+/// variable store into the guest in read-array mode and out of it while a command runs, from
+/// the vCPU thread whose MMIO write switched the mode.
+pub fn memory_region_ioctl() -> u64 {
+    KVM_SET_USER_MEMORY_REGION()
 }
 
 /// What `Vm::save_state` asks of the VM fd (the control socket's `save`): the interrupt
