@@ -53,16 +53,14 @@ pub struct HostInsn {
     pub x87: bool,
 }
 
-/// The instruction sets run here (CMOV only with the x87: FCMOVcc, FCOMI).
+/// The instruction sets run here: at least one of them, and besides them only X64 (their
+/// 64-bit forms) and CMOV with the x87 (FCMOVcc, FCOMI). X64 alone is no set: iced names it for
+/// 64-bit forms of system instructions too (`lgdt` with REX.W), which fault on the host.
 fn allowed(features: &[CpuidFeature]) -> bool {
     use CpuidFeature::*;
+    let set = |f: &CpuidFeature| matches!(f, FPU | FPU287 | FPU387 | MMX | SSE | SSE2 | SSE3 | SSSE3 | SSE4_1 | SSE4_2);
     let x87 = features.iter().any(|f| matches!(f, FPU | FPU287 | FPU387));
-    !features.is_empty()
-        && features.iter().all(|f| match f {
-            FPU | FPU287 | FPU387 | MMX | SSE | SSE2 | SSE3 | SSSE3 | SSE4_1 | SSE4_2 | X64 => true,
-            CMOV => x87,
-            _ => false,
-        })
+    features.iter().any(set) && features.iter().all(|f| set(f) || *f == X64 || (*f == CMOV && x87))
 }
 
 /// RFLAGS bits as iced numbers them -> as x86 does.
@@ -375,6 +373,10 @@ mod tests {
             (&[0x66, 0x0f, 0xf7, 0xc1][..], "maskmovdqu writes through rdi"),
             (&[0x0f, 0xae, 0x00][..], "fxsave"),
             (&[0x48, 0x01, 0xd8][..], "add rax, rbx"),
+            // iced lists only X64 for these 64-bit system forms (a fuzz input ran lgdt here).
+            (&[0x48, 0x0f, 0x01, 0x55, 0x05][..], "lgdt [rbp+5] with REX.W"),
+            (&[0x48, 0x0f, 0x01, 0x5d, 0x05][..], "lidt [rbp+5] with REX.W"),
+            (&[0x48, 0x0f, 0x00, 0x55, 0x05][..], "lldt [rbp+5] with REX.W"),
             (&[0x66, 0x0f, 0xc5, 0xc1, 0x01][..], "pextrw eax, xmm1: fine"),
         ] {
             let r = host(bytes);
