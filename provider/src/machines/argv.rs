@@ -1,9 +1,10 @@
 //! The `xhyve` command line that starts a machine: its devices in xhyve's slots (management
 //! network in slot 2, disks after it, then the NICs on named networks), the user-mode port
-//! forwards, the control socket and the kexec boot (or `--restore` of a saved state).
+//! forwards, the control socket and the boot: kexec, UEFI firmware, or `--restore` of a saved
+//! state.
 
-use super::record::{DiskFormat, MachineRecord, NetworkMode};
-use super::{control, identity, ssh};
+use super::record::{DiskFormat, Firmware, MachineRecord, NetworkMode};
+use super::{control, efi, identity, ssh};
 use crate::error::{code, Error, Result};
 use crate::network::named::{Named, Port};
 use crate::network::{Shared, Tap};
@@ -160,9 +161,37 @@ pub(super) fn launch(
         "-l".into(),
         format!("com1,log={}", console.display()),
         "-f".into(),
-        format!("kexec,{},{},{cmdline}", rec.kernel, rec.initrd.clone().unwrap_or_default()),
+        boot(xhyve, feat, rec, &cmdline)?,
     ]);
     Ok(Launch { argv, notes, ssh_port, taps })
+}
+
+/// `-f`'s value: kexec of the record's kernel, or OVMF with the machine's variable store.
+fn boot(xhyve: &Path, feat: &Features, rec: &MachineRecord, cmdline: &str) -> Result<String> {
+    let missing =
+        |what: &str| Error::new(code::VMM_FAILED, format!("machine {}: {what} (was the box changed?)", rec.id));
+    match rec.firmware {
+        Firmware::Kexec => {
+            let kernel =
+                rec.kernel.as_deref().ok_or_else(|| missing("kexec needs a kernel and the record has none"))?;
+            Ok(format!("kexec,{kernel},{},{cmdline}", rec.initrd.as_deref().unwrap_or_default()))
+        }
+        Firmware::Efi => {
+            // OVMF's Q35 platform code expects the host bridge and the LPC bridge (slots 0, 31).
+            if !feat.boot.iter().any(|b| b == "bootrom") || !feat.has_pci("hostbridge") || !feat.has_pci("lpc") {
+                return Err(Error::new(
+                    code::VMM_FAILED,
+                    format!(
+                        "{} cannot boot UEFI firmware (its --features has no bootrom): use a newer xhyve",
+                        xhyve.display()
+                    ),
+                ));
+            }
+            let vars = rec.efi_vars.as_deref().ok_or_else(|| missing("firmware efi needs its variable store"))?;
+            efi::check_boot_disk(&rec.id, &rec.disks)?;
+            Ok(format!("bootrom,{},{vars}", efi::code()?.display()))
+        }
+    }
 }
 
 /// `argv` without its `--restore`: how xhyve starts again after a guest reboot.
@@ -206,6 +235,28 @@ mod tests {
         let again = without_restore(&l.argv);
         assert_eq!(again.len(), l.argv.len() - 2);
         assert!(!again.iter().any(|a| a == RESTORE || a == "/m/saved.snap") && has_control(&again));
+        let f = |a: &[String]| a[a.iter().position(|a| a == "-f").unwrap() + 1].clone();
+        assert_eq!(f(&l.argv), "kexec,/k,,");
+        // Firmware: OVMF with the machine's own variable store, only from an xhyve that has it.
+        let mut efi = r.clone();
+        (efi.firmware, efi.kernel, efi.efi_vars) = (Firmware::Efi, None, Some("/m/efi-vars.fd".into()));
+        let disk = std::env::temp_dir().join(format!("xhyve-argv-efi-{}.img", std::process::id()));
+        std::fs::write(&disk, efi::tests::fat_disk()).unwrap();
+        efi.disks = vec![crate::machines::record::Disk {
+            path: disk.display().to_string(),
+            source: None,
+            owned: true,
+            format: DiskFormat::Raw,
+        }];
+        let fw = Features { boot: vec!["kexec".into(), "bootrom".into()], ..feat.clone() };
+        let got = launch(Path::new("/x"), &fw, &efi, Path::new("/c"), &HashSet::new(), nets(), None);
+        match efi::code() {
+            Ok(code) => assert_eq!(f(&got.unwrap().argv), format!("bootrom,{},/m/efi-vars.fd", code.display())),
+            Err(e) => assert_eq!(got.err().unwrap().message, e.message),
+        }
+        let e = launch(Path::new("/x"), &feat, &efi, Path::new("/c"), &HashSet::new(), nets(), None).err().unwrap();
+        assert!(e.message.contains("/x cannot boot UEFI firmware"), "{}", e.message);
+        std::fs::remove_file(&disk).unwrap();
         let old = Features { snapshots: false, ..feat };
         let l = launch(Path::new("/x"), &old, &r, Path::new("/c"), &HashSet::new(), nets(), None).unwrap();
         assert!(!has_control(&l.argv));

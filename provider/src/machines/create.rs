@@ -7,9 +7,9 @@
 //! the machine gets sparse copies.
 
 use super::params::{check_uuid, new_uuid, parse_nics, CreateParams, DiskSpec};
-use super::record::{BoxRef, Disk, DiskFormat, MachineRecord, Network, State};
+use super::record::{BoxRef, Disk, DiskFormat, Firmware, MachineRecord, Network, State};
 use super::source::{self, Source};
-use super::{argv::MAX_DISKS, disk, invalid_field, lock, overlay, process, Machines};
+use super::{argv::MAX_DISKS, disk, efi, invalid_field, lock, overlay, process, Machines};
 use crate::boxes::{store, Boxes};
 use crate::error::{code, Error, Result};
 use crate::home::Home;
@@ -38,6 +38,9 @@ enum Plan {
 struct Spec {
     name: String,
     source: Source,
+    firmware: Firmware,
+    /// Firmware efi: where the machine's variable store is copied from.
+    vars_from: Option<PathBuf>,
     cpus: u32,
     memory: MemSize,
     cmdline: String,
@@ -51,12 +54,12 @@ struct Spec {
 
 impl Spec {
     /// Checks the params in the order their errors have always come: name, box (or kernel),
-    /// cpus, memory, cmdline, network, disks, disk_size, uuid.
+    /// cpus, memory, cmdline, network, disks, disk_size, uuid; then firmware.
     fn check(home: &Home, p: CreateParams) -> Result<Spec> {
         if p.name.trim().is_empty() || p.name.len() > 200 || p.name.chars().any(char::is_control) {
             return Err(invalid_field("name", "a machine name is 1 to 200 printable characters"));
         }
-        let source = Source::resolve(home, p.bx.as_ref(), p.kernel.as_deref(), p.initrd.as_deref())?;
+        let source = Source::resolve(home, p.bx.as_ref(), p.kernel.as_deref(), p.initrd.as_deref(), p.firmware)?;
         let cpus = p.cpus.or(source.cpus).unwrap_or(1);
         if !(1..=255).contains(&cpus) {
             return Err(invalid_field("cpus", format!("{cpus}: from 1 to 255")));
@@ -83,7 +86,28 @@ impl Spec {
             Some(u) => check_uuid(u).map_err(|e| invalid_field("uuid", e))?,
             None => new_uuid()?,
         };
-        Ok(Spec { name: p.name, source, cpus, memory, cmdline, network, disks, grow_to, uuid })
+        let firmware = p.firmware.unwrap_or(source.firmware);
+        let vars_from = match firmware {
+            Firmware::Kexec if source.kernel.is_none() => {
+                return Err(invalid_field(
+                    "firmware",
+                    "kexec needs a kernel, and the box names none: it boots with efi",
+                ))
+            }
+            Firmware::Kexec => None,
+            Firmware::Efi if disks.is_empty() => {
+                return Err(invalid_field(
+                    "firmware",
+                    "efi boots the machine's first disk, and it has none: give disks",
+                ))
+            }
+            Firmware::Efi => {
+                // Checked now, so that a machine that cannot start is not made.
+                efi::code()?;
+                Some(source.efi_vars.clone().map_or_else(efi::vars_template, Ok)?)
+            }
+        };
+        Ok(Spec { name: p.name, source, firmware, vars_from, cpus, memory, cmdline, network, disks, grow_to, uuid })
     }
 }
 
@@ -162,7 +186,10 @@ impl Machines {
         }
         let from = match &rec.bx {
             Some(b) => format!("box {} {}", b.name, b.version),
-            None => format!("kernel {}", rec.kernel),
+            None => match &rec.kernel {
+                Some(k) => format!("kernel {k}"),
+                None => format!("disk {}", rec.disks.first().map_or("", |d| d.path.as_str())),
+            },
         };
         log(&format!("machine {} ({}) created from {from}", rec.id, rec.name));
         Ok(json!({
@@ -289,9 +316,12 @@ fn new_record(spec: &Spec, id: String, dir: &Path) -> MachineRecord {
     // Boot files of a box stay in the box (box.remove refuses while machines use it); files
     // given directly are copied into the machine, which then owns them.
     let src = &spec.source;
-    let (kernel, initrd) = match &src.bx {
-        Some(_) => (src.kernel.clone(), src.initrd.clone()),
-        None => source::boot_paths(dir, &src.kernel, src.initrd.as_deref()),
+    let (kernel, initrd) = match (&src.bx, &src.kernel) {
+        (None, Some(k)) => {
+            let (k, i) = source::boot_paths(dir, k, src.initrd.as_deref());
+            (Some(k), i)
+        }
+        _ => (src.kernel.clone(), src.initrd.clone()),
     };
     MachineRecord {
         id,
@@ -306,8 +336,10 @@ fn new_record(spec: &Spec, id: String, dir: &Path) -> MachineRecord {
         cpus: spec.cpus,
         memory: spec.memory,
         cmdline: spec.cmdline.clone(),
-        kernel: kernel.display().to_string(),
+        firmware: spec.firmware,
+        kernel: kernel.map(|p| p.display().to_string()),
         initrd: initrd.map(|p| p.display().to_string()),
+        efi_vars: spec.vars_from.as_ref().map(|_| dir.join(efi::VARS).display().to_string()),
         disks,
         network: spec.network.clone(),
         created_at: state::now(),
@@ -319,25 +351,36 @@ fn new_record(spec: &Spec, id: String, dir: &Path) -> MachineRecord {
         ssh_port: None,
         stop_requested: false,
         suspend_requested: false,
-        fast_start: src.fast_start,
+        // A saved boot needs kexec: xhyve cannot save a firmware machine.
+        fast_start: src.fast_start && spec.firmware == Firmware::Kexec,
         fresh: true,
         reboots: 0,
         recent_reboots: Vec::new(),
     }
 }
 
-/// Copies the boot files (of a machine without a box) and the disks to where the record says,
-/// makes the new empty disks and grows the first disk to `disk_size`.
+/// Copies the boot files (of a machine without a box), the variable store and the disks to where
+/// the record says, makes the new empty disks and grows the first disk to `disk_size`.
 fn populate(spec: &Spec, rec: &MachineRecord, dir: &Path) -> Result<()> {
     let src = &spec.source;
-    let boot = std::iter::once((&src.kernel, &rec.kernel))
+    let boot = src
+        .kernel
+        .iter()
+        .zip(&rec.kernel)
         .chain(src.initrd.iter().zip(&rec.initrd))
-        .filter(|_| src.bx.is_none());
+        .filter(|_| src.bx.is_none())
+        .chain(spec.vars_from.iter().zip(&rec.efi_vars));
     for (from, to) in boot {
         let to = Path::new(to);
         fs::create_dir_all(to.parent().unwrap_or(dir))
             .and_then(|()| fs::copy(from, to))
             .map_err(|e| Error::internal(format!("copying {} to {}: {e}", from.display(), to.display())))?;
+    }
+    if let Some(vars) = &rec.efi_vars {
+        // The firmware writes it: writable whatever the template's mode (fs::copy keeps it).
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(vars, fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::internal(format!("making {vars} writable: {e}")))?;
     }
     for (plan, d) in spec.disks.iter().zip(&rec.disks) {
         let dst = Path::new(&d.path);

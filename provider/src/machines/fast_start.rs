@@ -53,7 +53,7 @@ pub(super) fn saved_boot(rec: &MachineRecord) -> Option<PathBuf> {
         rec.memory,
         rec.network.mode.as_str(),
         rec.network.nics.len(),
-        rec.kernel,
+        rec.kernel.as_deref().unwrap_or(""),
         rec.initrd.as_deref().unwrap_or(""),
         cmdline.join(" ")
     );

@@ -83,7 +83,7 @@ impl Machines {
                 xhyve.display()
             )));
         }
-        for f in std::iter::once(&rec.kernel).chain(rec.initrd.iter()) {
+        for f in rec.kernel.iter().chain(&rec.initrd).chain(&rec.efi_vars) {
             if !Path::new(f).is_file() {
                 return Err(vmm_err(format!("{f} is missing (was the box changed?)")));
             }

@@ -22,6 +22,7 @@ mod boot_disks;
 mod control;
 mod create;
 pub mod disk;
+mod efi;
 mod fast_start;
 mod identity;
 mod lifecycle;

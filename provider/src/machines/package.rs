@@ -1,14 +1,14 @@
 //! `machine.package`: a stopped machine as a new `.box` (tar.gz, the format of
-//! `boxes/README.md`): its kernel, initrd and command line, its current disks, its cpus and
-//! memory as defaults, and a Vagrantfile. `vagrant package` and Packer's export step call it.
+//! `boxes/README.md`): its kernel, initrd and command line (or its firmware and UEFI variable
+//! store), its current disks, its cpus and memory as defaults, and a Vagrantfile. `vagrant package` and Packer's export step call it.
 //! A disk that is a qcow2 overlay (a linked clone) goes in flat: the raw disk the guest sees.
 //! The box is written beside its output and renamed into place; one that a crash cut short is
 //! removed at the daemon's next start (`remove_partials`).
 
 use super::overlay::Flat;
 use super::params::PackageParams;
-use super::record::{DiskFormat, MachineRecord, State};
-use super::{invalid_field, lock, wrong_state, Machines};
+use super::record::{DiskFormat, Firmware, MachineRecord, State};
+use super::{efi, invalid_field, lock, wrong_state, Machines};
 use crate::boxes::{store, Reporter};
 use crate::error::{Error, Result};
 use crate::home::Home;
@@ -72,15 +72,18 @@ fn absolute(field: &str, p: &str) -> Result<PathBuf> {
 fn members(rec: &MachineRecord, vagrantfile: Option<PathBuf>) -> Vec<(String, PathBuf)> {
     let base =
         |p: &str| Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
-    let mut files = vec![(base(&rec.kernel), PathBuf::from(&rec.kernel))];
+    let mut files: Vec<(String, PathBuf)> = rec.kernel.iter().map(|k| (base(k), PathBuf::from(k))).collect();
     if let Some(i) = &rec.initrd {
         let name = base(i);
         // A kernel and an initrd of one name (possible in a box) must not collide.
-        let name = if name == files[0].0 { format!("initrd-{name}") } else { name };
+        let name = if files.first().is_some_and(|(k, _)| *k == name) { format!("initrd-{name}") } else { name };
         files.push((name, PathBuf::from(i)));
     }
     for (n, d) in rec.disks.iter().enumerate() {
         files.push((format!("disk{n}.img"), PathBuf::from(&d.path)));
+    }
+    if let Some(v) = &rec.efi_vars {
+        files.push((efi::VARS.into(), PathBuf::from(v)));
     }
     let box_vagrantfile = rec.bx.as_ref().map(|b| Path::new(&b.path).join("Vagrantfile")).filter(|v| v.is_file());
     if let Some(v) = vagrantfile.or(box_vagrantfile) {
@@ -92,16 +95,24 @@ fn members(rec: &MachineRecord, vagrantfile: Option<PathBuf>) -> Vec<(String, Pa
 fn metadata(rec: &MachineRecord, files: &[(String, PathBuf)]) -> Value {
     let disks: Vec<&str> =
         files.iter().filter(|(n, _)| n.starts_with("disk") && n.ends_with(".img")).map(|(n, _)| n.as_str()).collect();
+    // The archive name of a file the record names.
+    let name = |p: &Option<String>| {
+        p.as_ref().and_then(|p| files.iter().find(|(_, f)| f == Path::new(p))).map(|(n, _)| n.as_str())
+    };
     let mut m = json!({
         "provider": "xhyve",
-        "kernel": files[0].0,
         "cmdline": rec.cmdline,
         "cpus": rec.cpus,
         "memory": rec.memory,
         "disks": disks,
     });
-    if rec.initrd.is_some() {
-        m["initrd"] = json!(files[1].0);
+    for (key, file) in [("kernel", &rec.kernel), ("initrd", &rec.initrd), ("efi_vars", &rec.efi_vars)] {
+        if let Some(n) = name(file) {
+            m[key] = json!(n);
+        }
+    }
+    if rec.firmware == Firmware::Efi {
+        m["firmware"] = json!(rec.firmware.as_str());
     }
     // The same kernel and initrd: the same init, with its identity step.
     if rec.fast_start {
@@ -276,7 +287,7 @@ mod tests {
 
     fn rec(dir: &Path) -> MachineRecord {
         let mut r = crate::machines::record::tests::rec();
-        r.kernel = dir.join("vmlinux").display().to_string();
+        r.kernel = Some(dir.join("vmlinux").display().to_string());
         r.initrd = Some(dir.join("initrd.img").display().to_string());
         r.disks = vec![Disk {
             path: dir.join("disk-0.img").display().to_string(),
@@ -313,6 +324,25 @@ mod tests {
         assert!(!partial.exists() && other.exists());
         assert_eq!(fs::read_dir(home.tmp()).unwrap().count(), 0);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_firmware_machine_carries_its_variable_store_and_no_kernel() {
+        let dir = Path::new("/m");
+        let mut r = rec(dir);
+        (r.firmware, r.kernel, r.initrd) = (Firmware::Efi, None, None);
+        r.efi_vars = Some("/m/efi-vars.fd".into());
+        let files = members(&r, None);
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["disk0.img", "efi-vars.fd"]);
+        let meta = metadata(&r, &files);
+        assert_eq!(
+            (&meta["firmware"], &meta["efi_vars"], &meta["disks"]),
+            (&json!("efi"), &json!("efi-vars.fd"), &json!(["disk0.img"]))
+        );
+        assert!(meta.get("kernel").is_none() && meta.get("initrd").is_none(), "{meta}");
+        // A kexec machine's metadata says nothing of firmware (older daemons read it too).
+        assert!(metadata(&rec(dir), &members(&rec(dir), None)).get("firmware").is_none());
     }
 
     #[test]

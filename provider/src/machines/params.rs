@@ -2,7 +2,7 @@
 //! typed ones (sizes given as numbers or strings, the network as a string or an object) into
 //! values the record keeps. Errors are the text after `invalid params: FIELD: `.
 
-use super::record::{ForwardedPort, Network, NetworkMode, PrivateNic, Protocol};
+use super::record::{Firmware, ForwardedPort, Network, NetworkMode, PrivateNic, Protocol};
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use serde_json::Value;
@@ -24,6 +24,8 @@ pub struct CreateParams {
     pub cpus: Option<u32>,
     pub memory: Option<Value>,
     pub cmdline: Option<String>,
+    /// Overrides the box's: `kexec` needs a kernel, `efi` a first disk the firmware boots.
+    pub firmware: Option<Firmware>,
     #[serde(default)]
     pub disks: Vec<DiskSpec>,
     pub network: Option<Value>,

@@ -37,6 +37,30 @@ impl State {
     }
 }
 
+/// How a machine boots (box metadata `firmware`, machine.create's `firmware`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// xhyve loads the kernel and initrd itself (`-f kexec`).
+    #[default]
+    Kexec,
+    /// UEFI firmware (Debian's OVMF, `-f bootrom`) boots the first disk through its EFI system
+    /// partition.
+    Efi,
+}
+
+impl Firmware {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Kexec => "kexec",
+            Firmware::Efi => "efi",
+        }
+    }
+    fn is_kexec(&self) -> bool {
+        *self == Firmware::Kexec
+    }
+}
+
 /// The box a machine was made from (box.remove's guard reads `name`, `version`, `architecture`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BoxRef {
@@ -200,9 +224,17 @@ pub struct MachineRecord {
     pub cpus: u32,
     pub memory: MemSize,
     pub cmdline: String,
-    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Firmware::is_kexec")]
+    pub firmware: Firmware,
+    /// What kexec boots; a firmware machine may have none.
+    #[serde(default)]
+    pub kernel: Option<String>,
     #[serde(default)]
     pub initrd: Option<String>,
+    /// A firmware machine's own UEFI variable store (`efi.rs`): its boot entries, kept across
+    /// restarts and carried by machine.package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efi_vars: Option<String>,
     #[serde(default)]
     pub disks: Vec<Disk>,
     pub network: Network,
@@ -299,6 +331,7 @@ impl MachineRecord {
         };
         v["cpus"] = json!(self.cpus);
         v["memory"] = json!(self.memory);
+        v["firmware"] = json!(self.firmware.as_str());
         v["path"] = json!(dir.display().to_string());
         v["forwarded_ports"] = json!(self.network.forwarded_ports);
         v

@@ -1,8 +1,9 @@
-//! Where a new machine's kernel, initrd, first disks and defaults come from: an installed box
-//! (its `metadata.json`, see boxes/README.md) or files named in `machine.create` itself (a
-//! machine without a box, as Packer builds from a kernel and a disk image).
+//! Where a new machine's boot files, first disks and defaults come from: an installed box (its
+//! `metadata.json`, see boxes/README.md) or files named in `machine.create` itself (a machine
+//! without a box, as Packer builds from a kernel, or from a disk image its firmware boots).
 
 use super::invalid_field;
+use super::record::Firmware;
 use crate::boxes::{catalog, store, version};
 use crate::error::{Error, Result};
 use crate::home::Home;
@@ -14,7 +15,10 @@ use std::path::{Path, PathBuf};
 /// it gives (a box's `metadata.json`; for files given directly, no disks and no defaults).
 pub(super) struct Source {
     pub bx: Option<(PathBuf, store::BoxRecord)>,
-    pub kernel: PathBuf,
+    /// How the box boots (`firmware`, kexec unless it says efi).
+    pub firmware: Firmware,
+    /// A box that boots through firmware may name no kernel.
+    pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
     pub cpus: Option<u32>,
@@ -22,11 +26,20 @@ pub(super) struct Source {
     pub disks: Vec<PathBuf>,
     /// The box's metadata says `fast_start` (boxes/README.md, "Fast start").
     pub fast_start: bool,
+    /// The box's UEFI variable store (`efi_vars`, a packaged firmware machine's).
+    pub efi_vars: Option<PathBuf>,
 }
 
 impl Source {
-    /// machine.create's `box`, or its `kernel` and `initrd`: exactly one of the two ways.
-    pub fn resolve(home: &Home, bx: Option<&Value>, kernel: Option<&str>, initrd: Option<&str>) -> Result<Source> {
+    /// machine.create's `box`, or its `kernel` and `initrd`: exactly one of the two ways, or
+    /// neither with `firmware` efi (the firmware boots the first of the disks given).
+    pub fn resolve(
+        home: &Home,
+        bx: Option<&Value>,
+        kernel: Option<&str>,
+        initrd: Option<&str>,
+        firmware: Option<Firmware>,
+    ) -> Result<Source> {
         match (bx, kernel) {
             (Some(spec), None) => {
                 if initrd.is_some() {
@@ -38,22 +51,39 @@ impl Source {
                 Ok(src)
             }
             (None, Some(k)) => Ok(Source {
-                bx: None,
-                kernel: given_file("kernel", k)?,
+                kernel: Some(given_file("kernel", k)?),
                 initrd: initrd.map(|i| given_file("initrd", i)).transpose()?,
-                cmdline: None,
-                cpus: None,
-                memory: None,
-                disks: Vec::new(),
-                fast_start: false,
+                ..Source::files(Firmware::Kexec)
             }),
+            (None, None) if firmware == Some(Firmware::Efi) => {
+                if initrd.is_some() {
+                    return Err(invalid_field("initrd", "firmware efi boots no initrd of its own: give a kernel too"));
+                }
+                Ok(Source::files(Firmware::Efi))
+            }
             (Some(_), Some(_)) => {
                 Err(invalid_field("kernel", "give a box or a kernel, not both (a box names its kernel)"))
             }
             (None, None) => Err(invalid_field(
                 "box",
-                "missing: give an installed box, or a kernel (and initrd) to boot without one",
+                "missing: give an installed box, or a kernel (and initrd) to boot without one, or firmware efi and disks",
             )),
+        }
+    }
+
+    /// A machine without a box: nothing but what its params give.
+    fn files(firmware: Firmware) -> Source {
+        Source {
+            bx: None,
+            firmware,
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            cpus: None,
+            memory: None,
+            disks: Vec::new(),
+            fast_start: false,
+            efi_vars: None,
         }
     }
 }
@@ -100,17 +130,23 @@ fn read_meta(dir: &Path, box_name: &str) -> Result<Source> {
                 .map_err(|e| Error::bad_box(format!("box {box_name:?}: metadata.json is not JSON: {e}")))
         })?;
     let bad = |m: &str| Error::bad_box(format!("box {box_name:?}: metadata.json {m} (see boxes/README.md)"));
-    let kernel = v
-        .get("kernel")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("has no \"kernel\": an xhyve box names the kernel it boots"))?;
-    let kernel = box_file(dir, kernel, "kernel", box_name)?;
-    let initrd = match v.get("initrd") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(box_file(dir, s, "initrd", box_name)?),
-        Some(_) => return Err(bad("\"initrd\" is not a string")),
+    let firmware = match v.get("firmware") {
+        None | Some(Value::Null) => Firmware::Kexec,
+        Some(f) => serde_json::from_value(f.clone()).map_err(|_| bad("\"firmware\" is not \"kexec\" or \"efi\""))?,
     };
+    // A box file named by an optional string field.
+    let file = |key: &str| match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => box_file(dir, s, key, box_name).map(Some),
+        Some(_) => Err(bad(&format!("\"{key}\" is not a string"))),
+    };
+    let kernel = file("kernel")?;
+    if kernel.is_none() && firmware == Firmware::Kexec {
+        return Err(bad("has no \"kernel\": an xhyve box names the kernel it boots, or says \"firmware\": \"efi\""));
+    }
+    let initrd = file("initrd")?;
+    let efi_vars = file("efi_vars")?;
     let cmdline = match v.get("cmdline") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.contains(['\n', '\0']) => {
@@ -138,12 +174,15 @@ fn read_meta(dir: &Path, box_name: &str) -> Result<Source> {
         }
         Some(_) => return Err(bad("\"disks\" is not an array of file names")),
     }
+    if firmware == Firmware::Efi && disks.is_empty() {
+        return Err(bad("says \"firmware\": \"efi\" but has no \"disks\": the firmware boots the first one"));
+    }
     let fast_start = match v.get("fast_start") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(bad("\"fast_start\" is not true or false")),
     };
-    Ok(Source { bx: None, kernel, initrd, cmdline, cpus, memory, disks, fast_start })
+    Ok(Source { bx: None, firmware, kernel, initrd, cmdline, cpus, memory, disks, fast_start, efi_vars })
 }
 
 /// `box` param: `"NAME"` or `{name, version?, architecture?}` (version: a constraint).
@@ -223,4 +262,41 @@ pub(super) fn boot_paths(dir: &Path, kernel: &Path, initrd: Option<&Path>) -> (P
         boot.join(n)
     });
     (boot.join(name(kernel)), initrd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(dir: &Path, v: Value) -> Result<Source> {
+        fs::write(dir.join("metadata.json"), v.to_string()).unwrap();
+        read_meta(dir, "t")
+    }
+
+    #[test]
+    fn firmware_boxes_name_disks_and_may_name_no_kernel() {
+        let dir = std::env::temp_dir().join(format!("xhyve-source-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        for f in ["vmlinux", "disk0.img", "efi-vars.fd"] {
+            fs::write(dir.join(f), b"x").unwrap();
+        }
+        let s = meta(&dir, json!({"firmware": "efi", "disks": ["disk0.img"], "efi_vars": "efi-vars.fd"})).unwrap();
+        assert_eq!((s.firmware, s.kernel, s.efi_vars), (Firmware::Efi, None, Some(dir.join("efi-vars.fd"))));
+        let s = meta(&dir, json!({"kernel": "vmlinux", "disks": ["disk0.img"]})).unwrap();
+        assert_eq!((s.firmware, s.kernel, s.efi_vars), (Firmware::Kexec, Some(dir.join("vmlinux")), None));
+        for (v, want) in [
+            (json!({"firmware": "bios", "disks": ["disk0.img"]}), "\"firmware\" is not \"kexec\" or \"efi\""),
+            (json!({"firmware": "efi"}), "has no \"disks\": the firmware boots the first one"),
+            (json!({"disks": ["disk0.img"]}), "or says \"firmware\": \"efi\""),
+            (json!({"firmware": "kexec", "disks": ["disk0.img"]}), "has no \"kernel\""),
+            (
+                json!({"firmware": "efi", "disks": ["disk0.img"], "efi_vars": "../x"}),
+                "efi_vars: \"../x\" is not a path",
+            ),
+        ] {
+            let e = meta(&dir, v.clone()).err().unwrap_or_else(|| panic!("{v} was accepted"));
+            assert!(e.code == crate::error::code::BAD_BOX && e.message.contains(want), "{v}: {}", e.message);
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
