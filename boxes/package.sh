@@ -7,7 +7,11 @@ usage() {
 	cat >&2 <<'EOF'
 usage: boxes/package.sh OUT.box DIR [--kernel FILE] [--initrd FILE|--no-initrd] [--cmdline CMDLINE]
                         [--cpus N] [--memory SIZE] [--disk FILE]... [--include FILE]... [--fast-start]
+                        [--firmware efi [--efi-vars FILE]]
   --fast-start: the box's init runs the identity step (boxes/README.md, "Fast start").
+  --firmware efi: UEFI firmware boots the first disk (its EFI system partition); the box needs
+            no kernel (one given or found is kept for kexec); --efi-vars: the variable store
+            its machines start with (else OVMF's empty one).
   DIR holds the files; FILE names are relative to DIR.
   Defaults: --kernel vmlinux (else vmlinuz), --initrd initrd.img when present,
             --cmdline console=ttyS0, --cpus 1, --memory 256M, --disk every disk*.img in DIR;
@@ -22,7 +26,7 @@ shift 2
 [ -d "$dir" ] || { echo "package.sh: $dir is not a directory" >&2; exit 2; }
 dir=$(cd "$dir" && pwd)
 kernel= initrd= no_initrd= cmdline=console=ttyS0 cpus=1 memory=256M
-disks=() includes=() disks_given= fast_start=
+disks=() includes=() disks_given= fast_start= firmware= efi_vars=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--kernel) kernel=${2:?}; shift ;;
@@ -34,16 +38,20 @@ while [ $# -gt 0 ]; do
 	--disk) disks+=("${2:?}"); disks_given=1; shift ;;
 	--include) includes+=("${2:?}"); shift ;;
 	--fast-start) fast_start=1 ;;
+	--firmware) firmware=${2:?}; shift ;;
+	--efi-vars) efi_vars=${2:?}; shift ;;
 	-h | --help) usage ;;
 	*) echo "package.sh: unknown option $1" >&2; usage ;;
 	esac
 	shift
 done
 
+case $firmware in '' | efi) ;; *) echo "package.sh: --firmware $firmware: only efi (kexec is the default)" >&2; exit 2 ;; esac
+[ -z "$efi_vars" ] || [ -n "$firmware" ] || { echo "package.sh: --efi-vars needs --firmware efi" >&2; exit 2; }
 if [ -z "$kernel" ]; then
 	if [ -f "$dir/vmlinux" ]; then kernel=vmlinux
 	elif [ -f "$dir/vmlinuz" ]; then kernel=vmlinuz
-	else echo "package.sh: no vmlinux or vmlinuz in $dir: pass --kernel" >&2; exit 1
+	elif [ -z "$firmware" ]; then echo "package.sh: no vmlinux or vmlinuz in $dir: pass --kernel" >&2; exit 1
 	fi
 fi
 if [ -z "$initrd" ] && [ -z "$no_initrd" ] && [ -f "$dir/initrd.img" ]; then initrd=initrd.img; fi
@@ -51,6 +59,7 @@ if [ -z "$initrd" ] && [ -z "$no_initrd" ] && [ -f "$dir/initrd.img" ]; then ini
 if [ -z "$disks_given" ]; then
 	for f in "$dir"/disk*.img; do [ -f "$f" ] && disks+=("${f##*/}"); done
 fi
+[ -z "$firmware" ] || [ ${#disks[@]} -gt 0 ] || { echo "package.sh: --firmware efi boots the first disk: $dir has no disk*.img (pass --disk)" >&2; exit 1; }
 [ -f "$dir/Vagrantfile" ] && includes+=(Vagrantfile)
 case $cpus in '' | *[!0-9]*) echo "package.sh: --cpus $cpus is not a number" >&2; exit 2 ;; esac
 
@@ -64,8 +73,10 @@ jstr() {
 	printf '"%s"' "$s"
 }
 
-files=("$kernel")
+files=()
+[ -n "$kernel" ] && files+=("$kernel")
 [ -n "$initrd" ] && files+=("$initrd")
+[ -n "$efi_vars" ] && files+=("$efi_vars")
 files+=("${disks[@]}" "${includes[@]}")
 for f in "${files[@]}"; do
 	case $f in /* | ../* | */../* | ..) echo "package.sh: $f: give a path inside $dir" >&2; exit 2 ;; esac
@@ -73,8 +84,11 @@ for f in "${files[@]}"; do
 	case $f in *,*) echo "package.sh: $f: xhyve's options cannot carry a comma" >&2; exit 2 ;; esac
 done
 
-meta="{\"provider\": \"xhyve\", \"kernel\": $(jstr "$kernel")"
+meta="{\"provider\": \"xhyve\""
+[ -n "$firmware" ] && meta+=", \"firmware\": $(jstr "$firmware")"
+[ -n "$kernel" ] && meta+=", \"kernel\": $(jstr "$kernel")"
 [ -n "$initrd" ] && meta+=", \"initrd\": $(jstr "$initrd")"
+[ -n "$efi_vars" ] && meta+=", \"efi_vars\": $(jstr "$efi_vars")"
 meta+=", \"cmdline\": $(jstr "$cmdline"), \"cpus\": $cpus, \"memory\": $(jstr "$memory")"
 if [ ${#disks[@]} -gt 0 ]; then
 	meta+=", \"disks\": ["
