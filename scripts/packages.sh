@@ -57,7 +57,7 @@ zstd | test | compresses test kernels and initrds: the VMM's host-side decompres
 lz4 | box test | the tiny kernel's bzImage payload is LZ4; the decompression tests (Debian's cloud kernels are lz4)
 bzip2 | test | the same, for bzip2
 qemu-utils | test | qemu-img makes and checks the qcow2 overlays of the snapshot tests
-ovmf | test | Debian's stock UEFI firmware (OVMF_CODE_4M.fd, OVMF_VARS_4M.fd, OVMF.fd): the -f bootrom unit and end-to-end tests
+ovmf | run test | Debian's stock UEFI firmware (OVMF_CODE_4M.fd, OVMF_VARS_4M.fd, OVMF.fd): what EFI boxes boot through; the -f bootrom unit and end-to-end tests
 LIST
 }
 
