@@ -10,7 +10,7 @@ def test_valid_hcl2_and_json_templates(packer):
     box = packer.work / "any.box"
     box.write_bytes(b"not read by validate")
     src = {"box_url": str(box), "box_name": "xhyve/tiny", "cpus": 2, "memory": "512M",
-           "disk_additional_size": ["64M"], "boot_wait": "5s", "shutdown_timeout": "2m"}
+           "disk_additional_size": ["64M"], "boot_wait": "5s", "shutdown_timeout": "2m", "firmware": "efi"}
     (packer.work / "t.pkr.hcl").write_text(hcl_template(src, '  provisioner "shell" {\n    inline = ["true"]\n  }\n'))
     r = packer.run("validate", "t.pkr.hcl")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -23,17 +23,18 @@ def test_valid_hcl2_and_json_templates(packer):
 
 def test_mistakes_are_named(packer):
     src = {"box_url": "missing.box", "box_name": "xhyve/tiny", "box_checksum": "sha256:abc",
-           "memory": "12M", "network_mode": "bridged", "disk_size": "10X"}
+           "memory": "12M", "network_mode": "bridged", "disk_size": "10X", "firmware": "bios"}
     (packer.work / "bad.pkr.hcl").write_text(hcl_template(src))
     r = packer.run("validate", "bad.pkr.hcl")
     assert r.returncode == 1, r.stdout + r.stderr
     out = r.stdout + r.stderr
-    for msg in ["5 error(s) occurred",
+    for msg in ["6 error(s) occurred",
                 f"box_url: stat {packer.work}/missing.box: no such file or directory",
                 'box_checksum: "sha256:abc" is not TYPE:HEX',
                 'memory: "12M" is not a size of at least 16M',
                 'network_mode: "bridged" is not one of user, none, shared',
-                'disk_size: "10X" is not a disk size']:
+                'disk_size: "10X" is not a disk size',
+                'firmware: "bios" is not one of kexec (the kernel and initrd), efi (UEFI firmware booting the disk)']:
         assert msg in out, f"{msg!r} missing:\n{out}"
 
     (packer.work / "none.json").write_text(json.dumps({"builders": [{"type": "xhyve", "box_nmae": "x"}]}))

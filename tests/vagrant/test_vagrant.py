@@ -221,6 +221,7 @@ def test_bad_values_are_explained(vagrant, provider_bin, xhyve_bin):
     x.cpus = 0
     x.memory = "lots"
     x.network_mode = "bridged"
+    x.firmware = "bios"
     x.disks = [{size: "10G"}, {path: "disk.img"}]
 """))
     expected = [
@@ -229,6 +230,7 @@ def test_bad_values_are_explained(vagrant, provider_bin, xhyve_bin):
         "* cpus: 0 is not a number of vCPUs from 1 to 255",
         '* memory: "lots" is not a size',
         '* network_mode: "bridged" is not one of user, shared',
+        '* firmware: "bios" is not one of kexec (the box\'s kernel and initrd), efi (UEFI firmware',
         "* disks[1]: {:path=>\"disk.img\"}: path is not an absolute path",
     ]
     for args in (["validate"], ["up", "--provider=xhyve"]):

@@ -37,13 +37,16 @@ type Config struct {
 	Initrd    string `mapstructure:"initrd"`
 	DiskImage string `mapstructure:"disk_image"`
 
-	CPUs               int           `mapstructure:"cpus"`
-	Memory             string        `mapstructure:"memory"`
-	DiskSize           string        `mapstructure:"disk_size"`
-	DiskAdditionalSize []string      `mapstructure:"disk_additional_size"`
-	Cmdline            string        `mapstructure:"cmdline"`
-	BootWait           time.Duration `mapstructure:"boot_wait"`
-	NetworkMode        string        `mapstructure:"network_mode"`
+	CPUs               int      `mapstructure:"cpus"`
+	Memory             string   `mapstructure:"memory"`
+	DiskSize           string   `mapstructure:"disk_size"`
+	DiskAdditionalSize []string `mapstructure:"disk_additional_size"`
+	Cmdline            string   `mapstructure:"cmdline"`
+	// How the machine boots: "kexec" (the kernel and initrd directly) or "efi" (UEFI firmware
+	// from the first disk); empty leaves it to the box's metadata.json.
+	Firmware    string        `mapstructure:"firmware"`
+	BootWait    time.Duration `mapstructure:"boot_wait"`
+	NetworkMode string        `mapstructure:"network_mode"`
 	// Named networks (network.create) the machine joins with one more NIC each, by name: a
 	// static address, or "" for one from the network's DHCP.
 	Networks map[string]string `mapstructure:"networks"`
@@ -151,6 +154,11 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 	}
 	if strings.ContainsAny(c.Cmdline, "\n\x00") {
 		add("cmdline: has a newline or NUL")
+	}
+	switch c.Firmware {
+	case "", "kexec", "efi":
+	default:
+		add("firmware: %q is not one of kexec (the kernel and initrd), efi (UEFI firmware booting the disk)", c.Firmware)
 	}
 	if c.BootWait < 0 {
 		add("boot_wait: %s is negative", c.BootWait)

@@ -81,6 +81,7 @@ type FlatConfig struct {
 	DiskSize                  *string           `mapstructure:"disk_size" cty:"disk_size" hcl:"disk_size"`
 	DiskAdditionalSize        []string          `mapstructure:"disk_additional_size" cty:"disk_additional_size" hcl:"disk_additional_size"`
 	Cmdline                   *string           `mapstructure:"cmdline" cty:"cmdline" hcl:"cmdline"`
+	Firmware                  *string           `mapstructure:"firmware" cty:"firmware" hcl:"firmware"`
 	BootWait                  *string           `mapstructure:"boot_wait" cty:"boot_wait" hcl:"boot_wait"`
 	NetworkMode               *string           `mapstructure:"network_mode" cty:"network_mode" hcl:"network_mode"`
 	Networks                  map[string]string `mapstructure:"networks" cty:"networks" hcl:"networks"`
@@ -174,6 +175,7 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"disk_size":                    &hcldec.AttrSpec{Name: "disk_size", Type: cty.String, Required: false},
 		"disk_additional_size":         &hcldec.AttrSpec{Name: "disk_additional_size", Type: cty.List(cty.String), Required: false},
 		"cmdline":                      &hcldec.AttrSpec{Name: "cmdline", Type: cty.String, Required: false},
+		"firmware":                     &hcldec.AttrSpec{Name: "firmware", Type: cty.String, Required: false},
 		"boot_wait":                    &hcldec.AttrSpec{Name: "boot_wait", Type: cty.String, Required: false},
 		"network_mode":                 &hcldec.AttrSpec{Name: "network_mode", Type: cty.String, Required: false},
 		"networks":                     &hcldec.AttrSpec{Name: "networks", Type: cty.Map(cty.String), Required: false},

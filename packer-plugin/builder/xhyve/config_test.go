@@ -33,6 +33,7 @@ func TestConfigDefaults(t *testing.T) {
 		"output_box_version": {c.OutputBoxVersion, "0"},
 		"provider_command":   {c.ProviderCommand, "xhyve-provider"},
 		"xhyve_home":         {c.XhyveHome, "/home/someone/.xhyve"},
+		"firmware":           {c.Firmware, ""}, // the box's
 	} {
 		if got[0] != got[1] {
 			t.Errorf("%s = %q, want %q", name, got[0], got[1])
@@ -83,13 +84,15 @@ func TestConfigPathsBecomeAbsolute(t *testing.T) {
 
 func TestConfigAccepts(t *testing.T) {
 	for name, raw := range map[string]map[string]interface{}{
-		"sizes":         {"box_name": "b", "memory": "512M", "disk_size": "10G", "disk_additional_size": []string{"64M", "1048576"}, "cpus": 2},
-		"memory in MiB": {"box_name": "b", "memory": "2048"},
-		"checksum":      {"box_name": "b", "box_url": "http://h/b.box", "box_checksum": "sha256:" + strings.Repeat("aB", 32)},
-		"no network":    {"box_name": "b", "network_mode": "none", "communicator": "none"},
-		"durations":     {"box_name": "b", "boot_wait": "10s", "shutdown_timeout": "30s", "ssh_timeout": "20m"},
-		"JSON numbers":  {"box_name": "b", "memory": 512, "cpus": "2"},
-		"networks":      {"box_name": "b", "networks": map[string]string{"lab": "192.168.56.20", "dhcp-net": ""}},
+		"sizes":          {"box_name": "b", "memory": "512M", "disk_size": "10G", "disk_additional_size": []string{"64M", "1048576"}, "cpus": 2},
+		"memory in MiB":  {"box_name": "b", "memory": "2048"},
+		"checksum":       {"box_name": "b", "box_url": "http://h/b.box", "box_checksum": "sha256:" + strings.Repeat("aB", 32)},
+		"no network":     {"box_name": "b", "network_mode": "none", "communicator": "none"},
+		"durations":      {"box_name": "b", "boot_wait": "10s", "shutdown_timeout": "30s", "ssh_timeout": "20m"},
+		"JSON numbers":   {"box_name": "b", "memory": 512, "cpus": "2"},
+		"networks":       {"box_name": "b", "networks": map[string]string{"lab": "192.168.56.20", "dhcp-net": ""}},
+		"firmware efi":   {"box_name": "b", "firmware": "efi"},
+		"firmware kexec": {"box_name": "b", "firmware": "kexec"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := prepare(t, raw); err != nil {
@@ -128,6 +131,8 @@ func TestConfigRejects(t *testing.T) {
 		"network address":     {map[string]interface{}{"box_name": "b", "networks": map[string]string{"lab": "192.168.56"}}, `networks: "lab": "192.168.56" is not an IPv4 address`},
 		"networks, no NIC":    {map[string]interface{}{"box_name": "b", "network_mode": "none", "communicator": "none", "networks": map[string]string{"lab": ""}}, "must be user or shared"},
 		"cmdline":             {map[string]interface{}{"box_name": "b", "cmdline": "a\nb"}, "cmdline: has a newline"},
+		"firmware":            {map[string]interface{}{"box_name": "b", "firmware": "bios"}, `firmware: "bios" is not one of kexec (the kernel and initrd), efi (UEFI firmware booting the disk)`},
+		"firmware case":       {map[string]interface{}{"box_name": "b", "firmware": "EFI"}, `firmware: "EFI" is not one of kexec`},
 		"negative boot_wait":  {map[string]interface{}{"box_name": "b", "boot_wait": "-1s"}, "boot_wait"},
 		"unknown field":       {map[string]interface{}{"box_name": "b", "boxname": "x"}, "boxname"},
 		"bad ssh file method": {map[string]interface{}{"box_name": "b", "ssh_file_transfer_method": "rsync"}, "ssh_file_transfer_method"},

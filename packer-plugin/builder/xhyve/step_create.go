@@ -56,7 +56,7 @@ func (s *stepCreate) Run(ctx context.Context, state multistep.StateBag) multiste
 	if c.CPUs > 0 {
 		params["cpus"] = c.CPUs
 	}
-	for k, v := range map[string]string{"memory": c.Memory, "cmdline": c.Cmdline, "disk_size": c.DiskSize} {
+	for k, v := range map[string]string{"memory": c.Memory, "cmdline": c.Cmdline, "disk_size": c.DiskSize, "firmware": c.Firmware} {
 		if v != "" {
 			params[k] = v
 		}

@@ -100,7 +100,7 @@ func TestCreateFromABoxAndDestroy(t *testing.T) {
 	f := newFakeProvider(t)
 	createdMachine(f)
 	c := &Config{VMName: "packer-tiny", NetworkMode: "user", CPUs: 2, Memory: "512M", Cmdline: "console=ttyS0 quiet",
-		DiskSize: "10G", DiskAdditionalSize: []string{"64M"}}
+		Firmware: "efi", DiskSize: "10G", DiskAdditionalSize: []string{"64M"}}
 	state, _ := newState(f, c)
 	state.Put("box", map[string]string{"name": "acme/tiny"})
 	s := &stepCreate{}
@@ -113,7 +113,8 @@ func TestCreateFromABoxAndDestroy(t *testing.T) {
 		t.Errorf("uuid %q is not a version 4 UUID", uuid)
 	}
 	want := map[string]any{"box": map[string]any{"name": "acme/tiny"}, "name": "packer-tiny", "uuid": uuid, "network": "user",
-		"cpus": 2.0, "memory": "512M", "cmdline": "console=ttyS0 quiet", "disk_size": "10G", "disks": []any{map[string]any{"size": "64M"}}}
+		"cpus": 2.0, "memory": "512M", "cmdline": "console=ttyS0 quiet", "firmware": "efi", "disk_size": "10G",
+		"disks": []any{map[string]any{"size": "64M"}}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("machine.create params\n%v\nwant\n%v", got, want)
 	}
@@ -179,6 +180,7 @@ func TestFailedBuildShowsTheConsoleBeforeDestroying(t *testing.T) {
 	}
 }
 
+// Unset settings (cpus, memory, firmware, ...) are not sent: the daemon's defaults apply.
 func TestCreateFromAKernel(t *testing.T) {
 	f := newFakeProvider(t)
 	createdMachine(f)

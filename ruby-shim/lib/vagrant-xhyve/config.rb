@@ -12,7 +12,9 @@ module VagrantPlugins
       UUID = /\A\h{8}-\h{4}-\h{4}-\h{4}-\h{12}\z/.freeze
       SIZE = /\A\d+\s*[KMGT]?\z/i.freeze # as the provider reads sizes: 512M, 2G
       NETWORK_MODES = %w[user shared].freeze
-      FIRMWARES = %w[kexec].freeze
+      # How the machine boots (provider/API.md, machine.create's `firmware`): the box's kernel and
+      # initrd loaded directly, or UEFI firmware booting the box's disk.
+      FIRMWARES = %w[kexec efi].freeze
 
       attr_accessor :cpus, :memory, :uuid, :cmdline, :firmware, :disks, :network_mode,
                     :provider_bin, :xhyve_bin
@@ -27,7 +29,7 @@ module VagrantPlugins
         @memory = nil if @memory == UNSET_VALUE
         @uuid = nil if @uuid == UNSET_VALUE
         @cmdline = nil if @cmdline == UNSET_VALUE
-        @firmware = "kexec" if @firmware == UNSET_VALUE
+        @firmware = nil if @firmware == UNSET_VALUE
         @disks = [] if @disks == UNSET_VALUE
         @network_mode = "user" if @network_mode == UNSET_VALUE
         @provider_bin = ENV.fetch("XHYVE_PROVIDER_BIN", "xhyve-provider") if @provider_bin == UNSET_VALUE
@@ -51,9 +53,9 @@ module VagrantPlugins
         unless @cmdline.nil? || (@cmdline.is_a?(String) && !@cmdline.match?(/[\n\0]/))
           errors << "cmdline: #{@cmdline.inspect} is not a one-line kernel command line"
         end
-        unless FIRMWARES.include?(@firmware)
-          errors << "firmware: #{@firmware.inspect} is not supported: xhyve boots the box's " \
-                    "kernel and initrd (#{FIRMWARES.join(", ")})"
+        unless @firmware.nil? || FIRMWARES.include?(@firmware)
+          errors << "firmware: #{@firmware.inspect} is not one of kexec (the box's kernel and " \
+                    "initrd), efi (UEFI firmware booting the box's disk)"
         end
         unless NETWORK_MODES.include?(@network_mode)
           errors << "network_mode: #{@network_mode.inspect} is not one of #{NETWORK_MODES.join(", ")}"

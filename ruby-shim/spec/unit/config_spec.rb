@@ -30,7 +30,7 @@ RSpec.describe VagrantPlugins::Xhyve::Config do
       expect(config.memory).to be_nil
       expect(config.uuid).to be_nil
       expect(config.cmdline).to be_nil
-      expect(config.firmware).to eq("kexec")
+      expect(config.firmware).to be_nil
       expect(config.disks).to eq([])
       expect(config.network_mode).to eq("user")
       expect(config.provider_bin).to eq("xhyve-provider")
@@ -51,23 +51,24 @@ RSpec.describe VagrantPlugins::Xhyve::Config do
       config.memory = "1G"
       config.uuid = "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01"
       config.cmdline = "console=ttyS0 quiet"
+      config.firmware = "efi"
       config.disks = [{ size: "10G" }]
       config.network_mode = "shared"
       config.provider_bin = "/from/vagrantfile"
       config.xhyve_bin = "/from/vagrantfile/xhyve"
       config.finalize!
-      expect([config.cpus, config.memory, config.uuid, config.cmdline, config.disks,
+      expect([config.cpus, config.memory, config.uuid, config.cmdline, config.firmware, config.disks,
               config.network_mode, config.provider_bin, config.xhyve_bin])
-        .to eq([2, "1G", "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01", "console=ttyS0 quiet",
+        .to eq([2, "1G", "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01", "console=ttyS0 quiet", "efi",
                 [{ size: "10G" }], "shared", "/from/vagrantfile", "/from/vagrantfile/xhyve"])
     end
 
     it "merges as Vagrant merges Vagrantfiles: a later one overrides only what it sets" do
-      box = described_class.new.tap { |c| c.cpus = 1; c.memory = "256M" }
+      box = described_class.new.tap { |c| c.cpus = 1; c.memory = "256M"; c.firmware = "efi" }
       project = described_class.new.tap { |c| c.cpus = 4 }
       merged = box.merge(project)
       merged.finalize!
-      expect([merged.cpus, merged.memory, merged.network_mode]).to eq([4, "256M", "user"])
+      expect([merged.cpus, merged.memory, merged.firmware, merged.network_mode]).to eq([4, "256M", "efi", "user"])
     end
   end
 
@@ -82,6 +83,7 @@ RSpec.describe VagrantPlugins::Xhyve::Config do
                          disks: [{ size: "10G" }, { "size" => 1 << 30 }, { path: "/var/disk.img" }],
                          xhyve_bin: RbConfig.ruby)).to eq([])
       %w[512M 2G 2g 1024 64K 1T].each { |m| expect(errors_with(memory: " #{m} ")).to eq([]), m }
+      %w[kexec efi].each { |f| expect(errors_with(firmware: f)).to eq([]), f }
     end
 
     [0, 256, "2", 1.5].each do |value|
@@ -116,11 +118,11 @@ RSpec.describe VagrantPlugins::Xhyve::Config do
       end
     end
 
-    ["efi", "bootrom", nil].each do |value|
+    ["bios", "bootrom", "EFI", :efi, ""].each do |value|
       it "explains firmware = #{value.inspect}" do
         expect(errors_with(firmware: value)).to eq(
-          ["firmware: #{value.inspect} is not supported: xhyve boots the box's kernel and " \
-           "initrd (kexec)"]
+          ["firmware: #{value.inspect} is not one of kexec (the box's kernel and initrd), " \
+           "efi (UEFI firmware booting the box's disk)"]
         )
       end
     end

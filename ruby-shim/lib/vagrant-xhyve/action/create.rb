@@ -24,7 +24,7 @@ module VagrantPlugins
             box: { name: box.name, version: box.version.to_s },
             name: "#{m.env.root_path.basename}_#{m.name}",
             uuid: c.uuid, cpus: c.cpus, memory: c.memory, cmdline: cmdline(m),
-            disks: c.disks,
+            firmware: c.firmware, disks: c.disks,
           }.compact
           # Private networks: the management NIC first, then one NIC per private_network.
           if private.empty?
