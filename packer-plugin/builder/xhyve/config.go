@@ -228,8 +228,14 @@ func (c *Config) prepareSource(add func(string, ...any)) {
 			}
 		}
 	default:
-		if c.Kernel == "" {
-			add("initrd and disk_image need kernel: the kernel the machine boots")
+		switch {
+		case c.Kernel == "" && c.Firmware == "efi":
+			// The firmware boots the disk image's EFI system partition: no kernel of its own.
+			if c.DiskImage == "" || c.Initrd != "" {
+				add("firmware efi boots disk_image, without kernel or initrd: set disk_image alone")
+			}
+		case c.Kernel == "":
+			add("initrd and disk_image need kernel: the kernel the machine boots (or firmware \"efi\" to boot disk_image)")
 		}
 		for _, f := range []struct {
 			name string

@@ -75,6 +75,11 @@ func TestConfigPathsBecomeAbsolute(t *testing.T) {
 	if k.Kernel != filepath.Join(dir, "vmlinux") || k.Initrd != filepath.Join(dir, "initrd.img") || k.DiskImage != filepath.Join(dir, "disk.img") {
 		t.Errorf("kernel %q initrd %q disk_image %q", k.Kernel, k.Initrd, k.DiskImage)
 	}
+	// An EFI-bootable disk image alone: the firmware boots it, no kernel is needed.
+	var e Config
+	if _, err := e.Prepare(map[string]interface{}{"disk_image": "disk.img", "firmware": "efi"}); err != nil || e.DiskImage != filepath.Join(dir, "disk.img") {
+		t.Errorf("disk_image %q with firmware efi: %v", e.DiskImage, err)
+	}
 	var u Config
 	url := "https://example.com/acme/tiny.json"
 	if _, err := u.Prepare(map[string]interface{}{"box_name": "b", "box_url": url}); err != nil || u.BoxURL != url {
@@ -133,6 +138,7 @@ func TestConfigRejects(t *testing.T) {
 		"cmdline":             {map[string]interface{}{"box_name": "b", "cmdline": "a\nb"}, "cmdline: has a newline"},
 		"firmware":            {map[string]interface{}{"box_name": "b", "firmware": "bios"}, `firmware: "bios" is not one of kexec (the kernel and initrd), efi (UEFI firmware booting the disk)`},
 		"firmware case":       {map[string]interface{}{"box_name": "b", "firmware": "EFI"}, `firmware: "EFI" is not one of kexec`},
+		"efi with initrd":     {map[string]interface{}{"firmware": "efi", "initrd": "/initrd.img"}, "firmware efi boots disk_image, without kernel or initrd"},
 		"negative boot_wait":  {map[string]interface{}{"box_name": "b", "boot_wait": "-1s"}, "boot_wait"},
 		"unknown field":       {map[string]interface{}{"box_name": "b", "boxname": "x"}, "boxname"},
 		"bad ssh file method": {map[string]interface{}{"box_name": "b", "ssh_file_transfer_method": "rsync"}, "ssh_file_transfer_method"},

@@ -39,7 +39,9 @@ func (s *stepCreate) Run(ctx context.Context, state multistep.StateBag) multiste
 	if box, ok := state.GetOk("box"); ok {
 		params["box"] = box
 	} else {
-		params["kernel"] = c.Kernel
+		if c.Kernel != "" {
+			params["kernel"] = c.Kernel
+		}
 		if c.Initrd != "" {
 			params["initrd"] = c.Initrd
 		}

@@ -198,6 +198,24 @@ func TestCreateFromAKernel(t *testing.T) {
 	}
 }
 
+// An EFI-bootable disk image alone: machine.create gets the disk and firmware, no kernel.
+func TestCreateFromADiskImageThroughFirmware(t *testing.T) {
+	f := newFakeProvider(t)
+	createdMachine(f)
+	c := &Config{VMName: "e", NetworkMode: "user", DiskImage: "/b/disk.img", Firmware: "efi"}
+	state, _ := newState(f, c)
+	if a := (&stepCreate{}).Run(context.Background(), state); a != multistep.ActionContinue {
+		t.Fatalf("halted: %s", stateError(state))
+	}
+	got := f.callsOf("machine.create")[0]
+	delete(got, "uuid")
+	want := map[string]any{"name": "e", "network": "user", "firmware": "efi",
+		"disks": []any{map[string]any{"copy": "/b/disk.img"}}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("machine.create params\n%v\nwant\n%v", got, want)
+	}
+}
+
 // Interrupted before the daemon answered: the machine it went on to create is found by our
 // UUID and destroyed.
 func TestCreateInterruptedStillDestroys(t *testing.T) {
