@@ -145,7 +145,7 @@ impl Machines {
         let who = identity_of(rec).ok_or_else(|| format!("{:?} is not a UUID", rec.uuid))?;
         report("fast start: restoring the saved boot", 0, Some(2));
         // A new guest, as after a boot: the previous run's console is kept as console.log.1.
-        let console = dir.join("console.log");
+        let console = dir.join(super::console::LOG);
         if console.exists() {
             let _ = fs::rename(&console, dir.join("console.log.1"));
         }

@@ -7,7 +7,7 @@ use super::params::{parse_forwarded_ports, DestroyParams, StartParams, StopParam
 use super::process::{self, ExitRecord};
 use super::reboot::Refused;
 use super::record::{MachineRecord, NetworkMode, Process, State, SAVED_STATE};
-use super::{argv, fast_start, invalid_field, lock, wrong_state, Machines};
+use super::{argv, console, fast_start, invalid_field, lock, wrong_state, Machines};
 use crate::boxes::Reporter;
 use crate::error::{code, Error, Result};
 use crate::logger::log;
@@ -88,7 +88,7 @@ impl Machines {
                 return Err(vmm_err(format!("{f} is missing (was the box changed?)")));
             }
         }
-        let console = dir.join("console.log");
+        let console = dir.join(console::LOG);
         let taken: std::collections::HashSet<u16> =
             self.records().into_iter().filter(|(_, r)| r.id != rec.id).filter_map(|(_, r)| r.ssh_port).collect();
         let argv::Launch { argv, notes, ssh_port, taps } = argv::launch(
@@ -494,14 +494,6 @@ fn last_vmm_line(dir: &Path) -> Option<String> {
 /// How many of the console's last lines a panicked machine's reason quotes.
 const PANIC_LINES: usize = 15;
 
-/// The end of the guest's console (console.log) when its kernel panicked: the panic message and
-/// what led to it.
-fn panic_lines(dir: &Path) -> Option<String> {
-    let text = fs::read_to_string(dir.join("console.log")).ok()?;
-    let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
-    (!lines.is_empty()).then(|| lines[lines.len().saturating_sub(PANIC_LINES)..].join("\n"))
-}
-
 /// Sets state, exit status/signal and reason from how the VMM ended.
 fn classify(rec: &mut MachineRecord, exit: Option<&ExitRecord>, dir: &Path) {
     let stop = rec.stop_requested;
@@ -530,7 +522,7 @@ fn classify(rec: &mut MachineRecord, exit: Option<&ExitRecord>, dir: &Path) {
             ),
             6 => (
                 State::Aborted,
-                match panic_lines(dir) {
+                match console::tail(dir, PANIC_LINES) {
                     Some(l) => format!("the guest kernel panicked (exit status 6); its console ended with:\n{l}"),
                     None => "the guest kernel panicked (exit status 6)".into(),
                 },

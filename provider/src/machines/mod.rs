@@ -19,6 +19,7 @@
 
 mod argv;
 mod boot_disks;
+mod console;
 mod control;
 mod create;
 pub mod disk;

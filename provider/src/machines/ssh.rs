@@ -8,7 +8,7 @@
 use super::params::{ExecParams, WaitParams};
 use super::record::{MachineRecord, NetworkMode, State};
 use super::ssh_pool::Target;
-use super::{invalid_field, wrong_state, Machines};
+use super::{console, invalid_field, wrong_state, Machines};
 use crate::error::{code, Error, Result};
 use crate::home::Home;
 use crate::logger::log;
@@ -34,6 +34,8 @@ pub const INSECURE_PRIVATE_KEY: &str = include_str!("../../../boxes/tiny/vagrant
 pub const KEY_FILE: &str = "insecure_private_key";
 /// Default seconds of `machine.wait_ssh`.
 pub const DEFAULT_WAIT: f64 = 300.0;
+/// How many of the console's last lines a failed wait_ssh quotes.
+const CONSOLE_LINES: usize = 10;
 /// How long `machine.exec` keeps trying to log in when it has no kept session: on a nested-KVM
 /// host a busy guest's key exchange alone can take over 10 s.
 pub const EXEC_LOGIN: Duration = Duration::from_secs(60);
@@ -124,11 +126,17 @@ impl Machines {
         match (r, last) {
             (Ok((c, n)), Some(t)) => Ok((c, n, t)),
             (Ok(_), None) => unreachable!("a login needs an address"),
-            (Err(f), _) => Err(Error::new(
-                code::SSH_FAILED,
-                format!("SSH to machine {id} failed: {}: {}", f.step.as_str(), f.detail),
-            )
-            .with_data(json!({"step": f.step.as_str(), "detail": f.detail}))),
+            (Err(f), _) => {
+                // What the guest last said: a boot that went wrong (firmware that found nothing
+                // to boot, a guest stuck in its init) shows there, not in the SSH step.
+                let console = console::tail(&self.dir(id), CONSOLE_LINES);
+                let mut m = format!("SSH to machine {id} failed: {}: {}", f.step.as_str(), f.detail);
+                if let Some(c) = &console {
+                    m.push_str(&format!("; its console ({}) ended with:\n{c}", console::LOG));
+                }
+                Err(Error::new(code::SSH_FAILED, m)
+                    .with_data(json!({"step": f.step.as_str(), "detail": f.detail, "console": console})))
+            }
         }
     }
 
