@@ -15,21 +15,20 @@ host each costs 6-7 minutes, most of it in OVMF (vmm/src/firmware/mod.rs); both 
 check below."""
 
 import base64
-import json
 import os
+import pathlib
 import shutil
-import struct
 import subprocess
 import time
-import uuid
 
 import pytest
 
-from conftest import ROOT
 from guest import PANIC
 from test_cli import OVMF_CODE, OVMF_VARS, SLOTS
 from test_snapshot import Control
+from uefi import guest_params, live_variables
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 # A boot through OVMF on the nested PVM host: 6-7 minutes, PEI alone up to 11 beside other guests.
 EFI_TIMEOUT = float(os.environ.get("XHYVE_TEST_EFI_TIMEOUT", "2700"))
 # systemd-boot's vendor GUID: its LoaderEntryDefault names the entry to boot.
@@ -65,30 +64,6 @@ def test_firmware_machine_refuses_save(xhyve_bin, tmp_path):
     assert not snap.exists() and not list(tmp_path.glob("fw.snap*")), list(tmp_path.iterdir())
     assert status == 5, log.read_text()
     assert "quit through the control socket" in log.read_text()
-
-
-def live_variables(store):
-    """{(name, vendor GUID): data} of the variables an OVMF VARS file holds (edk2's authenticated
-    variable store: the firmware volume header, the store header, then the variables)."""
-    fv_header_len = struct.unpack_from("<H", store, 0x30)[0]
-    at, out = fv_header_len + 28, {}
-    while at + 60 <= len(store):
-        start, state = struct.unpack_from("<HB", store, at)
-        if start != 0x55AA:
-            break
-        name_size, data_size = struct.unpack_from("<II", store, at + 36)
-        guid = bytes(store[at + 44:at + 60])
-        name = store[at + 60:at + 60 + name_size].decode("utf-16-le").rstrip("\0")
-        data = store[at + 60 + name_size:at + 60 + name_size + data_size]
-        if state == 0x3F:  # VAR_ADDED, not deleted or in transition
-            out[(name, str(uuid.UUID(bytes_le=guid)))] = data
-        at = (at + 60 + name_size + data_size + 3) & ~3
-    return out
-
-
-def guest_params(xhyve_bin):
-    out = subprocess.run([str(xhyve_bin), "--features"], capture_output=True, text=True, check=True).stdout
-    return json.loads(out)["guest_kernel_params"]
 
 
 def boot(xhyve_bin, disk, vars_fd, console, marks):

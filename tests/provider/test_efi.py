@@ -1,0 +1,172 @@
+"""Firmware machines through the provider: a box whose metadata says `"firmware": "efi"` (the small
+EFI test disk of boxes/tiny/efi-disk.sh, with no kernel in the box) boots through Debian's stock
+OVMF to SSH, with a variable store of its own that keeps what the guest wrote across a restart and
+that machine.package carries into the next box. One boot through the firmware (6-7 minutes on the
+nested PVM host, most of it in OVMF: vmm/src/firmware/mod.rs) serves every check of the real
+machine; the bad inputs before it start no guest that runs (OVMF never reaches a disk in them)."""
+
+import base64
+import json
+import os
+import subprocess
+import tarfile
+import time
+
+import pytest
+
+from provider_util import ROOT
+from test_machines import Home, alive, wait_state
+from test_ssh import call_long, exec_
+from uefi import guest_params, live_variables
+
+# A boot through OVMF on the nested PVM host: 6-7 minutes, PEI alone up to 11 beside other guests.
+EFI_TIMEOUT = float(os.environ.get("XHYVE_TEST_EFI_TIMEOUT", "2700"))
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+# A vendor GUID of the test's own, and the variable the guest writes through efivarfs.
+TEST_GUID = "5b0ee6a2-1b0e-4f1c-9a53-7868796576e1"
+VAR = ("XhyveTest", TEST_GUID)
+
+
+@pytest.fixture(scope="module")
+def efi_box_file(xhyve_bin, tiny_efi_box, tmp_path_factory):
+    """The tiny EFI kernel on the small EFI disk as a box: disk0.img and metadata, no kernel. Its
+    boot entry has the guest write a variable (non-volatile, boot and runtime access) through
+    efivarfs as root before its SSH server starts (xhyve.cmd with xhyve.ssh=on, boxes/tiny/init):
+    the kernel calls the firmware's SetVariable, which programs the machine's flash."""
+    d = tmp_path_factory.mktemp("efibox")
+    value = "".join(f"\\{b:03o}" for b in b"\x07\0\0\0provider-test")
+    script = (f"mount -t efivarfs efivarfs /sys/firmware/efi/efivars && "
+              f"printf '{value}' >/sys/firmware/efi/efivars/{VAR[0]}-{VAR[1]} && echo efivar-written\n")
+    cmdline = " ".join(["console=ttyS0", *guest_params(xhyve_bin),
+                        "xhyve.ssh=on", "xhyve.cmd=" + base64.b64encode(script.encode()).decode()])
+    subprocess.run([str(ROOT / "boxes/tiny/efi-disk.sh"), str(tiny_efi_box), str(d / "disk0.img"),
+                    f"main={cmdline}"], check=True, capture_output=True)
+    out = d / "tiny-efi.box"
+    subprocess.run([str(ROOT / "boxes/package.sh"), str(out), str(d), "--firmware", "efi"], check=True,
+                   capture_output=True)
+    return out
+
+
+def box_members(path):
+    with tarfile.open(path) as t:
+        return {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
+
+
+def test_bad_firmware_input_is_refused_by_name(provider_bin, efi_box_file, tiny_box_file, tmp_path):
+    h = Home(provider_bin, tmp_path / "home")
+    try:
+        h.call("box.add", {"source": str(efi_box_file), "name": "xhyve/tiny-efi"})
+        h.call("box.add", {"source": str(tiny_box_file), "name": "xhyve/tiny"})
+        for params, want in [
+            ({"box": "xhyve/tiny", "firmware": "bios"}, "unknown variant `bios`"),
+            ({"box": "xhyve/tiny-efi", "firmware": "kexec"}, "kexec needs a kernel, and the box names none"),
+            ({"box": "xhyve/tiny", "firmware": "efi"}, "efi boots the machine's first disk, and it has none"),
+        ]:
+            e = h.error("machine.create", {"name": "bad", **params})
+            assert e.code == -32602 and want in e.message, (params, e.message)
+            assert e.data == {"field": "firmware"}, (params, e.data)
+        assert h.call("machine.list") == []
+
+        # A kexec box with an empty extra disk, booted through firmware: the disk has no EFI system
+        # partition, so machine.start says so and runs nothing.
+        mid = h.call("machine.create", {"box": "xhyve/tiny", "name": "blank", "firmware": "efi",
+                                         "disks": [{"size": "16M"}]})["id"]
+        (m,) = h.call("machine.list")
+        assert m["firmware"] == "efi", m
+        vars_fd = h.machine_dir(mid) / "efi-vars.fd"
+        assert vars_fd.read_bytes() == open(OVMF_VARS, "rb").read()
+        e = h.error("machine.start", {"id": mid})
+        assert e.code == -32010 and "has no EFI system partition" in e.message and "disk0.img" in e.message, e.message
+        assert h.call("machine.state", {"id": mid})["state"] == "stopped"
+        assert not (h.machine_dir(mid) / "vmm.log").exists()
+    finally:
+        h.close()
+
+    # Firmware files the daemon is pointed at: missing (machine.create names it, makes nothing),
+    # or of a size no firmware has (xhyve refuses it as it starts: the machine is aborted with
+    # xhyve's message as its reason).
+    missing, short = tmp_path / "missing.fd", tmp_path / "short.fd"
+    short.write_bytes(b"\0" * 1000)
+    h = Home(provider_bin, tmp_path / "home-missing", env={"XHYVE_OVMF_CODE": str(missing)})
+    try:
+        h.call("box.add", {"source": str(efi_box_file), "name": "xhyve/tiny-efi"})
+        e = h.error("machine.create", {"box": "xhyve/tiny-efi", "name": "fw"})
+        assert e.code == -32010 and f"UEFI firmware {missing}: No such file" in e.message, e.message
+        assert "XHYVE_OVMF_CODE names it" in e.message, e.message
+        assert h.call("machine.list") == []
+    finally:
+        h.close()
+    h = Home(provider_bin, tmp_path / "home-short", env={"XHYVE_OVMF_CODE": str(short)})
+    try:
+        h.call("box.add", {"source": str(efi_box_file), "name": "xhyve/tiny-efi"})
+        mid = h.call("machine.create", {"box": "xhyve/tiny-efi", "name": "fw"})["id"]
+        h.call("machine.start", {"id": mid})
+        reason = wait_state(h, mid, "aborted")["exit_reason"]
+        assert f"{short}: 1000 bytes is not a firmware image size" in reason, reason
+    finally:
+        h.close()
+
+
+@pytest.fixture(scope="module")
+def efi_machine(provider_bin, efi_box_file, tmp_path_factory):
+    """The EFI box's machine booted once through OVMF to SSH."""
+    h = Home(provider_bin, tmp_path_factory.mktemp("efi") / "home")
+    try:
+        h.call("box.add", {"source": str(efi_box_file), "name": "xhyve/tiny-efi"})
+        h.mid = h.call("machine.create", {"box": "xhyve/tiny-efi", "name": "efi"})["id"]
+        h.pid = h.call("machine.start", {"id": h.mid})["pid"]
+        t0 = time.monotonic()
+        resp, _ = call_long(h, "machine.wait_ssh", {"id": h.mid, "timeout": EFI_TIMEOUT}, EFI_TIMEOUT + 60)
+        assert "result" in resp, resp
+        print(f"EFI machine: SSH {time.monotonic() - t0:.0f} s after machine.start")
+        yield h
+    except BaseException:
+        h.print_logs()
+        raise
+    finally:
+        h.close()
+
+
+def test_efi_machine_boots_its_disk_through_the_firmware(efi_machine):
+    h, mid = efi_machine, efi_machine.mid
+    rec = h.record(mid)
+    assert rec["firmware"] == "efi" and rec.get("kernel") is None, rec
+    argv = rec["process"]["argv"]
+    boot = argv[argv.index("-f") + 1]
+    assert boot == f"bootrom,/usr/share/OVMF/OVMF_CODE_4M.fd,{h.machine_dir(mid) / 'efi-vars.fd'}", argv
+    # xhyve cannot save a machine booted through firmware: suspend says why, the guest runs on.
+    e = h.error("machine.suspend", {"id": mid})
+    assert e.code == -32010 and "cannot be saved yet" in e.message and "it runs on" in e.message, e.message
+    assert alive(h.pid) and h.call("machine.state", {"id": mid})["state"] == "running"
+    # The kernel came from the disk's ESP, with its boot entry's command line.
+    r, out = exec_(h, mid, "test -d /sys/firmware/efi && echo booted-through-efi; cat /proc/cmdline")
+    assert r == {"exit_status": 0} and "booted-through-efi" in out["stdout"], (r, out)
+    assert "xhyve.cmd=" in out["stdout"] and "xhyve.identity" not in out["stdout"], out
+
+
+def test_variable_store_is_the_machines_and_travels_with_its_box(efi_machine, tmp_path):
+    h, mid = efi_machine, efi_machine.mid
+    vars_fd = h.machine_dir(mid) / "efi-vars.fd"
+    # The boot entry's script wrote it before the SSH server started; the guest ran on.
+    assert "efivar-written" in (h.machine_dir(mid) / "console.log").read_text(errors="replace")
+    assert live_variables(vars_fd.read_bytes()).get(VAR) == b"provider-test"
+    h.call("machine.stop", {"id": mid, "force": True})
+    assert live_variables(vars_fd.read_bytes()).get(VAR) == b"provider-test"
+    # Started again, the machine keeps its store (not a fresh copy of the template).
+    h.call("machine.start", {"id": mid})
+    time.sleep(5)
+    assert h.record(mid)["process"]["argv"][-1].endswith(f",{vars_fd}")
+    assert live_variables(vars_fd.read_bytes()).get(VAR) == b"provider-test"
+    h.call("machine.stop", {"id": mid, "force": True})
+
+    # machine.package carries the store; a machine of the new box starts with its variables.
+    out = tmp_path / "packaged.box"
+    meta = h.call("machine.package", {"id": mid, "output": str(out)})["metadata"]
+    assert meta["firmware"] == "efi" and meta["efi_vars"] == "efi-vars.fd" and "kernel" not in meta, meta
+    members = box_members(out)
+    assert json.loads(members["metadata.json"]) == meta
+    assert live_variables(members["efi-vars.fd"]).get(VAR) == b"provider-test"
+    h.call("box.add", {"source": str(out), "name": "xhyve/packaged-efi"})
+    again = h.call("machine.create", {"box": "xhyve/packaged-efi", "name": "again"})["id"]
+    copied = h.machine_dir(again) / "efi-vars.fd"
+    assert live_variables(copied.read_bytes()).get(VAR) == b"provider-test"
