@@ -36,13 +36,6 @@
 //!   timer check.
 //! - Fix-ups firmware needs: fwait, ldmxcsr/stmxcsr, and x87/SSE instructions run on the host CPU
 //!   (`pvm`: its FPU set-up, OpenSSL in TlsDxe, systemd-boot).
-//! - Open defect: a guest kernel that writes a UEFI variable at run time (efivarfs, which calls
-//!   the firmware's SetVariable and programs the flash) gets no timer interrupt afterwards: the
-//!   tiny guest wrote the variable, then stayed idle with nothing due (no DHCP, no SSH) for 10
-//!   minutes (tests/provider/test_efi.py, first version). Reading variables at boot does not do
-//!   it. Not yet known why; a suspect is the firmware's interrupt-flag save and restore
-//!   (pushf/cli ... popf), which PVM runs in hardware ring 3, where popf changes no IF without
-//!   a trap. The tests power the guest off right after such a write, which works.
 //!
 //! On a normal KVM host none of this applies and `preload.rs` is not used.
 //!
