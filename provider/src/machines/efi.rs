@@ -5,6 +5,7 @@
 
 use super::overlay::Flat;
 use super::record::{Disk, DiskFormat};
+use super::source::unusable_by_vmm;
 use crate::error::{code, Error, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -27,19 +28,9 @@ fn ovmf_file(var: &str, default: &str, what: &str) -> Result<PathBuf> {
         Some(p) => (PathBuf::from(p), format!("{var} names it")),
         None => (PathBuf::from(default), format!("Debian's ovmf package installs it; {var} names another")),
     };
-    check(&path, what, &named_by)?;
-    Ok(path)
-}
-
-fn check(path: &Path, what: &str, named_by: &str) -> Result<()> {
-    let fail = |why: String| Error::new(code::VMM_FAILED, format!("{what} {}: {why} ({named_by})", path.display()));
-    if path.to_string_lossy().contains(',') {
-        return Err(fail("xhyve's options cannot carry a path with a comma".into()));
-    }
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(fail("not a regular file".into())),
-        Err(e) => Err(fail(e.to_string())),
+    match unusable_by_vmm(&path) {
+        None => Ok(path),
+        Some(why) => Err(Error::new(code::VMM_FAILED, format!("{what}: {why} ({named_by})"))),
     }
 }
 
@@ -54,21 +45,21 @@ const ESP_MBR_TYPE: u8 = 0xef;
 const PREFIX: u64 = 1 << 20;
 
 /// Where the firmware can find a boot loader on the disk: an EFI system partition in its GPT (or
-/// MBR), or a FAT file system on the whole disk (removable-media style); None when it cannot.
-pub fn boot_partition(disk: impl Read) -> std::io::Result<Option<&'static str>> {
+/// MBR), or a FAT file system on the whole disk (removable-media style).
+pub fn has_boot_partition(disk: impl Read) -> std::io::Result<bool> {
     let mut prefix = Vec::new();
     disk.take(PREFIX).read_to_end(&mut prefix)?;
     if let Ok(gpt) = gptman::GPT::find_from(&mut std::io::Cursor::new(&prefix)) {
         let esp = gpt.iter().any(|(_, p)| p.is_used() && p.partition_type_guid == ESP_TYPE);
-        return Ok(esp.then_some("an EFI system partition in its GPT"));
+        return Ok(esp);
     }
-    let Some(mbr) = prefix.get(..512).filter(|s| s[510..] == [0x55, 0xaa]) else { return Ok(None) };
+    let Some(mbr) = prefix.get(..512).filter(|s| s[510..] == [0x55, 0xaa]) else { return Ok(false) };
     if (0..4).any(|i| mbr[446 + 16 * i + 4] == ESP_MBR_TYPE) {
-        return Ok(Some("an EFI system partition in its MBR"));
+        return Ok(true);
     }
     // A FAT boot sector names its type at 0x36 (FAT12/16) or 0x52 (FAT32).
     let fat = mbr[0x36..0x39] == *b"FAT" || mbr[0x52..0x57] == *b"FAT32";
-    Ok(fat.then_some("a FAT file system on the whole disk"))
+    Ok(fat)
 }
 
 /// machine.start of a firmware machine: its first disk must hold something the firmware boots,
@@ -78,17 +69,17 @@ pub fn check_boot_disk(id: &str, disks: &[Disk]) -> Result<()> {
     let first = disks.first().ok_or_else(|| fail("it has no disk to boot".into()))?;
     let read_err = |e: std::io::Error| fail(format!("cannot read its first disk {}: {e}", first.path));
     let found = match first.format {
-        DiskFormat::Qcow2 => boot_partition(Flat::open(Path::new(&first.path)).map_err(read_err)?),
-        DiskFormat::Raw => boot_partition(std::fs::File::open(&first.path).map_err(read_err)?),
+        DiskFormat::Qcow2 => has_boot_partition(Flat::open(Path::new(&first.path)).map_err(read_err)?),
+        DiskFormat::Raw => has_boot_partition(std::fs::File::open(&first.path).map_err(read_err)?),
     }
     .map_err(read_err)?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(fail(format!(
-            "its first disk {} has no EFI system partition (GPT or MBR) and no FAT file system, so the firmware would find nothing to boot; give it a disk whose EFI system partition holds a boot loader (\\EFI\\BOOT\\BOOTX64.EFI), or boot a kernel with firmware kexec",
-            first.path
-        ))),
+    if found {
+        return Ok(());
     }
+    Err(fail(format!(
+        "its first disk {} has no EFI system partition (GPT or MBR) and no FAT file system, so the firmware would find nothing to boot; give it a disk whose EFI system partition holds a boot loader (\\EFI\\BOOT\\BOOTX64.EFI), or boot a kernel with firmware kexec",
+        first.path
+    )))
 }
 
 #[cfg(test)]
@@ -126,24 +117,24 @@ pub(crate) mod tests {
     #[test]
     fn finds_what_the_firmware_boots() {
         let linux = [0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4];
-        let found = |d: Vec<u8>| boot_partition(Cursor::new(d)).unwrap();
-        assert_eq!(found(gpt_disk(&[linux, ESP_TYPE])), Some("an EFI system partition in its GPT"));
+        let found = |d: Vec<u8>| has_boot_partition(Cursor::new(d)).unwrap();
+        assert!(found(gpt_disk(&[linux, ESP_TYPE])));
         // A GPT without one: its protective MBR is no ESP either.
-        assert_eq!(found(gpt_disk(&[linux])), None);
+        assert!(!found(gpt_disk(&[linux])));
         let mut mbr = vec![0u8; 4096];
         mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
         mbr[446 + 16 + 4] = 0x83;
-        assert_eq!(found(mbr.clone()), None);
+        assert!(!found(mbr.clone()));
         mbr[446 + 32 + 4] = ESP_MBR_TYPE;
-        assert_eq!(found(mbr), Some("an EFI system partition in its MBR"));
-        assert_eq!(found(fat_disk()), Some("a FAT file system on the whole disk"));
+        assert!(found(mbr));
+        assert!(found(fat_disk()));
         for junk in [vec![], vec![0u8; 100], vec![0u8; 8 << 20], vec![0xffu8; 4096]] {
-            assert_eq!(found(junk), None);
+            assert!(!found(junk));
         }
         // A damaged GPT header (its CRC fails) is not read as one.
         let mut bad = gpt_disk(&[ESP_TYPE]);
         bad[512 + 40] ^= 1;
-        assert_eq!(found(bad), None);
+        assert!(!found(bad));
     }
 
     #[test]

@@ -88,22 +88,32 @@ impl Source {
     }
 }
 
-/// A file named in machine.create's params: an absolute path to a regular file, no comma
-/// (xhyve's option syntax separates with commas).
-pub(super) fn given_file(field: &str, path: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(path);
-    if !p.is_absolute() || path.contains(',') {
-        return Err(invalid_field(field, format!("{path:?}: an absolute path without commas")));
+/// Why `xhyve` cannot be given `path` as a file, if it cannot: xhyve's options separate with
+/// commas, and what it opens must be a regular file.
+pub(super) fn unusable_by_vmm(path: &Path) -> Option<String> {
+    if path.to_string_lossy().contains(',') {
+        return Some(format!("{} has a comma, which xhyve's options cannot carry", path.display()));
     }
-    match fs::metadata(&p) {
-        Ok(m) if m.is_file() => Ok(p),
-        Ok(_) => Err(invalid_field(field, format!("{path} is not a regular file"))),
-        Err(e) => Err(invalid_field(field, format!("{path}: {e}"))),
+    match fs::metadata(path) {
+        Ok(m) if m.is_file() => None,
+        Ok(_) => Some(format!("{} is not a regular file", path.display())),
+        Err(e) => Some(format!("{}: {e}", path.display())),
     }
 }
 
-/// A file named by a box's metadata: relative, inside the box, a regular file, no comma (xhyve's
-/// option syntax separates with commas).
+/// A file named in machine.create's params: an absolute path to a file xhyve can be given.
+pub(super) fn given_file(field: &str, path: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(path);
+    if !p.is_absolute() {
+        return Err(invalid_field(field, format!("{path:?}: an absolute path without commas")));
+    }
+    match unusable_by_vmm(&p) {
+        None => Ok(p),
+        Some(why) => Err(invalid_field(field, why)),
+    }
+}
+
+/// A file named by a box's metadata: relative, inside the box, a file xhyve can be given.
 fn box_file(dir: &Path, rel: &str, what: &str, box_name: &str) -> Result<PathBuf> {
     let bad = |m: String| Error::bad_box(format!("box {box_name:?}: metadata.json {what}: {m}"));
     let p = Path::new(rel);
@@ -111,13 +121,9 @@ fn box_file(dir: &Path, rel: &str, what: &str, box_name: &str) -> Result<PathBuf
         return Err(bad(format!("{rel:?} is not a path inside the box (e.g. \"vmlinux\")")));
     }
     let full = dir.join(p);
-    if full.to_string_lossy().contains(',') {
-        return Err(bad(format!("{} has a comma, which xhyve's options cannot carry", full.display())));
-    }
-    match fs::metadata(&full) {
-        Ok(m) if m.is_file() => Ok(full),
-        Ok(_) => Err(bad(format!("{rel:?} is not a regular file"))),
-        Err(e) => Err(bad(format!("{rel:?}: {e}"))),
+    match unusable_by_vmm(&full) {
+        None => Ok(full),
+        Some(why) => Err(bad(why)),
     }
 }
 
