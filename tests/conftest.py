@@ -13,6 +13,15 @@ from guest import Guest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+# Files whose guests boot through OVMF (6-7 minutes a boot here) are run first: xdist's loadfile
+# hands files out in collection order, and one collected last runs alone at the end.
+LONG_FIRST = ("vmm/test_firmware.py", "provider/test_efi.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not str(item.path).endswith(LONG_FIRST))
+
+
 @pytest.fixture(scope="session")
 def xhyve_bin():
     path = pathlib.Path(os.environ.get("XHYVE_BIN", ROOT / "target/release/xhyve"))

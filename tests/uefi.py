@@ -1,10 +1,20 @@
-"""What the tests of UEFI machines share: the variables an OVMF variable store holds, and the
-kernel parameters a guest booted through firmware must carry in its own boot entry."""
+"""What the tests of UEFI machines share: Debian's OVMF files, the variables an OVMF variable
+store holds, the kernel parameters a guest booted through firmware must carry in its own boot
+entry, and a guest script that writes a variable."""
 
+import base64
 import json
+import os
 import struct
 import subprocess
 import uuid
+
+# Debian's ovmf package: the code and the empty variable store (4 MiB flash), the unified image.
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+OVMF_UNIFIED = "/usr/share/ovmf/OVMF.fd"
+# A boot through OVMF on the nested PVM host: 6-7 minutes, PEI alone up to 11 beside other guests.
+EFI_TIMEOUT = float(os.environ.get("XHYVE_TEST_EFI_TIMEOUT", "2700"))
 
 
 def live_variables(store):
@@ -30,3 +40,14 @@ def guest_params(xhyve_bin):
     """`xhyve --features`' guest_kernel_params: -f kexec adds them itself, firmware cannot."""
     out = subprocess.run([str(xhyve_bin), "--features"], capture_output=True, text=True, check=True).stdout
     return json.loads(out)["guest_kernel_params"]
+
+
+def write_variable_cmd(name, guid, data):
+    """The tiny box's `xhyve.cmd=` parameter (boxes/tiny/init) of a script that writes the
+    variable NAME-GUID through efivarfs as root (non-volatile, boot and runtime access: efivarfs'
+    4 bytes of attributes before the data; the kernel calls the firmware's SetVariable, which
+    programs the machine's flash), then prints "efivar-written"."""
+    value = "".join(f"\\{b:03o}" for b in b"\x07\0\0\0" + data)
+    script = (f"mount -t efivarfs efivarfs /sys/firmware/efi/efivars && "
+              f"printf '{value}' >/sys/firmware/efi/efivars/{name}-{guid} && echo efivar-written\n")
+    return "xhyve.cmd=" + base64.b64encode(script.encode()).decode()

@@ -5,9 +5,7 @@ that machine.package carries into the next box. One boot through the firmware (6
 nested PVM host, most of it in OVMF: vmm/src/firmware/mod.rs) serves every check of the real
 machine; the bad inputs before it start no guest that runs (OVMF never reaches a disk in them)."""
 
-import base64
 import json
-import os
 import subprocess
 import tarfile
 import time
@@ -17,11 +15,8 @@ import pytest
 from provider_util import ROOT
 from test_machines import Home, alive, wait_state
 from test_ssh import call_long, exec_
-from uefi import guest_params, live_variables
+from uefi import EFI_TIMEOUT, OVMF_CODE, OVMF_VARS, guest_params, live_variables, write_variable_cmd
 
-# A boot through OVMF on the nested PVM host: 6-7 minutes, PEI alone up to 11 beside other guests.
-EFI_TIMEOUT = float(os.environ.get("XHYVE_TEST_EFI_TIMEOUT", "2700"))
-OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 # A vendor GUID of the test's own, and the variable the guest writes through efivarfs.
 TEST_GUID = "5b0ee6a2-1b0e-4f1c-9a53-7868796576e1"
 VAR = ("XhyveTest", TEST_GUID)
@@ -30,15 +25,11 @@ VAR = ("XhyveTest", TEST_GUID)
 @pytest.fixture(scope="module")
 def efi_box_file(xhyve_bin, tiny_efi_box, tmp_path_factory):
     """The tiny EFI kernel on the small EFI disk as a box: disk0.img and metadata, no kernel. Its
-    boot entry has the guest write a variable (non-volatile, boot and runtime access) through
-    efivarfs as root before its SSH server starts (xhyve.cmd with xhyve.ssh=on, boxes/tiny/init):
-    the kernel calls the firmware's SetVariable, which programs the machine's flash."""
+    boot entry has the guest write a variable through efivarfs before its SSH server starts
+    (xhyve.cmd with xhyve.ssh=on, boxes/tiny/init)."""
     d = tmp_path_factory.mktemp("efibox")
-    value = "".join(f"\\{b:03o}" for b in b"\x07\0\0\0provider-test")
-    script = (f"mount -t efivarfs efivarfs /sys/firmware/efi/efivars && "
-              f"printf '{value}' >/sys/firmware/efi/efivars/{VAR[0]}-{VAR[1]} && echo efivar-written\n")
-    cmdline = " ".join(["console=ttyS0", *guest_params(xhyve_bin),
-                        "xhyve.ssh=on", "xhyve.cmd=" + base64.b64encode(script.encode()).decode()])
+    cmdline = " ".join(["console=ttyS0", *guest_params(xhyve_bin), "xhyve.ssh=on",
+                        write_variable_cmd(*VAR, b"provider-test")])
     subprocess.run([str(ROOT / "boxes/tiny/efi-disk.sh"), str(tiny_efi_box), str(d / "disk0.img"),
                     f"main={cmdline}"], check=True, capture_output=True)
     out = d / "tiny-efi.box"
@@ -133,7 +124,7 @@ def test_efi_machine_boots_its_disk_through_the_firmware(efi_machine):
     assert rec["firmware"] == "efi" and rec.get("kernel") is None, rec
     argv = rec["process"]["argv"]
     boot = argv[argv.index("-f") + 1]
-    assert boot == f"bootrom,/usr/share/OVMF/OVMF_CODE_4M.fd,{h.machine_dir(mid) / 'efi-vars.fd'}", argv
+    assert boot == f"bootrom,{OVMF_CODE},{h.machine_dir(mid) / 'efi-vars.fd'}", argv
     # xhyve cannot save a machine booted through firmware: suspend says why, the guest runs on.
     e = h.error("machine.suspend", {"id": mid})
     assert e.code == -32010 and "cannot be saved yet" in e.message and "it runs on" in e.message, e.message

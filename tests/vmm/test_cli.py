@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from rejection import assert_rejected
+from uefi import OVMF_CODE, OVMF_UNIFIED, OVMF_VARS
 
 UUID = "8c4d1b6a-29a3-4a6e-9f29-6e6f1e8e1f01"
 
@@ -20,9 +21,6 @@ def kexec(box, kernel="vmlinux"):
     return f"kexec,{box / kernel},{box / 'initrd.img'},console=ttyS0"
 
 
-OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-OVMF_UNIFIED = "/usr/share/ovmf/OVMF.fd"
 SLOTS = ["-s", "0,hostbridge", "-s", "31,lpc"]
 
 

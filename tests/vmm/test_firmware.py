@@ -14,8 +14,6 @@ only a boot through the firmware shows that the firmware finds what it wrote: on
 host each costs 6-7 minutes, most of it in OVMF (vmm/src/firmware/mod.rs); both boots serve every
 check below."""
 
-import base64
-import os
 import pathlib
 import shutil
 import subprocess
@@ -24,13 +22,11 @@ import time
 import pytest
 
 from guest import PANIC
-from test_cli import OVMF_CODE, OVMF_VARS, SLOTS
+from test_cli import SLOTS
 from test_snapshot import Control
-from uefi import guest_params, live_variables
+from uefi import EFI_TIMEOUT, OVMF_CODE, OVMF_VARS, guest_params, live_variables, write_variable_cmd
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-# A boot through OVMF on the nested PVM host: 6-7 minutes, PEI alone up to 11 beside other guests.
-EFI_TIMEOUT = float(os.environ.get("XHYVE_TEST_EFI_TIMEOUT", "2700"))
 # systemd-boot's vendor GUID: its LoaderEntryDefault names the entry to boot.
 SD_BOOT_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 READY = "XHYVE-TINY: ready"
@@ -99,16 +95,11 @@ def efi_boots(xhyve_bin, tiny_efi_box, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("efi")
     vars_fd, disk = tmp / "vars.fd", tmp / "disk.img"
     shutil.copy(OVMF_VARS, vars_fd)
-    # The first entry's script: systemd-boot's default entry becomes "second" (UTF-16, NUL-ended,
-    # after efivarfs' 4 bytes of attributes: non-volatile, boot and runtime access).
-    value = "".join(f"\\{b:03o}" for b in b"\x07\0\0\0" + "second.conf\0".encode("utf-16-le"))
-    script = (f"mount -t efivarfs efivarfs /sys/firmware/efi/efivars && "
-              f"printf '{value}' >/sys/firmware/efi/efivars/LoaderEntryDefault-{SD_BOOT_GUID} && "
-              f"echo efivar-written\n")
+    # The first entry's script: systemd-boot's default entry becomes "second" (UTF-16, NUL-ended).
+    cmd = write_variable_cmd("LoaderEntryDefault", SD_BOOT_GUID, "second.conf\0".encode("utf-16-le"))
     base = " ".join(["console=ttyS0", *guest_params(xhyve_bin), "xhyve.action=poweroff", "xhyve.ssh=off"])
-    cmd = base64.b64encode(script.encode()).decode()
     subprocess.run([str(ROOT / "boxes/tiny/efi-disk.sh"), str(tiny_efi_box), str(disk),
-                    f"first={base} xhyve.entry=first xhyve.cmd={cmd}", f"second={base} xhyve.entry=second"],
+                    f"first={base} xhyve.entry=first {cmd}", f"second={base} xhyve.entry=second"],
                    check=True, capture_output=True)
     before = live_variables(vars_fd.read_bytes())
     marks = ("EFI stub", "Linux version", READY, "efivar-written", "XHYVE-TINY: poweroff")
