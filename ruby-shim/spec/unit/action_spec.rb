@@ -189,16 +189,20 @@ RSpec.describe VagrantPlugins::Xhyve::Action do
 
   describe "the provider calls" do
     # A machine whose client records the calls; `state` is what the provider reports.
+    # `calls` also gets [:resumed!] when the machine's communicator is told its guest resumed.
     def machine_with(calls, state: :running, mode: "shared", networks: [])
       client = Object.new
       client.define_singleton_method(:call) do |method, params|
         calls << [method, params]
         { "state" => "running", "pid" => 42 }
       end
+      communicate = Object.new
+      communicate.define_singleton_method(:resumed!) { calls << [:resumed!] }
       provider = Struct.new(:client).new(client)
       config = Struct.new(:vm).new(Struct.new(:networks).new(networks))
-      Struct.new(:id, :provider, :state, :provider_config, :config).new(
-        "m-1", provider, Vagrant::MachineState.new(state, state.to_s, ""), Struct.new(:network_mode).new(mode), config
+      Struct.new(:id, :provider, :state, :provider_config, :config, :communicate).new(
+        "m-1", provider, Vagrant::MachineState.new(state, state.to_s, ""), Struct.new(:network_mode).new(mode), config,
+        communicate
       )
     end
 
@@ -220,13 +224,14 @@ RSpec.describe VagrantPlugins::Xhyve::Action do
       end
     end
 
-    it "Start says it resumes a saved machine; machine.start does the resuming" do
+    it "Start says it resumes a saved machine; machine.start does the resuming, and the " \
+       "communicator learns that the guest carries on the boot Vagrant verified" do
       calls = []
       ui = Vagrant::UI::Silent.new
       said = []
       allow(ui).to receive(:info) { |m| said << m }
       ours::Start.new(->(_env) {}, {}).call(machine: machine_with(calls, state: :saved), ui: ui)
-      expect(calls).to eq([["machine.start", { id: "m-1" }]])
+      expect(calls).to eq([["machine.start", { id: "m-1" }], [:resumed!]])
       expect(said).to eq(["Resuming the machine from its saved state..."])
     end
 

@@ -13,13 +13,16 @@ module VagrantPlugins
 
         def call(env)
           m = env[:machine]
-          env[:ui].info(m.state.id == :saved ? "Resuming the machine from its saved state..." : "Starting the machine...")
+          saved = m.state.id == :saved
+          env[:ui].info(saved ? "Resuming the machine from its saved state..." : "Starting the machine...")
           params = { id: m.id }
           if m.provider_config.network_mode == "user"
             params[:forwarded_ports] = Networks.forwarded_ports(m.config.vm.networks)
           end
           st = m.provider.client.call("machine.start", params)
           env[:ui].detail("xhyve runs (pid #{st["pid"]})")
+          # The guest goes on with the boot whose shell Vagrant verified (communicator.rb).
+          m.communicate.resumed! if saved && m.communicate.respond_to?(:resumed!)
           @app.call(env)
         end
       end
