@@ -30,7 +30,7 @@ fn ovmf_file(var: &str, default: &str, what: &str) -> Result<PathBuf> {
     };
     match unusable_by_vmm(&path) {
         None => Ok(path),
-        Some(why) => Err(Error::new(code::VMM_FAILED, format!("{what}: {why} ({named_by})"))),
+        Some(why) => Err(Error::new(code::VMM_FAILED, format!("{what} {why} ({named_by})"))),
     }
 }
 
