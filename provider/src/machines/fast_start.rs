@@ -15,7 +15,7 @@
 //! another xhyve's format or shape) is deleted and the machine boots normally, saving a new one.
 
 use super::boot_disks;
-use super::identity::{self, Channel, Identity, Ipv4Config};
+use super::identity::{self, Budget, Channel, Identity, Ipv4Config};
 use super::record::{Disk, MachineRecord, NetworkMode};
 use super::{lock, Machines};
 use crate::boxes::Reporter;
@@ -35,8 +35,10 @@ use xhyve_contract::user_net;
 pub const SAVED_BOOTS: &str = "saved-boots";
 /// How long a booting guest may take to reach its quiet point.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(1800);
-/// How long a guest may take to apply its identity.
-const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much of its CPU time a guest may take to apply its identity (identity::Budget), and how
+/// long in wall time at most (twenty guests on two cores each get a tenth of one).
+const APPLY_CPU: Duration = Duration::from_secs(60);
+const APPLY_WALL: Duration = Duration::from_secs(900);
 
 /// The saved boot a machine like `rec` starts from; None when it cannot fast-start.
 pub(super) fn saved_boot(rec: &MachineRecord) -> Option<PathBuf> {
@@ -176,7 +178,7 @@ impl Machines {
         report("fast start: applying the identity", 1, Some(2));
         let applied = Channel::connect(dir, Duration::from_secs(10))
             .map_err(|e| format!("the identity channel: {e}"))
-            .and_then(|mut c| c.apply(&who, APPLY_TIMEOUT));
+            .and_then(|mut c| c.apply(&who, &self.apply_budget(id, dir)));
         if let Err(why) = applied {
             // Never a machine with the identity of the one that saved the boot.
             if let Ok(Some(p)) = self.mark_stop_requested(id) {
@@ -208,7 +210,7 @@ impl Machines {
     fn quiet_point(&self, id: &str, dir: &Path, save: Option<&Path>) -> std::result::Result<(), String> {
         let mut ch =
             Channel::connect(dir, Duration::from_secs(10)).map_err(|e| format!("the identity channel: {e}"))?;
-        ch.wait_for("WAITING", BOOT_TIMEOUT)?;
+        ch.wait_for("WAITING", &Budget::wall(BOOT_TIMEOUT))?;
         // Read now: the record the guest's identity comes from, the xhyve to save.
         let rec = {
             let slot = self.slot(id);
@@ -223,7 +225,7 @@ impl Machines {
             }
         }
         let who = identity_of(&rec).ok_or_else(|| format!("{:?} is not a UUID", rec.uuid))?;
-        ch.apply(&who, APPLY_TIMEOUT)?;
+        ch.apply(&who, &self.apply_budget(id, dir))?;
         log(&format!("machine {id}: identity applied"));
         Ok(())
     }
@@ -266,6 +268,16 @@ impl Machines {
         saved.map(Some)
     }
 
+    /// The identity step's budget: the CPU time of the machine's running xhyve.
+    fn apply_budget(&self, id: &str, dir: &Path) -> Budget {
+        let slot = self.slot(id);
+        let _g = lock(&slot.rec);
+        match MachineRecord::load(dir).ok().and_then(|r| r.process) {
+            Some(p) => Budget::guest_cpu(APPLY_CPU, p.pid, p.start_time, APPLY_WALL),
+            None => Budget::wall(APPLY_CPU),
+        }
+    }
+
     /// Records `disks` as the machine's.
     fn record_disks(&self, id: &str, dir: &Path, disks: &[Disk]) -> std::result::Result<(), String> {
         let slot = self.slot(id);
@@ -279,12 +291,12 @@ impl Machines {
     /// background (its identity step stays on the channel for this).
     pub(super) fn refresh_identity(self: &Arc<Self>, id: &str, dir: &Path, rec: &MachineRecord) {
         let Some(who) = identity_of(rec) else { return };
-        let (name, dir) = (id.to_string(), dir.to_path_buf());
+        let (me, name, dir) = (self.clone(), id.to_string(), dir.to_path_buf());
         let r = std::thread::Builder::new().name(format!("identity-{id}")).spawn(move || {
             let id = name;
             let applied = Channel::connect(&dir, Duration::from_secs(10))
                 .map_err(|e| format!("the identity channel: {e}"))
-                .and_then(|mut c| c.apply(&who, APPLY_TIMEOUT));
+                .and_then(|mut c| c.apply(&who, &me.apply_budget(&id, &dir)));
             match applied {
                 Ok(()) => log(&format!("machine {id}: clock and RNG seed refreshed after the resume")),
                 Err(why) => log(&format!("machine {id}: refreshing clock and RNG seed after the resume: {why}")),

@@ -9,6 +9,7 @@
 //! and a line `end`; it answers `XHYVE-IDENTITY 1 APPLIED MACHINE`. A later message
 //! (after a resume or a snapshot restore) refreshes the clock and the RNG seed.
 
+use super::process;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
@@ -80,6 +81,38 @@ pub fn hostname_of(name: &str) -> String {
     }
 }
 
+/// How long the guest may take to answer. On a host whose guests are CPU-bound, wall time
+/// stretches with the number of guests; the CPU time the guest's xhyve gets does not. So with
+/// the VMM's process known, the budget is its CPU time, capped in wall time for a guest that
+/// idles instead of answering; without it, wall time.
+pub struct Budget {
+    cpu: Duration,
+    wall: Duration,
+    vmm: Option<(i32, u64)>,
+}
+
+impl Budget {
+    pub fn wall(wall: Duration) -> Budget {
+        Budget { cpu: wall, wall, vmm: None }
+    }
+
+    /// `cpu` of the VMM process `pid` (started at `start`), at most `wall`.
+    pub fn guest_cpu(cpu: Duration, pid: i32, start: u64, wall: Duration) -> Budget {
+        Budget { cpu, wall, vmm: Some((pid, start)) }
+    }
+
+    fn used(&self) -> Option<Duration> {
+        self.vmm.and_then(|(pid, start)| process::cpu_time(pid, start))
+    }
+
+    fn describe(&self) -> String {
+        match self.vmm {
+            Some(_) => format!("{} s of its CPU time ({} s at most)", self.cpu.as_secs(), self.wall.as_secs()),
+            None => format!("{} s", self.wall.as_secs()),
+        }
+    }
+}
+
 pub struct Channel {
     out: UnixStream,
     lines: BufReader<UnixStream>,
@@ -102,16 +135,19 @@ impl Channel {
     }
 
     /// Reads the guest's lines until `XHYVE-IDENTITY 1 WORD...`; Ok(what follows WORD). Err when
-    /// the channel ends (xhyve ended) or nothing came within `timeout`.
-    pub fn wait_for(&mut self, word: &str, timeout: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
+    /// the channel ends (xhyve ended) or nothing came within `budget`.
+    pub fn wait_for(&mut self, word: &str, budget: &Budget) -> Result<String, String> {
+        let deadline = Instant::now() + budget.wall;
+        let cpu_at_start = budget.used();
         let mut line = String::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("the guest did not say {word} within {} s", timeout.as_secs()));
+            let cpu_spent = budget.used().zip(cpu_at_start).map(|(now, then)| now.saturating_sub(then));
+            if left.is_zero() || cpu_spent.is_some_and(|c| c >= budget.cpu) {
+                return Err(format!("the guest did not say {word} within {}", budget.describe()));
             }
-            self.out.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+            // Woken each second to look at the guest's CPU time.
+            self.out.set_read_timeout(Some(left.min(Duration::from_secs(1)))).map_err(|e| e.to_string())?;
             line.clear();
             match self.lines.read_line(&mut line) {
                 Ok(0) => return Err(format!("the identity channel closed before the guest said {word}")),
@@ -128,11 +164,11 @@ impl Channel {
         }
     }
 
-    /// Sends the identity, then waits (up to `timeout`) until the guest applied it.
-    pub fn apply(&mut self, id: &Identity, timeout: Duration) -> Result<(), String> {
+    /// Sends the identity, then waits (within `budget`) until the guest applied it.
+    pub fn apply(&mut self, id: &Identity, budget: &Budget) -> Result<(), String> {
         let m = id.message().map_err(|e| format!("making the identity message: {e}"))?;
         self.out.write_all(m.as_bytes()).map_err(|e| format!("sending the identity: {e}"))?;
-        let who = self.wait_for("APPLIED", timeout)?;
+        let who = self.wait_for("APPLIED", budget)?;
         if who != id.machine {
             return Err(format!("the guest applied the identity of {who:?}, not {:?}", id.machine));
         }
@@ -150,6 +186,37 @@ mod tests {
         assert_eq!(hostname_of("web_1.example"), "web-1-example");
         assert_eq!(hostname_of("__"), "xhyve");
         assert_eq!(hostname_of(&"a".repeat(80)).len(), 63);
+    }
+
+    /// A guest that never answers: with its VMM's CPU time as the budget the wait ends once that
+    /// much CPU is spent (here by a spinning thread of this process), well before the wall cap.
+    #[test]
+    fn a_silent_guest_runs_out_of_cpu_budget() {
+        let dir = std::env::temp_dir().join(format!("xhyve-identity-cpu-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let l = UnixListener::bind(dir.join(SOCKET)).unwrap();
+        let silent = std::thread::spawn(move || l.accept().unwrap());
+        let mut c = Channel::connect(&dir, Duration::from_secs(5)).unwrap();
+        let _peer = silent.join().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spin = {
+            let stop = stop.clone();
+            std::thread::spawn(move || while !stop.load(std::sync::atomic::Ordering::Relaxed) {})
+        };
+        let me = std::process::id() as i32;
+        let budget = Budget::guest_cpu(
+            Duration::from_millis(300),
+            me,
+            process::start_time(me).unwrap(),
+            Duration::from_secs(60),
+        );
+        let began = Instant::now();
+        let err = c.wait_for("WAITING", &budget).unwrap_err();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spin.join().unwrap();
+        assert!(err.contains("of its CPU time"), "{err}");
+        assert!(began.elapsed() < Duration::from_secs(30), "{:?}", began.elapsed());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The host's side against a guest played by a thread: WAITING, the message, APPLIED.
@@ -174,7 +241,7 @@ mod tests {
             got
         });
         let mut c = Channel::connect(&dir, Duration::from_secs(5)).unwrap();
-        assert_eq!(c.wait_for("WAITING", Duration::from_secs(5)), Ok(String::new()));
+        assert_eq!(c.wait_for("WAITING", &Budget::wall(Duration::from_secs(5))), Ok(String::new()));
         let ipv4 = Ipv4Config {
             address: Ipv4Addr::new(10, 0, 2, 15),
             prefix_len: 24,
@@ -187,7 +254,7 @@ mod tests {
             macs: vec!["02:00:00:00:00:01".into()],
             ipv4: Some(ipv4),
         };
-        c.apply(&id, Duration::from_secs(5)).unwrap();
+        c.apply(&id, &Budget::wall(Duration::from_secs(5))).unwrap();
         let got = guest.join().unwrap();
         let head = ["machine=0a1b", "hostname=h", "mac=02:00:00:00:00:01", "address=10.0.2.15/24", "router=10.0.2.2"];
         assert_eq!(&got[..6], [&head[..], &["dns=10.0.2.3"]].concat());

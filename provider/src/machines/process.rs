@@ -40,6 +40,20 @@ pub fn stat(pid: i32) -> Option<(u64, char)> {
     Some((f.get(19)?.parse().ok()?, state))
 }
 
+/// The CPU time (user and system, all threads) process `pid`, started at `start`, has used.
+pub fn cpu_time(pid: i32, start: u64) -> Option<Duration> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
+    // f[11] and f[12] are fields 14 and 15 (utime, stime, in clock ticks).
+    if f.get(19)?.parse::<u64>().ok()? != start {
+        return None;
+    }
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok().filter(|&h| h > 0)?;
+    Some(Duration::from_millis(ticks * 1000 / hz))
+}
+
 pub fn start_time(pid: i32) -> Option<u64> {
     stat(pid).map(|(t, _)| t)
 }
@@ -268,6 +282,20 @@ mod tests {
         assert!(alive(me, t));
         assert!(!alive(me, t + 1));
         assert!(!alive(-1, t));
+    }
+
+    #[test]
+    fn own_cpu_time_grows() {
+        let me = std::process::id() as i32;
+        let t = start_time(me).unwrap();
+        let before = cpu_time(me, t).unwrap();
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_time(me, t).unwrap() > before);
+        assert_eq!(cpu_time(me, t + 1), None, "another process with that pid");
     }
 
     #[test]
