@@ -8,7 +8,7 @@
 use super::params::{ExecParams, WaitParams};
 use super::record::{MachineRecord, NetworkMode, State};
 use super::ssh_pool::Target;
-use super::{console, invalid_field, wrong_state, Machines};
+use super::{console, invalid_field, process, wrong_state, Machines};
 use crate::error::{code, Error, Result};
 use crate::home::Home;
 use crate::logger::log;
@@ -109,20 +109,26 @@ impl Machines {
     /// longer) running, or with the step that failed last. The session is what the machine's
     /// later `exec` calls use (`keep`).
     fn ssh_login(&self, id: &str, keys: &[PathBuf], deadline: Instant) -> Result<(Conn, u32, Target)> {
-        let mut last = None;
+        let last = std::cell::RefCell::new(None::<Target>);
+        let guest_cpu = || {
+            let (pid, start) = last.borrow().as_ref()?.process;
+            process::cpu_time(pid, start)
+        };
         let r = wait_login(
             || {
                 let t = self.ssh_target(id)?;
                 Ok(t.map(|t| {
                     let addr = t.addr;
-                    last = Some(t);
+                    *last.borrow_mut() = Some(t);
                     addr
                 }))
             },
             keys,
             ATTEMPT,
             deadline,
+            &guest_cpu,
         )?;
+        let last = last.into_inner();
         match (r, last) {
             (Ok((c, n)), Some(t)) => Ok((c, n, t)),
             (Ok(_), None) => unreachable!("a login needs an address"),
@@ -292,8 +298,91 @@ pub struct Failure {
 /// with each of `keys` in turn until one is accepted, each step bounded by `limit`.
 pub fn login(addr: SocketAddr, keys: &[PathBuf], limit: Duration) -> std::result::Result<Conn, Failure> {
     let limit = limit.max(Duration::from_millis(200));
-    let tcp = TcpStream::connect_timeout(&addr, limit)
-        .map_err(|e| Failure { step: Step::PortClosed, detail: format!("connecting to {addr}: {e}") })?;
+    handshake(connect(addr, limit)?, keys, limit)
+}
+
+fn connect(addr: SocketAddr, limit: Duration) -> std::result::Result<TcpStream, Failure> {
+    TcpStream::connect_timeout(&addr, limit)
+        .map_err(|e| Failure { step: Step::PortClosed, detail: format!("connecting to {addr}: {e}") })
+}
+
+/// The guest's xhyve's CPU time so far (`process::cpu_time`), or None when unknown.
+pub type GuestCpu<'a> = &'a dyn Fn() -> Option<Duration>;
+
+/// How much longer in wall time than in the guest's CPU time a login attempt may take: a guest
+/// that idles instead of answering (a server stuck in a connection) is given up on too.
+const WALL_PER_CPU: u32 = 10;
+
+/// One login as `login`, bounded by the CPU time the guest's xhyve gets during it (`cpu`) instead
+/// of wall time: on a host whose guests are CPU-bound, twenty guests on two cores each get a
+/// tenth of a core, and a wall-time limit gives up on logins that are merely slow, leaving the
+/// guest one more server process to finish. A watchdog shuts the socket down once the guest has
+/// spent `cpu` (or WALL_PER_CPU times that passed). Also returns whether it ran out of time.
+fn login_on_guest_cpu(
+    addr: SocketAddr,
+    keys: &[PathBuf],
+    cpu: Duration,
+    left: Duration,
+    guest_cpu: GuestCpu,
+    spent_before: Duration,
+) -> (std::result::Result<Conn, Failure>, bool) {
+    let wall = (cpu * WALL_PER_CPU).min(left).max(Duration::from_millis(200));
+    let tcp = match connect(addr, wall.min(cpu).max(Duration::from_millis(200))) {
+        Ok(t) => t,
+        Err(f) => return (Err(f), false),
+    };
+    // The watchdog's own descriptor of the socket: it stays open whatever the handshake closes.
+    let watched = match tcp.try_clone() {
+        Ok(t) => t,
+        Err(e) => return (Err(Failure { step: Step::Banner, detail: format!("socket: {e}") }), false),
+    };
+    let began = Instant::now();
+    // (finished, fired): the watchdog (this thread: `guest_cpu` need not be shareable) fires
+    // only while the handshake runs.
+    let state = std::sync::Mutex::new((false, false));
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let r = std::thread::scope(|scope| {
+        let login = scope.spawn(|| {
+            let r = handshake(tcp, keys, wall);
+            state.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
+            let _ = done.send(());
+            r
+        });
+        loop {
+            let _ = finished.recv_timeout(Duration::from_millis(100));
+            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.0 {
+                break;
+            }
+            let spent = guest_cpu().map(|c| c.saturating_sub(spent_before));
+            if began.elapsed() >= wall || spent.is_some_and(|c| c >= cpu) {
+                st.1 = true;
+                let _ = watched.shutdown(std::net::Shutdown::Both);
+                break;
+            }
+        }
+        login.join().unwrap_or_else(|_| Err(Failure { step: Step::Banner, detail: "the login panicked".into() }))
+    });
+    let fired = state.lock().unwrap_or_else(|e| e.into_inner()).1;
+    if !fired {
+        return (r, false);
+    }
+    let step = match &r {
+        Err(f) => f.step,
+        Ok(_) => Step::Auth,
+    };
+    let detail = format!(
+        "no login within {} s of the guest's CPU time ({:.0} s; {} s at most)",
+        cpu.as_secs(),
+        began.elapsed().as_secs_f64(),
+        wall.as_secs()
+    );
+    (Err(Failure { step, detail }), true)
+}
+
+/// The SSH handshake and authentication on a connected socket, each step bounded by `limit`.
+fn handshake(tcp: TcpStream, keys: &[PathBuf], limit: Duration) -> std::result::Result<Conn, Failure> {
+    let addr = tcp.peer_addr().map_or_else(|_| "the guest".to_string(), |a| a.to_string());
     let _ = tcp.set_nodelay(true);
     let fd = tcp.as_raw_fd();
     let mut s = ssh2::Session::new().map_err(|e| Failure { step: Step::Banner, detail: format!("libssh2: {e}") })?;
@@ -321,9 +410,10 @@ pub struct Conn {
     pub key: PathBuf,
 }
 
-/// How long the first login attempt may take. An attempt that runs out of time gives the next
-/// one twice as long: on a slow guest the banner comes late because sshd starts a new process
-/// per connection, and each attempt given up on leaves the guest one more of those to run.
+/// How long the first login attempt may take (in the guest's CPU time when its xhyve is known:
+/// `login_on_guest_cpu`). An attempt that runs out of time gives the next one twice as long: on
+/// a slow guest the banner comes late because sshd starts a new process per connection, and
+/// each attempt given up on leaves the guest one more of those to run.
 const ATTEMPT: Duration = Duration::from_secs(20);
 
 /// Retries `login` until it succeeds or `deadline`, the first attempt bounded by `first`
@@ -336,6 +426,7 @@ pub fn wait_login(
     keys: &[PathBuf],
     first: Duration,
     deadline: Instant,
+    guest_cpu: GuestCpu,
 ) -> Result<std::result::Result<(Conn, u32), Failure>> {
     let mut attempts = 0;
     let mut prev: Option<Failure> = None;
@@ -349,10 +440,18 @@ pub fn wait_login(
             Err(detail) => Failure { step: Step::NoAddress, detail },
             Ok(a) => {
                 let began = Instant::now();
-                match login(a, keys, left.min(limit)) {
+                let (r, timed_out) = match guest_cpu() {
+                    Some(spent) => login_on_guest_cpu(a, keys, limit, left, guest_cpu, spent),
+                    None => {
+                        let r = login(a, keys, left.min(limit));
+                        let timed_out = r.is_err() && began.elapsed() >= limit * 9 / 10;
+                        (r, timed_out)
+                    }
+                };
+                match r {
                     Ok(s) => return Ok(Ok((s, attempts))),
                     Err(f) => {
-                        limit = next_limit(limit, began.elapsed());
+                        limit = next_limit(limit, timed_out);
                         f
                     }
                 }
@@ -380,10 +479,11 @@ pub fn wait_login(
     }
 }
 
-/// The limit of the attempt after one that took `took` under `limit`: twice as long if it ran
-/// out of time (libssh2 gives up a little early at times), the same if it failed sooner.
-fn next_limit(limit: Duration, took: Duration) -> Duration {
-    if took >= limit * 9 / 10 {
+/// The limit of the attempt after one under `limit`: twice as long if it ran out of time
+/// (libssh2 gives up a little early at times: 90% of a wall-time limit counts), the same if it
+/// failed sooner.
+fn next_limit(limit: Duration, timed_out: bool) -> Duration {
+    if timed_out {
         limit * 2
     } else {
         limit
@@ -487,11 +587,9 @@ mod tests {
         assert_eq!(take_utf8(&mut b, true), "\u{fffd}");
     }
 
-    /// A server that accepts and never sends its banner (a guest's sshd still starting its
-    /// per-connection process): each timed-out attempt doubles the next one's limit, so the
-    /// guest is not handed a new connection every ATTEMPT.
-    #[test]
-    fn timed_out_attempts_get_longer() {
+    /// A server that accepts for 2.5 s and never sends its banner (a guest's sshd still
+    /// starting its per-connection process); the thread answers how many connections it held.
+    fn silent_server() -> (SocketAddr, std::thread::JoinHandle<usize>) {
         let l = TcpListener::bind((HOST, 0)).unwrap();
         let addr = l.local_addr().unwrap();
         let held = std::thread::spawn(move || {
@@ -506,9 +604,17 @@ mod tests {
             }
             conns.len()
         });
+        (addr, held)
+    }
+
+    /// Against the silent server, each timed-out attempt doubles the next one's limit, so the
+    /// guest is not handed a new connection every ATTEMPT.
+    #[test]
+    fn timed_out_attempts_get_longer() {
+        let (addr, held) = silent_server();
         let key = PathBuf::from("/nonexistent");
         let deadline = Instant::now() + Duration::from_millis(1900);
-        let r = wait_login(|| Ok(Ok(addr)), &[key], Duration::from_millis(200), deadline).unwrap();
+        let r = wait_login(|| Ok(Ok(addr)), &[key], Duration::from_millis(200), deadline, &|| None).unwrap();
         let f = r.err().expect("no banner, no login");
         assert_eq!(f.step, Step::Banner, "{}", f.detail);
         // Attempts of 200, 400 and 800 ms with 250 ms pauses (and perhaps the end of the deadline):
@@ -517,12 +623,42 @@ mod tests {
         assert!((3..=4).contains(&conns), "{conns} connections");
     }
 
+    /// The same server, with the guest's CPU time known: an attempt lasts until the guest spent
+    /// its limit, not until that much wall time passed. An idle guest (its CPU time standing
+    /// still) keeps its one connection until WALL_PER_CPU times the limit; a guest that computes
+    /// all the time is given up on as with wall time.
+    #[test]
+    fn attempts_count_the_guest_cpu_time() {
+        let key = PathBuf::from("/nonexistent");
+        let (addr, held) = silent_server();
+        let deadline = Instant::now() + Duration::from_millis(1900);
+        let idle = || Some(Duration::from_secs(7));
+        let f = wait_login(|| Ok(Ok(addr)), std::slice::from_ref(&key), Duration::from_millis(200), deadline, &idle)
+            .unwrap()
+            .err()
+            .expect("no banner, no login");
+        assert_eq!(f.step, Step::Banner, "{}", f.detail);
+        assert_eq!(held.join().unwrap(), 1, "one connection, kept while the guest idles");
+
+        let (addr, held) = silent_server();
+        let began = Instant::now();
+        let busy = || Some(began.elapsed());
+        let deadline = began + Duration::from_millis(1900);
+        let f = wait_login(|| Ok(Ok(addr)), &[key], Duration::from_millis(200), deadline, &busy)
+            .unwrap()
+            .err()
+            .expect("no banner, no login");
+        assert_eq!(f.step, Step::Banner, "{}", f.detail);
+        // Attempts of 200, 400 and 800 ms of its CPU time (here as much wall time).
+        let conns = held.join().unwrap();
+        assert!((3..=4).contains(&conns), "{conns} connections");
+    }
+
     #[test]
     fn only_a_timed_out_attempt_doubles_the_limit() {
         let s = Duration::from_secs;
-        assert_eq!(next_limit(s(20), s(20)), s(40));
-        assert_eq!(next_limit(s(20), Duration::from_millis(19_500)), s(40));
-        assert_eq!(next_limit(s(40), s(1)), s(40));
+        assert_eq!(next_limit(s(20), true), s(40));
+        assert_eq!(next_limit(s(40), false), s(40));
     }
 
     #[test]
