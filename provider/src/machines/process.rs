@@ -26,25 +26,27 @@ pub struct ExitRecord {
     pub exited_at: u64,
 }
 
-/// (start time in clock ticks since boot, state letter) of `pid`, from `/proc/PID/stat`.
-pub fn stat(pid: i32) -> Option<(u64, char)> {
+/// The fields of `/proc/PID/stat` after comm: [0] is field 3 (state), [11] and [12] fields 14
+/// and 15 (utime, stime), [19] field 22 (starttime).
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
     if pid <= 0 {
         return None;
     }
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may hold spaces and parentheses: the fields after it start after the last ')'.
-    let rest = &s[s.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state); field 22 (starttime) is f[19].
+    Some(s[s.rfind(')')? + 1..].split_whitespace().map(str::to_string).collect())
+}
+
+/// (start time in clock ticks since boot, state letter) of `pid`, from `/proc/PID/stat`.
+pub fn stat(pid: i32) -> Option<(u64, char)> {
+    let f = stat_fields(pid)?;
     let state = f.first()?.chars().next()?;
     Some((f.get(19)?.parse().ok()?, state))
 }
 
 /// The CPU time (user and system, all threads) process `pid`, started at `start`, has used.
 pub fn cpu_time(pid: i32, start: u64) -> Option<Duration> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
-    // f[11] and f[12] are fields 14 and 15 (utime, stime, in clock ticks).
+    let f = stat_fields(pid)?;
     if f.get(19)?.parse::<u64>().ok()? != start {
         return None;
     }
