@@ -25,6 +25,7 @@ flex | box | the guest kernel build
 libelf-dev | box | the guest kernel build (objtool)
 cpio | box | the guest kernel build
 xz-utils | box | unpacks linux-source-6.1's tarball
+patch | box | applies boxes/tiny/hz.patch to the guest kernel's source
 kmod | box | the guest kernel build
 debootstrap | box | the Debian 12 box's root file system (boxes/debian12)
 debian-archive-keyring | box | debootstrap checks the Debian archive's signatures with it (boxes/debian12)

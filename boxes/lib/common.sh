@@ -42,9 +42,10 @@ fragment_lines() {
 	' "$@"
 }
 
-# kernel_build NAME RECIPE FRAGMENT...: the kernel of tinyconfig + the fragments (in order), built
-# once into $CACHE/NAME/<key>/ {vmlinux, vmlinuz, kernel.config, gen_init_cpio, versions}; prints
-# that directory. key = sha256 of the fragments, "recipe RECIPE" and linux-source-6.1's version
+# kernel_build NAME RECIPE FILE...: the kernel of tinyconfig + the config fragments (in order), on
+# the source with the *.patch files among FILE applied (patch -p1), built once into
+# $CACHE/NAME/<key>/ {vmlinux, vmlinuz, kernel.config, gen_init_cpio, versions}; prints that
+# directory. key = sha256 of the files, "recipe RECIPE" and linux-source-6.1's version
 # (bump RECIPE when the build steps below change). A miss builds in $CACHE/build/NAME.XXXXXX and
 # publishes with one rename, so an interrupted build never leaves a partial entry.
 kernel_build() {
@@ -52,7 +53,13 @@ kernel_build() {
 	shift 2
 	need_packages box
 	[ -f "$KSRC_TAR" ] || die "$KSRC_TAR missing"
-	local key entry tmp src bad line opt
+	local key entry tmp src bad line opt file fragments=() patches=()
+	for file; do
+		case $file in
+		*.patch) patches+=("$file") ;;
+		*) fragments+=("$file") ;;
+		esac
+	done
 	key=$({ cat "$@"; echo "recipe $recipe"; dpkg-query -W -f='${Version}' "$KSRC_PKG"; } |
 		sha256sum | cut -c1-64)
 	entry=$CACHE/$name/$key
@@ -70,9 +77,13 @@ kernel_build() {
 	log "unpacking $KSRC_TAR"
 	mkdir -p "$src"
 	tar -xf "$KSRC_TAR" -C "$src" --strip-components=1
+	for file in "${patches[@]}"; do
+		log "patching: ${file#"$REPO/"}"
+		patch -s -p1 -d "$src" <"$file" || die "$file does not apply to $KSRC_PKG"
+	done
 
-	log "configuring: tinyconfig + $(printf '%s ' "${@#"$REPO/"}")"
-	fragment_lines "$@" >"$tmp/fragment.config"
+	log "configuring: tinyconfig + $(printf '%s ' "${fragments[@]#"$REPO/"}")"
+	fragment_lines "${fragments[@]}" >"$tmp/fragment.config"
 	make -C "$src" -s tinyconfig >/dev/null
 	(cd "$src" && ./scripts/kconfig/merge_config.sh -m .config "$tmp/fragment.config") >"$tmp/merge.log" 2>&1 ||
 		{ cat "$tmp/merge.log" >&2; die "merge_config failed"; }
