@@ -13,9 +13,9 @@ from guest import Guest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-# Files whose guests boot through OVMF (6-7 minutes a boot here) are run first: xdist's loadfile
-# hands files out in collection order, and one collected last runs alone at the end.
-LONG_FIRST = ("vmm/test_firmware.py", "provider/test_efi.py")
+# The file whose guest boots through OVMF (twice, 6-7 minutes a boot here) runs first: xdist's
+# loadfile hands files out in collection order, and one collected last runs alone at the end.
+LONG_FIRST = ("provider/test_efi.py",)
 
 
 def pytest_collection_modifyitems(items):

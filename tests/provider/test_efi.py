@@ -1,9 +1,17 @@
 """Firmware machines through the provider: a box whose metadata says `"firmware": "efi"` (the small
-EFI test disk of boxes/tiny/efi-disk.sh, with no kernel in the box) boots through Debian's stock
-OVMF to SSH, with a variable store of its own that keeps what the guest wrote across a restart and
-that machine.package carries into the next box. One boot through the firmware (6-7 minutes on the
-nested PVM host, most of it in OVMF: vmm/src/firmware/mod.rs) serves every check of the real
-machine; the bad inputs before it start no guest that runs (OVMF never reaches a disk in them)."""
+EFI test disk of boxes/tiny/efi-disk.sh: GPT, an ESP with systemd-boot and two entries, no kernel
+in the box) boots through Debian's stock OVMF to SSH, with a variable store of its own that keeps
+what the guest wrote across a restart and that machine.package carries into the next box.
+
+Two boots through the firmware on the machine's one variable store (each 6-7 minutes on the
+nested PVM host, most of it in OVMF: vmm/src/firmware/mod.rs) serve every check of the real
+machine: the first boot's entry (the default) has the guest write systemd-boot's
+LoaderEntryDefault variable through efivarfs (the kernel calls the firmware's runtime
+SetVariable, which programs the emulated flash) before its SSH server starts; the second boot,
+whose firmware reads the variable back from the flash, runs the other entry, which powers the
+guest off once it is ready (the machine stays stopped). Two boots because only a boot through
+the firmware shows that the firmware finds what it wrote. The bad inputs before them start no
+guest that runs (OVMF never reaches a disk in them)."""
 
 import json
 import subprocess
@@ -17,21 +25,23 @@ from test_machines import Home, alive, wait_state
 from test_ssh import call_long, exec_
 from uefi import EFI_TIMEOUT, OVMF_CODE, OVMF_VARS, guest_params, live_variables, write_variable_cmd
 
-# A vendor GUID of the test's own, and the variable the guest writes through efivarfs.
-TEST_GUID = "5b0ee6a2-1b0e-4f1c-9a53-7868796576e1"
-VAR = ("XhyveTest", TEST_GUID)
+# systemd-boot's vendor GUID: its LoaderEntryDefault names the entry to boot.
+SD_BOOT_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+VAR = ("LoaderEntryDefault", SD_BOOT_GUID)
+SECOND = "second.conf\0".encode("utf-16-le")
 
 
 @pytest.fixture(scope="module")
 def efi_box_file(xhyve_bin, tiny_efi_box, tmp_path_factory):
     """The tiny EFI kernel on the small EFI disk as a box: disk0.img and metadata, no kernel. Its
-    boot entry has the guest write a variable through efivarfs before its SSH server starts
-    (xhyve.cmd with xhyve.ssh=on, boxes/tiny/init)."""
+    default entry has the guest make "second" the default (xhyve.cmd, boxes/tiny/init) and start
+    its SSH server; the second entry powers the guest off once it is ready."""
     d = tmp_path_factory.mktemp("efibox")
-    cmdline = " ".join(["console=ttyS0", *guest_params(xhyve_bin), "xhyve.ssh=on",
-                        write_variable_cmd(*VAR, b"provider-test")])
+    base = " ".join(["console=ttyS0", *guest_params(xhyve_bin)])
     subprocess.run([str(ROOT / "boxes/tiny/efi-disk.sh"), str(tiny_efi_box), str(d / "disk0.img"),
-                    f"main={cmdline}"], check=True, capture_output=True)
+                    f"first={base} xhyve.entry=first xhyve.ssh=on {write_variable_cmd(*VAR, SECOND)}",
+                    f"second={base} xhyve.entry=second xhyve.ssh=off xhyve.action=poweroff"],
+                   check=True, capture_output=True)
     out = d / "tiny-efi.box"
     subprocess.run([str(ROOT / "boxes/package.sh"), str(out), str(d), "--firmware", "efi"], check=True,
                    capture_output=True)
@@ -129,26 +139,35 @@ def test_efi_machine_boots_its_disk_through_the_firmware(efi_machine):
     e = h.error("machine.suspend", {"id": mid})
     assert e.code == -32010 and "cannot be saved yet" in e.message and "it runs on" in e.message, e.message
     assert alive(h.pid) and h.call("machine.state", {"id": mid})["state"] == "running"
-    # The kernel came from the disk's ESP, with its boot entry's command line.
+    # The kernel came from the disk's ESP, with its default boot entry's command line.
     r, out = exec_(h, mid, "test -d /sys/firmware/efi && echo booted-through-efi; cat /proc/cmdline")
     assert r == {"exit_status": 0} and "booted-through-efi" in out["stdout"], (r, out)
-    assert "xhyve.cmd=" in out["stdout"] and "xhyve.identity" not in out["stdout"], out
+    assert "xhyve.entry=first" in out["stdout"] and "xhyve.identity" not in out["stdout"], out
 
 
 def test_variable_store_is_the_machines_and_travels_with_its_box(efi_machine, tmp_path):
     h, mid = efi_machine, efi_machine.mid
-    vars_fd = h.machine_dir(mid) / "efi-vars.fd"
+    vars_fd, console = h.machine_dir(mid) / "efi-vars.fd", h.machine_dir(mid) / "console.log"
     # The boot entry's script wrote it before the SSH server started; the guest ran on.
-    assert "efivar-written" in (h.machine_dir(mid) / "console.log").read_text(errors="replace")
-    assert live_variables(vars_fd.read_bytes()).get(VAR) == b"provider-test"
+    assert "efivar-written" in console.read_text(errors="replace")
+    assert live_variables(vars_fd.read_bytes()).get(VAR) == SECOND
     h.call("machine.stop", {"id": mid, "force": True})
-    assert live_variables(vars_fd.read_bytes()).get(VAR) == b"provider-test"
-    # Started again, the machine keeps its store (not a fresh copy of the template).
+    assert live_variables(vars_fd.read_bytes()).get(VAR) == SECOND
+
+    # Started again, the machine keeps its store (not a fresh copy of the template): the firmware
+    # reads the variable back and systemd-boot runs the entry it names, which powers off.
+    seen = console.stat().st_size
     h.call("machine.start", {"id": mid})
-    time.sleep(5)
     assert h.record(mid)["process"]["argv"][-1].endswith(f",{vars_fd}")
-    assert live_variables(vars_fd.read_bytes()).get(VAR) == b"provider-test"
-    h.call("machine.stop", {"id": mid, "force": True})
+    t0 = time.monotonic()
+    wait_state(h, mid, "stopped", timeout=EFI_TIMEOUT)
+    print(f"EFI machine: second boot powered off {time.monotonic() - t0:.0f} s after machine.start")
+    with open(console, "rb") as f:
+        f.seek(seen)
+        second = f.read().decode(errors="replace")
+    assert "XHYVE-TINY: ready" in second and "XHYVE-TINY: poweroff" in second, second[-4000:]
+    assert "xhyve.entry=second" in second and "xhyve.entry=first" not in second, second[-4000:]
+    assert live_variables(vars_fd.read_bytes()).get(VAR) == SECOND
 
     # machine.package carries the store; a machine of the new box starts with its variables.
     out = tmp_path / "packaged.box"
@@ -156,8 +175,8 @@ def test_variable_store_is_the_machines_and_travels_with_its_box(efi_machine, tm
     assert meta["firmware"] == "efi" and meta["efi_vars"] == "efi-vars.fd" and "kernel" not in meta, meta
     members = box_members(out)
     assert json.loads(members["metadata.json"]) == meta
-    assert live_variables(members["efi-vars.fd"]).get(VAR) == b"provider-test"
+    assert live_variables(members["efi-vars.fd"]).get(VAR) == SECOND
     h.call("box.add", {"source": str(out), "name": "xhyve/packaged-efi"})
     again = h.call("machine.create", {"box": "xhyve/packaged-efi", "name": "again"})["id"]
     copied = h.machine_dir(again) / "efi-vars.fd"
-    assert live_variables(copied.read_bytes()).get(VAR) == b"provider-test"
+    assert live_variables(copied.read_bytes()).get(VAR) == SECOND

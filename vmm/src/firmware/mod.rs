@@ -24,7 +24,7 @@
 //! - DXE to BdsDxe starting the disk's `\EFI\BOOT\BOOTX64.EFI`: 2-5.5 minutes, mostly
 //!   DxeCore dispatching and loading drivers, then VariableRuntimeDxe, PcdDxe, CpuDxe and
 //!   HiiDatabase.
-//! - The tiny EFI disk (`boxes/tiny/efi-disk.sh`, `tests/vmm/test_firmware.py`), seconds after
+//! - The tiny EFI disk (`boxes/tiny/efi-disk.sh`, `tests/provider/test_efi.py`), seconds after
 //!   process start, 1 vCPU, 256 MiB, 3 boots with the other core busy: BdsDxe starts
 //!   systemd-boot at about 240-330; the kernel's EFI stub prints the first kernel line at 289-397
 //!   (systemd-boot reads the 2.9 MB kernel and 7.9 MB initramfs through OVMF's FAT driver:
