@@ -15,7 +15,8 @@
 //! another xhyve's format or shape) is deleted and the machine boots normally, saving a new one.
 
 use super::boot_disks;
-use super::identity::{self, Budget, Channel, Identity, Ipv4Config};
+use super::identity::{self, Channel, Identity, Ipv4Config};
+use super::process::{Budget, Proc};
 use super::record::{Disk, MachineRecord, NetworkMode};
 use super::{lock, Machines};
 use crate::boxes::Reporter;
@@ -35,7 +36,7 @@ use xhyve_contract::user_net;
 pub const SAVED_BOOTS: &str = "saved-boots";
 /// How long a booting guest may take to reach its quiet point.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(1800);
-/// How much of its CPU time a guest may take to apply its identity (identity::Budget), and how
+/// How much of its CPU time a guest may take to apply its identity (process::Budget), and how
 /// long in wall time at most (twenty guests on two cores each get a tenth of one).
 const APPLY_CPU: Duration = Duration::from_secs(60);
 const APPLY_WALL: Duration = Duration::from_secs(900);
@@ -273,7 +274,7 @@ impl Machines {
         let slot = self.slot(id);
         let _g = lock(&slot.rec);
         match MachineRecord::load(dir).ok().and_then(|r| r.process) {
-            Some(p) => Budget::guest_cpu(APPLY_CPU, p.pid, p.start_time, APPLY_WALL),
+            Some(p) => Budget::guest_cpu(APPLY_CPU, Proc { pid: p.pid, start: p.start_time }, APPLY_WALL),
             None => Budget::wall(APPLY_CPU),
         }
     }

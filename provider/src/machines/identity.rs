@@ -9,7 +9,7 @@
 //! and a line `end`; it answers `XHYVE-IDENTITY 1 APPLIED MACHINE`. A later message
 //! (after a resume or a snapshot restore) refreshes the clock and the RNG seed.
 
-use super::process;
+use super::process::Budget;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
@@ -81,38 +81,6 @@ pub fn hostname_of(name: &str) -> String {
     }
 }
 
-/// How long the guest may take to answer. On a host whose guests are CPU-bound, wall time
-/// stretches with the number of guests; the CPU time the guest's xhyve gets does not. So with
-/// the VMM's process known, the budget is its CPU time, capped in wall time for a guest that
-/// idles instead of answering; without it, wall time.
-pub struct Budget {
-    cpu: Duration,
-    wall: Duration,
-    vmm: Option<(i32, u64)>,
-}
-
-impl Budget {
-    pub fn wall(wall: Duration) -> Budget {
-        Budget { cpu: wall, wall, vmm: None }
-    }
-
-    /// `cpu` of the VMM process `pid` (started at `start`), at most `wall`.
-    pub fn guest_cpu(cpu: Duration, pid: i32, start: u64, wall: Duration) -> Budget {
-        Budget { cpu, wall, vmm: Some((pid, start)) }
-    }
-
-    fn used(&self) -> Option<Duration> {
-        self.vmm.and_then(|(pid, start)| process::cpu_time(pid, start))
-    }
-
-    fn describe(&self) -> String {
-        match self.vmm {
-            Some(_) => format!("{} s of its CPU time ({} s at most)", self.cpu.as_secs(), self.wall.as_secs()),
-            None => format!("{} s", self.wall.as_secs()),
-        }
-    }
-}
-
 pub struct Channel {
     out: UnixStream,
     lines: BufReader<UnixStream>,
@@ -137,17 +105,15 @@ impl Channel {
     /// Reads the guest's lines until `XHYVE-IDENTITY 1 WORD...`; Ok(what follows WORD). Err when
     /// the channel ends (xhyve ended) or nothing came within `budget`.
     pub fn wait_for(&mut self, word: &str, budget: &Budget) -> Result<String, String> {
-        let deadline = Instant::now() + budget.wall;
-        let cpu_at_start = budget.used();
+        let spending = budget.start();
         let mut line = String::new();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let cpu_spent = budget.used().zip(cpu_at_start).map(|(now, then)| now.saturating_sub(then));
-            if left.is_zero() || cpu_spent.is_some_and(|c| c >= budget.cpu) {
+            if spending.exhausted() {
                 return Err(format!("the guest did not say {word} within {}", budget.describe()));
             }
             // Woken each second to look at the guest's CPU time.
-            self.out.set_read_timeout(Some(left.min(Duration::from_secs(1)))).map_err(|e| e.to_string())?;
+            let wait = spending.wall_left().min(Duration::from_secs(1));
+            self.out.set_read_timeout(Some(wait)).map_err(|e| e.to_string())?;
             line.clear();
             match self.lines.read_line(&mut line) {
                 Ok(0) => return Err(format!("the identity channel closed before the guest said {word}")),
@@ -178,6 +144,7 @@ impl Channel {
 
 #[cfg(test)]
 mod tests {
+    use super::super::process::{self, Proc};
     use super::*;
     use std::os::unix::net::UnixListener;
 
@@ -206,8 +173,7 @@ mod tests {
         let me = std::process::id() as i32;
         let budget = Budget::guest_cpu(
             Duration::from_millis(300),
-            me,
-            process::start_time(me).unwrap(),
+            Proc { pid: me, start: process::start_time(me).unwrap() },
             Duration::from_secs(60),
         );
         let began = Instant::now();

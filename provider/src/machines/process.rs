@@ -1,6 +1,7 @@
 //! Processes: identity by pid plus start time (`/proc/PID/stat` field 22), waiting for a process
-//! that is not our child (pidfd, else /proc polling), finding and probing `xhyve`, and the
-//! `run-vmm` runner that stays the VMM's parent and records how it ended in `exit.json`.
+//! that is not our child (pidfd, else /proc polling), the CPU time it gets (`Budget`: waits on a
+//! guest counted in it), finding and probing `xhyve`, and the `run-vmm` runner that stays the
+//! VMM's parent and records how it ended in `exit.json`.
 
 use crate::state;
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use xhyve_contract::features::{self, Features};
 
 /// The runner's record of the VMM's end, `MACHINE_DIR/exit.json`.
@@ -54,6 +55,85 @@ pub fn cpu_time(pid: i32, start: u64) -> Option<Duration> {
     // SAFETY: sysconf has no preconditions.
     let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok().filter(|&h| h > 0)?;
     Some(Duration::from_millis(ticks * 1000 / hz))
+}
+
+/// A running process, known by pid and start time (a pid reused by another process is not it).
+#[derive(Clone, Copy, Debug)]
+pub struct Proc {
+    pub pid: i32,
+    pub start: u64,
+}
+
+impl Proc {
+    pub fn cpu_time(self) -> Option<Duration> {
+        cpu_time(self.pid, self.start)
+    }
+}
+
+/// How long a wait on a guest may take. On a host whose guests are CPU-bound, wall time
+/// stretches with the number of guests (twenty on two cores each get a tenth of one); the CPU
+/// time the guest's xhyve gets does not. So with that process known, the budget is `cpu` of its
+/// CPU time, capped at `wall` for a guest that idles instead of answering; without it, wall time.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    cpu: Duration,
+    wall: Duration,
+    vmm: Option<Proc>,
+}
+
+impl Budget {
+    pub fn wall(wall: Duration) -> Budget {
+        Budget { cpu: wall, wall, vmm: None }
+    }
+
+    /// `cpu` of the CPU time of `vmm`, at most `wall`.
+    pub fn guest_cpu(cpu: Duration, vmm: Proc, wall: Duration) -> Budget {
+        Budget { cpu, wall, vmm: Some(vmm) }
+    }
+
+    /// Starts spending it now.
+    pub fn start(self) -> Spending {
+        Spending { budget: self, began: Instant::now(), cpu_at_start: self.used() }
+    }
+
+    fn used(&self) -> Option<Duration> {
+        self.vmm.and_then(Proc::cpu_time)
+    }
+
+    /// "N s of its CPU time (M s at most)", or "M s" for wall time.
+    pub fn describe(&self) -> String {
+        match self.vmm {
+            Some(_) => format!("{} s of its CPU time ({} s at most)", self.cpu.as_secs(), self.wall.as_secs()),
+            None => format!("{} s", self.wall.as_secs()),
+        }
+    }
+}
+
+/// A budget being spent since `Budget::start`.
+pub struct Spending {
+    budget: Budget,
+    began: Instant,
+    cpu_at_start: Option<Duration>,
+}
+
+impl Spending {
+    /// Whether the wall time passed or the process spent the CPU time.
+    pub fn exhausted(&self) -> bool {
+        let cpu = self.budget.used().zip(self.cpu_at_start).map(|(now, then)| now.saturating_sub(then));
+        self.wall_left().is_zero() || cpu.is_some_and(|c| c >= self.budget.cpu)
+    }
+
+    pub fn wall_left(&self) -> Duration {
+        self.budget.wall.saturating_sub(self.began.elapsed())
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.began.elapsed()
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
 }
 
 pub fn start_time(pid: i32) -> Option<u64> {
@@ -298,6 +378,38 @@ mod tests {
         }
         assert!(cpu_time(me, t).unwrap() > before);
         assert_eq!(cpu_time(me, t + 1), None, "another process with that pid");
+    }
+
+    /// A process whose CPU time stands still (a sleeping child) spends its budget only by the
+    /// wall-time cap; one that computes (this one, spinning) spends it by its CPU time.
+    #[test]
+    fn budgets_are_spent_in_cpu_time_capped_by_wall_time() {
+        let ms = Duration::from_millis;
+        let mut sleeper = Command::new("sleep").arg("10").spawn().unwrap();
+        let pid = sleeper.id() as i32;
+        let idle = Proc { pid, start: start_time(pid).unwrap() };
+        let s = Budget::guest_cpu(ms(50), idle, ms(400)).start();
+        while !s.exhausted() {
+            std::thread::sleep(ms(10));
+        }
+        assert!(s.elapsed() >= ms(400), "{:?}", s.elapsed());
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+
+        let me = std::process::id() as i32;
+        let busy = Proc { pid: me, start: start_time(me).unwrap() };
+        let s = Budget::guest_cpu(ms(100), busy, Duration::from_secs(60)).start();
+        while !s.exhausted() {
+            std::hint::black_box(());
+        }
+        assert!(s.elapsed() < Duration::from_secs(30), "{:?}", s.elapsed());
+        assert!(busy.cpu_time().unwrap() >= ms(100));
+
+        let s = Budget::wall(ms(100)).start();
+        assert!(!s.exhausted() && s.wall_left() > ms(0));
+        std::thread::sleep(ms(120));
+        assert!(s.exhausted() && s.wall_left().is_zero());
+        assert_eq!(s.budget().describe(), "0 s");
     }
 
     #[test]

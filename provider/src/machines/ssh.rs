@@ -6,9 +6,10 @@
 //! they share.
 
 use super::params::{ExecParams, WaitParams};
+use super::process::{Budget, Proc};
 use super::record::{MachineRecord, NetworkMode, State};
 use super::ssh_pool::Target;
-use super::{console, invalid_field, process, wrong_state, Machines};
+use super::{console, invalid_field, wrong_state, Machines};
 use crate::error::{code, Error, Result};
 use crate::home::Home;
 use crate::logger::log;
@@ -110,23 +111,18 @@ impl Machines {
     /// later `exec` calls use (`keep`).
     fn ssh_login(&self, id: &str, keys: &[PathBuf], deadline: Instant) -> Result<(Conn, u32, Target)> {
         let last = std::cell::RefCell::new(None::<Target>);
-        let guest_cpu = || {
-            let (pid, start) = last.borrow().as_ref()?.process;
-            process::cpu_time(pid, start)
-        };
         let r = wait_login(
             || {
                 let t = self.ssh_target(id)?;
                 Ok(t.map(|t| {
-                    let addr = t.addr;
+                    let (addr, (pid, start)) = (t.addr, t.process);
                     *last.borrow_mut() = Some(t);
-                    addr
+                    (addr, (pid > 0).then_some(Proc { pid, start }))
                 }))
             },
             keys,
             ATTEMPT,
             deadline,
-            &guest_cpu,
         )?;
         let last = last.into_inner();
         match (r, last) {
@@ -306,39 +302,33 @@ fn connect(addr: SocketAddr, limit: Duration) -> std::result::Result<TcpStream, 
         .map_err(|e| Failure { step: Step::PortClosed, detail: format!("connecting to {addr}: {e}") })
 }
 
-/// The guest's xhyve's CPU time so far (`process::cpu_time`), or None when unknown.
-pub type GuestCpu<'a> = &'a dyn Fn() -> Option<Duration>;
-
 /// How much longer in wall time than in the guest's CPU time a login attempt may take: a guest
 /// that idles instead of answering (a server stuck in a connection) is given up on too.
 const WALL_PER_CPU: u32 = 10;
 
-/// One login as `login`, bounded by the CPU time the guest's xhyve gets during it (`cpu`) instead
-/// of wall time: on a host whose guests are CPU-bound, twenty guests on two cores each get a
-/// tenth of a core, and a wall-time limit gives up on logins that are merely slow, leaving the
-/// guest one more server process to finish. A watchdog shuts the socket down once the guest has
-/// spent `cpu` (or WALL_PER_CPU times that passed). Also returns whether it ran out of time.
+/// One login as `login`, bounded by `cpu` of the CPU time the guest's xhyve (`vmm`) gets during
+/// it (`process::Budget`) instead of wall time: a wall-time limit gives up on logins that are
+/// merely slow on a loaded host, leaving the guest one more server process to finish. A watchdog
+/// shuts the socket down once the budget is spent (WALL_PER_CPU times `cpu` in wall time at
+/// most). Also returns whether it ran out of time.
 fn login_on_guest_cpu(
     addr: SocketAddr,
     keys: &[PathBuf],
     cpu: Duration,
+    vmm: Proc,
     left: Duration,
-    guest_cpu: GuestCpu,
-    spent_before: Duration,
 ) -> (std::result::Result<Conn, Failure>, bool) {
     let wall = (cpu * WALL_PER_CPU).min(left).max(Duration::from_millis(200));
     let tcp = match connect(addr, wall.min(cpu).max(Duration::from_millis(200))) {
         Ok(t) => t,
         Err(f) => return (Err(f), false),
     };
-    // The watchdog's own descriptor of the socket: it stays open whatever the handshake closes.
     let watched = match tcp.try_clone() {
         Ok(t) => t,
         Err(e) => return (Err(Failure { step: Step::Banner, detail: format!("socket: {e}") }), false),
     };
-    let began = Instant::now();
-    // (finished, fired): the watchdog (this thread: `guest_cpu` need not be shareable) fires
-    // only while the handshake runs.
+    let spending = Budget::guest_cpu(cpu, vmm, wall).start();
+    // (finished, fired): the watchdog (this thread) fires only while the handshake runs.
     let state = std::sync::Mutex::new((false, false));
     let (done, finished) = std::sync::mpsc::channel::<()>();
     let r = std::thread::scope(|scope| {
@@ -354,8 +344,7 @@ fn login_on_guest_cpu(
             if st.0 {
                 break;
             }
-            let spent = guest_cpu().map(|c| c.saturating_sub(spent_before));
-            if began.elapsed() >= wall || spent.is_some_and(|c| c >= cpu) {
+            if spending.exhausted() {
                 st.1 = true;
                 let _ = watched.shutdown(std::net::Shutdown::Both);
                 break;
@@ -371,12 +360,8 @@ fn login_on_guest_cpu(
         Err(f) => f.step,
         Ok(_) => Step::Auth,
     };
-    let detail = format!(
-        "no login within {} s of the guest's CPU time ({:.0} s; {} s at most)",
-        cpu.as_secs(),
-        began.elapsed().as_secs_f64(),
-        wall.as_secs()
-    );
+    let detail =
+        format!("no login within {} ({:.0} s passed)", spending.budget().describe(), spending.elapsed().as_secs_f64());
     (Err(Failure { step, detail }), true)
 }
 
@@ -417,16 +402,16 @@ pub struct Conn {
 const ATTEMPT: Duration = Duration::from_secs(20);
 
 /// Retries `login` until it succeeds or `deadline`, the first attempt bounded by `first`
-/// (ATTEMPT), and each one that runs out of time doubling that; `target()` is asked before each attempt
-/// (Err(why): the machine has no address yet) and may end the wait with an error (the machine
+/// (ATTEMPT), and each one that runs out of time doubling that; `target()` is asked before each
+/// attempt for the address and the guest's xhyve, whose CPU time bounds the attempt when known
+/// (Err(why): the machine has no address yet), and may end the wait with an error (the machine
 /// stopped). Returns the session and the number of attempts; on timeout the failure of the last
 /// attempt, unless the deadline cut that one short before it got as far as the one before.
 pub fn wait_login(
-    mut target: impl FnMut() -> Result<std::result::Result<SocketAddr, String>>,
+    mut target: impl FnMut() -> Result<std::result::Result<(SocketAddr, Option<Proc>), String>>,
     keys: &[PathBuf],
     first: Duration,
     deadline: Instant,
-    guest_cpu: GuestCpu,
 ) -> Result<std::result::Result<(Conn, u32), Failure>> {
     let mut attempts = 0;
     let mut prev: Option<Failure> = None;
@@ -438,10 +423,10 @@ pub fn wait_login(
         let this_limit = limit;
         let fail = match target()? {
             Err(detail) => Failure { step: Step::NoAddress, detail },
-            Ok(a) => {
+            Ok((a, vmm)) => {
                 let began = Instant::now();
-                let (r, timed_out) = match guest_cpu() {
-                    Some(spent) => login_on_guest_cpu(a, keys, limit, left, guest_cpu, spent),
+                let (r, timed_out) = match vmm.filter(|v| v.cpu_time().is_some()) {
+                    Some(v) => login_on_guest_cpu(a, keys, limit, v, left),
                     None => {
                         let r = login(a, keys, left.min(limit));
                         let timed_out = r.is_err() && began.elapsed() >= limit * 9 / 10;
@@ -573,6 +558,7 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
+    use super::super::process;
     use super::*;
 
     #[test]
@@ -614,7 +600,7 @@ mod tests {
         let (addr, held) = silent_server();
         let key = PathBuf::from("/nonexistent");
         let deadline = Instant::now() + Duration::from_millis(1900);
-        let r = wait_login(|| Ok(Ok(addr)), &[key], Duration::from_millis(200), deadline, &|| None).unwrap();
+        let r = wait_login(|| Ok(Ok((addr, None))), &[key], Duration::from_millis(200), deadline).unwrap();
         let f = r.err().expect("no banner, no login");
         assert_eq!(f.step, Step::Banner, "{}", f.detail);
         // Attempts of 200, 400 and 800 ms with 250 ms pauses (and perhaps the end of the deadline):
@@ -623,35 +609,46 @@ mod tests {
         assert!((3..=4).contains(&conns), "{conns} connections");
     }
 
-    /// The same server, with the guest's CPU time known: an attempt lasts until the guest spent
-    /// its limit, not until that much wall time passed. An idle guest (its CPU time standing
-    /// still) keeps its one connection until WALL_PER_CPU times the limit; a guest that computes
-    /// all the time is given up on as with wall time.
+    /// The same server, with the guest's xhyve known: an attempt lasts until the guest spent its
+    /// limit in CPU time, not until that much wall time passed. An idle guest (a sleeping
+    /// process: its CPU time stands still) keeps its one connection until WALL_PER_CPU times the
+    /// limit; a guest that computes all the time (this process, spinning) is given up on after
+    /// its CPU time, again and again.
     #[test]
     fn attempts_count_the_guest_cpu_time() {
         let key = PathBuf::from("/nonexistent");
+        let ms = Duration::from_millis;
+        let mut sleeper = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let pid = sleeper.id() as i32;
+        let idle = Proc { pid, start: process::start_time(pid).unwrap() };
         let (addr, held) = silent_server();
-        let deadline = Instant::now() + Duration::from_millis(1900);
-        let idle = || Some(Duration::from_secs(7));
-        let f = wait_login(|| Ok(Ok(addr)), std::slice::from_ref(&key), Duration::from_millis(200), deadline, &idle)
+        let deadline = Instant::now() + ms(1900);
+        let f = wait_login(|| Ok(Ok((addr, Some(idle)))), std::slice::from_ref(&key), ms(200), deadline)
             .unwrap()
             .err()
             .expect("no banner, no login");
         assert_eq!(f.step, Step::Banner, "{}", f.detail);
         assert_eq!(held.join().unwrap(), 1, "one connection, kept while the guest idles");
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
 
+        let me = std::process::id() as i32;
+        let busy = Proc { pid: me, start: process::start_time(me).unwrap() };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spin = {
+            let stop = stop.clone();
+            std::thread::spawn(move || while !stop.load(std::sync::atomic::Ordering::Relaxed) {})
+        };
+        // Attempts of 400 ms of its CPU time, then 800: the second connection comes once this
+        // process has spun for 400 ms, where an idle guest keeps its first for 4 s.
         let (addr, held) = silent_server();
-        let began = Instant::now();
-        let busy = || Some(began.elapsed());
-        let deadline = began + Duration::from_millis(1900);
-        let f = wait_login(|| Ok(Ok(addr)), &[key], Duration::from_millis(200), deadline, &busy)
-            .unwrap()
-            .err()
-            .expect("no banner, no login");
-        assert_eq!(f.step, Step::Banner, "{}", f.detail);
-        // Attempts of 200, 400 and 800 ms of its CPU time (here as much wall time).
+        let deadline = Instant::now() + ms(3500);
+        let r = wait_login(|| Ok(Ok((addr, Some(busy)))), &[key], ms(400), deadline).unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spin.join().unwrap();
+        assert!(r.is_err(), "no banner, no login");
         let conns = held.join().unwrap();
-        assert!((3..=4).contains(&conns), "{conns} connections");
+        assert!(conns >= 2, "{conns} connections");
     }
 
     #[test]
