@@ -187,7 +187,7 @@ else
 fi
 
 # --- 4. the box kernel: tinyconfig + ../tiny/kernel.config + kernel.config ---
-KERNEL=$(kernel_build debian12/kernel "$KERNEL_RECIPE" "$HERE/../tiny/hz.patch" "$HERE/../tiny/kernel.config" "$HERE/kernel.config")
+KERNEL=$(kernel_build debian12/kernel "$KERNEL_RECIPE" "$HERE/../tiny/kernel.config" "$HERE/kernel.config")
 
 # --- 5. the build directory ---
 install_files "$KERNEL" "$OUT" vmlinux vmlinuz kernel.config

@@ -10,11 +10,11 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-# The kernel's source patch and config fragments, and the cache (and default output) they build
-# into.
-FRAGMENTS=("$HERE/hz.patch" "$HERE/kernel.config") NAME=tiny
+# The kernel's config fragments (and the kexec kernel's source patch), and the cache (and default
+# output) they build into.
+FRAGMENTS=("$HERE/hz.patch" "$HERE/kernel.config" "$HERE/hz.config") NAME=tiny
 if [ "${1:-}" = --efi ]; then
-	FRAGMENTS+=("$HERE/efi.config") NAME=tiny-efi
+	FRAGMENTS=("$HERE/kernel.config" "$HERE/efi.config") NAME=tiny-efi
 	shift
 fi
 OUT=${1:-$REPO/target/boxes/$NAME}
