@@ -53,7 +53,7 @@ pub fn build(cfg: &Config) -> Result<Vmm, String> {
         Some(s) => memory::map_private(&s.ram.file, s.ram.ram_offset, s.ram.ram_len)?,
         None => memory::create(cfg.mem_bytes)?,
     };
-    let vm = create_vm(cfg, &mem)?;
+    let vm = create_vm(cfg, &mem, pvm.is_some())?;
     let exit = Arc::new(ExitLatch::default());
     let mut devices = Devices::default();
     let raw_terminal = attach_legacy_devices(cfg, &vm, &exit, &mut devices)?;
@@ -91,9 +91,13 @@ pub fn build(cfg: &Config) -> Result<Vmm, String> {
     Ok(Vmm { vm, shared, devices, signals, vcpu_stats, raw_terminal, started, verbose: cfg.verbose })
 }
 
-/// The hypervisor's VM with guest RAM mapped.
-fn create_vm(cfg: &Config, mem: &GuestMemoryMmap) -> Result<Arc<dyn Vm>, String> {
+/// The hypervisor's VM with guest RAM mapped; on the PVM host a firmware machine's APIC timer
+/// runs on `firmware::PVM_APIC_BUS_CYCLE_NS`.
+fn create_vm(cfg: &Config, mem: &GuestMemoryMmap, pvm: bool) -> Result<Arc<dyn Vm>, String> {
     let vm: Arc<dyn Vm> = Arc::from(hypervisor::create_vm().map_err(|e| e.to_string())?);
+    if pvm && matches!(cfg.boot, Boot::Bootrom(_)) {
+        vm.set_apic_bus_cycle_ns(firmware::PVM_APIC_BUS_CYCLE_NS).map_err(|e| e.to_string())?;
+    }
     for (slot, region) in mem.iter().enumerate() {
         // SAFETY: `mem` ends up in the vCPUs' `Shared` and lives until the process exits.
         unsafe { vm.map_memory(slot as u32, region.start_addr().0, region.len(), region.as_ptr() as u64) }

@@ -68,6 +68,17 @@ use crate::pci::intx::IntxRoute;
 
 pub use flash::Flash;
 
+/// On the PVM host, a firmware machine's local APIC timer counts at 100 MHz (a common bus clock
+/// on real PCs) instead of KVM's 1 GHz, which OVMF takes for granted: its timer (LocalApicTimerDxe)
+/// then ticks at 10 Hz, not 100, and the firmware's clock runs at a tenth of real time. Every
+/// firmware instruction is emulated here, so the firmware runs ~1000 times slower than on
+/// hardware: at 100 Hz its tick handler took a growing share of the vCPU once other guests
+/// shared the cores, and the 5-minute watchdog that its boot manager arms before starting a boot
+/// loader reset the machine while systemd-boot was still reading the kernel (measured: reset 5
+/// min 24 s after "starting Boot0001", beside the test suite). Stalls (the ACPI PM timer) keep
+/// real time; Linux measures the APIC timer's rate itself or uses the TSC deadline.
+pub const PVM_APIC_BUS_CYCLE_NS: u32 = 10;
+
 /// Firmware and variable store together must fit below 4 GiB above the LAPIC's page.
 const MAX_SIZE: u64 = 16 << 20;
 /// OVMF's flash block (erase) size, and the granularity of both images.

@@ -66,6 +66,9 @@ impl Vm for FakeVm {
     fn ignore_unknown_msrs(&self) -> Result<()> {
         Ok(())
     }
+    fn set_apic_bus_cycle_ns(&self, _: u32) -> Result<()> {
+        Ok(())
+    }
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
         Ok(Vec::new())
     }

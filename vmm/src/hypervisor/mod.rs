@@ -213,6 +213,9 @@ pub trait Vm: Send + Sync {
     fn unregister_ioevent(&self, fd: &EventFd, addr: u64) -> Result<()>;
     /// Accesses to unimplemented MSRs complete as no-ops instead of raising #GP (bhyve's `-w`).
     fn ignore_unknown_msrs(&self) -> Result<()>;
+    /// Runs the local APICs' timers from a clock of one tick per `ns` nanoseconds instead of the
+    /// backend's default (KVM: 1 ns, the 1 GHz that OVMF assumes); before any vCPU exists.
+    fn set_apic_bus_cycle_ns(&self, ns: u32) -> Result<()>;
     /// The CPUID leaves the backend can present, before the VMM's own edits.
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
     /// Backend statistics (name, value) for `-v`; may be empty.

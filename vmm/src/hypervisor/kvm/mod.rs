@@ -167,6 +167,13 @@ impl Vm for KvmVm {
         self.fd.enable_cap(&cap).map_err(err("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)"))
     }
 
+    fn set_apic_bus_cycle_ns(&self, ns: u32) -> Result<()> {
+        let mut cap =
+            kvm_bindings::kvm_enable_cap { cap: kvm_bindings::KVM_CAP_X86_APIC_BUS_CYCLES_NS, ..Default::default() };
+        cap.args[0] = u64::from(ns);
+        self.fd.enable_cap(&cap).map_err(err("KVM_ENABLE_CAP(X86_APIC_BUS_CYCLES_NS)"))
+    }
+
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
         Ok(self.supported_cpuid.clone())
     }
