@@ -58,7 +58,7 @@ pub fn cpu_time(pid: i32, start: u64) -> Option<Duration> {
 }
 
 /// A running process, known by pid and start time (a pid reused by another process is not it).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Proc {
     pub pid: i32,
     pub start: u64,

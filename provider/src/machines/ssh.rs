@@ -102,7 +102,7 @@ impl Machines {
                 rec.state,
             ));
         }
-        let process = rec.process.as_ref().map(|p| (p.pid, p.start_time)).unwrap_or_default();
+        let process = rec.process.as_ref().map(|p| Proc { pid: p.pid, start: p.start_time });
         Ok(self.ssh_addr(&rec).map(|addr| Target { addr, process }))
     }
 
@@ -115,9 +115,8 @@ impl Machines {
             || {
                 let t = self.ssh_target(id)?;
                 Ok(t.map(|t| {
-                    let (addr, (pid, start)) = (t.addr, t.process);
                     *last.borrow_mut() = Some(t);
-                    (addr, (pid > 0).then_some(Proc { pid, start }))
+                    (t.addr, t.process)
                 }))
             },
             keys,

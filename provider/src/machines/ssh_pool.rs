@@ -8,12 +8,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
-/// Which guest a session reaches: its address and the xhyve process (pid and start time), so a
-/// restarted or rebooted machine never gets a session of its previous run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+use super::process::Proc;
+
+/// Which guest a session reaches: its address and the xhyve process (when the machine's record
+/// names one), so a restarted or rebooted machine never gets a session of its previous run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
     pub addr: SocketAddr,
-    pub process: (i32, u64),
+    pub process: Option<Proc>,
 }
 
 /// The kept sessions (`C`: ssh.rs's `Conn`) by machine id.
@@ -62,7 +64,7 @@ mod tests {
     use std::sync::Arc;
 
     fn target(pid: i32) -> Target {
-        Target { addr: SocketAddr::from(([127, 0, 0, 1], 22)), process: (pid, 1) }
+        Target { addr: SocketAddr::from(([127, 0, 0, 1], 22)), process: Some(Proc { pid, start: 1 }) }
     }
 
     /// Sessions are `Arc`s here: the strong count says whether the pool still holds one.
