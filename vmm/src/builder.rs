@@ -96,7 +96,14 @@ pub fn build(cfg: &Config) -> Result<Vmm, String> {
 fn create_vm(cfg: &Config, mem: &GuestMemoryMmap, pvm: bool) -> Result<Arc<dyn Vm>, String> {
     let vm: Arc<dyn Vm> = Arc::from(hypervisor::create_vm().map_err(|e| e.to_string())?);
     if pvm && matches!(cfg.boot, Boot::Bootrom(_)) {
-        vm.set_apic_bus_cycle_ns(firmware::PVM_APIC_BUS_CYCLE_NS).map_err(|e| e.to_string())?;
+        // A host kernel older than 6.11 lacks the knob: the firmware still boots, at full tick
+        // rate and with its watchdog on real time.
+        if let Err(e) = vm.set_apic_bus_cycle_ns(firmware::PVM_APIC_BUS_CYCLE_NS) {
+            log(format!(
+                "firmware: the APIC timer stays at the host's rate ({e}): boot loaders slower than the \
+                 firmware's 5-minute watchdog will be reset"
+            ));
+        }
     }
     for (slot, region) in mem.iter().enumerate() {
         // SAFETY: `mem` ends up in the vCPUs' `Shared` and lives until the process exits.
